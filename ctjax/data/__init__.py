@@ -1,0 +1,1 @@
+"""Data layer: DICOM series → HU volumes → windowed, fixed-length slice stacks → batches."""

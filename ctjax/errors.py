@@ -1,0 +1,72 @@
+"""ctjax's typed errors.
+
+Library code raises these; entry points (`python -m ctjax.X`) catch `CTJaxError`, print one
+line and exit non-zero. A message names the file, what was expected and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class CTJaxError(Exception):
+  """Root of every error ctjax raises on purpose."""
+
+
+class ConfigError(CTJaxError, ValueError):
+  """A config value is missing, out of range or inconsistent with another."""
+
+
+class CheckpointError(CTJaxError):
+  """A checkpoint or workdir is missing, incomplete or from another config."""
+
+
+class WeightsError(CTJaxError):
+  """A pretrained-weights file is missing or does not match the architecture."""
+
+
+class CTDataError(CTJaxError):
+  """Bad input data. `path` names the offending file or folder when known."""
+
+  def __init__(self, message: str, path: Optional[PathLike] = None):
+    self.path = None if path is None else os.fspath(path)
+    super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class NotDicomError(CTDataError):
+  """The file is not DICOM (no preamble/meta, text, image, empty)."""
+
+
+class TruncatedDicomError(CTDataError):
+  """The file ends before its declared content (pixel data cut short)."""
+
+
+class MissingPixelDataError(CTDataError):
+  """The dataset has no Pixel Data element."""
+
+
+class NotCTError(CTDataError):
+  """The modality is not CT (MR, PT, …) or the SOP class is not a CT image."""
+
+
+class UnsupportedTransferSyntaxError(CTDataError):
+  """Compressed pixel data without an installed decoder; the message names the package."""
+
+
+class InconsistentSeriesError(CTDataError):
+  """Slices of one series disagree (shape, spacing, orientation) beyond tolerance."""
+
+
+class MixedSeriesError(CTDataError):
+  """Several series in one folder and no selector given."""
+
+
+class EmptySeriesError(CTDataError):
+  """No usable slice found."""
+
+
+class DatasetLayoutError(CTDataError):
+  """A data set root does not follow its declared public layout (missing CSV, folders)."""

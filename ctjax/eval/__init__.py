@@ -1,0 +1,1 @@
+"""Evaluation: metrics, key-slice interpretive tasks, diagnostic reports."""

@@ -1,0 +1,1 @@
+"""Training: state, pure jitted steps, mesh/sharding, Orbax checkpoints, the loop."""
