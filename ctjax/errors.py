@@ -70,3 +70,11 @@ class EmptySeriesError(CTDataError):
 
 class DatasetLayoutError(CTDataError):
   """A data set root does not follow its declared public layout (missing CSV, folders)."""
+
+
+class InvalidDicomValueError(CTDataError):
+  """A header value needed to decode the image cannot be parsed (e.g. IS '1A' in Rows/Frames)."""
+
+
+class UnsupportedDicomError(CTDataError):
+  """Valid DICOM that ctjax does not read (Enhanced multi-frame CT, colour images, oversized)."""

@@ -1,0 +1,1 @@
+"""ctjax benchmark suite: `python -m benchmarks.run --preset cpu-small|full`."""

@@ -1,0 +1,414 @@
+"""Shared benchmark machinery: timing, matmul peak, XLA FLOP counts, device capture, JSON.
+
+Every figure of the suite is a `Record` with exactly the fields of the public JSON schema
+(`name, device, value, unit, torch_value, ratio_vs_torch, flop_fraction`); whatever else is worth
+keeping about a figure (batch, FLOPs, seconds per call, machine load) goes to `details`, which
+`run.py` writes into the JSON header, so that the records stay a fixed, comparable schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+RECORD_FIELDS = ("name", "device", "value", "unit", "torch_value", "ratio_vs_torch",
+                 "flop_fraction")
+
+log = logging.getLogger("benchmarks")
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Timing:
+  """Seconds per call: `median` of the timed repeats (after warm-up), and all of them."""
+  median: float
+  times: list[float]
+  warmup_s: float   # the first (compiling) call, for the record.
+
+  @property
+  def n(self) -> int:
+    return len(self.times)
+
+
+def block(out: Any) -> Any:
+  """Waits for every jax.Array in `out` (torch on CPU is synchronous already)."""
+  leaves = jax.tree_util.tree_leaves(out)
+  for leaf in leaves:
+    if isinstance(leaf, jax.Array):
+      leaf.block_until_ready()
+  return out
+
+
+def time_fn(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5,
+            max_seconds: Optional[float] = None, sync: Callable[[Any], Any] = block) -> Timing:
+  """Times `fn()` (results synced with `sync`): `warmup` untimed calls, then up to `repeats`.
+
+  `max_seconds` bounds the timed phase: the loop stops once that much time has been spent, after
+  at least one timed call (so the full preset on a small CPU gives one honest figure, not none).
+  """
+  t0 = time.perf_counter()
+  for _ in range(max(warmup, 0)):
+    sync(fn())
+  warmup_s = time.perf_counter() - t0
+  times: list[float] = []
+  start = time.perf_counter()
+  for _ in range(max(repeats, 1)):
+    t = time.perf_counter()
+    sync(fn())
+    times.append(time.perf_counter() - t)
+    if max_seconds is not None and time.perf_counter() - start >= max_seconds:
+      break
+  return Timing(statistics.median(times), times, warmup_s)
+
+
+# --------------------------------------------------------------------------------------------
+# FLOPs and the matmul peak
+# --------------------------------------------------------------------------------------------
+
+def xla_flops(fn: Callable, *args, **kwargs) -> float:
+  """FLOPs of one call of `fn(*args)` from XLA's cost analysis of the compiled executable.
+
+  `fn` may be jitted already or a plain function (it is jitted here). Returns NaN when the
+  backend gives no figure. Note: XLA counts a `while`/`scan` body once, not per iteration; the
+  DrCT GRU recurrence is < 0.1 % of the model's FLOPs, so this does not move the floor.
+  """
+  jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
+  compiled = jitted.lower(*args, **kwargs).compile()
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):   # older jax: one dict per executable.
+    analysis = analysis[0] if analysis else {}
+  flops = (analysis or {}).get("flops", float("nan"))
+  return float(flops) if flops and flops > 0 else float("nan")
+
+
+def matmul_peak(dtype: Any = jnp.float32, n: int = 1024, *, repeats: int = 5,
+                max_seconds: Optional[float] = 20.0) -> dict[str, float]:
+  """Measured matmul FLOP/s on the default device for `dtype`, by XLA and (CPU) by torch.
+
+  The floor for a model figure is model FLOPs / the best of the two: the device's demonstrated
+  capability, not the framework's. Returns {"xla": f, "torch": f or NaN, "peak": max}.
+  """
+  key = jax.random.PRNGKey(0)
+  a = jax.random.normal(key, (n, n), jnp.float32).astype(dtype)
+  b = jax.random.normal(jax.random.fold_in(key, 1), (n, n), jnp.float32).astype(dtype)
+  mm = jax.jit(lambda x, y: x @ y)
+  flops = 2.0 * n ** 3
+  xla = flops / time_fn(lambda: mm(a, b), warmup=2, repeats=repeats,
+                        max_seconds=max_seconds).median
+  torch_peak = float("nan")
+  if jax.default_backend() == "cpu":
+    try:
+      import torch
+      tdtype = {jnp.dtype(jnp.float32): torch.float32,
+                jnp.dtype(jnp.bfloat16): torch.bfloat16}[jnp.dtype(dtype)]
+      ta = torch.randn(n, n).to(tdtype)
+      tb = torch.randn(n, n).to(tdtype)
+      with torch.no_grad():
+        torch_peak = flops / time_fn(lambda: torch.mm(ta, tb), warmup=2, repeats=repeats,
+                                     max_seconds=max_seconds, sync=lambda o: o).median
+    except Exception as e:   # torch missing or no bf16 kernel: the XLA figure stands alone.
+      log.warning("torch matmul peak unavailable for %s: %s", jnp.dtype(dtype).name, e)
+  peak = max(x for x in (xla, torch_peak) if not math.isnan(x))
+  return {"xla": xla, "torch": torch_peak, "peak": peak}
+
+
+# --------------------------------------------------------------------------------------------
+# Device and environment
+# --------------------------------------------------------------------------------------------
+
+def load_average() -> list[float]:
+  """1/5/15-minute load averages: the CPU is shared, so every result notes the load."""
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except OSError:
+    return []
+
+
+def cpu_model() -> str:
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def device_name() -> str:
+  """A short name for the default device: the GPU kind, or "cpu:<model> x<cores>"."""
+  dev = jax.devices()[0]
+  if dev.platform == "cpu":
+    return f"cpu:{cpu_model()} x{os.cpu_count()}"
+  return f"{dev.platform}:{dev.device_kind}"
+
+
+def environment() -> dict[str, Any]:
+  """Device, versions and machine state for the JSON header."""
+  import flax
+  info: dict[str, Any] = {
+      "device": device_name(),
+      "platform": jax.default_backend(),
+      "num_devices": jax.device_count(),
+      "device_kinds": sorted({d.device_kind for d in jax.devices()}),
+      "cpu_count": os.cpu_count(),
+      "python": sys.version.split()[0],
+      "jax": jax.__version__,
+      "jaxlib": getattr(jax.lib, "__version__", None) or _jaxlib_version(),
+      "flax": flax.__version__,
+      "numpy": np.__version__,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "load_average": load_average(),
+      "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
+  try:
+    import torch
+    info["torch"] = torch.__version__
+    info["torch_threads"] = torch.get_num_threads()
+  except ImportError:
+    info["torch"] = None
+  return info
+
+
+def _jaxlib_version() -> Optional[str]:
+  try:
+    import jaxlib
+    return jaxlib.__version__
+  except ImportError:
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Records and JSON
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Record:
+  """One figure; `details` is kept beside the record (in the header), not in it."""
+  name: str
+  device: str
+  value: float
+  unit: str
+  torch_value: Optional[float] = None
+  ratio_vs_torch: Optional[float] = None
+  flop_fraction: Optional[float] = None
+  details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def as_json(self) -> dict[str, Any]:
+    return {k: _clean(getattr(self, k)) for k in RECORD_FIELDS}
+
+
+def _clean(v: Any) -> Any:
+  if isinstance(v, (float, np.floating)):
+    v = float(v)
+    return None if math.isnan(v) or math.isinf(v) else v
+  return v
+
+
+def speed_record(name: str, *, seconds: float, items: float, unit: str,
+                 torch_seconds: Optional[float] = None, flops: Optional[float] = None,
+                 peak: Optional[float] = None, device: Optional[str] = None,
+                 **details) -> Record:
+  """A throughput figure (`items` per `seconds`), its torch counterpart and FLOP fraction.
+
+  ratio_vs_torch = ctjax speed / torch speed (> 1: ctjax faster); flop_fraction = achieved
+  FLOP/s / measured matmul peak (1.0 would be the physical floor).
+  """
+  value = items / seconds
+  torch_value = items / torch_seconds if torch_seconds else None
+  ratio = value / torch_value if torch_value else None
+  frac = None
+  if flops and peak and not math.isnan(flops):
+    frac = (flops / seconds) / peak
+  details.update(seconds_per_call=seconds, items_per_call=items, torch_seconds=torch_seconds,
+                 flops_per_call=flops, peak_flops=peak, load_average=load_average())
+  return Record(name, device or device_name(), value, unit, torch_value, ratio, frac, details)
+
+
+def latency_record(name: str, *, seconds_per_item: float, unit: str = "s/scan",
+                   torch_seconds_per_item: Optional[float] = None,
+                   device: Optional[str] = None, **details) -> Record:
+  """A latency figure (lower is better); the ratio is still ctjax speed / torch speed."""
+  ratio = (torch_seconds_per_item / seconds_per_item) if torch_seconds_per_item else None
+  details.update(load_average=load_average())
+  return Record(name, device or device_name(), seconds_per_item, unit, torch_seconds_per_item,
+                ratio, None, details)
+
+
+def write_json(path: Optional[os.PathLike | str], header: dict[str, Any],
+               records: Sequence[Record]) -> pathlib.Path:
+  """Writes {"header": …, "records": [...]}; `path` None → benchmarks/results/<stamp>.json."""
+  if path is None:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = RESULTS_DIR / f"{header.get('preset', 'run')}-{stamp}.json"
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  header = dict(header)
+  header["details"] = {r.name: {k: _clean(v) for k, v in r.details.items()} for r in records}
+  payload = {"header": header, "records": [r.as_json() for r in records]}
+  path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+  return path
+
+
+def _json_default(o: Any) -> Any:
+  if isinstance(o, (np.integer,)):
+    return int(o)
+  if isinstance(o, (np.floating,)):
+    return _clean(o)
+  if isinstance(o, np.ndarray):
+    return o.tolist()
+  return str(o)
+
+
+def format_table(records: Sequence[Record]) -> str:
+  """The table `run.py` prints: one line per figure."""
+  head = f"{'figure':<48} {'value':>12} {'unit':<10} {'torch':>12} {'ctjax/torch':>11} {'FLOP%':>7}"
+  lines = [head, "-" * len(head)]
+
+  def num(x, fmt="{:.4g}"):
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+  for r in records:
+    frac = None if r.flop_fraction is None else 100.0 * r.flop_fraction
+    lines.append(f"{r.name:<48} {num(r.value):>12} {r.unit:<10} {num(r.torch_value):>12} "
+                 f"{num(r.ratio_vs_torch, '{:.2f}'):>11} {num(frac, '{:.1f}'):>7}")
+  return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Run context and the ctjax side of a model benchmark
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Context:
+  """What every benchmark module gets from `run.py`: the preset's settings and the peaks."""
+  preset: str
+  settings: dict[str, Any]
+  workdir: pathlib.Path
+  device: str = ""
+  peaks: dict[str, float] = dataclasses.field(default_factory=dict)   # dtype → FLOP/s
+  warmup: int = 1
+  repeats: int = 3
+  max_seconds: Optional[float] = None
+  with_torch: bool = True
+  skipped: dict[str, str] = dataclasses.field(default_factory=dict)   # figure → why
+
+  def time(self, fn: Callable[[], Any], **kwargs) -> Timing:
+    kw = dict(warmup=self.warmup, repeats=self.repeats, max_seconds=self.max_seconds)
+    kw.update(kwargs)
+    return time_fn(fn, **kw)
+
+  def time_torch(self, fn: Callable[[], Any], **kwargs) -> Timing:
+    return self.time(fn, sync=lambda o: o, **kwargs)
+
+  def peak(self, dtype: str) -> Optional[float]:
+    return self.peaks.get(dtype)
+
+
+def load_config(name: str, arg: Optional[str] = None):
+  """`configs/<name>.py`'s get_config(arg), loaded by path (configs/ is not a package on path)."""
+  import importlib.util
+  root = pathlib.Path(__file__).resolve().parents[1]
+  path = root / "configs" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(f"_bench_config_{name}", path)
+  if spec is None or not path.exists():
+    from ctjax.errors import ConfigError
+    raise ConfigError(f"{path}: config file not found")
+  module = importlib.util.module_from_spec(spec)
+  if str(root) not in sys.path:
+    sys.path.insert(0, str(root))
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def override(config, values: dict[str, Any]):
+  """Sets dotted `values` on a ConfigDict; a key the config lacks is an error, not a no-op."""
+  from ctjax.errors import ConfigError
+  config = config.copy_and_resolve_references()
+  for dotted, value in values.items():
+    node = config
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise ConfigError(f"benchmark override {dotted}: the config has no such field")
+    with config.unlocked() if hasattr(config, "unlocked") else _null():
+      node[leaf] = value
+  return config
+
+
+class _null:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *a):
+    return False
+
+
+@dataclasses.dataclass
+class CTJaxModel:
+  """A task's model, its train state and the two jitted functions the benchmarks time."""
+  config: Any
+  task: Any
+  model: Any
+  state: Any
+  predict: Callable      # (variables, batch) → outputs
+  train_step: Callable   # (state, batch, rng) → (state, metrics); state donated
+
+  @property
+  def variables(self):
+    return self.state.variables()
+
+
+def build_ctjax(config, *, steps_per_epoch: int = 100, seed: int = 0) -> CTJaxModel:
+  """Model, state and jitted steps through the same code the trainer runs (Task protocol,
+  ctjax.train.state / steps), so the benchmark measures what training and evaluation execute."""
+  from ctjax.train.state import create_state
+  from ctjax.train.steps import make_train_step
+  from ctjax.train.tasks import get_task
+  task = get_task(config.task)
+  model = task.build_model(config)
+  tx = task.make_optimizer(config, steps_per_epoch)
+  state = create_state(task, model, config, jax.random.PRNGKey(seed), tx)
+  predict = jax.jit(lambda v, b: task.predict(model, v, b, config))
+  train_step = jax.jit(make_train_step(task, model, config), donate_argnums=(0,))
+  return CTJaxModel(config, task, model, state, predict, train_step)
+
+
+def to_device(batch: dict[str, Any]) -> dict[str, jax.Array]:
+  """Host numpy batch → device arrays (strings and other non-numeric fields dropped)."""
+  return {k: jnp.asarray(v) for k, v in batch.items()
+          if isinstance(v, (np.ndarray, jax.Array)) and v.dtype.kind in "biuf"}
+
+
+def torch_autocast(dtype: str):
+  """torch's mixed-precision context for `dtype` ("float32" → no-op)."""
+  import contextlib
+  import torch
+  if dtype == "bfloat16":
+    return torch.autocast("cpu" if jax.default_backend() == "cpu" else "cuda",
+                          dtype=torch.bfloat16)
+  return contextlib.nullcontext()
+
+
+def torch_device():
+  import torch
+  return torch.device("cuda" if (jax.default_backend() == "gpu" and torch.cuda.is_available())
+                      else "cpu")

@@ -1,0 +1,205 @@
+"""Runs every benchmark of the suite, prints one table and writes the JSON record file.
+
+  python -m benchmarks.run --preset cpu-small            # minutes on a 2-core CPU
+  python -m benchmarks.run --preset full --json out.json # the papers' sizes (meant for a GPU)
+  python -m benchmarks.run --preset full --max-seconds 60 --only drct2.infer   # one bounded figure
+
+JSON: {"header": {device, versions, preset, settings, peaks, skipped, details{figure: …}},
+"records": [{"name","device","value","unit","torch_value","ratio_vs_torch","flop_fraction"}]},
+null where a field does not apply; ratio_vs_torch = ctjax speed / torch speed (> 1: ctjax
+faster); flop_fraction = achieved FLOP/s / measured matmul peak of that dtype.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import pathlib
+import sys
+import tempfile
+import time
+from typing import Any, Optional, Sequence
+
+# The CPU presets compare against torch on the same cores; tests set their own XLA_FLAGS.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds: the harness test's preset (tests/benchmarks/test_run.py).
+    "tiny": {
+        "matmul_n": 128, "warmup": 1, "repeats": 2,
+        "drct": {"num_slices": 4, "image_size": 32, "mkey": 2, "aps_size": 48, "width": 1 / 32,
+                 "infer_batch": 1, "train_batch": 2, "dtypes": ("float32",),
+                 "figures": ("infer", "train"),
+                 "overrides": {"model.gru_hidden": 8, "model.seq_dim": 8,
+                               "model.fc_widths": (8, 8), "model.aps_fc_dim": 8}},
+        "blend": {"image_size": 32, "width": 1 / 32, "backbone": "resnet50", "infer_batch": 2,
+                  "train_batch": 2, "figures": ("infer",),
+                  "overrides": {"model.det_hidden": 8}},
+        "scaling": {"batch": (1, 2), "slices": (), "devices": ()},
+        "pipeline": False,
+    },
+    # Minutes on a 2-core CPU: small widths and sizes, every figure.
+    "cpu-small": {
+        "matmul_n": 1024, "warmup": 1, "repeats": 3,
+        "drct": {"num_slices": 16, "image_size": 64, "mkey": 8, "aps_size": 128,
+                 "width": 0.25, "infer_batch": 2, "train_batch": 4,
+                 "dtypes": ("float32", "bfloat16"), "figures": ("infer", "train", "data"),
+                 "overrides": {"model.gru_hidden": 64, "model.seq_dim": 64,
+                               "model.fc_widths": (64, 32), "model.aps_fc_dim": 64}},
+        "blend": {"image_size": 128, "width": 0.25, "backbone": "resnet50", "infer_batch": 4,
+                  "train_batch": 4, "figures": ("infer", "train")},
+        "data": {"num_scans": 4, "size": 64, "dicom_scans": 4, "num_folds": 2},
+        "scaling": {"batch": (1, 2, 4), "slices": (16, 32, 64), "devices": (1, 2, 4),
+                    "devices_batch": 4},
+        "pipeline": True,
+    },
+    # The papers' sizes: DrCT2 28 slices at 224, 16 key slices zoomed to 512; blend 512×512.
+    # Batches are the configs' on an accelerator; `--cpu-bound` (default on CPU) uses batch 1
+    # and one timed call, so that one honest full-size figure fits on a small CPU.
+    "full": {
+        "matmul_n": 4096, "warmup": 1, "repeats": 10,
+        "drct": {"num_slices": 28, "image_size": 224, "mkey": 16, "aps_size": 512, "width": 1.0,
+                 "infer_batch": 32, "train_batch": 256, "config_batch": 256,
+                 "dtypes": ("float32", "bfloat16"), "figures": ("infer", "train", "data")},
+        "blend": {"image_size": 512, "width": 1.0, "backbone": "resnet50", "infer_batch": 64,
+                  "train_batch": 16, "figures": ("infer", "train")},
+        "data": {"num_scans": 8, "size": 512, "dicom_scans": 4, "num_folds": 2},
+        "scaling": {"batch": (1, 8, 32), "slices": (16, 32, 64), "devices": (1,),
+                    "devices_batch": 32},
+        "pipeline": True,
+    },
+}
+
+CPU_BOUND = {"matmul_n": 2048, "repeats": 1,
+             "drct": {"infer_batch": 1, "train_batch": 1},
+             "blend": {"infer_batch": 1, "train_batch": 1},
+             "data": {"num_scans": 4, "dicom_scans": 1},
+             "scaling": {"batch": (1, 2), "slices": (16, 28), "devices": (), "devices_batch": 2}}
+
+GROUPS = ("drct2", "blend", "scaling", "pipeline")
+
+
+def preset_settings(name: str, *, cpu_bound: bool = False) -> dict[str, Any]:
+  settings = copy.deepcopy(PRESETS[name])
+  if cpu_bound:
+    for k, v in CPU_BOUND.items():
+      if isinstance(v, dict):
+        settings.setdefault(k, {}).update(v)
+      else:
+        settings[k] = v
+  return settings
+
+
+def run_suite(preset: str, *, json_path: Optional[str] = None, only: Sequence[str] = (),
+              max_seconds: Optional[float] = None, workdir: Optional[str] = None,
+              with_torch: bool = True, cpu_bound: Optional[bool] = None,
+              settings: Optional[dict] = None, strict: bool = False) -> tuple[dict, list]:
+  """Runs the preset's figures; returns (header, records) and writes the JSON."""
+  import jax
+  import torch
+  from benchmarks import common
+  on_cpu = jax.default_backend() == "cpu"
+  if cpu_bound is None:
+    cpu_bound = preset == "full" and on_cpu
+  settings = settings or preset_settings(preset, cpu_bound=cpu_bound)
+  settings["strict"] = strict
+  if on_cpu:
+    # Both frameworks get the machine's cores; XLA's CPU client uses them all by default.
+    torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0))))
+  wd = pathlib.Path(workdir or pathlib.Path(tempfile.gettempdir()) / "ctjax_bench")
+  wd.mkdir(parents=True, exist_ok=True)
+  ctx = common.Context(preset=preset, settings=settings, workdir=wd,
+                       device=common.device_name(), warmup=settings["warmup"],
+                       repeats=settings["repeats"], max_seconds=max_seconds,
+                       with_torch=with_torch)
+  groups = [g for g in GROUPS if not only or any(o.split(".")[0] == g for o in only)]
+  # Sub-figure filters (`drct2.infer`, `blend.train`, `scaling.devices`).
+  for g in groups:
+    subs = [o.split(".", 1)[1] for o in only if o.startswith(g + ".")]
+    key = {"drct2": "drct", "blend": "blend", "scaling": "scaling"}.get(g)
+    if subs and key == "scaling":
+      for axis in ("batch", "slices", "devices"):
+        if axis not in subs:
+          settings["scaling"][axis] = ()
+    elif subs and key:
+      settings[key]["figures"] = tuple(subs)
+  t_start = time.time()
+  header: dict[str, Any] = {"preset": preset, "cpu_bound": cpu_bound, "max_seconds": max_seconds,
+                            "environment": common.environment(),
+                            "settings": _jsonable(settings), "load_before": common.load_average()}
+  peaks = {}
+  for dtype in ("float32", "bfloat16"):
+    peaks[dtype] = common.matmul_peak(getattr(jax.numpy, dtype), settings["matmul_n"],
+                                      max_seconds=max_seconds or 20.0)
+  ctx.peaks = {k: v["peak"] for k, v in peaks.items()}
+  header["matmul_peak_flops"] = peaks
+  records = []
+  if "drct2" in groups:
+    from benchmarks import drct2
+    records += drct2.run(ctx)
+  if "blend" in groups:
+    from benchmarks import blend
+    records += blend.run(ctx)
+  if "scaling" in groups:
+    from benchmarks import scaling
+    records += scaling.run(ctx)
+  if "pipeline" in groups and settings.get("pipeline"):
+    from benchmarks import pipeline_figures
+    records += pipeline_figures.run(ctx)
+  header["skipped"] = ctx.skipped
+  header["load_after"] = common.load_average()
+  header["wall_s"] = round(time.time() - t_start, 1)
+  path = common.write_json(json_path, header, records)
+  header["json_path"] = str(path)
+  return header, records
+
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {k: _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  return x
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
+  parser.add_argument("--json", default=None,
+                      help="output path (default: benchmarks/results/<preset>-<time>.json)")
+  parser.add_argument("--only", action="append", default=[],
+                      help="run only these groups/figures: drct2, drct2.infer, drct2.train, "
+                           "drct2.data, blend, blend.train, scaling, scaling.devices, pipeline")
+  parser.add_argument("--max-seconds", type=float, default=None,
+                      help="bound each figure's timed phase (at least one timed call)")
+  parser.add_argument("--workdir", default=None, help="phantom data and caches (default: /tmp)")
+  parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+  bound = parser.add_mutually_exclusive_group()
+  bound.add_argument("--cpu-bound", dest="cpu_bound", action="store_true", default=None,
+                     help="batch 1, one timed call (default for --preset full on a CPU)")
+  bound.add_argument("--no-cpu-bound", dest="cpu_bound", action="store_false")
+  parser.add_argument("-v", "--verbose", action="store_true")
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                      format="%(asctime)s %(name)s %(message)s")
+  from ctjax.errors import CTJaxError
+  from benchmarks import common
+  try:
+    header, records = run_suite(args.preset, json_path=args.json, only=args.only,
+                                max_seconds=args.max_seconds, workdir=args.workdir,
+                                with_torch=not args.no_torch, cpu_bound=args.cpu_bound)
+  except CTJaxError as e:
+    print(f"benchmarks.run: {type(e).__name__}: {e}", file=sys.stderr)
+    return 1
+  env = header["environment"]
+  print(f"# {env['device']} · jax {env['jax']} · torch {env['torch']} · preset {args.preset}"
+        f" · load {header['load_before']} → {header['load_after']} · {header['wall_s']} s")
+  print(common.format_table(records))
+  for name, why in header["skipped"].items():
+    print(f"skipped {name}: {why}", file=sys.stderr)
+  print(f"# wrote {header['json_path']}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

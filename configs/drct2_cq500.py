@@ -1,0 +1,21 @@
+"""DrCT2 on CQ500 (DrCT2 paper, Tables 2-3: F1 0.9370; 9 labels, 32 slices, 10 folds).
+
+  python -m ctjax.train --config configs/drct2_cq500.py --workdir runs/drct2_cq500 \
+      --config.data.root=/data/cq500 --config.model.backbone_weights=weights/vgg16.npz
+
+Runtime: not measured here (no accelerator); 1181 scans × 100 epochs, batch 32. One fold of the
+paper's 10-fold cross-validation: `:fold=k` or `python -m ctjax.crossval`.
+`:runlocal` is a tiny CPU variant (small widths, 64 px, 8 slices, a few steps) for smoke tests.
+"""
+
+from configs import common
+from configs.drct_base import drct_config, runlocal_overrides
+
+
+def get_config(arg=None):
+  a = common.parse_arg(arg, runlocal=False, fold=0, drct1=False)
+  c = drct_config(dataset="cq500", variant="drct1" if a.drct1 else "drct2")
+  c.data.fold = a.fold
+  if a.runlocal:
+    runlocal_overrides(c)
+  return c

@@ -1,0 +1,73 @@
+"""Pretrains the 1/8-width VGG16 on phantom slices: ctjax's stand-in for ImageNet weights.
+
+  python -m ctjax.train --config configs/pretrain_phantom.py --workdir runs/pretrain_phantom
+
+writes ctjax/assets/vgg16_w0125_phantom.npz (about 1 MB), the frozen backbone of
+configs/drct2_phantom.py (a few minutes on 2 CPU cores). Re-export from a finished workdir:
+`python -m ctjax.train.tasks.pretrain --workdir runs/pretrain_phantom --out FILE`.
+
+Why: DrCT2 (section V.A) freezes an ImageNet-pretrained VGG16; no ImageNet weights can be
+fetched here, so the small backbone first learns generic head-CT features from single slices
+with their slice-level truth, on a phantom set with its own seed (never DrCT2's evaluation
+scans). Argument: `runlocal` (a seconds-long smoke run), e.g.
+`--config configs/pretrain_phantom.py:runlocal`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = common.parse_arg(arg, runlocal=False, num_scans=48, size=64, steps=600)
+  c = common.base_config()
+  c.task = "pretrain"
+  c.seed = 0
+
+  c.train.batch_size = 32
+  c.train.num_epochs = 1000            # bounded by max_steps.
+  c.train.max_steps = 20 if a.runlocal else a.steps
+  c.train.log_every_steps = 5 if a.runlocal else 25
+
+  # Input: single phantom slices in the RSNA layout, slice-level labels (record type
+  # "pretrain"), the DrCT input windows.
+  c.data.layout = "phantom"
+  c.data.root = ""                     # generated under <workdir>/data
+  c.data.labels = common.RSNA_LABELS
+  c.data.image_size = a.size
+  c.data.num_slices = 1
+  c.data.windows = "rsna3"             # as DrCT's input (brain / subdural / bone)
+  c.data.num_folds = 5
+  c.data.fold = 0
+  c.data.augment = ml_collections.ConfigDict()
+  c.data.synth = ml_collections.ConfigDict()
+  c.data.synth.layout = "rsna"
+  c.data.synth.num_scans = 8 if a.runlocal else a.num_scans
+  c.data.synth.seed = 7919             # not the seed of any DrCT/blend phantom set.
+  c.data.synth.size = a.size
+
+  c.model.width = 0.125                # 1/8 of VGG16's channels: 64→8 … 512→64 features.
+  c.model.dropout = 0.0
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.pos_weight = ()               # per-label weight of positives; () = unweighted.
+
+  c.optimizer.lr = 1e-3
+  c.optimizer.warmup_steps = 50
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.grad_clip = 1.0
+
+  c.pretrain = ml_collections.ConfigDict()
+  c.pretrain.flip = True               # random left-right flips (heads are near-symmetric).
+  c.pretrain.export_path = "" if a.runlocal else "ctjax/assets/vgg16_w0125_phantom.npz"
+
+  c.evals.threshold = 0.5
+  c.evals.val = ml_collections.ConfigDict()
+  c.evals.val.split = "val"
+  c.evals.val.every_steps = 10 if a.runlocal else 200
+  c.checkpoint.every_steps = 200
+  c.checkpoint.best_metric = "val/macro_auc"
+  c.log.progress_bar = True
+  return c

@@ -1,0 +1,630 @@
+"""One DICOM CT series → an HU volume ordered along the slice normal.
+
+`read_series(path_or_files, *, series_uid=None, lenient=False) -> Volume` is the only door from
+DICOM into ctjax. What it does, and why:
+
+- Files are read with pydicom without `force=True` (so text/PNG/empty files and headerless
+  junk are rejected, not parsed as garbage), with pydicom's value validation off and its
+  warnings silenced (RSNA's non-UID `ID_…` identifiers would otherwise flood the log).
+- Non-image files in a folder (DICOMDIR, README, non-DICOM strays) are skipped and recorded in
+  `Volume.skipped`; broken image files raise a typed `ctjax.errors.CTDataError` naming the file
+  and the fix, or, with `lenient=True`, are skipped and recorded. Nothing is dropped silently.
+- Several series in the input need a selector: `series_uid` is a UID string or a callable
+  `(list[SeriesSummary]) -> uid` (e.g. `largest_series`, `prefer_description("PLAIN THIN")`).
+- Within the series, localizers (ImageType LOCALIZER, or slices whose orientation differs from
+  the majority) are skipped and recorded; slices are ordered by their position along the slice
+  normal n = row × col of ImageOrientationPatient (projection of ImagePositionPatient on n), so
+  gantry tilt, reversed orientation and InstanceNumber running against position come out right.
+  Only when positions are missing does it fall back to InstanceNumber, then to file order, and
+  says so in `Volume.notes`. Duplicate positions keep the first slice and record the rest.
+- HU = stored × RescaleSlope + RescaleIntercept on pydicom's `pixel_array` (which honours
+  PixelRepresentation and BitsStored), or pydicom's Modality LUT Sequence when present. The
+  RSNA files with BitsStored 12 / PixelRepresentation 0 / intercept > -100 get the community fix
+  (stored + 1000 wrapped at 4096, intercept -1000). HU is clipped to [-1024, 3071] by default,
+  which also maps padding / out-of-field fill (-2000, -3024 HU) to air without matching the
+  padding value exactly.
+- Memory is bounded from Rows × Columns × frames before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import pathlib
+import re
+import warnings
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from ctjax import errors
+
+log = logging.getLogger(__name__)
+
+HU_MIN, HU_MAX = -1024.0, 3071.0
+# Per-file bound on decoded pixels (Rows × Columns × frames × samples) and per-series voxels.
+MAX_PIXELS_PER_FILE = 4096 * 4096
+MAX_SERIES_VOXELS = 1024 * 1024 * 1024
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+CT_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1",
+                  "1.2.840.10008.5.1.4.1.1.2.2")
+ENHANCED_CT_SOP_CLASSES = CT_SOP_CLASSES[1:]
+# Header fields copied into `Volume.header` for reports.
+HEADER_FIELDS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesDescription",
+                 "StudyDate", "Manufacturer", "ManufacturerModelName", "ConvolutionKernel",
+                 "KVP", "SliceThickness", "BodyPartExamined", "InstitutionName")
+_DECODER_PACKAGES = ("pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or python-gdcm)")
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+  """A file (or slice) left out of the volume, and why."""
+  path: str
+  reason: str
+  error: str = ""   # the ctjax error type name when it came from an error
+
+
+@dataclasses.dataclass
+class SliceHeader:
+  """What the reader needs from one file before decoding its pixels."""
+  path: str
+  ds: Any
+  sop_uid: str
+  series_uid: str
+  modality: str
+  rows: int
+  columns: int
+  position: Optional[np.ndarray]      # ImagePositionPatient [3] (mm) or None
+  orientation: Optional[np.ndarray]   # ImageOrientationPatient [6] or None
+  instance_number: Optional[int]
+  pixel_spacing: Optional[tuple[float, float]]
+  slope: float
+  intercept: float
+  is_localizer: bool
+  series_description: str = ""
+  sop_class: str = ""
+  frames: int = 1
+  samples: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesSummary:
+  """One series found in the input (for selectors and error messages)."""
+  series_uid: str
+  num_files: int
+  description: str
+  modality: str
+  slice_thickness: Optional[float]
+
+
+@dataclasses.dataclass
+class Volume:
+  """A CT series in HU, slices ordered along the slice normal (increasing position)."""
+  hu: np.ndarray                 # float32 [S, H, W]
+  spacing: tuple[float, float, float]   # (z, y, x) mm; z = median step along the normal
+  positions: np.ndarray          # float64 [S, 3] ImagePositionPatient (NaN where missing)
+  sop_uids: list[str]
+  files: list[str]
+  instance_numbers: list[Optional[int]]
+  series_uid: str
+  orientation: Optional[np.ndarray]   # [6] or None
+  header: dict[str, str]
+  skipped: list[Skip] = dataclasses.field(default_factory=list)
+  notes: list[str] = dataclasses.field(default_factory=list)
+  ordered_by: str = "position"   # position | instance_number | file_order
+  tilt_deg: float = 0.0          # angle between the slice normal and the slice-to-slice step
+
+  @property
+  def num_slices(self) -> int:
+    return int(self.hu.shape[0])
+
+
+@contextlib.contextmanager
+def _quiet_pydicom():
+  """No validation, no warnings: RSNA's non-UID identifiers are expected, not news."""
+  cfg = pydicom.config.settings
+  old = cfg.reading_validation_mode
+  cfg.reading_validation_mode = pydicom.config.IGNORE
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      yield
+  finally:
+    cfg.reading_validation_mode = old
+
+
+def _raw(ds, keyword: str):
+  """The element's value without pydicom's VR conversion errors (None when absent/broken)."""
+  try:
+    return ds.get(keyword)
+  except Exception:  # noqa: BLE001 — invalid DS/IS raise on access in some modes
+    try:
+      tag = pydicom.datadict.tag_for_keyword(keyword)
+      elem = ds.get_item(tag)
+      return None if elem is None else elem.value
+    except Exception:  # noqa: BLE001
+      return None
+
+
+def _floats(value, n: int) -> Optional[np.ndarray]:
+  if value is None:
+    return None
+  try:
+    if isinstance(value, (bytes, str)):
+      text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+      parts = [p for p in re.split(r"\\", text.strip()) if p.strip()]
+    else:
+      parts = list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) \
+          else [value]
+    out = np.asarray([float(p) for p in parts], np.float64)
+  except (TypeError, ValueError):
+    return None
+  if out.shape != (n,) or not np.all(np.isfinite(out)):
+    return None
+  return out
+
+
+def _float(value, default: Optional[float]) -> Optional[float]:
+  got = _floats(value, 1)
+  return default if got is None else float(got[0])
+
+
+def _int(value) -> Optional[int]:
+  got = _floats(value, 1)
+  if got is None or got[0] != np.round(got[0]):
+    return None
+  return int(got[0])
+
+
+def _text(value) -> str:
+  """A header value as clean text (raw bytes decoded, UI NUL padding stripped)."""
+  if value is None:
+    return ""
+  if isinstance(value, bytes):
+    value = value.decode("latin-1")
+  if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+    return "\\".join(_text(v) for v in value)
+  return str(value).strip().strip("\0").strip()
+
+
+def _header_text(ds, keyword: str) -> str:
+  return _text(_raw(ds, keyword))
+
+
+def read_header(path: PathLike, *, max_pixels: int = MAX_PIXELS_PER_FILE,
+                check: bool = True) -> SliceHeader:
+  """Reads one file (pixels stay encoded) and checks it can become a CT slice.
+
+  Integrity comes before meaning: not DICOM, DICOMDIR, no pixel data, unparseable sizes,
+  compressed without decoder, truncated, oversized; then (with `check`) not CT, multi-frame,
+  colour.
+  """
+  with _quiet_pydicom():
+    return _read_header(path, max_pixels=max_pixels, check=check)
+
+
+def _read_header(path: PathLike, *, max_pixels: int, check: bool) -> SliceHeader:
+  path = os.fspath(path)
+  try:
+    if os.path.getsize(path) == 0:
+      raise errors.NotDicomError("empty file, expected a DICOM slice", path)
+  except OSError as e:
+    raise errors.NotDicomError(f"cannot open: {e}", path) from e
+  with _quiet_pydicom():
+    try:
+      ds = pydicom.dcmread(path)
+    except InvalidDicomError as e:
+      raise errors.NotDicomError(
+          "not a DICOM file (no 'DICM' prefix / file meta); ctjax does not force-read "
+          "headerless files — convert it or remove it from the folder", path) from e
+    except (EOFError, OSError) as e:
+      raise errors.TruncatedDicomError(f"file ends inside the header ({e}); re-export or "
+                                       "re-download it", path) from e
+    except Exception as e:  # noqa: BLE001 — pydicom raises many types on junk
+      raise errors.NotDicomError(f"pydicom cannot parse it ({type(e).__name__}: {e})",
+                                 path) from e
+  if len(ds) == 0:
+    raise errors.NotDicomError("DICOM preamble/meta but no data elements (preamble-only file)",
+                               path)
+  meta = getattr(ds, "file_meta", None)
+  sop_class = _text(_raw(ds, "SOPClassUID") or (meta and _raw(meta, "MediaStorageSOPClassUID"))
+                    or "")
+  if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+    raise errors.NotDicomError("a DICOMDIR index, not an image", path)
+  if "PixelData" not in ds:
+    raise errors.MissingPixelDataError(
+        "no Pixel Data element (header only, or pixel data dropped by a bad length); "
+        "re-export the slice or drop it (lenient=True records the skip)", path)
+  rows, cols = _int(_raw(ds, "Rows")), _int(_raw(ds, "Columns"))
+  frames_raw = _raw(ds, "NumberOfFrames")
+  frames = 1 if frames_raw in (None, "") else _int(frames_raw)
+  samples = _int(_raw(ds, "SamplesPerPixel")) or 1
+  bits = _int(_raw(ds, "BitsAllocated"))
+  if rows is None or cols is None or frames is None or bits is None:
+    raise errors.InvalidDicomValueError(
+        f"unparseable image size (Rows={_raw(ds, 'Rows')!r}, Columns={_raw(ds, 'Columns')!r}, "
+        f"NumberOfFrames={frames_raw!r}, BitsAllocated={_raw(ds, 'BitsAllocated')!r}); the "
+        "header is corrupt — re-export the file", path)
+  if rows * cols * frames * samples > max_pixels:
+    raise errors.UnsupportedDicomError(
+        f"{rows}x{cols}x{frames} frames x{samples} samples exceeds the per-file bound of "
+        f"{max_pixels} pixels (raise max_pixels if this is intended)", path)
+  tsyntax = meta and _raw(meta, "TransferSyntaxUID")
+  if tsyntax is not None:
+    uid = pydicom.uid.UID(_text(tsyntax))
+    if uid.is_compressed:
+      try:
+        from pydicom.pixels import get_decoder
+        decoder = get_decoder(uid)
+        available = decoder.is_available
+        missing = "; ".join(getattr(decoder, "missing_dependencies", []) or [])
+      except NotImplementedError:
+        available, missing = False, "no pydicom decoder for this transfer syntax"
+      if not available:
+        raise errors.UnsupportedTransferSyntaxError(
+            f"compressed pixel data ({uid.name}) and no decoder installed ({missing}); "
+            f"install one of: {_DECODER_PACKAGES}", path)
+    elif uid.is_transfer_syntax:
+      expected = rows * cols * frames * samples * bits // 8
+      got = len(ds.PixelData) if ds.PixelData is not None else 0
+      if got < expected:
+        raise errors.TruncatedDicomError(
+            f"pixel data has {got} bytes, {expected} expected from Rows/Columns/Bits; the "
+            "file is truncated — re-download or re-export it", path)
+  modality = _header_text(ds, "Modality")
+  image_type = _header_text(ds, "ImageType").upper()
+  spacing = _floats(_raw(ds, "PixelSpacing"), 2)
+  h = SliceHeader(
+      path=path, ds=ds, sop_uid=_header_text(ds, "SOPInstanceUID"),
+      series_uid=_header_text(ds, "SeriesInstanceUID"), modality=modality,
+      rows=rows, columns=cols,
+      position=_floats(_raw(ds, "ImagePositionPatient"), 3),
+      orientation=_floats(_raw(ds, "ImageOrientationPatient"), 6),
+      instance_number=_int(_raw(ds, "InstanceNumber")),
+      pixel_spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
+      slope=_float(_raw(ds, "RescaleSlope"), 1.0),
+      intercept=_float(_raw(ds, "RescaleIntercept"), 0.0),
+      is_localizer="LOCALIZER" in image_type,
+      series_description=_header_text(ds, "SeriesDescription"),
+      sop_class=sop_class, frames=frames, samples=samples)
+  if check:
+    check_ct_image(h)
+  return h
+
+
+def check_ct_image(h: SliceHeader) -> None:
+  """Meaning checks, run after series selection (other series may be MR, SR, …)."""
+  path, modality, sop_class, frames, samples = h.path, h.modality, h.sop_class, h.frames, \
+      h.samples
+  if modality != "CT" and not (modality == "" and sop_class in CT_SOP_CLASSES):
+    raise errors.NotCTError(f"modality {modality or '?'} (SOP class {sop_class or '?'}), "
+                            "expected a CT image; select the CT series", path)
+  if frames != 1 or sop_class in ENHANCED_CT_SOP_CLASSES:
+    raise errors.UnsupportedDicomError(
+        f"multi-frame / Enhanced CT ({frames} frames) is not read by ctjax; split it into "
+        "single-frame slices first (e.g. dcm2niix or dcmtk's emf2sf)", path)
+  if samples != 1:
+    raise errors.UnsupportedDicomError(f"{samples} samples per pixel, expected grayscale CT",
+                                       path)
+
+
+def needs_rsna_fix(h: SliceHeader) -> bool:
+  """RSNA's known bad files: 12 bits stored, unsigned, yet intercept > -100."""
+  bits_stored = _int(_raw(h.ds, "BitsStored"))
+  pixel_rep = _int(_raw(h.ds, "PixelRepresentation"))
+  return bits_stored == 12 and pixel_rep == 0 and h.intercept > -100
+
+
+def decode_hu(h: SliceHeader, *, clip: bool = True) -> np.ndarray:
+  """float32 [H, W] HU of one slice (see the module docstring for the rules)."""
+  try:
+    with _quiet_pydicom():
+      arr = h.ds.pixel_array
+      if needs_rsna_fix(h):
+        raw = arr.astype(np.int32) + 1000
+        raw[raw >= 4096] -= 4096
+        hu = raw.astype(np.float64) * h.slope - 1000.0
+      elif "ModalityLUTSequence" in h.ds:
+        from pydicom.pixels import apply_modality_lut
+        hu = np.asarray(apply_modality_lut(arr, h.ds), np.float64)
+      else:
+        hu = arr.astype(np.float64) * h.slope + h.intercept
+  except errors.CTDataError:
+    raise
+  except Exception as e:  # noqa: BLE001
+    msg = str(e)
+    if "missing" in msg.lower() and "plugin" in msg.lower():
+      raise errors.UnsupportedTransferSyntaxError(
+          f"{msg.splitlines()[0]}; install one of: {_DECODER_PACKAGES}", h.path) from e
+    if "less than expected" in msg:
+      raise errors.TruncatedDicomError(msg, h.path) from e
+    raise errors.InvalidDicomValueError(f"cannot decode pixels ({type(e).__name__}: {msg})",
+                                        h.path) from e
+  if hu.shape != (h.rows, h.columns):
+    raise errors.InconsistentSeriesError(
+        f"decoded shape {hu.shape} != Rows x Columns {(h.rows, h.columns)}", h.path)
+  if clip:
+    np.clip(hu, HU_MIN, HU_MAX, out=hu)
+  return hu.astype(np.float32)
+
+
+# ------------------------------------------------------------------------------ series rules
+
+
+def largest_series(series: Sequence[SeriesSummary]) -> str:
+  """Selector: the series with most files (ties: the thinnest slices, then the UID)."""
+  best = max(series, key=lambda s: (s.num_files, -(s.slice_thickness or 1e9), s.series_uid))
+  return best.series_uid
+
+
+def prefer_description(*patterns: str) -> Callable[[Sequence[SeriesSummary]], str]:
+  """Selector: the first pattern (case-insensitive regex) matching a SeriesDescription wins;
+  falls back to `largest_series`. CQ500: prefer_description("PLAIN.*THIN", "PLAIN")."""
+  def select(series: Sequence[SeriesSummary]) -> str:
+    for pattern in patterns:
+      hits = [s for s in series if re.search(pattern, s.description, re.IGNORECASE)]
+      if hits:
+        return largest_series(hits)
+    return largest_series(series)
+  return select
+
+
+SeriesSelector = Union[None, str, Callable[[Sequence[SeriesSummary]], str]]
+
+
+def _list_files(path_or_files) -> tuple[list[str], bool, str]:
+  """(files, from_folder, label for messages)."""
+  if isinstance(path_or_files, (str, os.PathLike)):
+    p = pathlib.Path(path_or_files)
+    if p.is_dir():
+      files = sorted(str(f) for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+      return files, True, str(p)
+    if p.is_file():
+      return [str(p)], False, str(p)
+    raise errors.EmptySeriesError("no such file or folder", p)
+  files = [os.fspath(f) for f in path_or_files]
+  return files, False, (os.path.dirname(files[0]) if files else "<empty list>")
+
+
+def _summaries(groups: dict[str, list[SliceHeader]]) -> list[SeriesSummary]:
+  out = []
+  for uid, hs in groups.items():
+    out.append(SeriesSummary(uid, len(hs), hs[0].series_description, hs[0].modality,
+                             _float(_raw(hs[0].ds, "SliceThickness"), None)))
+  return sorted(out, key=lambda s: s.series_uid)
+
+
+def _majority(items: list, key) -> tuple[Any, list, list, bool]:
+  """(majority key, kept, rest, tie) grouping `items` by `key`."""
+  groups: dict[Any, list] = {}
+  for it in items:
+    groups.setdefault(key(it), []).append(it)
+  ranked = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+  tie = len(ranked) > 1 and len(ranked[0][1]) == len(ranked[1][1])
+  kept = ranked[0][1]
+  rest = [it for k, v in ranked[1:] for it in v]
+  return ranked[0][0], kept, rest, tie
+
+
+def read_series(path_or_files: Union[PathLike, Iterable[PathLike]], *,
+                series_uid: SeriesSelector = None, lenient: bool = False,
+                clip_hu: bool = True, max_pixels: int = MAX_PIXELS_PER_FILE,
+                max_voxels: int = MAX_SERIES_VOXELS) -> Volume:
+  """Reads one CT series from a folder (non-recursive) or a list of files.
+
+  Args:
+    path_or_files: a folder, one file, or an iterable of files.
+    series_uid: None (exactly one series must be present), a SeriesInstanceUID, or a callable
+      choosing a UID from `SeriesSummary`s (`largest_series`, `prefer_description(...)`).
+    lenient: skip broken slices (recorded in `Volume.skipped`) instead of raising.
+    clip_hu: clip HU to [-1024, 3071] (padding / out-of-field fill becomes air).
+  Raises:
+    ctjax.errors.CTDataError subclasses, each naming the file and the fix.
+  """
+  with _quiet_pydicom():
+    return _read_series(path_or_files, series_uid=series_uid, lenient=lenient,
+                        clip_hu=clip_hu, max_pixels=max_pixels, max_voxels=max_voxels)
+
+
+def _read_series(path_or_files, *, series_uid, lenient, clip_hu, max_pixels,
+                 max_voxels) -> Volume:
+  """`read_series` with pydicom quiet."""
+  files, from_folder, label = _list_files(path_or_files)
+  skipped: list[Skip] = []
+  notes: list[str] = []
+  headers: list[SliceHeader] = []
+  for f in files:
+    try:
+      headers.append(read_header(f, max_pixels=max_pixels, check=False))
+    except errors.CTDataError as e:
+      stray = isinstance(e, errors.NotDicomError) and from_folder
+      if not (lenient or stray):
+        raise
+      skipped.append(Skip(f, str(e), type(e).__name__))
+      log.debug("skipped %s: %s", f, e)
+  if not headers:
+    raise errors.EmptySeriesError(
+        f"no readable CT slice among {len(files)} file(s)"
+        + (f" (skipped: {skipped[0].reason} …)" if skipped else ""), label)
+
+  groups: dict[str, list[SliceHeader]] = {}
+  for h in headers:
+    groups.setdefault(h.series_uid, []).append(h)
+  if len(groups) > 1 or (isinstance(series_uid, str) and series_uid not in groups):
+    summaries = _summaries(groups)
+    listing = "; ".join(f"{s.series_uid} ({s.num_files} files, {s.description!r})"
+                        for s in summaries)
+    if series_uid is None:
+      raise errors.MixedSeriesError(
+          f"{len(groups)} series in one input: {listing}; pass series_uid=<uid> or a selector "
+          "such as ctjax.data.dicom.largest_series", label)
+    chosen = series_uid if isinstance(series_uid, str) else series_uid(summaries)
+    if chosen not in groups:
+      raise errors.MixedSeriesError(f"series {chosen!r} not found; present: {listing}", label)
+    for uid, hs in groups.items():
+      if uid != chosen:
+        skipped.extend(Skip(h.path, f"other series {uid}") for h in hs)
+    notes.append(f"selected series {chosen} of {len(groups)}")
+    headers = groups[chosen]
+
+  checked = []
+  for h in headers:
+    try:
+      check_ct_image(h)
+      checked.append(h)
+    except errors.CTDataError as e:
+      if not lenient:
+        raise
+      skipped.append(Skip(h.path, str(e), type(e).__name__))
+  if not checked:
+    raise errors.EmptySeriesError("no CT slice in the selected series", label)
+  headers = checked
+
+  # Localizers, then orientation: keep the axial stack.
+  if any(not h.is_localizer for h in headers):
+    for h in headers:
+      if h.is_localizer:
+        skipped.append(Skip(h.path, "localizer (ImageType LOCALIZER)"))
+    headers = [h for h in headers if not h.is_localizer]
+  with_iop = [h for h in headers if h.orientation is not None]
+  if with_iop:
+    key = lambda h: tuple(np.round(h.orientation, 3))  # noqa: E731
+    orient, kept, rest, tie = _majority(with_iop, key)
+    if tie:
+      raise errors.InconsistentSeriesError(
+          f"slices of series {headers[0].series_uid} have {len({key(h) for h in with_iop})} "
+          "orientations in equal numbers (localizers?); pass the axial files explicitly", label)
+    skipped.extend(Skip(h.path, f"orientation {key(h)} differs from the stack's {orient}")
+                   for h in rest)
+    headers = kept + [h for h in headers if h.orientation is None]
+
+  # Shapes and pixel spacing must agree.
+  for what, key in (("shape", lambda h: (h.rows, h.columns)),
+                    ("pixel spacing", lambda h: None if h.pixel_spacing is None
+                     else tuple(np.round(h.pixel_spacing, 3)))):
+    value, kept, rest, tie = _majority(headers, key)
+    if rest:
+      if not lenient or tie:
+        bad = rest[0]
+        raise errors.InconsistentSeriesError(
+            f"{what} changes within the series ({key(bad)} in {bad.path} vs {value} in "
+            f"{len(kept)} others); use lenient=True to keep the majority", label)
+      skipped.extend(Skip(h.path, f"{what} {key(h)} differs from the series' {value}")
+                     for h in rest)
+      headers = kept
+
+  # Order along the slice normal.
+  orientation = headers[0].orientation
+  have_pos = all(h.position is not None for h in headers) and orientation is not None
+  if have_pos:
+    normal = np.cross(orientation[:3], orientation[3:])
+    normal /= np.linalg.norm(normal)
+    depth = np.asarray([h.position @ normal for h in headers])
+    inst = np.asarray([h.instance_number if h.instance_number is not None else 0
+                       for h in headers])
+    order = np.lexsort((inst, depth))
+    ordered_by = "position"
+  elif all(h.instance_number is not None for h in headers):
+    order = np.argsort([h.instance_number for h in headers], kind="stable")
+    depth = None
+    ordered_by = "instance_number"
+    notes.append("ImagePositionPatient/ImageOrientationPatient missing: ordered by "
+                 "InstanceNumber")
+  else:
+    order = np.arange(len(headers))
+    depth = None
+    ordered_by = "file_order"
+    notes.append("positions and InstanceNumber missing: slices kept in file-name order")
+  headers = [headers[i] for i in order]
+  if depth is not None:
+    depth = depth[order]
+    keep = [0]
+    seen_uids = {headers[0].sop_uid}
+    for i in range(1, len(headers)):
+      dup_uid = headers[i].sop_uid and headers[i].sop_uid in seen_uids
+      dup_pos = abs(depth[i] - depth[keep[-1]]) < 1e-3
+      if dup_uid or dup_pos:
+        skipped.append(Skip(headers[i].path,
+                            "duplicate SOPInstanceUID" if dup_uid else
+                            f"duplicate position {depth[i]:.3f} mm (kept "
+                            f"{os.path.basename(headers[keep[-1]].path)})"))
+        continue
+      keep.append(i)
+      seen_uids.add(headers[i].sop_uid)
+    headers = [headers[i] for i in keep]
+    depth = depth[keep]
+
+  s, h0 = len(headers), headers[0]
+  if s * h0.rows * h0.columns > max_voxels:
+    raise errors.UnsupportedDicomError(
+        f"{s} slices of {h0.rows}x{h0.columns} exceed the bound of {max_voxels} voxels", label)
+
+  tilt = 0.0
+  if depth is not None and s > 1:
+    steps = np.diff(depth)
+    dz = float(np.median(steps))
+    if np.any(np.abs(steps - dz) > 0.1 * dz + 1e-3):
+      gaps = [i for i, st in enumerate(steps) if abs(st - dz) > 0.1 * dz + 1e-3]
+      notes.append(f"uneven slice spacing (median {dz:.3f} mm; irregular after sorted slices "
+                   f"{gaps[:10]})")
+    disp = headers[-1].position - headers[0].position
+    cosang = abs(disp @ normal) / max(np.linalg.norm(disp), 1e-9)
+    tilt = float(np.degrees(np.arccos(np.clip(cosang, -1.0, 1.0))))
+    if tilt > 0.5:
+      notes.append(f"gantry tilt {tilt:.1f} degrees (from IOP/IPP)")
+  else:
+    dz = _float(_raw(h0.ds, "SpacingBetweenSlices"), None) or \
+        _float(_raw(h0.ds, "SliceThickness"), None) or 1.0
+    if s == 1:
+      notes.append("single slice")
+  dy, dx = h0.pixel_spacing if h0.pixel_spacing is not None else (1.0, 1.0)
+  if h0.pixel_spacing is None:
+    notes.append("PixelSpacing missing: 1 mm assumed")
+
+  hu = np.empty((s, h0.rows, h0.columns), np.float32)
+  kept_headers: list[SliceHeader] = []
+  for h in headers:
+    try:
+      hu[len(kept_headers)] = decode_hu(h, clip=clip_hu)
+    except errors.CTDataError as e:
+      if not lenient:
+        raise
+      skipped.append(Skip(h.path, str(e), type(e).__name__))
+      continue
+    kept_headers.append(h)
+  if not kept_headers:
+    raise errors.EmptySeriesError("every slice failed to decode", label)
+  hu = hu[:len(kept_headers)]
+  headers = kept_headers
+  num_fixed = sum(needs_rsna_fix(h) for h in headers)
+  if num_fixed:
+    notes.append(f"RSNA BitsStored-12 sign fix applied to {num_fixed} slice(s)")
+  positions = np.asarray([h.position if h.position is not None else np.full(3, np.nan)
+                          for h in headers], np.float64)
+  for n in notes:
+    log.debug("%s: %s", label, n)
+  return Volume(
+      hu=hu, spacing=(float(dz), float(dy), float(dx)), positions=positions,
+      sop_uids=[h.sop_uid for h in headers], files=[h.path for h in headers],
+      instance_numbers=[h.instance_number for h in headers], series_uid=h0.series_uid,
+      orientation=orientation, header={k: _header_text(h0.ds, k) for k in HEADER_FIELDS},
+      skipped=skipped, notes=notes, ordered_by=ordered_by, tilt_deg=tilt)
+
+
+def list_series(path: PathLike) -> list[SeriesSummary]:
+  """Series found in a folder (headers only; unreadable files are ignored)."""
+  groups: dict[str, list[SliceHeader]] = {}
+  files, _, _ = _list_files(path)
+  for f in files:
+    try:
+      h = read_header(f)
+    except errors.CTDataError:
+      continue
+    groups.setdefault(h.series_uid, []).append(h)
+  return _summaries(groups)

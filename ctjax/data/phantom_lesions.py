@@ -1,0 +1,303 @@
+"""Findings of the synthetic head CT: haemorrhages, blend sign and mimics, fractures, calcifications.
+
+Each finding is drawn in physical millimetres (head frame of `phantom_anatomy`) as a partial-volume
+occupancy on the slices it can touch, together with the HU it paints. The truth mask of a finding
+is occupancy >= 0.5, so boxes and slice labels follow exactly the pixels that show it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import numpy as np
+
+from ctjax.data import phantom_anatomy as pa
+
+F32 = np.float32
+BLEEDS = ("iph", "ivh", "sdh", "edh", "sah")
+MIMICS = ("gradient", "halo", "low_contrast")
+MASK_THRESHOLD = 0.5
+
+
+@dataclasses.dataclass
+class Lesion:
+  """One rendered finding on the slab of slices `idx`."""
+  type: str
+  idx: np.ndarray                 # slice indices of the slab
+  occ: np.ndarray                 # float32 [s,H,W] occupancy in [0, 1]
+  hu: np.ndarray | float          # HU painted where occupied ([s,H,W] or scalar)
+  hu_range: tuple[float, float]
+  blend: bool = False
+  mimic: Optional[str] = None
+  side: int = 0                   # -1 right, +1 left, 0 midline/both
+  halo: Optional[tuple[np.ndarray, float]] = None   # (occupancy, HU) of an oedema rim
+  hypo: Optional[np.ndarray] = None                 # blend sign: hypodense component occupancy
+  extra: dict = dataclasses.field(default_factory=dict)
+
+
+def _wrap(a):
+  return (a + np.pi) % (2 * np.pi) - np.pi
+
+
+def slice_center_w(grid: pa.Grid, rng: np.random.Generator, w_lo: float, w_hi: float,
+                   v: float) -> float:
+  """A head-frame w on a slice centre (at in-plane position v) within [w_lo, w_hi]."""
+  zz = grid.z - grid.cz + v * float(grid.tan_pitch)
+  ok = np.nonzero((zz >= w_lo) & (zz <= w_hi))[0]
+  k = int(rng.choice(ok)) if ok.size else int(np.argmin(np.abs(zz - 0.5 * (w_lo + w_hi))))
+  return float(zz[k] + rng.uniform(-0.2, 0.2) * grid.g.thickness)
+
+
+def sample_iph(grid: pa.Grid, rng: np.random.Generator, *, difficult: bool) -> dict:
+  """Centre, size and density of a parenchymal haematoma (mm, HU)."""
+  g = grid.g
+  A, B, C = g.semi_axes
+  site = rng.choice(["ganglia", "thalamus", "lobar", "lobar", "cerebellum"],
+                    p=[0.3, 0.15, 0.25, 0.2, 0.1])
+  side = float(rng.choice([-1.0, 1.0]))
+  if site == "ganglia":
+    c = (side * rng.uniform(14, 24), rng.uniform(-2, 14), rng.uniform(-0.05, 0.15) * C)
+  elif site == "thalamus":
+    c = (side * rng.uniform(8, 14), rng.uniform(-14, -4), rng.uniform(-0.05, 0.1) * C)
+  elif site == "cerebellum":
+    c = (side * rng.uniform(12, 24), -rng.uniform(0.38, 0.5) * B, -rng.uniform(0.42, 0.5) * C)
+  else:
+    ang = rng.uniform(0, 2 * np.pi)
+    r = rng.uniform(0.35, 0.6)
+    c = (side * abs(math.cos(ang)) * r * A, math.sin(ang) * r * B * 0.9, rng.uniform(0.05, 0.55) * C)
+  if difficult:
+    axes = (rng.uniform(3.5, 6.5), rng.uniform(3.5, 6.5), rng.uniform(0.35, 1.0) * g.thickness)
+    c = (c[0], c[1], slice_center_w(grid, rng, c[2] - 15, c[2] + 15, c[1]))
+  else:
+    s = rng.uniform(9, 22)
+    axes = (s * rng.uniform(0.7, 1.0), s * rng.uniform(0.8, 1.3),
+            max(s * rng.uniform(0.7, 1.1), 3.2 * g.thickness))
+  base = rng.uniform(58, 84)
+  return dict(center=c, axes=axes, angle=rng.uniform(0, np.pi), lobes=rng.uniform(0, 0.15),
+              lobe_phase=rng.uniform(0, 2 * np.pi), hu=base, side=int(side), site=str(site),
+              oedema=(not difficult) and rng.random() < 0.5, oedema_hu=rng.uniform(12, 20),
+              oedema_mm=rng.uniform(3, 8))
+
+
+def _blob(grid: pa.Grid, p: dict, grow: float = 0.0):
+  """Slab indices and signed depth (mm) of an irregular rotated ellipsoid `p` grown by `grow`."""
+  cu, cv, cw = p["center"]
+  a, b, c = (x + grow for x in p["axes"])
+  idx = grid.slice_range(cw - c, cw + c, v_extent=abs(cv) + b)
+  w = grid.w(idx)
+  ca, sa = math.cos(p["angle"]), math.sin(p["angle"])
+  du, dv = grid.u - cu, grid.v - cv
+  ru = (ca * du + sa * dv)[None]
+  rv = (-sa * du + ca * dv)[None]
+  lobes = 1.0 + p["lobes"] * np.cos(3 * np.arctan2(rv, ru) + p["lobe_phase"])
+  depth = pa.ellipsoid_depth(ru / lobes, rv / lobes, w - cw, a, b, c)
+  return idx, depth, (ru, rv, w - cw)
+
+
+def render_iph(grid: pa.Grid, fields: dict, p: dict, rng: np.random.Generator, *,
+               blend: bool = False, mimic: Optional[str] = None) -> Lesion:
+  """Hyperdense blob (50–90 HU); blend sign adds a hypodense part behind a sharp margin."""
+  pw = grid.g.pixel_spacing
+  grow = p["oedema_mm"] if (p["oedema"] or mimic == "halo") else 0.0
+  idx, depth, (ru, rv, rw) = _blob(grid, p, grow=grow)
+  depth = depth - grow if grow else depth
+  brain = fields["brain"][idx]
+  occ = (pa.inside(depth, pw) * brain).astype(F32)
+  hu = np.full(occ.shape, p["hu"], F32)
+  lo, hi = p["hu"], p["hu"]
+  les = Lesion("iph", idx, occ, hu, (lo, hi), side=p["side"])
+  a = p["axes"]
+  if blend or mimic in ("gradient", "low_contrast"):
+    # A second, hypodense compartment at the edge: sphere-ish cap of the haematoma.
+    ang = rng.uniform(0, 2 * np.pi)
+    off = np.array([math.cos(ang) * a[0], math.sin(ang) * a[1]]) * rng.uniform(0.45, 0.7)
+    r = rng.uniform(0.5, 0.7) * min(a[0], a[1])
+    d2 = pa.ellipsoid_depth(ru - off[0], rv - off[1], rw, r, r, max(a[2] * 0.8, r))
+    if mimic == "gradient":
+      # Smooth density ramp across the clot: heterogeneous but no margin.
+      t = np.clip(((ru * off[0] + rv * off[1]) / (np.hypot(*off) + 1e-6)) / (a[0] + a[1]) + 0.5, 0, 1)
+      hyper, hypo = p["hu"], p["hu"] - rng.uniform(15, 25)
+      hu[...] = hyper + (hypo - hyper) * t
+    else:
+      diff = rng.uniform(22, 38) if blend else rng.uniform(5, 11)
+      hyper, hypo = max(p["hu"], 62.0), max(p["hu"], 62.0) - diff
+      comp = pa.inside(d2, pw)
+      hu[...] = hyper + (hypo - hyper) * comp
+      if blend:
+        les.hypo = (comp * occ).astype(F32)
+    hyper, hypo = max(hyper, hypo), min(hyper, hypo)
+    les.hu_range = (float(np.floor(hypo)), float(np.ceil(hyper)))
+    les.extra["components"] = [float(hypo), float(hyper)]
+  if grow:
+    ring = (pa.inside(depth + grow, pw) * brain - occ).clip(0, 1).astype(F32)
+    les.halo = (ring, p["oedema_hu"])
+  les.blend, les.mimic = blend, mimic
+  les.extra.update(site=p["site"], oedema=bool(grow))
+  return les
+
+
+def render_ivh(grid: pa.Grid, fields: dict, rng: np.random.Generator, *, difficult: bool) -> Lesion:
+  """Blood layering in the dependent (posterior) ventricles, or a small clot in one horn."""
+  g = grid.g
+  B, C = g.semi_axes[1], g.semi_axes[2]
+  vent = fields["ventricle"]
+  side = int(rng.choice([-1, 0, 1]))
+  level = rng.uniform(-0.2, 0.05) * B if not difficult else -0.3 * B
+  dep = pa.inside(level - grid.v, g.pixel_spacing)[None]
+  if side:
+    dep = dep * pa.inside(side * grid.u, g.pixel_spacing)[None]
+  occ = vent * dep
+  if difficult:
+    wc = slice_center_w(grid, rng, -0.05 * C, 0.15 * C, -0.3 * B)
+    occ = occ * (np.abs(grid.w() - wc) <= rng.uniform(0.4, 1.2) * g.thickness)
+  idx = np.nonzero(occ.reshape(len(occ), -1).max(1) > 0)[0]
+  hu = rng.uniform(48, 75)
+  return Lesion("ivh", idx, occ[idx].astype(F32), hu, (hu, hu), side=side)
+
+
+def render_extra_axial(grid: pa.Grid, fields: dict, rng: np.random.Generator, *, kind: str,
+                       difficult: bool, side: Optional[int] = None,
+                       wc: Optional[float] = None) -> Lesion:
+  """SDH (crescent along the inner table) or EDH (biconvex lens limited by sutures)."""
+  g = grid.g
+  C = g.semi_axes[2]
+  pw = g.pixel_spacing
+  side = int(rng.choice([-1, 1])) if side is None else side
+  phi0 = (0.0 if side > 0 else np.pi) + rng.uniform(-0.9, 0.9)
+  if kind == "sdh":
+    half_phi = rng.uniform(0.25, 0.45) if difficult else rng.uniform(0.7, 1.2)
+    depth_mm = rng.uniform(2.8, 4.5) if difficult else rng.uniform(5.0, 13.0)
+    hu = rng.uniform(50, 78)
+  else:
+    half_phi = rng.uniform(0.2, 0.3) if difficult else rng.uniform(0.28, 0.45)
+    depth_mm = rng.uniform(3.5, 6.0) if difficult else rng.uniform(10.0, 22.0)
+    hu = rng.uniform(55, 88)
+  if difficult:
+    wc = slice_center_w(grid, rng, 0.0, 0.5 * C, 0.0)
+    half_w = rng.uniform(0.5, 1.3) * g.thickness
+  else:
+    wc = rng.uniform(0.05, 0.45) * C if wc is None else wc
+    half_w = max(rng.uniform(0.22, 0.4) * C if kind == "sdh" else rng.uniform(0.15, 0.25) * C,
+                 3.2 * g.thickness)
+  idx = grid.slice_range(wc - half_w, wc + half_w)
+  w = grid.w(idx)
+  dphi = _wrap(fields["phi"] - phi0)[None] / half_phi
+  dw = (w - wc) / half_w
+  if kind == "sdh":
+    prof = np.sqrt(pa.bell(dphi) * pa.bell(dw))
+  else:
+    prof = np.sqrt(np.clip(1.0 - dphi ** 2 - dw ** 2, 0.0, 1.0))
+  d_in = fields["depth"][idx] - fields["t_inner"]
+  occ = pa.inside(d_in, pw) * pa.inside(depth_mm * prof - d_in, pw) * (prof > 0)
+  occ = (occ * np.clip(fields["cavity"][idx] * 1.0, 0, 1)).astype(F32)
+  return Lesion(kind, idx, occ, hu, (hu, hu), side=side, extra=dict(phi=float(phi0)))
+
+
+def render_sah(grid: pa.Grid, fields: dict, rng: np.random.Generator, *, difficult: bool) -> Lesion:
+  """Hyperdense blood filling sulci over a sector of the convexity and/or the basal cisterns."""
+  g = grid.g
+  C = g.semi_axes[2]
+  pw = g.pixel_spacing
+  side = int(rng.choice([-1, 1]))
+  phi0 = (0.0 if side > 0 else np.pi) + rng.uniform(-1.0, 1.0)
+  half_phi = rng.uniform(0.3, 0.5) if difficult else rng.uniform(0.6, 1.3)
+  if difficult:
+    wc = slice_center_w(grid, rng, 0.1 * C, 0.6 * C, 0.0)
+    half_w = rng.uniform(0.5, 1.2) * g.thickness
+  else:
+    wc = rng.uniform(0.0, 0.5) * C
+    half_w = max(rng.uniform(0.2, 0.4) * C, 3.2 * g.thickness)
+  w = grid.w()
+  region = (pa.bell(_wrap(fields["phi"] - phi0)[None] / half_phi) > 0.2) & (np.abs(w - wc) <= half_w)
+  # Blood widens the sulci it fills: take the subarachnoid space within 1.5 mm of the pia.
+  pial = fields["pial"]
+  occ = (pa.inside(1.2 - pial, pw) * pa.inside(fields["d_brain"] - 1.0, pw) * (fields["d_brain"] < 14.0)
+         * fields["brain"] * region)
+  if not difficult and rng.random() < 0.5:
+    occ = np.maximum(occ, fields["cisterns"] * fields["brain"])
+    side = 0
+  idx = np.nonzero(occ.reshape(len(occ), -1).max(1) > 0)[0]
+  hu = rng.uniform(55, 75)
+  return Lesion("sah", idx, occ[idx].astype(F32), hu, (hu, hu), side=side)
+
+
+def render_fracture(grid: pa.Grid, fields: dict, rng: np.random.Generator,
+                    phi0: Optional[float] = None) -> Lesion:
+  """A lucent break through both tables of the calvarium (soft-tissue HU in the gap)."""
+  g = grid.g
+  C = g.semi_axes[2]
+  R = 0.5 * (g.semi_axes[0] + g.semi_axes[1])
+  if phi0 is None:
+    phi0 = rng.uniform(-np.pi, np.pi)
+  width = max(rng.uniform(2.5, 4.0), 0.8 * g.pixel_spacing)
+  wc = rng.uniform(0.1, 0.55) * C
+  half_w = max(rng.uniform(12, 30), 2.2 * g.thickness)
+  idx = grid.slice_range(wc - half_w, wc + half_w)
+  w = grid.w(idx)
+  tilt = rng.uniform(-0.3, 0.3)
+  arc = (_wrap(fields["phi"] - phi0)[None] + tilt * (w - wc) / R) * R
+  depth = fields["depth"][idx]
+  bone = pa.inside(depth - fields["t_skin"], g.pixel_spacing) * pa.inside(
+      fields["t_inner"] - depth, g.pixel_spacing)
+  occ = (pa.coverage(arc, width / 2, g.pixel_spacing) * bone * (np.abs(w - wc) <= half_w)
+         * (fields["cavity_above"][idx] > 0.5)).astype(F32)
+  side = 1 if math.cos(phi0) > 0.3 else (-1 if math.cos(phi0) < -0.3 else 0)
+  return Lesion("fracture", idx, occ, 30.0, (30.0, 30.0), side=side, extra=dict(phi=float(phi0)))
+
+
+def render_calcification(grid: pa.Grid, fields: dict, rng: np.random.Generator,
+                         kind: str) -> list[Lesion]:
+  """Pineal (midline) or choroid-plexus (both atria) calcifications: >100 HU, a few mm."""
+  g = grid.g
+  B, C = g.semi_axes[1], g.semi_axes[2]
+  out = []
+  if kind == "pineal":
+    centers = [(g.midline_shift, -0.13 * B, 0.03 * C)]
+    r, hu = rng.uniform(2.0, 3.5), rng.uniform(180, 600)
+  else:
+    centers = [(s * 17.0 + g.midline_shift * 0.9, -0.27 * B, 0.08 * C) for s in (-1, 1)]
+    r, hu = rng.uniform(2.0, 3.2), rng.uniform(140, 400)
+  for cu, cv, cw in centers:
+    p = dict(center=(cu, cv, cw), axes=(r, r, r), angle=0.0, lobes=0.0, lobe_phase=0.0)
+    idx, depth, _ = _blob(grid, p)
+    occ = pa.inside(depth, g.pixel_spacing).astype(F32)
+    out.append(Lesion(kind, idx, occ, hu, (hu, hu), side=int(np.sign(cu)) if kind != "pineal" else 0))
+  return out
+
+
+def composite(hu: np.ndarray, les: Lesion) -> None:
+  """Paints a lesion (and its oedema rim) into the HU volume in place."""
+  sub = hu[les.idx]
+  if les.halo is not None:
+    ring, val = les.halo
+    sub += (val - sub) * ring
+  sub += (les.hu - sub) * les.occ
+  hu[les.idx] = sub
+
+
+def mask_of(les: Lesion) -> np.ndarray:
+  return les.occ >= MASK_THRESHOLD
+
+
+def truth_of(les: Lesion, *, box_pad: int = 0) -> dict:
+  """Manifest entry: slices, per-slice boxes [x0,y0,x1,y1) and centres in stored-image pixels."""
+  m = mask_of(les)
+  slices, boxes, centers = [], {}, {}
+  for j, k in enumerate(les.idx):
+    if not m[j].any():
+      continue
+    rows = np.nonzero(m[j].any(1))[0]
+    cols = np.nonzero(m[j].any(0))[0]
+    box = [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+    slices.append(int(k))
+    boxes[str(int(k))] = box
+    centers[str(int(k))] = [0.5 * (box[0] + box[2]), 0.5 * (box[1] + box[3])]
+  out = {"type": les.type, "slices": slices, "boxes": boxes, "centers": centers,
+         "blend": bool(les.blend), "hu": [float(les.hu_range[0]), float(les.hu_range[1])],
+         "side": les.side}
+  if les.mimic:
+    out["mimic"] = les.mimic
+  out.update({k: v for k, v in les.extra.items()})
+  return out

@@ -1,0 +1,294 @@
+"""Grain pipelines over the prepared cache → local numpy batches.
+
+    splits = build_splits(config, workdir)          # generates phantoms / prepares the cache
+    it = train_iterator(config, splits, seed=config.seed)   # endless; it.get_state()/set_state()
+    for batch in eval_batches(config, splits, "val"): ...   # one pass, last batch padded
+
+Config fields read (defaults used when a field is absent; configs/common.py holds most):
+  data.layout ("phantom"), data.root (""), data.cache_dir (""), data.image_size (256),
+  data.num_slices (28; DrCT scans are sampled to this many slices), data.windows ("rsna3";
+  recorded in `Splits.info`, applied on device by the task), data.num_folds (5), data.fold (0),
+  data.split_seed (0), data.num_workers (0: in-process; >0: Grain `mp_prefetch` worker processes,
+  also the `prepare` process count), data.prefetch (2: batches buffered per worker / prefetch
+  thread), data.lenient (False: a broken slice aborts prepare; True: skipped and recorded),
+  data.max_boxes (8: blend boxes per slice, padded with -1), data.eval_batch_size (0: same as
+  train.batch_size), data.augment.resample_slices (True: training re-draws the m slices from the
+  unsampled ones, as DrCT2), data.augment.hflip (0.0: probability of a left-right flip),
+  data.synth.{layout ("rsna"), num_scans (24), seed (0), size (64)} for layout "phantom";
+  train.batch_size (global), task ("drct" → scan records, "blend" / "pretrain" → slice records).
+
+Batches (ARCHITECTURE.md "Shapes and dtypes"), every field with leading local batch axis B:
+  drct:     hu int16 [B,m,H,W], labels float32 [B,L], slice_labels uint8 [B,m,L],
+            slice_index int32 [B,m], num_source_slices int32 [B], valid bool [B],
+            example_index int32 [B]
+  blend:    hu int16 [B,H,W], label int32 [B], boxes float32 [B,K,4] (-1 padded),
+            num_boxes int32 [B], valid, example_index
+  pretrain: hu int16 [B,H,W], labels float32 [B,L] (per-slice), slice_index int32 [B], valid,
+            example_index
+`example_index` indexes the split's `CacheSource` (`-1` on padding); string ids stay on the
+host: `splits[split].example_info(i)`.
+
+Multi-host: `train_iterator` shards the training set by process (element i goes to process
+i % process_count, like Grain's ShardByJaxProcess; the last len % process_count elements are
+dropped so every process runs the same number of steps) and shuffles each shard per epoch by
+seed. `eval_batches` lays global batch g out as process p's slice [p*b, (p+1)*b), so batches
+concatenated in process order are the global batch.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import functools
+import logging
+import math
+import os
+import pathlib
+from typing import Any, Iterator, Optional
+
+import grain
+import numpy as np
+
+from ctjax import errors
+from ctjax.data import cache, datasets, sampling
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "layout": "phantom", "root": "", "cache_dir": "", "image_size": 256, "num_slices": 28,
+    "windows": "rsna3", "num_folds": 5, "fold": 0, "split_seed": 0, "num_workers": 0,
+    "prefetch": 2, "lenient": False, "max_boxes": 8, "eval_batch_size": 0,
+}
+AUGMENT_DEFAULTS = {"resample_slices": True, "hflip": 0.0}
+SYNTH_DEFAULTS = {"layout": "rsna", "num_scans": 24, "seed": 0, "size": 64}
+RECORDS = {"drct": "scan", "blend": "slice", "pretrain": "slice"}
+
+
+def _get(section, name: str, defaults: dict):
+  if section is not None and name in section:
+    return section[name]
+  return defaults[name]
+
+
+def data_option(config, name: str):
+  return _get(config.get("data"), name, DEFAULTS)
+
+
+def _augment(config, name: str):
+  data = config.get("data")
+  aug = data.get("augment") if data is not None else None
+  return _get(aug, name, AUGMENT_DEFAULTS)
+
+
+@dataclasses.dataclass
+class Splits(collections.abc.Mapping):
+  """"train"/"val"/"test" → `CacheSource`; `labels` names; `info` (cache path, sizes, …)."""
+  sources: dict[str, cache.CacheSource]
+  labels: tuple[str, ...]
+  info: dict[str, Any]
+
+  def __getitem__(self, key: str) -> cache.CacheSource:
+    return self.sources[key]
+
+  def __iter__(self):
+    return iter(self.sources)
+
+  def __len__(self) -> int:
+    return len(self.sources)
+
+
+def _task_kind(config) -> str:
+  task = config.get("task", "") or "drct"
+  if task not in RECORDS:
+    raise errors.ConfigError(f"config.task={task!r}: the data pipeline knows {sorted(RECORDS)}")
+  return task
+
+
+def resolve_root(config, workdir: Optional[str]) -> tuple[str, str]:
+  """(layout the adapters read, root folder); generates phantoms when asked and absent."""
+  layout = data_option(config, "layout")
+  root = data_option(config, "root")
+  if layout == "phantom":
+    if not root:
+      if not workdir:
+        raise errors.ConfigError("layout 'phantom' with data.root='' needs a workdir")
+      root = os.path.join(workdir, "data")
+    if not (pathlib.Path(root) / "manifest.json").is_file():
+      synth = config.data.get("synth") if "data" in config else None
+      opts = {k: _get(synth, k, SYNTH_DEFAULTS) for k in SYNTH_DEFAULTS}
+      try:
+        from ctjax.data import phantom
+      except ImportError as e:
+        raise errors.ConfigError("layout 'phantom' needs ctjax.data.phantom, which is not "
+                                 f"importable ({e})") from e
+      log.info("generating phantom data set %s into %s", opts, root)
+      phantom.write_dataset(root, layout=opts["layout"], num_scans=int(opts["num_scans"]),
+                            seed=int(opts["seed"]), size=int(opts["size"]))
+  elif not root:
+    raise errors.ConfigError(f"config.data.root is empty for layout {layout!r}")
+  return layout, str(root)
+
+
+def ensure_cache(config, workdir: Optional[str] = None, *, progress: bool = True
+                 ) -> pathlib.Path:
+  """The complete cache folder for `config` (prepared now when absent or unfinished)."""
+  layout, root = resolve_root(config, workdir)
+  size = int(data_option(config, "image_size"))
+  lenient = bool(data_option(config, "lenient"))
+  path = cache.cache_path(data_option(config, "cache_dir"), layout, root, size, lenient)
+  if not cache.is_complete(path):
+    ds = datasets.load(layout, root)
+    cache.prepare(ds, path, image_size=size, lenient=lenient,
+                  num_workers=int(data_option(config, "num_workers")), progress=progress,
+                  options={"layout": layout, "root": root, "image_size": size})
+  return path
+
+
+def build_splits(config, workdir: Optional[str] = None) -> Splits:
+  """Cache (prepared if needed) → k-fold-by-patient splits of `CacheSource`s."""
+  kind = _task_kind(config)
+  path = ensure_cache(config, workdir)
+  scans = cache.CachedScans(path)
+  idx = datasets.split_indices([s.patient_id for s in scans.scans],
+                               num_folds=int(data_option(config, "num_folds")),
+                               fold=int(data_option(config, "fold")),
+                               seed=int(data_option(config, "split_seed")))
+  record = RECORDS[kind]
+  sources = {k: cache.CacheSource(scans, v, record) for k, v in idx.items()}
+  info = {"cache": str(path), "layout": scans.manifest["layout"], "record": record,
+          "task": kind, "image_size": scans.image_size,
+          "has_slice_labels": scans.manifest.get("has_slice_labels", False),
+          "windows": data_option(config, "windows"),
+          "sizes": {k: len(v) for k, v in sources.items()},
+          "scans": {k: len(v) for k, v in idx.items()}}
+  return Splits(sources, scans.labels, info)
+
+
+# ------------------------------------------------------------------------- example builders
+
+
+def _flip(hu: np.ndarray, rng: Optional[np.random.Generator], p: float) -> tuple[np.ndarray,
+                                                                                bool]:
+  if rng is None or p <= 0 or rng.random() >= p:
+    return hu, False
+  return np.ascontiguousarray(hu[..., ::-1]), True
+
+
+def _drct_example(el, rng, *, scans: cache.CachedScans, m: int, resample: bool,
+                  hflip: float) -> dict:
+  meta = scans.scans[el["scan"]]
+  train = rng is not None and resample
+  idx = sampling.sample_indices(meta.num_slices, m, train=train, rng=rng)
+  hu, _ = _flip(scans.scan_hu(el["scan"], idx), rng, hflip)
+  return {"hu": hu, "labels": meta.labels, "slice_labels": meta.slice_labels[idx],
+          "slice_index": idx.astype(np.int32), "num_source_slices": np.int32(meta.num_slices),
+          "valid": np.bool_(True), "example_index": np.int32(el["example_index"])}
+
+
+def _slice_example(el, rng, *, scans: cache.CachedScans, kind: str, max_boxes: int,
+                   hflip: float) -> dict:
+  meta = scans.scans[el["scan"]]
+  k = el["slice"]
+  hu, flipped = _flip(scans.scan_hu(el["scan"], [k])[0], rng, hflip)
+  out = {"hu": hu, "valid": np.bool_(True), "example_index": np.int32(el["example_index"])}
+  if kind == "blend":
+    if meta.slice_class is None:
+      raise errors.ConfigError("task 'blend' needs a blend-layout cache (per-slice classes)")
+    boxes = np.asarray(meta.boxes[k], np.float32).reshape(-1, 4)[:max_boxes]
+    if flipped:
+      w = hu.shape[-1]
+      boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], -1)
+    padded = np.full((max_boxes, 4), -1.0, np.float32)
+    padded[:len(boxes)] = boxes
+    out.update(label=np.int32(meta.slice_class[k]), boxes=padded,
+               num_boxes=np.int32(len(boxes)))
+  else:
+    out.update(labels=meta.slice_labels[k].astype(np.float32), slice_index=np.int32(k))
+  return out
+
+
+def _example_fn(config, splits: Splits, *, train: bool):
+  kind = splits.info["task"]
+  scans = next(iter(splits.sources.values())).scans
+  hflip = float(_augment(config, "hflip")) if train else 0.0
+  if kind == "drct":
+    return functools.partial(_drct_example, scans=scans, m=int(data_option(config, "num_slices")),
+                             resample=bool(_augment(config, "resample_slices")), hflip=hflip)
+  return functools.partial(_slice_example, scans=scans, kind=kind,
+                           max_boxes=int(data_option(config, "max_boxes")), hflip=hflip)
+
+
+def stack(examples) -> dict[str, np.ndarray]:
+  """Batch function: stacks each field (one np.stack per key, no tree utilities)."""
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def _local_batch(global_batch: int, process_count: int) -> int:
+  if global_batch % process_count:
+    raise errors.ConfigError(f"batch size {global_batch} is not divisible by "
+                             f"{process_count} processes")
+  return global_batch // process_count
+
+
+def _finish(ds: grain.MapDataset, config) -> grain.IterDataset:
+  it = ds.to_iter_dataset()
+  workers = int(data_option(config, "num_workers"))
+  prefetch = int(data_option(config, "prefetch"))
+  if workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                     per_worker_buffer_size=max(1, prefetch)))
+  return it
+
+
+def train_iterator(config, splits: Splits, *, seed: int, process_index: int = 0,
+                   process_count: int = 1) -> grain.DatasetIterator:
+  """Endless iterator of local training batches; `get_state()`/`set_state()` for checkpoints."""
+  src = splits["train"]
+  local = _local_batch(int(config.train.batch_size), process_count)
+  n_even = (len(src) // process_count) * process_count
+  if n_even // process_count < local:
+    raise errors.ConfigError(
+        f"train split has {len(src)} examples: fewer than one local batch of {local} per "
+        f"process ({process_count} processes); lower train.batch_size or add data")
+  seed = int(seed) % 2**32
+  ds = grain.MapDataset.source(src)[process_index:n_even:process_count]
+  ds = ds.shuffle(seed=seed).repeat(None)
+  ds = ds.random_map(_example_fn(config, splits, train=True), seed=seed)
+  ds = ds.batch(local, drop_remainder=True, batch_fn=stack)
+  return iter(_finish(ds, config))
+
+
+def steps_per_epoch(config, splits: Splits, process_count: int = 1) -> int:
+  n_even = (len(splits["train"]) // process_count) * process_count
+  return n_even // int(config.train.batch_size)
+
+
+def _eval_element(j: int, *, src, n: int, global_batch: int, local: int, process_index: int,
+                  example):
+  g, r = divmod(int(j), local)
+  gi = g * global_batch + process_index * local + r
+  if gi < n:
+    return example(src[gi], None)
+  out = example(src[0], None)
+  out["valid"] = np.bool_(False)
+  out["example_index"] = np.int32(-1)
+  return out
+
+
+def eval_batches(config, splits: Splits, split: str, *, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Local batches covering `split` once (uniform slice sampling, no augmentation); the last
+  global batch is padded with `valid=False` examples (`example_index` -1)."""
+  src = splits[split]
+  global_batch = int(data_option(config, "eval_batch_size") or config.train.batch_size)
+  local = _local_batch(global_batch, process_count)
+  n = len(src)
+  if n == 0:
+    return iter(())
+  num_batches = math.ceil(n / global_batch)
+  element = functools.partial(_eval_element, src=src, n=n, global_batch=global_batch,
+                              local=local, process_index=process_index,
+                              example=_example_fn(config, splits, train=False))
+  ds = grain.MapDataset.range(num_batches * local).map(element)
+  ds = ds.batch(local, drop_remainder=True, batch_fn=stack)
+  return iter(_finish(ds, config))

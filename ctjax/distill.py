@@ -1,0 +1,174 @@
+"""Self-knowledge distillation for the blend-sign detector, and its evaluation figures.
+
+  python -m ctjax.distill --config configs/blend_phantom.py:variant=wce_at_skd --workdir DIR
+
+Paper (/work/shared/papers/002_*.txt, "Self-knowledge distillation", Figure 5): train a teacher
+on the labels; predict soft labels (class probabilities, no augmentation) for every training
+slice; train a student on KL(teacher ‖ student) together with the labels; the student is the
+next round's teacher. `config.distill.rounds` students follow the teacher (0 = plain training,
+which is how the "WCE" and "WCE+AT" rows of Table 3 run through the same command).
+
+Layout: DIR/round_0 (teacher), DIR/round_1, … each a `python -m ctjax.train` workdir; soft labels
+in DIR/round_<r>/soft_labels.npz (example_index, probs) are read by the task through
+`config.distill.soft_labels_path`. DIR/distill.json holds each round's test report; the final
+round's ROC / confusion-matrix PNGs and Grad-CAM panels go to DIR/figures/.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from ctjax.errors import CTJaxError
+
+
+def predict_split(workdir: str, split: str, config: ml_collections.ConfigDict | None = None
+                  ) -> tuple[dict[str, np.ndarray], Any]:
+  """Concatenated `Task.predict` outputs (+ batch fields) of a trained workdir over a split.
+
+  Returns (outputs, (config, task, model, variables)). Runs on this process's first device.
+  """
+  from ctjax.data import pipeline
+  from ctjax.train import checkpoint
+
+  cfg, task, model, variables = checkpoint.restore_for_inference(workdir)
+  if config is not None:
+    cfg = config
+  splits = pipeline.build_splits(cfg, _data_workdir(workdir))
+  step = jax.jit(lambda v, b: task.predict(model, v, b, cfg))
+  parts: dict[str, list] = {}
+  for batch in pipeline.eval_batches(cfg, splits, split):
+    arrays = {k: v for k, v in batch.items() if isinstance(v, np.ndarray) and v.dtype != object}
+    out = jax.device_get(step(variables, arrays))
+    for k, v in {**arrays, **out}.items():
+      parts.setdefault(k, []).append(np.asarray(v))
+  outputs = {k: np.concatenate(v) for k, v in parts.items()}
+  return outputs, (cfg, task, model, variables)
+
+
+def _data_workdir(round_dir: str) -> str:
+  """Rounds share the parent's generated phantom data (root "" → <parent>/data)."""
+  return os.path.dirname(os.path.abspath(round_dir))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, figures: bool = True
+        ) -> dict[str, Any]:
+  """Teacher + `config.distill.rounds` students; returns {"rounds": [test reports], "final"}."""
+  from ctjax.train import loop
+  from ctjax.train.tasks import blend
+
+  os.makedirs(workdir, exist_ok=True)
+  base = copy.deepcopy(config)
+  if not base.data.root and base.data.layout == "phantom":
+    base.data.root = os.path.join(os.path.abspath(workdir), "data")   # one data set, all rounds
+  rounds = int(base.get("distill", {}).get("rounds", 0))
+  soft_path = ""
+  results = []
+  for r in range(rounds + 1):
+    cfg = copy.deepcopy(base)
+    with cfg.unlocked():
+      cfg.distill.soft_labels_path = soft_path
+      cfg.seed = base.seed + r
+    round_dir = os.path.join(workdir, f"round_{r}")
+    logging.info("SKD round %d/%d (%s) in %s", r, rounds, "teacher" if r == 0 else "student",
+                 round_dir)
+    loop.train_and_evaluate(cfg, round_dir)
+    outputs, (cfg_r, task, model, variables) = predict_split(round_dir, "test", cfg)
+    report = task.summarize(outputs, cfg_r)
+    results.append(report)
+    if figures and r == rounds:
+      fig_dir = os.path.join(workdir, "figures")
+      blend.write_figures(outputs, report, fig_dir, title=cfg.get("variant", ""))
+      _grad_cam_examples(outputs, cfg_r, model, variables, round_dir, fig_dir)
+    if r < rounds:
+      train_out, _ = predict_split(round_dir, "train", cfg)
+      soft_path = os.path.join(round_dir, "soft_labels.npz")
+      blend.save_soft_labels(soft_path, train_out["example_index"], train_out["probs"])
+      logging.info("wrote %d soft labels to %s", len(train_out["probs"]), soft_path)
+  summary = {"variant": config.get("variant", ""), "rounds": results, "final": results[-1]}
+  with open(os.path.join(workdir, "distill.json"), "w") as f:
+    json.dump(summary, f, indent=1, default=float)
+  return summary
+
+
+def _grad_cam_examples(outputs, config, model, variables, round_dir, fig_dir, per_class=2):
+  """Grad-CAM panels for the first `per_class` test slices of each class."""
+  from ctjax.data import pipeline
+  from ctjax.train.tasks import blend
+
+  want = {c: per_class for c in range(3)}
+  hu, labels, boxes = [], [], []
+  splits = pipeline.build_splits(config, _data_workdir(round_dir))
+  for batch in pipeline.eval_batches(config, splits, "test"):
+    for i in range(len(batch["label"])):
+      c = int(batch["label"][i])
+      if batch["valid"][i] and want.get(c, 0) > 0:
+        want[c] -= 1
+        hu.append(batch["hu"][i])
+        labels.append(c)
+        boxes.append(batch["boxes"][i])
+    if not any(want.values()):
+      break
+  if hu:
+    blend.write_grad_cam(model, variables, np.stack(hu), config,
+                         os.path.join(fig_dir, "grad_cam.png"), labels, np.stack(boxes))
+
+
+def format_ablation(summaries: dict[str, dict]) -> str:
+  """Table 3 style: per class sensitivity / specificity / F1 / AUC for each variant."""
+  from ctjax.train.tasks.blend import BLEND_CLASSES
+  lines = [f"{'variant':<12}{'class':<12}{'sens':>8}{'spec':>8}{'F1':>8}{'AUC':>8}"]
+  for name, summary in summaries.items():
+    report = summary.get("final", summary)
+    for c in BLEND_CLASSES:
+      row = report["per_class"][c]
+      lines.append(f"{name:<12}{c:<12}" + "".join(
+          f"{row[k]:>8.3f}" for k in ("sensitivity", "specificity", "f1", "auc")))
+    det = report.get("detection")
+    if det:
+      lines.append(f"{name:<12}{'detection':<12}centre hit rate {det['centre_hit_rate']:.3f}")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, "configs/<name>.py[:args]",
+                                  lock_config=False)
+  flags.DEFINE_string("workdir", None, "output folder (round_<r>/ subfolders)")
+  flags.DEFINE_multi_string("table", None, "print the ablation table of these SKD workdirs")
+
+  def _main(_):
+    logging.getLogger().setLevel(logging.INFO)
+    try:
+      if flags.FLAGS.table:
+        summaries = {}
+        for d in flags.FLAGS.table:
+          with open(os.path.join(d, "distill.json")) as f:
+            s = json.load(f)
+          summaries[s.get("variant") or os.path.basename(d.rstrip("/"))] = s
+        print(format_ablation(summaries))
+        return
+      if flags.FLAGS.config is None or flags.FLAGS.workdir is None:
+        raise CTJaxError("need --config and --workdir (or --table DIR ...)")
+      summary = run(flags.FLAGS.config, flags.FLAGS.workdir)
+      print(format_ablation({summary["variant"] or "run": summary}))
+    except CTJaxError as e:
+      print(f"ctjax.distill: error: {e}", file=sys.stderr)
+      sys.exit(1)
+
+  app.run(_main, argv=argv)
+  return 0
+
+
+if __name__ == "__main__":
+  main()

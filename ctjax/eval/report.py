@@ -1,0 +1,636 @@
+"""The per-scan diagnostic-support report (DrCT2 paper, Figure 2 and section IV) as one HTML file.
+
+Two halves, kept apart so the page can be tested without a trained model:
+
+* `render_report_html(images, attention, highlight, predictions, provenance)` is a pure
+  function of arrays and small records → one self-contained HTML string (images inline as
+  base64 PNG, the attention histogram as inline SVG, a few lines of plain JS; no external
+  asset, no network).
+* `report_for_scan` / `report_for_folder` glue it to the rest of ctjax: read the DICOM folder
+  (`ctjax.data.dicom.read_series`), sample and resize as the run's config says, run the restored
+  model (`ctjax.train.checkpoint.restore_for_inference`, `Task.predict`), render, write.
+
+The five key slices are the five most attended sampled slices, ranked exactly as the key-slice
+tasks rank them (`ctjax.eval.keyslice.top_k_indices`: ties → lower slice first).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as _dt
+import html
+import io
+import logging
+import math
+import os
+import pathlib
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ctjax.eval import keyslice
+
+log = logging.getLogger(__name__)
+
+DISCLAIMER = ("Research tool — not a diagnosis. This report is the output of an experimental "
+              "machine-learning model and has not been validated for clinical use. It must not "
+              "be used to diagnose, treat or rule out any condition; a qualified radiologist "
+              "must read the original images.")
+THUMB_PX = 96         # strip thumbnails (longest side)
+KEY_PX = 384          # enlarged key slices (longest side)
+OVERLAY_ALPHA = 0.6   # heat-map alpha at highlight 1.0 (scaled by the value below it)
+HEAT_CMAP = "jet"     # the usual Grad-CAM colouring
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+  """One label's output: probability, decision threshold."""
+  name: str
+  probability: float
+  threshold: float = 0.5
+
+  @property
+  def above(self) -> bool:
+    return self.probability >= self.threshold
+
+
+@dataclasses.dataclass
+class Provenance:
+  """Where the scan and the model came from; rendered verbatim (escaped) in the report."""
+  scan_path: str = ""
+  series_uid: str = ""
+  study_uid: str = ""
+  num_source_slices: int = 0
+  slice_index: Sequence[int] = ()          # sampled → source slice map, [m]
+  spacing_mm: Sequence[float] = ()         # (z, y, x)
+  source_shape: Sequence[int] = ()         # (S, H, W)
+  model_windows: str = ""                  # e.g. "rsna3: brain 40/80, subdural 80/200, bone 40/380"
+  display_window: str = "brain 40/80"
+  model_input: str = ""                    # e.g. "28 × 224 × 224 × 3"
+  config_name: str = ""
+  model_name: str = ""
+  checkpoint_step: Optional[int] = None
+  workdir: str = ""
+  report_seconds: Optional[float] = None
+  created: str = ""
+  extra: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure rendering.
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+  img = np.asarray(img)
+  if img.dtype == np.uint8:
+    return img
+  return (np.clip(np.nan_to_num(img.astype(np.float32)), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _png_data_uri(pixels: np.ndarray) -> str:
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, format="PNG", optimize=True)
+  return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _resize(pixels: np.ndarray, longest: int) -> np.ndarray:
+  """Resize so the longest side is `longest` (up or down), keeping the aspect ratio."""
+  h, w = pixels.shape[:2]
+  scale = longest / max(h, w)
+  size = (max(1, round(w * scale)), max(1, round(h * scale)))
+  if size == (w, h):
+    return pixels
+  return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
+
+
+def heat_overlay(highlight: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+  """Highlight map [h, w] in [0, 1] → RGBA uint8 [H, W, 4]: colour map, alpha ∝ value."""
+  import matplotlib  # local: the renderer's only matplotlib use
+  hm = np.clip(np.nan_to_num(np.asarray(highlight, np.float32)), 0.0, 1.0)
+  hm = np.asarray(Image.fromarray(hm).resize((size_hw[1], size_hw[0]),
+                                                       Image.Resampling.BILINEAR))
+  hm = np.clip(hm, 0.0, 1.0)
+  rgba = matplotlib.colormaps[HEAT_CMAP](hm)            # float [H, W, 4]
+  rgba[..., 3] = OVERLAY_ALPHA * hm
+  return (rgba * 255.0 + 0.5).astype(np.uint8)
+
+
+def _histogram_svg(attention: np.ndarray, top: Sequence[int]) -> str:
+  """Bars aligned with the strip's columns (one unit-wide column per slice, stretched)."""
+  m = len(attention)
+  peak = float(attention.max()) if m and attention.max() > 0 else 1.0
+  rank = {int(i): r for r, i in enumerate(top)}
+  bars = []
+  for i, a in enumerate(attention):
+    hgt = 100.0 * float(a) / peak
+    cls = "bar key" if i in rank else "bar"
+    title = f"slice {i + 1}: attention {float(a):.4f}" + (
+        f" (key slice #{rank[i] + 1})" if i in rank else "")
+    bars.append(f'<rect class="{cls}" data-slice="{i}" x="{i + 0.12:.2f}" y="{100 - hgt:.3f}" '
+                f'width="0.76" height="{hgt:.3f}"><title>{html.escape(title)}</title></rect>')
+  uniform = 100.0 * (1.0 / m) / peak if m else 0.0
+  return (f'<svg id="attention-histogram" class="histogram" viewBox="0 0 {m} 100" '
+          f'preserveAspectRatio="none" role="img" aria-label="slice attention histogram">'
+          f'<line class="uniform" x1="0" x2="{m}" y1="{100 - uniform:.3f}" '
+          f'y2="{100 - uniform:.3f}"/>{"".join(bars)}</svg>')
+
+
+def _fmt_num(x: Any, digits: int = 3) -> str:
+  try:
+    return f"{float(x):.{digits}g}"
+  except (TypeError, ValueError):
+    return str(x)
+
+
+def render_report_html(images: np.ndarray, attention: np.ndarray, highlight: np.ndarray,
+                       predictions: Sequence[Prediction], provenance: Provenance, *,
+                       num_key: int = keyslice.TOP_K,
+                       title: str = "Head CT — key-slice report") -> str:
+  """One self-contained HTML page (pure: same inputs → same bytes).
+
+  Args:
+    images: display images of the m sampled slices, `[m, H, W]` (grayscale) or `[m, H, W, 3]`,
+      uint8 or float in [0, 1] (already windowed for display).
+    attention: slice attention `[m]` (softmax over slices).
+    highlight: highlight maps `[m, h, w]` in [0, 1] at any resolution (upsampled to the image).
+    predictions: one `Prediction` per label.
+    provenance: scan and model provenance.
+    num_key: how many key slices to enlarge (the paper's 5).
+  """
+  images = np.asarray(images)
+  attention = np.asarray(attention, np.float64).reshape(-1)
+  highlight = np.asarray(highlight)
+  m = images.shape[0]
+  if images.ndim not in (3, 4) or attention.shape != (m,) or highlight.ndim != 3 \
+      or highlight.shape[0] != m:
+    raise ValueError(f"images {images.shape}, attention {attention.shape} and highlight "
+                     f"{highlight.shape} must be [m,H,W(,3)], [m] and [m,h,w] with one m")
+  pix = _to_uint8(images)
+  top = [int(i) for i in keyslice.top_k_indices(attention, num_key)]
+  src = list(provenance.slice_index) or list(range(m))
+  esc = html.escape
+
+  # Strip of all sampled slices.
+  thumbs = []
+  for i in range(m):
+    key = top.index(i) + 1 if i in top else 0
+    badge = f'<span class="badge">{key}</span>' if key else ""
+    thumbs.append(
+        f'<figure class="thumb{" key" if key else ""}" data-slice="{i}" '
+        f'title="sampled slice {i + 1} (source slice {int(src[i]) + 1}), attention '
+        f'{attention[i]:.4f}"><img alt="slice {i + 1}" src="{_png_data_uri(_resize(pix[i], THUMB_PX))}">'
+        f'{badge}</figure>')
+  ticks = "".join(f'<span>{i + 1}</span>' for i in range(m))
+
+  # Enlarged key slices with toggleable overlay.
+  cards = []
+  for r, i in enumerate(top):
+    big = _resize(pix[i], KEY_PX)
+    over = heat_overlay(highlight[i], big.shape[:2])
+    hv = highlight[i]
+    cards.append(
+        f'<figure class="key-slice" data-slice="{i}">'
+        f'<div class="stack"><img class="base" alt="key slice {r + 1}" src="{_png_data_uri(big)}">'
+        f'<img class="overlay" alt="highlighted area, key slice {r + 1}" '
+        f'src="{_png_data_uri(over)}"></div>'
+        f'<figcaption><b>#{r + 1}</b> sampled slice {i + 1} · source slice {int(src[i]) + 1}'
+        f'<br>attention {attention[i]:.4f} ({attention[i] * m:.2f}× uniform)'
+        f' · peak highlight {float(np.nanmax(hv)) if hv.size else 0.0:.2f}</figcaption></figure>')
+
+  # Predictions.
+  rows = []
+  for p in predictions:
+    pct = 100.0 * float(p.probability)
+    rows.append(
+        f'<tr class="{"above" if p.above else "below"}"><td>{esc(p.name)}</td>'
+        f'<td class="num">{float(p.probability):.3f}</td>'
+        f'<td class="barcell"><div class="pbar"><div class="fill" style="width:{pct:.1f}%"></div>'
+        f'<div class="thr" style="left:{100.0 * float(p.threshold):.1f}%"></div></div></td>'
+        f'<td class="num">{float(p.threshold):.2f}</td>'
+        f'<td>{"above threshold" if p.above else "below threshold"}</td></tr>')
+
+  pv = provenance
+  spacing = " × ".join(f"{float(s):.3g}" for s in pv.spacing_mm) + " mm" if pv.spacing_mm else "—"
+  scan_rows = [
+      ("Scan folder", pv.scan_path), ("Series instance UID", pv.series_uid),
+      ("Study instance UID", pv.study_uid),
+      ("Slices in series", str(pv.num_source_slices) if pv.num_source_slices else "—"),
+      ("Sampled slices", f"{m} (source slices {', '.join(str(int(s) + 1) for s in src)})"),
+      ("Voxel spacing (z × y × x)", spacing),
+      ("Source volume", " × ".join(str(int(s)) for s in pv.source_shape) or "—"),
+      ("Model windows (level/width HU)", pv.model_windows), ("Display window", pv.display_window),
+  ]
+  step = "—" if pv.checkpoint_step is None else str(pv.checkpoint_step)
+  model_rows = [
+      ("Model", pv.model_name), ("Config", pv.config_name), ("Checkpoint step", step),
+      ("Run directory", pv.workdir), ("Model input", pv.model_input),
+      ("Analysis time (read, sample, model)",
+       "—" if pv.report_seconds is None else f"{pv.report_seconds:.2f} s"),
+      ("Created", pv.created),
+  ] + [(str(k), str(v)) for k, v in pv.extra.items()]
+
+  def kv(rows_):
+    return "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v)) if v else '—'}</td></tr>"
+                   for k, v in rows_)
+
+  above = [p.name for p in predictions if p.above]
+  summary = (f"{len(above)} of {len(predictions)} labels above threshold: "
+             f"{', '.join(above)}" if above else
+             f"No label above threshold ({len(predictions)} labels).")
+  return _PAGE.format(
+      title=esc(title), css=_CSS, js=_JS, disclaimer=esc(DISCLAIMER),
+      series=esc(pv.series_uid or pv.scan_path or "scan"), summary=esc(summary), m=m,
+      num_key=len(top), thumbs="".join(thumbs), ticks=ticks,
+      histogram=_histogram_svg(attention, top), peak=f"{attention.max():.4f}" if m else "0",
+      cards="".join(cards), pred_rows="".join(rows), scan_rows=kv(scan_rows),
+      model_rows=kv(model_rows))
+
+
+_CSS = """
+:root{--overlay-opacity:1;--accent:#0b5cad;--key:#d9480f;--ink:#1d2433;--muted:#5b6475;
+--line:#dde2ea;--bg:#f4f6f9}
+*{box-sizing:border-box}
+body{margin:0;font:14px/1.45 -apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
+color:var(--ink);background:var(--bg)}
+header{background:#16213a;color:#fff;padding:18px 32px}
+header h1{margin:0;font-size:20px;font-weight:600;letter-spacing:.2px}
+header .sub{color:#b8c2d6;font-size:12.5px;margin-top:4px;overflow-wrap:anywhere}
+main{max-width:1240px;margin:0 auto;padding:20px 32px 40px}
+.disclaimer{border:1px solid #e0b252;background:#fff7e3;color:#5c4300;border-radius:6px;
+padding:10px 14px;margin-bottom:18px}
+.disclaimer b{color:#8a5a00}
+section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:16px 20px;
+margin-bottom:18px}
+h2{font-size:15px;margin:0 0 10px;font-weight:600}
+h2 .hint{font-weight:400;color:var(--muted);font-size:12.5px;margin-left:8px}
+.seq{max-width:calc(var(--m) * 112px)}
+.strip,.ticks{display:grid;grid-template-columns:repeat(var(--m),1fr);gap:2px}
+.thumb{margin:0;position:relative;background:#000;border:2px solid transparent;border-radius:3px;
+overflow:hidden}
+.thumb img{display:block;width:100%;height:auto}
+.thumb.key{border-color:var(--key)}
+.badge{position:absolute;top:1px;left:1px;background:var(--key);color:#fff;font-size:10px;
+font-weight:700;padding:0 4px;border-radius:2px}
+.histogram{display:block;width:100%;height:120px;margin-top:6px;background:
+linear-gradient(#eef1f5 1px,transparent 1px) 0 0/100% 25%;border-bottom:1px solid #9aa3b2}
+.histogram .bar{fill:#8aa7c9}.histogram .bar.key{fill:var(--key)}
+.histogram .uniform{stroke:#5b6475;stroke-width:.6;stroke-dasharray:2 2;
+vector-effect:non-scaling-stroke}
+.ticks span{font-size:10px;color:var(--muted);text-align:center}
+.legend{font-size:12px;color:var(--muted);margin-top:6px}
+.legend i{display:inline-block;width:10px;height:10px;margin:0 4px -1px 10px;border-radius:2px}
+.controls{display:flex;gap:22px;align-items:center;margin-bottom:12px;font-size:13px}
+.keys{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:14px}
+.key-slice{margin:0}
+.stack{position:relative;background:#000;border-radius:4px;overflow:hidden;line-height:0}
+.stack img{width:100%;height:auto;display:block}
+.stack .overlay{position:absolute;inset:0;opacity:var(--overlay-opacity);
+transition:opacity .15s}
+body.hide-highlight .stack .overlay{display:none}
+figcaption{font-size:12px;color:var(--muted);margin-top:6px}
+figcaption b{color:var(--key)}
+table{border-collapse:collapse;width:100%}
+td,th{padding:6px 8px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
+.preds th{font-size:12px;color:var(--muted);font-weight:600}
+.preds td.num{text-align:right;font-variant-numeric:tabular-nums;width:70px}
+.preds tr.above td:first-child{font-weight:600}
+.preds tr.above td:last-child{color:#b02a1a;font-weight:600}
+.preds tr.below td:last-child{color:var(--muted)}
+.barcell{width:40%}
+.pbar{position:relative;height:10px;background:#e9edf3;border-radius:5px;margin-top:5px}
+.pbar .fill{height:100%;background:var(--accent);border-radius:5px}
+tr.above .pbar .fill{background:#c92a2a}
+.pbar .thr{position:absolute;top:-3px;width:2px;height:16px;background:var(--ink)}
+.grid2{display:grid;grid-template-columns:1fr 1fr;gap:18px}
+.kv th{width:38%;color:var(--muted);font-weight:500;font-size:12.5px}
+.kv td{overflow-wrap:anywhere;font-size:12.5px}
+footer{color:var(--muted);font-size:12px;text-align:center;margin-top:8px}
+@media (max-width:800px){.grid2{grid-template-columns:1fr}}
+"""
+
+_JS = """
+(function(){
+  var box=document.getElementById('toggle-highlight');
+  var alpha=document.getElementById('highlight-opacity');
+  function sync(){document.body.classList.toggle('hide-highlight',!box.checked);}
+  box.addEventListener('change',sync);
+  alpha.addEventListener('input',function(){
+    document.documentElement.style.setProperty('--overlay-opacity',String(alpha.value/100));
+  });
+  sync();
+})();
+"""
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1">
+<link rel="icon" href="data:,">
+<title>{title}</title><style>{css}</style></head>
+<body>
+<header><h1>{title}</h1><div class="sub">{series}</div></header>
+<main>
+<div class="disclaimer" id="disclaimer"><b>{disclaimer}</b></div>
+<section id="predictions"><h2>Model output per label<span class="hint">{summary}</span></h2>
+<table class="preds"><thead><tr><th>label</th><th>probability</th><th></th><th>threshold</th>
+<th>call</th></tr></thead><tbody>{pred_rows}</tbody></table></section>
+<section id="sequence"><h2>All {m} sampled slices and their slice attention
+<span class="hint">orange: the {num_key} most attended (key) slices; dashed line: uniform
+attention 1/{m}; tallest bar = {peak}</span></h2>
+<div class="seq" style="--m:{m}"><div class="strip">{thumbs}</div>
+{histogram}
+<div class="ticks">{ticks}</div></div></section>
+<section id="key-slices"><h2>Key slices<span class="hint">the {num_key} most attended slices,
+most attended first, with the model's highlighted area</span></h2>
+<div class="controls"><label><input type="checkbox" id="toggle-highlight" checked> show
+highlighted area</label><label>overlay opacity <input type="range" id="highlight-opacity"
+min="0" max="100" value="100"></label></div>
+<div class="keys">{cards}</div></section>
+<div class="grid2"><section id="scan-provenance"><h2>Scan</h2><table class="kv">{scan_rows}
+</table></section><section id="model-provenance"><h2>Model</h2><table class="kv">{model_rows}
+</table></section></div>
+<footer>Generated by ctjax.report · self-contained file, no external resources.</footer>
+</main><script>{js}</script></body></html>
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Glue: DICOM folder + trained run → report file.
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A restored run, ready to predict one scan at a time."""
+  config: Any
+  task: Any
+  model: Any
+  variables: Any
+  step: Optional[int]
+  workdir: str
+  _predict: Any = None
+
+  def predict(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import jax
+    if self._predict is None:   # compiled once per run, reused over a batch of scans
+      self._predict = jax.jit(
+          lambda variables, b: self.task.predict(self.model, variables, b, self.config))
+    out = self._predict(self.variables, dict(batch))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+@dataclasses.dataclass
+class ReportResult:
+  """What one report run produced (for logs, the batch index page and tests)."""
+  scan_path: str
+  out_path: str
+  series_uid: str
+  seconds: float
+  key_slices: list[int]            # sampled indices, rank order
+  predictions: list[Prediction]
+  num_source_slices: int
+
+
+_VARIANTS = {"drct1": "DrCT1", "drct2": "DrCT2"}
+
+
+def checkpoint_step(workdir: str | os.PathLike, step: Optional[int] = None) -> Optional[int]:
+  """The step `restore_for_inference` takes: `step`, else best if saved, else latest."""
+  if step is not None:
+    return int(step)
+  root = pathlib.Path(workdir) / "checkpoints"
+  for name in ("best", "latest"):
+    steps = [int(p.name) for p in (root / name).glob("*") if p.is_dir() and p.name.isdigit()]
+    if steps:
+      return max(steps)
+  return None
+
+
+def load_model(workdir: str | os.PathLike, step: Optional[int] = None) -> LoadedModel:
+  """Restores a `python -m ctjax.train` run (config, task, model, variables) for reports."""
+  from ctjax.errors import ConfigError
+  from ctjax.train.checkpoint import restore_for_inference
+  config, task, model, variables = restore_for_inference(workdir, step=step)
+  if config.task != "drct":
+    raise ConfigError(f"{workdir}: config.task={config.task!r}; the key-slice report needs a "
+                      "DrCT run (task 'drct')")
+  return LoadedModel(config, task, model, variables, checkpoint_step(workdir, step),
+                     os.fspath(workdir))
+
+
+def describe_windows(spec: Any) -> str:
+  """'rsna3: brain 40/80, subdural 80/200, bone 40/380' for a preset or (level, width) list."""
+  from ctjax.data.windows import PRESETS, resolve_windows
+  names = {v[0]: k for k, v in PRESETS.items() if len(v) == 1}
+  parts = [f"{names.get(w, 'window')} {w[0]:g}/{w[1]:g}" for w in resolve_windows(spec)]
+  if isinstance(spec, str) and spec in names.values():
+    return ", ".join(parts)
+  return (f"{spec}: " if isinstance(spec, str) else "") + ", ".join(parts)
+
+
+def resize_hu(hu: np.ndarray, size: int) -> np.ndarray:
+  """HU [m, H, W] → int16 [m, size, size], bilinear (antialiased when shrinking)."""
+  hu = np.asarray(hu, np.float32)
+  if hu.shape[1:] == (size, size):
+    out = hu
+  else:
+    out = np.stack([np.asarray(Image.fromarray(s).resize((size, size), Image.Resampling.BILINEAR))
+                    for s in hu])
+  return np.clip(np.rint(out), -1024, 3071).astype(np.int16)
+
+
+def read_scan(scan_dir: str | os.PathLike, series_uid: Any = None):
+  """`read_series` with one clear message when the folder is not a usable CT series."""
+  from ctjax.data.dicom import read_series
+  from ctjax.errors import CTDataError
+  try:
+    return read_series(scan_dir, series_uid=series_uid)
+  except CTDataError as e:
+    detail = str(e)
+    where = os.fspath(scan_dir)
+    if detail.startswith(where):
+      detail = detail[len(where):].lstrip(": ")
+    raise type(e)(f"not a usable CT series ({detail})", where) from e
+
+
+def scan_batch(volume: Any, config: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """A DICOM volume → (a one-scan model batch as the data pipeline makes it, display images).
+
+  Evaluation sampling (`ctjax.data.sampling.uniform_indices`, config.data.num_slices), resize
+  to config.data.image_size; display images are the sampled source slices in the brain window.
+  """
+  from ctjax.data.sampling import uniform_indices
+  from ctjax.data.windows import apply_windows
+  m = int(config.data.num_slices)
+  idx = uniform_indices(volume.num_slices, m)
+  sampled = volume.hu[idx]
+  hu = resize_hu(sampled, int(config.data.image_size))
+  labels = list(config.data.labels)
+  batch = {
+      "hu": hu[None],
+      "labels": np.zeros((1, len(labels)), np.float32),
+      "slice_labels": np.zeros((1, m, len(labels)), np.uint8),
+      "slice_index": idx[None].astype(np.int32),
+      "num_source_slices": np.array([volume.num_slices], np.int32),
+      "valid": np.ones((1,), bool),
+      "example_index": np.zeros((1,), np.int32),
+  }
+  display = apply_windows(sampled, "brain")[..., 0]
+  return batch, display
+
+
+def _thresholds(config: Any, n: int) -> list[float]:
+  thr = config.get("evals", {}).get("threshold", 0.5) if hasattr(config, "get") else 0.5
+  if isinstance(thr, (int, float)):
+    return [float(thr)] * n
+  thr = [float(t) for t in thr]
+  return thr if len(thr) == n else [thr[0]] * n
+
+
+def report_for_scan(lm: LoadedModel, scan_dir: str | os.PathLike, out_path: str | os.PathLike,
+                    *, series_uid: Any = None) -> ReportResult:
+  """Reads `scan_dir`, runs the model, writes one self-contained HTML report to `out_path`."""
+  t0 = time.perf_counter()
+  volume = read_scan(scan_dir, series_uid)
+  batch, display = scan_batch(volume, lm.config)
+  out = lm.predict(batch)
+  names = list(lm.config.data.labels)
+  probs = out["probs"][0]
+  preds = [Prediction(n, float(p), t) for n, p, t in zip(names, probs,
+                                                        _thresholds(lm.config, len(names)))]
+  attention = out["slice_attention"][0]
+  highlight = out["highlight"][0]
+  cfg = lm.config
+  size = int(cfg.data.image_size)
+  extra = {}
+  if "key_indices" in out:
+    extra["APS key slices (sampled, m_key)"] = ", ".join(
+        str(int(i) + 1) for i in sorted(out["key_indices"][0]))
+  if volume.notes:
+    extra["Reader notes"] = "; ".join(volume.notes)
+  if volume.skipped:
+    extra["Skipped files"] = f"{len(volume.skipped)} (e.g. {volume.skipped[0].path})"
+  prov = Provenance(
+      scan_path=os.fspath(scan_dir), series_uid=volume.series_uid,
+      study_uid=volume.header.get("StudyInstanceUID", ""), num_source_slices=volume.num_slices,
+      slice_index=[int(i) for i in batch["slice_index"][0]], spacing_mm=volume.spacing,
+      source_shape=volume.hu.shape, model_windows=describe_windows(cfg.data.windows),
+      display_window=describe_windows("brain"),
+      model_input=f"{cfg.data.num_slices} × {size} × {size} HU → {cfg.model.primary_size} px",
+      config_name=str(cfg.get("name", "") or pathlib.Path(lm.workdir, "config.json")),
+      model_name=f"{_VARIANTS.get(cfg.model.variant, cfg.model.variant)} "
+                 f"({cfg.model.backbone} backbone)",
+      checkpoint_step=lm.step, workdir=os.fspath(lm.workdir),
+      created=_dt.datetime.now().isoformat(timespec="seconds"), extra=extra)
+  # The page shows the analysis time (read, sample, model); the caller prints the total.
+  prov.report_seconds = time.perf_counter() - t0
+  page = render_report_html(display, attention, highlight, preds, prov)
+  out_path = pathlib.Path(out_path)
+  out_path.parent.mkdir(parents=True, exist_ok=True)
+  out_path.write_text(page, encoding="utf-8")
+  seconds = time.perf_counter() - t0
+  return ReportResult(os.fspath(scan_dir), os.fspath(out_path), volume.series_uid, seconds,
+                      [int(i) for i in keyslice.top_k_indices(attention)], preds,
+                      volume.num_slices)
+
+
+@dataclasses.dataclass
+class ReportFailure:
+  scan_path: str
+  series_uid: str
+  message: str
+
+
+def find_series(folder: str | os.PathLike, exclude: Optional[str | os.PathLike] = None
+                ) -> list[tuple[str, Optional[str]]]:
+  """(folder, series UID or None) for every folder under `folder` that directly holds files.
+
+  A folder with several series (RSNA's flat layout) gives one entry per series; a folder with
+  files but no DICOM series gives (folder, None), which reports as a failure naming it.
+  """
+  from ctjax.data.dicom import list_series
+  from ctjax.errors import CTDataError
+  root = pathlib.Path(folder).absolute()
+  exclude = None if exclude is None else pathlib.Path(exclude).absolute()
+  if not root.is_dir():
+    raise CTDataError("not a folder of scans", folder)
+  out = []
+  for d in sorted([root] + [p for p in root.rglob("*") if p.is_dir()]):
+    if any(part.startswith(".") for part in d.relative_to(root).parts) or (
+        exclude is not None and (d == exclude or exclude in d.parents)):
+      continue
+    if not any(f.is_file() and not f.name.startswith(".") for f in d.iterdir()):
+      continue
+    try:
+      series = list_series(d)
+    except CTDataError:
+      series = []
+    if len(series) > 1:
+      out += [(os.fspath(d), s.series_uid) for s in series]
+    else:
+      out.append((os.fspath(d), None))
+  return out
+
+
+def _slug(text: str) -> str:
+  keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_")
+  return keep[-80:] or "scan"
+
+
+def report_for_folder(lm: LoadedModel, folder: str | os.PathLike, out_dir: str | os.PathLike,
+                      ) -> list[ReportResult | ReportFailure]:
+  """One report per series under `folder` into `out_dir`, plus `out_dir/index.html`."""
+  from ctjax.errors import CTDataError
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  root = pathlib.Path(folder).absolute()
+  results: list[ReportResult | ReportFailure] = []
+  used: set[str] = set()
+  for path, uid in find_series(folder, exclude=out_dir):
+    rel = os.path.relpath(path, root)
+    name = _slug(rel if rel != "." else root.name) + (f"_{_slug(uid)[-24:]}" if uid else "")
+    while name in used:
+      name += "_"
+    used.add(name)
+    try:
+      results.append(report_for_scan(lm, path, out_dir / f"{name}.html", series_uid=uid))
+      log.info("%s: %.2f s", path, results[-1].seconds)
+    except CTDataError as e:
+      results.append(ReportFailure(path, uid or "", str(e)))
+  (out_dir / "index.html").write_text(render_index_html(results, out_dir), encoding="utf-8")
+  return results
+
+
+def render_index_html(results: Sequence[ReportResult | ReportFailure],
+                      out_dir: str | os.PathLike) -> str:
+  """The batch index: one row per scan with a link to its report, failures with their reason."""
+  esc = html.escape
+  rows = []
+  for r in results:
+    if isinstance(r, ReportFailure):
+      rows.append(f'<tr class="failed"><td>{esc(r.scan_path)}</td><td>{esc(r.series_uid) or "—"}'
+                  f'</td><td colspan="4">not reported: {esc(r.message)}</td></tr>')
+      continue
+    link = os.path.relpath(r.out_path, out_dir)
+    above = [f"{p.name} {p.probability:.2f}" for p in r.predictions if p.above]
+    rows.append(
+        f'<tr><td><a href="{esc(link)}">{esc(r.scan_path)}</a></td><td>{esc(r.series_uid)}</td>'
+        f'<td class="num">{r.num_source_slices}</td>'
+        f'<td>{esc(", ".join(above)) or "none"}</td>'
+        f'<td>{esc(", ".join(str(i + 1) for i in r.key_slices))}</td>'
+        f'<td class="num">{r.seconds:.2f} s</td></tr>')
+  ok = sum(isinstance(r, ReportResult) for r in results)
+  return _INDEX.format(css=_CSS, disclaimer=esc(DISCLAIMER), rows="".join(rows), ok=ok,
+                       failed=len(results) - ok)
+
+
+_INDEX = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
+<title>Head CT key-slice reports</title><style>{css}
+.index td{{font-size:13px;overflow-wrap:anywhere}} tr.failed td{{color:#b02a1a}}
+td.num{{text-align:right;white-space:nowrap}}</style></head><body>
+<header><h1>Head CT key-slice reports</h1><div class="sub">{ok} reported, {failed} failed</div>
+</header><main><div class="disclaimer"><b>{disclaimer}</b></div>
+<section><table class="index"><thead><tr><th>scan</th><th>series UID</th><th>slices</th>
+<th>labels above threshold</th><th>key slices (sampled)</th><th>time</th></tr></thead>
+<tbody>{rows}</tbody></table></section></main></body></html>
+"""

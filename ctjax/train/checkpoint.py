@@ -1,0 +1,176 @@
+"""Orbax checkpoints of the TrainState together with the Grain iterator state.
+
+Layout under the workdir:
+  checkpoints/latest/<step>/{state,data}   async, keep `config.checkpoint.keep`: for resuming;
+                                            `data` = one JSON file of iterator state per process.
+  checkpoints/best/<step>/state            the state with the best `config.checkpoint.best_metric`
+                                            (e.g. "val/macro_f1", higher is better; a name ending
+                                            in "loss" is minimised); only when that is set.
+`restore_for_inference` reads config.json and the best (else latest) state for evaluate/report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pathlib
+from typing import Any, Optional
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from flax import serialization
+
+from ctjax.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"
+BEST = "best"
+
+
+def _abstract(state: Any) -> Any:
+  """ShapeDtypeStructs (with shardings) of the state's checkpointed pytree."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, serialization.to_state_dict(state))
+
+
+def _lower_is_better(metric: str) -> bool:
+  return metric.rsplit("/", 1)[-1].endswith("loss")
+
+
+class Checkpointer:
+  """Latest-N (resume) and best-by-metric managers for one workdir."""
+
+  def __init__(self, workdir: str | os.PathLike, config: ml_collections.ConfigDict):
+    root = pathlib.Path(workdir).absolute() / "checkpoints"
+    self.best_metric = str(config.checkpoint.best_metric or "")
+    self.latest = ocp.CheckpointManager(
+        root / LATEST, item_names=("state", "data"),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max(1, int(config.checkpoint.keep)),
+            enable_async_checkpointing=bool(config.checkpoint.async_save), create=True))
+    self.best = None
+    self.best_value = None
+    if self.best_metric:
+      sign = -1.0 if _lower_is_better(self.best_metric) else 1.0
+      self.best = ocp.CheckpointManager(
+          root / BEST, item_names=("state",),
+          options=ocp.CheckpointManagerOptions(
+              max_to_keep=1, best_fn=lambda m: sign * float(m[self.best_metric]),
+              best_mode="max", enable_async_checkpointing=bool(config.checkpoint.async_save),
+              create=True))
+      info = _read_best_info(root / BEST)
+      self.best_value = None if info is None else info.get("value")
+
+  def latest_step(self) -> Optional[int]:
+    return self.latest.latest_step()
+
+  def save(self, step: int, state: Any, iterator: Any, force: bool = False) -> None:
+    args = {"state": ocp.args.StandardSave(serialization.to_state_dict(state))}
+    if iterator is not None:
+      args["data"] = grain.checkpoint.CheckpointSave(iterator)
+    self.latest.save(step, args=ocp.args.Composite(**args), force=force)
+
+  def maybe_save_best(self, step: int, state: Any, metrics: dict[str, float]) -> bool:
+    """Saves `state` as the best if `metrics[best_metric]` beats the best so far."""
+    if self.best is None or self.best_metric not in metrics:
+      return False
+    value = float(metrics[self.best_metric])
+    if math.isnan(value):
+      return False
+    lower = _lower_is_better(self.best_metric)
+    if self.best_value is not None and (value >= self.best_value if lower
+                                        else value <= self.best_value):
+      return False
+    self.best.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(serialization.to_state_dict(state))),
+                   metrics={self.best_metric: value}, force=True)
+    self.best_value = value
+    if jax.process_index() == 0:
+      path = pathlib.Path(self.best.directory) / "best.json"
+      path.write_text(json.dumps({"metric": self.best_metric, "value": value, "step": step}))
+    return True
+
+  def restore(self, state: Any, iterator: Any, step: Optional[int] = None) -> Any:
+    """(state, iterator) from the latest (or `step`) checkpoint; the iterator is set in place."""
+    step = self.latest.latest_step() if step is None else step
+    args = {"state": ocp.args.StandardRestore(_abstract(state))}
+    if iterator is not None:
+      args["data"] = grain.checkpoint.CheckpointRestore(iterator)
+    restored = self.latest.restore(step, args=ocp.args.Composite(**args))
+    return serialization.from_state_dict(state, restored.state)
+
+  def wait(self) -> None:
+    self.latest.wait_until_finished()
+    if self.best is not None:
+      self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.wait()
+    self.latest.close()
+    if self.best is not None:
+      self.best.close()
+
+
+def _read_best_info(directory: pathlib.Path) -> Optional[dict]:
+  path = directory / "best.json"
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.exists():
+    raise CheckpointError(f"{path}: no config.json; is this a `python -m ctjax.train` workdir?")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def restore_state(workdir: str | os.PathLike, state: Any, step: Optional[int] = None,
+                  which: str = "auto") -> tuple[Any, int]:
+  """Restores `state`'s structure from `workdir`: `which` = "best", "latest" or "auto" (best if
+  saved, else latest); an explicit `step` looks in latest, then best. Returns (state, step)."""
+  root = pathlib.Path(workdir).absolute() / "checkpoints"
+  candidates = {"best": [BEST], "latest": [LATEST], "auto": [BEST, LATEST]}[which]
+  if step is not None:
+    candidates = [LATEST, BEST]
+  for name in candidates:
+    directory = root / name
+    if not directory.exists():
+      continue
+    mngr = ocp.CheckpointManager(directory, item_names=("state", "data"))
+    try:
+      steps = mngr.all_steps()
+      chosen = step if step is not None else (mngr.latest_step() if steps else None)
+      if chosen is None or chosen not in steps:
+        continue
+      restored = mngr.restore(chosen, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(_abstract(state))))
+      return serialization.from_state_dict(state, restored.state), int(chosen)
+    finally:
+      mngr.close()
+  what = f"step {step}" if step is not None else "any checkpoint"
+  raise CheckpointError(f"{root}: {what} not found; train first with `python -m ctjax.train`")
+
+
+def restore_for_inference(workdir: str | os.PathLike, step: Optional[int] = None
+                          ) -> tuple[ml_collections.ConfigDict, Any, Any, dict]:
+  """(config, task, model, variables) of a trained workdir, on this process's first device.
+
+  Takes the best checkpoint when one was kept, else the latest; `step` picks one explicitly.
+  """
+  from ctjax.train import state as state_lib
+  from ctjax.train.tasks import get_task
+
+  config = load_config(workdir)
+  task = get_task(config.task)
+  model = task.build_model(config)
+  tx = task.make_optimizer(config, 1)
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  shapes = jax.eval_shape(lambda rng: state_lib.create_state(task, model, config, rng, tx),
+                          jax.random.PRNGKey(0))
+  template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          shapes)
+  state, _ = restore_state(workdir, template, step=step)
+  return config, task, model, state.variables()

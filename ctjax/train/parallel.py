@@ -1,0 +1,145 @@
+"""Mesh, shardings, multi-process start-up and host batch → global array.
+
+Sharding is decided here once (as in maxtext): a 1-D mesh over every device of every process
+with axis `config.parallel.data_axis` ("data"); batches are split along it, parameters and
+optimizer state replicated. The same code runs on one CPU, a multi-device host and a pod.
+
+Multi-process launch (one process per host, or several on one host for tests): each process
+calls `initialize_distributed` before any other JAX call. Arguments come from the flags of
+`python -m ctjax.train` (`--coordinator_address host:port --num_processes N --process_id i`) or
+from the environment (`CTJAX_COORDINATOR_ADDRESS`, `CTJAX_NUM_PROCESSES`, `CTJAX_PROCESS_ID`).
+Without either, `jax.distributed.initialize()` is only called where JAX can discover the
+cluster itself (Cloud TPU, SLURM, Open MPI: set `CTJAX_DISTRIBUTED=auto`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping, Optional
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ctjax.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_INITIALIZED = False
+
+
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None) -> bool:
+  """Starts `jax.distributed` when launched as several processes; True if it did.
+
+  Call before any other JAX use. Missing arguments are read from CTJAX_COORDINATOR_ADDRESS /
+  CTJAX_NUM_PROCESSES / CTJAX_PROCESS_ID. On CPU the cross-process collectives use gloo.
+  """
+  global _INITIALIZED
+  if _INITIALIZED:
+    return True
+  env = os.environ
+  coordinator_address = coordinator_address or env.get("CTJAX_COORDINATOR_ADDRESS") or None
+  if num_processes is None and env.get("CTJAX_NUM_PROCESSES"):
+    num_processes = int(env["CTJAX_NUM_PROCESSES"])
+  if process_id is None and env.get("CTJAX_PROCESS_ID"):
+    process_id = int(env["CTJAX_PROCESS_ID"])
+  auto = env.get("CTJAX_DISTRIBUTED", "") == "auto"
+  if coordinator_address is None and not auto:
+    if num_processes not in (None, 1):
+      raise ConfigError(f"num_processes={num_processes} needs a coordinator address "
+                        "(--coordinator_address host:port or CTJAX_COORDINATOR_ADDRESS)")
+    return False
+  if coordinator_address is not None and (num_processes is None or process_id is None):
+    raise ConfigError("--coordinator_address needs --num_processes and --process_id")
+  if num_processes is not None and not 0 <= (process_id or 0) < num_processes:
+    raise ConfigError(f"process_id={process_id} outside [0, num_processes={num_processes})")
+  platforms = env.get("JAX_PLATFORMS", "") or jax.config.jax_platforms or ""
+  if platforms.startswith("cpu"):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address, num_processes=num_processes,
+                             process_id=process_id)
+  _INITIALIZED = True
+  log.info("jax.distributed: process %d of %d, %d local / %d global devices",
+           jax.process_index(), jax.process_count(), jax.local_device_count(),
+           jax.device_count())
+  return True
+
+
+def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
+  """A 1-D data-parallel mesh over `config.parallel.num_devices` (-1: all) devices."""
+  n = int(config.parallel.num_devices)
+  total = jax.device_count()
+  if n == -1:
+    n = total
+  if n <= 0 or n > total:
+    raise ConfigError(f"config.parallel.num_devices={config.parallel.num_devices}: "
+                      f"{total} devices available (-1 uses all)")
+  if jax.process_count() > 1 and n != total:
+    raise ConfigError("config.parallel.num_devices must be -1 (all) with several processes")
+  devices = None if n == total else jax.devices()[:n]
+  # Auto axes: XLA propagates shardings through model code (JAX >= 0.7 defaults to Explicit,
+  # which would ask every op of every model to agree on shardings by hand).
+  return jax.make_mesh((n,), (config.parallel.data_axis,), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over the mesh's data axis; other axes whole."""
+  return NamedSharding(mesh, P(mesh.axis_names[0]))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def local_batch_size(global_batch: int, mesh: Mesh) -> int:
+  """This process's share of the global batch; raises ConfigError when it does not divide."""
+  n = mesh.devices.size
+  if global_batch % n:
+    raise ConfigError(f"batch size {global_batch} is not divisible by the {n} devices of the "
+                      "mesh; set --config.train.batch_size to a multiple")
+  return global_batch // jax.process_count()
+
+
+def host_to_global(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+  """This process's numpy batch (its rows of the global batch) → global sharded jax.Arrays.
+
+  Process p holds rows [p·b, (p+1)·b) of the global batch, b = global // process_count, which
+  land on its own devices of the data axis. Non-array entries (strings) are dropped.
+  """
+  sharding = data_sharding(mesh)
+  out = {}
+  for key, value in batch.items():
+    value = np.asarray(value)
+    if value.dtype.kind in "OUS":
+      continue
+    out[key] = jax.make_array_from_process_local_data(sharding, value)
+  return out
+
+
+def put_replicated(tree: Any, mesh: Mesh) -> Any:
+  """Host values identical on every process → replicated global arrays."""
+  sharding = replicated(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
+def to_host(tree: Any) -> Any:
+  """Global arrays → full numpy arrays on every process (all-gather across processes)."""
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def replicated_to_host(tree: Any) -> Any:
+  """Replicated global arrays → numpy from this process's own copy (no communication)."""
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+  return jax.tree.map(get, tree)

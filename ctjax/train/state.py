@@ -1,0 +1,82 @@
+"""TrainState: the whole training state as one pytree (checkpointed as is).
+
+Parameters are split once by `Task.trainable_mask` into `params` (trainable: optimizer state,
+gradients) and `frozen` (e.g. a pretrained backbone: no optimizer state, not differentiated),
+so frozen weights cost neither optimizer memory nor backward compute. `merge_params` rebuilds
+the full tree the model applies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import traverse_util
+
+from ctjax.errors import ConfigError
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array            # int32 scalar: optimizer steps taken.
+  params: Any                # trainable parameters (nested dict).
+  frozen: Any                # frozen parameters (nested dict, possibly empty).
+  extra: Any                 # non-parameter collections, e.g. {"batch_stats": ...}.
+  opt_state: Any             # optimizer state over `params` only.
+  rng: jax.Array             # base key; step keys are fold_in(rng, step).
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  def variables(self) -> dict[str, Any]:
+    """Full Flax variables {"params": trainable ∪ frozen, **extra} for `model.apply`."""
+    return {"params": merge_params(self.params, self.frozen), **self.extra}
+
+  def apply_gradients(self, grads: Any, extra: Any) -> "TrainState":
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    params = optax.apply_updates(self.params, updates)
+    return self.replace(step=self.step + 1, params=params, opt_state=opt_state, extra=extra)
+
+
+def _to_dict(tree: Any) -> dict:
+  return flax.core.unfreeze(tree) if isinstance(tree, flax.core.FrozenDict) else dict(tree)
+
+
+def partition_params(params: Any, mask: Any) -> tuple[dict, dict]:
+  """(trainable, frozen) nested dicts from `params` and a bool pytree (or one bool) `mask`."""
+  flat = traverse_util.flatten_dict(_to_dict(params))
+  if isinstance(mask, bool):
+    flat_mask = {k: mask for k in flat}
+  else:
+    flat_mask = traverse_util.flatten_dict(_to_dict(mask))
+    if set(flat_mask) != set(flat):
+      missing = sorted("/".join(k) for k in set(flat) ^ set(flat_mask))[:3]
+      raise ConfigError(f"trainable_mask does not match the parameters (e.g. {missing})")
+  trainable = {k: v for k, v in flat.items() if bool(flat_mask[k])}
+  frozen = {k: v for k, v in flat.items() if not bool(flat_mask[k])}
+  return traverse_util.unflatten_dict(trainable), traverse_util.unflatten_dict(frozen)
+
+
+def merge_params(trainable: Any, frozen: Any) -> dict:
+  """Inverse of `partition_params`."""
+  flat = traverse_util.flatten_dict(_to_dict(frozen))
+  flat.update(traverse_util.flatten_dict(_to_dict(trainable)))
+  return traverse_util.unflatten_dict(flat)
+
+
+def create_state(task, model, config: ml_collections.ConfigDict, rng: jax.Array,
+                 tx: optax.GradientTransformation) -> TrainState:
+  """Initial state (jit it with replicated out_shardings to build it on the mesh)."""
+  init_rng, state_rng = jax.random.split(rng)
+  variables = _to_dict(task.init_variables(model, config, init_rng))
+  params = variables.pop("params")
+  trainable, frozen = partition_params(params, task.trainable_mask(config, params))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=trainable, frozen=frozen,
+                    extra=variables, opt_state=tx.init(trainable), rng=state_rng, tx=tx)
+
+
+def param_count(tree: Any) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(tree)))

@@ -1,0 +1,366 @@
+"""Task "blend": the blend-sign detector (classification + centre-heatmap detection + SKD).
+
+Paper: /work/shared/papers/002_*.txt. Per step, on device: int16 HU → random affine
+augmentation (left-right flip, shifts, rotation ±10°, scaling 0.9–1.1; image AND boxes, pure in
+(batch, rng)) → `blend3` windows (tissue 40/40, brain 50/100, blood 60/40) → ImageNet
+normalisation → BlendNet → weighted CE (weights 1, 2, 20) [+ KL to the teacher's soft labels
+under self-knowledge distillation] + λ2 · detection loss (centre focal/log loss on Gaussian
+targets + smooth-L1 on the box distances at centres).
+
+Batch (ARCHITECTURE.md): hu int16 [B, H, W], label int32 [B], boxes float32 [B, K, 4] (padded
+with -1), num_boxes int32 [B], valid bool [B], example_index int32 [B]; optional soft_labels
+float32 [B, 3] (SKD; otherwise looked up by example_index in `config.distill.soft_labels_path`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ctjax.data import windows as windows_lib
+from ctjax.errors import ConfigError
+from ctjax.eval import detection
+from ctjax.models import blendnet
+
+BLEND_CLASSES = ("non_ich", "normal_ich", "blend_sign")
+AIR_HU = -1024.0   # fill value of pixels that augmentation brings in from outside the image.
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def augment(hu: jax.Array, boxes: jax.Array, rng: jax.Array,
+            aug: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
+  """Random affine per example, applied to the image [B, H, W] and its boxes [B, K, 4].
+
+  Each operation is drawn independently with probability aug["prob"] (paper, "Data
+  pre-processing and augmentation": "randomly choose the above augmentation operations for each
+  slice"): left-right flip, shift (up to aug["max_shift"] of the size per axis), rotation
+  (±aug["max_rotation"] degrees), scaling (aug["scale"] range). Boxes become the axis-aligned
+  hull of their transformed corners, clipped to the image (a box pushed out becomes empty).
+  Pure in (inputs, rng): same rng, same output.
+  """
+  b, h, w = hu.shape
+  keys = jax.random.split(rng, 8)
+  p = aug["prob"]
+  use = lambda k: jax.random.bernoulli(k, p, (b,))  # noqa: E731
+  flip = jnp.where(use(keys[0]), -1.0, 1.0)
+  max_rot = math.radians(aug["max_rotation"])
+  theta = jnp.where(use(keys[1]), jax.random.uniform(keys[2], (b,), minval=-max_rot,
+                                                     maxval=max_rot), 0.0)
+  lo, hi = aug["scale"]
+  scale = jnp.where(use(keys[3]), jax.random.uniform(keys[4], (b,), minval=lo, maxval=hi), 1.0)
+  shift = jax.random.uniform(keys[6], (b, 2), minval=-1.0, maxval=1.0) * aug["max_shift"]
+  shift = jnp.where(use(keys[5])[:, None], shift * jnp.array([w, h], jnp.float32), 0.0)
+  cos, sin = jnp.cos(theta), jnp.sin(theta)
+  # Forward map on continuous (x, y) (pixel i spans [i, i+1)): out = A (in - c) + c + t.
+  a = jnp.stack([jnp.stack([scale * cos * flip, -scale * sin], -1),
+                 jnp.stack([scale * sin * flip, scale * cos], -1)], -2)       # [B, 2, 2]
+  centre = jnp.array([w / 2.0, h / 2.0], jnp.float32)
+  a_inv = jnp.linalg.inv(a)
+
+  ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) + 0.5,
+                        jnp.arange(w, dtype=jnp.float32) + 0.5, indexing="ij")
+  out_xy = jnp.stack([xs, ys], -1)                                           # [H, W, 2]
+
+  def warp(img, a_inv_i, t_i):
+    src = jnp.einsum("ij,hwj->hwi", a_inv_i, out_xy - centre - t_i) + centre - 0.5
+    return jax.scipy.ndimage.map_coordinates(img, [src[..., 1], src[..., 0]], order=1,
+                                             mode="constant", cval=AIR_HU)
+
+  hu_out = jax.vmap(warp)(hu.astype(jnp.float32), a_inv, shift)
+
+  x0, y0, x1, y1 = (boxes[..., i] for i in range(4))
+  corners = jnp.stack([jnp.stack([x0, y0], -1), jnp.stack([x1, y0], -1),
+                       jnp.stack([x0, y1], -1), jnp.stack([x1, y1], -1)], -2)  # [B, K, 4, 2]
+  moved = (jnp.einsum("bij,bkcj->bkci", a, corners - centre) + centre
+           + shift[:, None, None, :])
+  lo_xy = jnp.clip(jnp.min(moved, axis=2), 0.0, jnp.array([w, h], jnp.float32))
+  hi_xy = jnp.clip(jnp.max(moved, axis=2), 0.0, jnp.array([w, h], jnp.float32))
+  boxes_out = jnp.concatenate([lo_xy, hi_xy], -1)
+  padded = boxes[..., 2] <= boxes[..., 0]
+  boxes_out = jnp.where(padded[..., None], boxes, boxes_out)
+  return hu_out, boxes_out
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, class_weights: jax.Array,
+                           mask: jax.Array) -> jax.Array:
+  """PyTorch's CrossEntropyLoss(weight=w): sum_i w[y_i]·CE_i / sum_i w[y_i] over masked i."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+  wy = class_weights[labels] * mask
+  return jnp.sum(wy * nll) / jnp.maximum(jnp.sum(wy), 1e-12)
+
+
+def distillation_kl(logits: jax.Array, teacher_probs: jax.Array, mask: jax.Array,
+                    temperature: float = 1.0) -> jax.Array:
+  """Mean over masked examples of KL(teacher ‖ student) at `temperature` (× T², Hinton)."""
+  logq = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+  t = teacher_probs.astype(jnp.float32)
+  if temperature != 1.0:
+    t = jax.nn.softmax(jnp.log(jnp.clip(t, 1e-8, 1.0)) / temperature, axis=-1)
+  kl = jnp.sum(jnp.where(t > 0, t * (jnp.log(jnp.clip(t, 1e-12, 1.0)) - logq), 0.0), axis=-1)
+  return temperature ** 2 * jnp.sum(kl * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def detection_loss(det: jax.Array, boxes: jax.Array, num_boxes: jax.Array, stride: float,
+                   mask: jax.Array, loss_cfg: Mapping[str, Any]) -> tuple[jax.Array, dict]:
+  """Paper's L_det: centre log/focal loss on Gaussian targets + smooth-L1 on the distances.
+
+  `loss_cfg["det_normalize"]`: "pixels" divides by the number of map cells of the masked
+  examples (paper: "N is the number of pixels"); "centres" by the number of centres (CenterNet).
+  """
+  targets = detection.render_targets(boxes, num_boxes, det.shape[1:3], stride,
+                                     loss_cfg["min_overlap"])
+  centre = targets["centre_mask"] * mask[:, None, None]
+  focal = detection.centre_focal_loss(det[..., 0], targets["heatmap"], targets["centre_mask"],
+                                      loss_cfg["focal_alpha"], loss_cfg["focal_beta"])
+  reg = detection.distance_loss(det[..., 1:], targets["distances"], targets["centre_mask"])
+  if loss_cfg["det_normalize"] == "pixels":
+    norm = jnp.maximum(jnp.sum(mask) * det.shape[1] * det.shape[2], 1.0)
+  elif loss_cfg["det_normalize"] == "centres":
+    norm = jnp.maximum(jnp.sum(centre), 1.0)
+  else:
+    raise ConfigError(f"config.loss.det_normalize={loss_cfg['det_normalize']!r}; "
+                      "expected 'pixels' or 'centres'")
+  l_cls = jnp.sum(focal * mask) / norm
+  l_reg = jnp.sum(reg * mask) / norm
+  return l_cls + l_reg, {"det_centre_loss": l_cls, "det_box_loss": l_reg}
+
+
+@functools.lru_cache(maxsize=4)
+def load_soft_labels(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """A teacher's soft labels (.npz with example_index [N], probs [N, 3]) → dense table
+  (probs [M, 3], present bool [M]) indexed by example_index (M = max index + 1)."""
+  if not os.path.exists(path):
+    raise ConfigError(f"config.distill.soft_labels_path={path!r} does not exist; run "
+                      "`python -m ctjax.distill` to produce it")
+  with np.load(path) as f:
+    idx, probs = f["example_index"].astype(np.int64), f["probs"].astype(np.float32)
+  table = np.zeros((int(idx.max(initial=-1)) + 1, probs.shape[1]), np.float32)
+  present = np.zeros(table.shape[0], bool)
+  table[idx], present[idx] = probs, True
+  return table, present
+
+
+def save_soft_labels(path: str, example_index: np.ndarray, probs: np.ndarray) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  np.savez(path, example_index=np.asarray(example_index, np.int32),
+           probs=np.asarray(probs, np.float32))
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+def preprocess(hu: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
+  """int16/float HU [B, H, W] → ImageNet-normalised `blend3` RGB [B, H, W, 3] (dtype of model)."""
+  x = windows_lib.apply_windows(jnp.asarray(hu), config.data.get("windows", "blend3"))
+  return windows_lib.imagenet_normalize(x).astype(jnp.dtype(config.model.dtype))
+
+
+def _stride(image_hw, det_hw) -> float:
+  return float(image_hw[0]) / float(det_hw[0])
+
+
+class BlendTask:
+  name = "blend"
+
+  def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
+    return blendnet.build_blendnet(config.model)
+
+  def init_variables(self, model, config, rng):
+    size = config.data.image_size
+    x = jnp.zeros((1, size, size, 3), jnp.dtype(config.model.dtype))
+    variables = blendnet.strip_perturbations(model.init(rng, x, train=False))
+    path = config.model.get("pretrained", "")
+    if path:
+      from ctjax.models import weights  # engineer C: raises WeightsError naming the command.
+      loaded = weights.load_backbone(path, config.model.backbone)
+      variables = dict(variables)
+      for col, tree in loaded.items():
+        if col in variables:
+          merged = dict(variables[col])
+          merged["backbone"] = tree
+          variables[col] = merged
+      logging.info("loaded pretrained %s backbone from %s", config.model.backbone, path)
+    return variables
+
+  def trainable_mask(self, config, params):
+    return jax.tree.map(lambda _: True, params)   # paper: fine-tune everything.
+
+  def make_optimizer(self, config, steps_per_epoch):
+    opt = config.optimizer
+    total = config.train.max_steps if config.train.max_steps > 0 else (
+        config.train.num_epochs * steps_per_epoch)
+    # Paper, "Training details": poly decay lr = base · (1 - iter/max_iter)^power.
+    schedule = optax.polynomial_schedule(init_value=opt.learning_rate, end_value=0.0,
+                                         power=opt.power, transition_steps=max(int(total), 1))
+    return optax.chain(optax.add_decayed_weights(opt.weight_decay),   # torch SGD weight_decay
+                       optax.sgd(schedule, momentum=opt.momentum))
+
+  def loss_fn(self, model, params, extra, batch, rng, config, train):
+    hu, boxes = batch["hu"], batch["boxes"].astype(jnp.float32)
+    if train and config.data.augment.get("enabled", False):
+      hu, boxes = augment(hu, boxes, rng, config.data.augment)
+    x = preprocess(hu, config)
+    variables = {"params": params, **extra}
+    if train:
+      out, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    else:
+      out, updates = model.apply(variables, x, train=False), dict(extra)
+    mask = batch["valid"].astype(jnp.float32)
+    labels = batch["label"].astype(jnp.int32)
+    loss_cfg = config.loss
+    weights = jnp.asarray(loss_cfg.class_weights, jnp.float32)
+    cls = weighted_cross_entropy(out["logits"], labels, weights, mask)
+    metrics = {"wce": cls}
+    teacher = self._teacher_probs(batch, config)
+    if teacher is not None:
+      t_probs, t_present = teacher
+      alpha = config.distill.alpha
+      kl = distillation_kl(out["logits"], t_probs, mask * t_present, config.distill.temperature)
+      cls = (1.0 - alpha) * cls + alpha * kl
+      metrics["kl"] = kl
+    total = loss_cfg.cls_weight * cls
+    if loss_cfg.det_weight > 0:
+      stride = _stride(x.shape[1:3], out["det"].shape[1:3])
+      det, det_metrics = detection_loss(out["det"], boxes, batch["num_boxes"], stride, mask,
+                                        loss_cfg)
+      total = total + loss_cfg.det_weight * det
+      metrics.update(det_loss=det, **det_metrics)
+    correct = (jnp.argmax(out["logits"], -1) == labels).astype(jnp.float32)
+    metrics.update(loss=total, cls_loss=cls,
+                   accuracy=jnp.sum(correct * mask) / jnp.maximum(jnp.sum(mask), 1.0))
+    return total, (metrics, updates)
+
+  def _teacher_probs(self, batch, config):
+    """(teacher probs [B, 3], present float [B]) under SKD, else None."""
+    if "soft_labels" in batch:
+      probs = batch["soft_labels"].astype(jnp.float32)
+      return probs, (jnp.sum(probs, -1) > 0).astype(jnp.float32)
+    path = config.get("distill", {}).get("soft_labels_path", "")
+    if not path:
+      return None
+    table, present = load_soft_labels(path)
+    idx = jnp.clip(batch["example_index"].astype(jnp.int32), 0, table.shape[0] - 1)
+    inside = (batch["example_index"] < table.shape[0]).astype(jnp.float32)
+    return jnp.asarray(table)[idx], jnp.asarray(present, jnp.float32)[idx] * inside
+
+  def predict(self, model, variables, batch, config):
+    x = preprocess(batch["hu"], config)
+    out = model.apply(blendnet.strip_perturbations(variables), x, train=False)
+    stride = _stride(x.shape[1:3], out["det"].shape[1:3])
+    dec = detection.decode(jax.nn.sigmoid(out["det"][..., 0]), out["det"][..., 1:], stride,
+                           top_k=config.evals.get("det_top_k", 10))
+    result = {"probs": jax.nn.softmax(out["logits"], -1), "logits": out["logits"],
+              "det_scores": dec["scores"], "det_centres": dec["centres"],
+              "det_boxes": dec["boxes"]}
+    for key in ("label", "boxes", "num_boxes", "valid", "example_index"):
+      if key in batch:
+        result[key] = batch[key]
+    return result
+
+  def summarize(self, outputs, config):
+    """Per-class sensitivity/specificity/F1/AUC + confusion matrix, and detection quality."""
+    from ctjax.eval import metrics as metrics_lib   # engineer D2
+    valid = np.asarray(outputs.get("valid", np.ones(len(outputs["probs"]), bool)), bool)
+    pick = lambda k: np.asarray(outputs[k])[valid]  # noqa: E731
+    report = metrics_lib.multiclass_report(pick("label"), pick("probs"), BLEND_CLASSES)
+    if "boxes" in outputs:
+      report["detection"] = detection.detection_quality(
+          pick("det_scores"), pick("det_centres"), pick("det_boxes"), pick("boxes"),
+          pick("num_boxes"), score_threshold=config.evals.get("det_score_threshold", 0.3))
+    return report
+
+
+TASK = BlendTask()
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def write_figures(outputs: Mapping[str, Any], report: Mapping[str, Any], out_dir: str,
+                  names=BLEND_CLASSES, title: str = "") -> list[str]:
+  """ROC curves (one per class, one-vs-rest) and the confusion matrix as PNGs; returns paths."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from ctjax.eval import metrics as metrics_lib
+
+  os.makedirs(out_dir, exist_ok=True)
+  valid = np.asarray(outputs.get("valid", np.ones(len(outputs["probs"]), bool)), bool)
+  y = np.asarray(outputs["label"])[valid]
+  probs = np.asarray(outputs["probs"])[valid]
+  fig, ax = plt.subplots(figsize=(4.5, 4.5))
+  for c, name in enumerate(names):
+    if 0 < np.sum(y == c) < len(y):
+      fpr, tpr, _ = metrics_lib.roc_curve(y == c, probs[:, c])
+      auc = report["per_class"][name]["auc"]
+      ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+  ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+  ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title or "ROC")
+  ax.legend(loc="lower right", fontsize=8)
+  roc_path = os.path.join(out_dir, "roc.png")
+  fig.tight_layout()
+  fig.savefig(roc_path, dpi=100)
+  plt.close(fig)
+
+  cm = np.asarray(report["confusion_matrix"], np.float64)          # rows = truth
+  frac = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+  fig, ax = plt.subplots(figsize=(4.5, 4))
+  ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+  for i in range(cm.shape[0]):
+    for j in range(cm.shape[1]):
+      ax.text(j, i, f"{int(cm[i, j])}\n{frac[i, j]:.2f}", ha="center", va="center",
+              color="white" if frac[i, j] > 0.5 else "black", fontsize=8)
+  ax.set_xticks(range(len(names)), names, fontsize=8)
+  ax.set_yticks(range(len(names)), names, fontsize=8)
+  ax.set(xlabel="predicted", ylabel="truth", title=title or "confusion matrix")
+  cm_path = os.path.join(out_dir, "confusion.png")
+  fig.tight_layout()
+  fig.savefig(cm_path, dpi=100)
+  plt.close(fig)
+  return [roc_path, cm_path]
+
+
+def write_grad_cam(model, variables, hu: np.ndarray, config, out_path: str,
+                   labels=None, boxes=None) -> str:
+  """Grad-CAM of the predicted class over the brain-window slice, one panel per slice [N,H,W]."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  x = preprocess(jnp.asarray(hu), config)
+  cams = np.asarray(blendnet.grad_cam(model, variables, x))
+  brain = windows_lib.apply_windows(np.asarray(hu), "brain")[..., 0]
+  n = len(hu)
+  fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.8), squeeze=False)
+  for i in range(n):
+    ax = axes[0, i]
+    ax.imshow(brain[i], cmap="gray")
+    ax.imshow(cams[i], cmap="jet", alpha=0.4, vmin=0, vmax=1)
+    if boxes is not None:
+      for b in np.asarray(boxes[i]):
+        if b[2] > b[0] and b[3] > b[1]:
+          ax.add_patch(plt.Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, ec="lime"))
+    if labels is not None:
+      ax.set_title(BLEND_CLASSES[int(labels[i])], fontsize=8)
+    ax.axis("off")
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=100)
+  plt.close(fig)
+  return out_path

@@ -1,0 +1,272 @@
+"""The `drct` task: DrCT1 / DrCT2 on scan records (DrCT2 paper, sections V and VI.A.1).
+
+On device, inside the jitted step: HU int16 [B, m, H, W] → windows (`config.data.windows`,
+default "rsna3") → ImageNet normalisation → bilinear resize to `config.model.primary_size`
+(224 in the paper) → `ctjax.models.drct.DrCT`. Losses (eq. 11): primary + APS + fusion, MSE /
+MSE / BCE by default (Table 2's switch: `config.loss.{primary,aps,fusion}`), optional per-label
+positive weights. Adam with per-module learning rates (VI.A.1: APS 3e-4, primary and fusion
+5e-4) through `optax.multi_transform`; the frozen backbone is outside the optimizer (the trainer
+splits it off by `trainable_mask`) and behind `stop_gradient` in the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ctjax.errors import ConfigError, WeightsError
+from ctjax.models.drct import APS_SOURCES, SELECTIONS, DrCT
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("mse", "bce")
+GROUPS = ("backbone", "primary", "aps", "fusion")
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
+
+
+def _dtype(name: str):
+  try:
+    return jnp.dtype(name)
+  except TypeError as e:
+    raise ConfigError(f"config.model dtype {name!r} is not a dtype (float32, bfloat16)") from e
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Fails at start with one clear line on inconsistent DrCT settings."""
+  mc = config.model
+  if mc.variant not in ("drct1", "drct2"):
+    raise ConfigError(f"config.model.variant={mc.variant!r}; expected 'drct1' or 'drct2'")
+  if mc.selection not in SELECTIONS:
+    raise ConfigError(f"config.model.selection={mc.selection!r}; expected one of {SELECTIONS}")
+  if mc.aps_source not in APS_SOURCES:
+    raise ConfigError(f"config.model.aps_source={mc.aps_source!r}; expected one of "
+                      f"{APS_SOURCES}")
+  m = config.data.num_slices
+  if mc.variant == "drct2" and not 0 < mc.mkey <= m:
+    raise ConfigError(f"config.model.mkey={mc.mkey} must be in [1, config.data.num_slices={m}]")
+  if mc.primary_size < 32 or mc.aps_size < 32:
+    raise ConfigError(f"config.model.primary_size={mc.primary_size} and aps_size={mc.aps_size} "
+                      "must be >= 32 (VGG16 halves the image 5 times)")
+  for head in ("primary", "aps", "fusion"):
+    if config.loss[head] not in LOSSES:
+      raise ConfigError(f"config.loss.{head}={config.loss[head]!r}; expected one of {LOSSES}")
+  from ctjax.data.windows import resolve_windows
+  if len(resolve_windows(config.data.windows)) != 3:
+    raise ConfigError(f"config.data.windows={config.data.windows!r} must give 3 windows "
+                      "(the backbone takes RGB)")
+  pw = tuple(config.loss.pos_weight)
+  if pw and len(pw) != len(config.data.labels):
+    raise ConfigError(f"config.loss.pos_weight has {len(pw)} values; expected one per label "
+                      f"({len(config.data.labels)}) or none")
+  if not 0.0 <= mc.dropout < 1.0:
+    raise ConfigError(f"config.model.dropout={mc.dropout} must be in [0, 1)")
+
+
+def preprocess(hu: jax.Array, config: ml_collections.ConfigDict, size: int) -> jax.Array:
+  """HU [B, m, H, W] → windowed, ImageNet-normalised float32 [B, m, size, size, 3] (jit-able)."""
+  from ctjax.data.windows import apply_windows, imagenet_normalize
+  x = imagenet_normalize(apply_windows(hu, config.data.windows))
+  if x.shape[2:4] != (size, size):
+    x = jax.image.resize(x, x.shape[:2] + (size, size, x.shape[-1]), method="bilinear")
+  return x
+
+
+def _model_inputs(batch, config):
+  x = preprocess(batch["hu"], config, config.model.primary_size)
+  native = None
+  if config.model.variant == "drct2" and config.model.aps_source == "native":
+    native = preprocess(batch["hu"], config, batch["hu"].shape[-1])
+  return x, native
+
+
+def _per_example_loss(kind: str, logits: jax.Array, labels: jax.Array,
+                      weights: jax.Array) -> jax.Array:
+  """[B, L] logits, labels, weights → [B] (mean over labels)."""
+  if kind == "mse":   # eq. (12) on the sigmoid outputs
+    per = jnp.square(jax.nn.sigmoid(logits) - labels)
+  else:               # eq. (13), computed from logits for stability
+    per = optax.sigmoid_binary_cross_entropy(logits, labels)
+  return (per * weights).mean(axis=-1)
+
+
+class DrCTTask:
+  name = "drct"
+
+  def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
+    check_config(config)
+    mc = config.model
+    dtype, param_dtype = _dtype(mc.dtype), _dtype(mc.param_dtype)
+    if mc.backbone != "vgg16":
+      raise ConfigError(f"config.model.backbone={mc.backbone!r}; DrCT uses 'vgg16' (V.A)")
+    from ctjax.models.vgg import VGG16
+    backbone = VGG16(width=mc.backbone_width, dtype=dtype, param_dtype=param_dtype)
+    return DrCT(backbone=backbone, num_labels=len(config.data.labels),
+                aps=mc.variant == "drct2", freeze_backbone=mc.freeze_backbone,
+                feature_attention_rescale=mc.feature_attention_rescale,
+                gru_hidden=mc.gru_hidden, seq_dim=mc.seq_dim, seq_activation=mc.seq_activation,
+                fc_widths=tuple(mc.fc_widths), dropout_rate=mc.dropout, mkey=mc.mkey,
+                selection=mc.selection, aps_size=mc.aps_size, aps_source=mc.aps_source,
+                aps_fc_dim=mc.aps_fc_dim, dtype=dtype, param_dtype=param_dtype)
+
+  def init_variables(self, model: nn.Module, config: ml_collections.ConfigDict,
+                     rng: jax.Array) -> dict:
+    # Parameter shapes do not depend on the image size (pooled features), so initialise on
+    # 32 px images: a full-size forward pass of a VGG16 would cost seconds to minutes on CPU.
+    m = config.data.num_slices
+    small = model.clone(aps_size=32) if isinstance(model, DrCT) else model
+    x = jnp.zeros((1, m, 32, 32, 3), jnp.float32)
+    p_rng, d_rng, a_rng = jax.random.split(rng, 3)
+    variables = jax.jit(lambda r: small.init({"params": r, "dropout": d_rng, "aps": a_rng}, x)
+                        )(p_rng)
+    variables = jax.tree.map(lambda a: a, dict(variables))   # plain, mutable dicts
+    variables["params"] = dict(variables["params"])
+    path = config.model.backbone_weights
+    if path:
+      variables["params"]["backbone"] = self._load_backbone(path, variables["params"]["backbone"])
+    elif config.model.freeze_backbone:
+      log.warning("config.model.backbone_weights is empty: the frozen backbone stays random")
+    return variables
+
+  def _load_backbone(self, path: str, like: Any) -> Any:
+    p = pathlib.Path(path)
+    if not p.is_absolute() and not p.exists() and (_REPO_ROOT / p).exists():
+      p = _REPO_ROOT / p
+    from ctjax.models.weights import load_backbone
+    loaded = load_backbone(os.fspath(p), "vgg16")
+    params = loaded["params"] if "params" in loaded else loaded
+    want = jax.tree.map(np.shape, like)
+    got = jax.tree.map(np.shape, params)
+    if want != got:
+      raise WeightsError(f"{p}: backbone weights do not match config.model.backbone_width "
+                         f"(shapes {got} vs {want})")
+    return jax.tree.map(jnp.asarray, params)
+
+  def trainable_mask(self, config: ml_collections.ConfigDict, params: Any) -> Any:
+    frozen = config.model.freeze_backbone
+    return {k: jax.tree.map(lambda _: not (frozen and k == "backbone"), v)
+            for k, v in params.items()}
+
+  def make_optimizer(self, config: ml_collections.ConfigDict,
+                     steps_per_epoch: int) -> optax.GradientTransformation:
+    oc = config.optimizer
+    total = max(1, config.train.num_epochs * steps_per_epoch)
+    if config.train.max_steps > 0:
+      total = min(total, config.train.max_steps)
+    warmup = int(oc.warmup_epochs * steps_per_epoch)
+
+    def schedule(lr: float):
+      if oc.schedule == "constant":
+        return optax.constant_schedule(lr) if warmup == 0 else optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+      if oc.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total, warmup + 1),
+                                                  end_value=lr * oc.final_lr_fraction)
+      raise ConfigError(f"config.optimizer.schedule={oc.schedule!r}; expected constant|cosine")
+
+    def adam(lr: float):
+      chain = []
+      if oc.grad_clip > 0:
+        chain.append(optax.clip_by_global_norm(oc.grad_clip))
+      chain.append(optax.adam(schedule(lr), b1=oc.b1, b2=oc.b2))
+      if oc.weight_decay > 0:
+        chain.insert(len(chain) - 1, optax.add_decayed_weights(oc.weight_decay))
+      return optax.chain(*chain)
+
+    transforms = {"primary": adam(oc.lr_primary), "aps": adam(oc.lr_aps),
+                  "fusion": adam(oc.lr_fusion), "backbone": adam(oc.lr_backbone)}
+
+    def labels(params):
+      for k in params:
+        if k not in GROUPS:
+          raise ConfigError(f"parameter group {k!r} has no learning rate ({GROUPS})")
+      return {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}
+
+    return optax.multi_transform(transforms, labels)
+
+  def _apply(self, model, variables, batch, config, *, train, rngs=None, mutable=False):
+    x, native = _model_inputs(batch, config)
+    return model.apply(variables, x, native=native, train=train, rngs=rngs, mutable=mutable)
+
+  def loss_fn(self, model: nn.Module, params: Any, extra: Mapping[str, Any], batch,
+              rng: jax.Array, config: ml_collections.ConfigDict, train: bool):
+    d_rng, a_rng = jax.random.split(rng)
+    variables = {"params": params, **extra}
+    mutable = ["batch_stats"] if (train and "batch_stats" in extra) else False
+    res = self._apply(model, variables, batch, config, train=train,
+                      rngs={"dropout": d_rng, "aps": a_rng}, mutable=mutable)
+    out, new_extra = (res if mutable else (res, extra))
+    labels = batch["labels"].astype(jnp.float32)
+    valid = batch["valid"].astype(jnp.float32) if "valid" in batch else jnp.ones(labels.shape[0])
+    pw = tuple(config.loss.pos_weight)
+    weights = jnp.ones_like(labels)
+    if pw:
+      weights = jnp.where(labels > 0.5, jnp.asarray(pw, jnp.float32), 1.0)
+    denom = jnp.maximum(valid.sum(), 1.0)
+
+    def head_loss(kind, logits):
+      return (_per_example_loss(kind, logits, labels, weights) * valid).sum() / denom
+
+    metrics = {"loss_primary": head_loss(config.loss.primary, out["logits_primary"])}
+    loss = metrics["loss_primary"]
+    if config.model.variant == "drct2":
+      metrics["loss_aps"] = head_loss(config.loss.aps, out["logits_aps"])
+      metrics["loss_fusion"] = head_loss(config.loss.fusion, out["logits"])
+      loss = loss + metrics["loss_aps"] + metrics["loss_fusion"]
+    metrics["loss"] = loss
+    pred = (out["logits"] > 0).astype(jnp.float32)
+    metrics["accuracy"] = ((pred == labels).astype(jnp.float32).mean(-1) * valid).sum() / denom
+    return loss, (metrics, dict(new_extra) if new_extra else {})
+
+  def predict(self, model: nn.Module, variables: Mapping[str, Any], batch,
+              config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+    """BRIEF interface 4: probs, probs_primary, probs_aps, slice/feature attention, highlight,
+    key_indices (the last two DrCT2 only)."""
+    out = self._apply(model, variables, batch, config, train=False)
+    res = {"probs": jax.nn.sigmoid(out["logits"]),
+           "probs_primary": jax.nn.sigmoid(out["logits_primary"]),
+           "slice_attention": out["slice_attention"].astype(jnp.float32),
+           "feature_attention": out["feature_attention"].astype(jnp.float32),
+           "highlight": out["highlight"].astype(jnp.float32)}
+    if "logits_aps" in out:
+      res["probs_aps"] = jax.nn.sigmoid(out["logits_aps"])
+      res["key_indices"] = out["key_indices"].astype(jnp.int32)
+    return res
+
+  def summarize(self, outputs: Mapping[str, Any], config: ml_collections.ConfigDict
+                ) -> dict[str, Any]:
+    """Host side: the paper's metrics (macro-F1 first) + key-slice tasks where slice labels exist.
+
+    `outputs`: concatenated `predict` outputs and batch fields (`labels`, `valid`, optionally
+    `slice_labels`). Returns `multilabel_report`'s dict for the final prediction (`per_class`,
+    `macro_f1`, …) plus flat `primary/…`, `aps/…` and `keyslice/…` scalars.
+    """
+    from ctjax.eval.metrics import flatten_scalars, multilabel_report
+    names = list(config.data.labels)
+    labels = np.asarray(outputs["labels"])
+    valid = np.asarray(outputs.get("valid", np.ones(labels.shape[0], bool)), bool)
+    thr = config.evals.threshold
+    report = multilabel_report(labels[valid], np.asarray(outputs["probs"])[valid], names, thr)
+    for head in ("primary", "aps"):
+      key = f"probs_{head}"
+      if key in outputs and config.model.variant == "drct2":
+        sub = multilabel_report(labels[valid], np.asarray(outputs[key])[valid], names, thr)
+        report.update({f"{head}/{k}": v for k, v in flatten_scalars(sub).items()
+                       if k.startswith("macro_") or k == "micro_f1"})
+    sl = outputs.get("slice_labels")
+    if sl is not None and np.asarray(sl).size and "slice_attention" in outputs:
+      from ctjax.eval.keyslice import key_slice_metrics
+      report.update(key_slice_metrics(np.asarray(outputs["slice_attention"]), np.asarray(sl),
+                                      names, valid=valid))
+    return report
+
+
+TASK = DrCTTask()

@@ -1,0 +1,177 @@
+"""Backbone pretraining on phantom slices: the stand-in for ImageNet weights on CPU.
+
+DrCT2's design is a pretrained, frozen VGG16. No ImageNet weights can be downloaded here, so
+`configs/pretrain_phantom.py` trains the small-width VGG16 (ctjax.models.vgg) with a linear
+multi-label head on single phantom slices and their slice-level truth (a separately seeded
+phantom set, never DrCT2's evaluation data), then writes the backbone's variables with
+`ctjax.models.weights.save_variables` to `config.pretrain.export_path` (a small .npz shipped in
+the repo). Re-export from a finished workdir:
+
+  python -m ctjax.train.tasks.pretrain --workdir DIR --out ctjax/assets/vgg16_w0125_phantom.npz
+
+Batch (pipeline record type "pretrain"): hu int16 [B, H, W], labels float32 [B, L],
+valid bool [B] (eval padding), example_index int32 [B].
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import sys
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ctjax.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
+
+
+class BackboneClassifier(nn.Module):
+  """VGG16 conv stack → pooled features → linear multi-label logits."""
+  num_labels: int
+  width: float = 0.125
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    from ctjax.models.vgg import VGG16
+    feats = VGG16(width=self.width, dtype=self.dtype, param_dtype=self.param_dtype,
+                  name="backbone")(x, train=train)["pooled"]
+    feats = nn.Dropout(self.dropout_rate, deterministic=not train)(feats)
+    logits = nn.Dense(self.num_labels, dtype=self.dtype, param_dtype=self.param_dtype,
+                      name="head")(feats)
+    return logits.astype(jnp.float32)
+
+
+def preprocess(hu: jax.Array, config: ml_collections.ConfigDict, rng=None) -> jax.Array:
+  """int16 HU [B, H, W] → ImageNet-normalised windows [B, H, W, 3]; random left-right flips
+  when `rng` is given (training)."""
+  from ctjax.data.windows import apply_windows, imagenet_normalize
+  x = imagenet_normalize(apply_windows(hu, config.data.windows))
+  if rng is not None and config.pretrain.flip:
+    flip = jax.random.bernoulli(rng, 0.5, (x.shape[0], 1, 1, 1))
+    x = jnp.where(flip, x[:, :, ::-1, :], x)
+  return x
+
+
+def _names(config) -> tuple:
+  return tuple(config.data.labels)
+
+
+class PretrainTask:
+  name = "pretrain"
+
+  def validate_config(self, config: ml_collections.ConfigDict) -> None:
+    if not config.data.get("labels"):
+      raise ConfigError("config.data.labels must list the slice label names")
+    if float(config.model.width) <= 0:
+      raise ConfigError(f"config.model.width={config.model.width} must be > 0")
+    if float(config.optimizer.lr) <= 0:
+      raise ConfigError(f"config.optimizer.lr={config.optimizer.lr} must be > 0")
+    pw = tuple(config.loss.pos_weight)
+    if pw and len(pw) != len(_names(config)):
+      raise ConfigError(f"config.loss.pos_weight has {len(pw)} values for "
+                        f"{len(_names(config))} labels")
+
+  def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
+    return BackboneClassifier(num_labels=len(_names(config)), width=float(config.model.width),
+                              dropout_rate=float(config.model.dropout),
+                              dtype=_DTYPES[config.model.dtype],
+                              param_dtype=_DTYPES[config.model.param_dtype])
+
+  def init_variables(self, model, config, rng) -> dict:
+    # Parameter shapes do not depend on the image size: initialise on 32 px.
+    variables = model.init({"params": rng}, jnp.zeros((1, 32, 32, 3)), train=False)
+    return {k: v for k, v in variables.items()}
+
+  def trainable_mask(self, config, params) -> Any:
+    return jax.tree.map(lambda _: True, params)
+
+  def make_optimizer(self, config, steps_per_epoch: int) -> optax.GradientTransformation:
+    oc = config.optimizer
+    total = steps_per_epoch * int(config.train.num_epochs)
+    if int(config.train.max_steps) > 0:   # the schedule ends where training stops.
+      total = min(total, int(config.train.max_steps))
+    total = max(2, total)
+    warmup = min(int(oc.warmup_steps), total - 1)
+    lr = optax.warmup_cosine_decay_schedule(0.0, float(oc.lr), max(warmup, 1), total,
+                                            end_value=float(oc.lr) * 0.01)
+    return optax.chain(optax.clip_by_global_norm(float(oc.grad_clip)),
+                       optax.adamw(lr, weight_decay=float(oc.weight_decay)))
+
+  def loss_fn(self, model, params, extra, batch, rng, config, train):
+    aug_rng, drop_rng = jax.random.split(rng)
+    x = preprocess(batch["hu"], config, aug_rng if train else None)
+    logits = model.apply({"params": params, **extra}, x, train=train,
+                         rngs={"dropout": drop_rng})
+    labels = batch["labels"].astype(jnp.float32)
+    pw = tuple(config.loss.pos_weight)
+    weight = jnp.where(labels > 0.5, jnp.asarray(pw, jnp.float32), 1.0) if pw else 1.0
+    bce = optax.sigmoid_binary_cross_entropy(logits, labels) * weight
+    mask = batch.get("valid", jnp.ones(labels.shape[0], bool)).astype(jnp.float32)
+    loss = jnp.sum(bce.mean(-1) * mask) / jnp.maximum(mask.sum(), 1.0)
+    acc = jnp.sum(((logits > 0) == (labels > 0.5)).mean(-1) * mask) / jnp.maximum(mask.sum(), 1)
+    return loss, ({"loss": loss, "label_accuracy": acc}, extra)
+
+  def predict(self, model, variables, batch, config) -> dict:
+    logits = model.apply(variables, preprocess(batch["hu"], config), train=False)
+    return {"probs": jax.nn.sigmoid(logits)}
+
+  def summarize(self, outputs: Mapping[str, Any], config) -> dict:
+    from ctjax.eval.metrics import multilabel_report
+    return multilabel_report(outputs["labels"], outputs["probs"], _names(config),
+                             threshold=float(config.evals.get("threshold", 0.5)))
+
+  def after_training(self, config, workdir: str, variables: Mapping[str, Any]) -> None:
+    """Writes the backbone variables to config.pretrain.export_path (process 0)."""
+    path = str(config.pretrain.get("export_path", "") or "")
+    if path and jax.process_index() == 0:
+      out = export_backbone(variables, path)
+      log.info("backbone variables written to %s (%.2f MB)", out, out.stat().st_size / 1e6)
+
+
+def export_backbone(variables: Mapping[str, Any], path: str) -> pathlib.Path:
+  """{"params": backbone params} → .npz via ctjax.models.weights.save_variables."""
+  from ctjax.models.weights import save_variables
+  backbone = {"params": jax.tree.map(np.asarray, dict(variables["params"]["backbone"]))}
+  return save_variables(path, backbone)
+
+
+TASK = PretrainTask()
+
+
+def main(argv=None) -> int:
+  import argparse
+  from ctjax.errors import CTJaxError
+  parser = argparse.ArgumentParser(description="Export a pretrained backbone from a workdir.")
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--step", type=int, default=None)
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO)
+  try:
+    from ctjax.train.checkpoint import restore_for_inference
+    config, task, _, variables = restore_for_inference(args.workdir, step=args.step)
+    if config.task != "pretrain":
+      raise ConfigError(f"{args.workdir}: task {config.task!r} is not a pretraining run")
+    out = export_backbone(variables, args.out)
+  except CTJaxError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

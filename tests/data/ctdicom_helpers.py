@@ -1,0 +1,161 @@
+"""Writes tiny CT DICOM slices with pydicom for tests (32×32 by default)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Optional, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def write_slice(path, hu: np.ndarray, *, position: Optional[Sequence[float]] = (0, 0, 0),
+                orientation: Optional[Sequence[float]] = (1, 0, 0, 0, 1, 0),
+                instance: Optional[int] = 1, sop_uid: Optional[str] = None,
+                series_uid: str = "1.2.3.4", study_uid: str = "1.2.3", patient_id: str = "P0",
+                slope: float = 1.0, intercept: float = -1024.0, modality: str = "CT",
+                pixel_spacing=(0.5, 0.5), thickness: float = 5.0, description: str = "AXIAL",
+                **extra) -> pathlib.Path:
+  """One CT slice; HU are stored as int16 (hu - intercept) / slope."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  sop_uid = sop_uid or generate_uid()
+  meta = FileMetaDataset()
+  meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+  meta.MediaStorageSOPInstanceUID = sop_uid
+  meta.TransferSyntaxUID = ExplicitVRLittleEndian
+  ds = Dataset()
+  ds.file_meta = meta
+  ds.SOPClassUID = CT_IMAGE_STORAGE
+  ds.SOPInstanceUID = sop_uid
+  ds.SeriesInstanceUID = series_uid
+  ds.StudyInstanceUID = study_uid
+  ds.PatientID = patient_id
+  ds.Modality = modality
+  ds.SeriesDescription = description
+  ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+  if position is not None:
+    ds.ImagePositionPatient = [float(v) for v in position]
+  if orientation is not None:
+    ds.ImageOrientationPatient = [float(v) for v in orientation]
+  if instance is not None:
+    ds.InstanceNumber = int(instance)
+  ds.PixelSpacing = [float(v) for v in pixel_spacing]
+  ds.SliceThickness = thickness
+  ds.RescaleSlope = slope
+  ds.RescaleIntercept = intercept
+  stored = np.round((np.asarray(hu, np.float64) - intercept) / slope).astype(np.int16)
+  ds.Rows, ds.Columns = stored.shape
+  ds.SamplesPerPixel = 1
+  ds.PhotometricInterpretation = "MONOCHROME2"
+  ds.BitsAllocated = 16
+  ds.BitsStored = 16
+  ds.HighBit = 15
+  ds.PixelRepresentation = 1
+  ds.PixelData = stored.tobytes()
+  for k, v in extra.items():
+    setattr(ds, k, v)
+  ds.save_as(path, enforce_file_format=True)
+  return path
+
+
+def ramp_volume(num_slices: int, size: int = 32) -> np.ndarray:
+  """HU volume whose slice k is filled with 10*k (+ a small in-plane ramp): order is visible."""
+  base = np.arange(size)[None, :] + np.zeros((size, 1))
+  return np.stack([np.full((size, size), 10.0 * k) + base for k in range(num_slices)])
+
+
+def write_series(folder, hu: np.ndarray, *, spacing: float = 5.0,
+                 orientation=(1, 0, 0, 0, 1, 0), origin=(0.0, 0.0, 0.0),
+                 step: Optional[Sequence[float]] = None, names: Optional[Sequence[str]] = None,
+                 instances: Optional[Sequence[int]] = None, **kw) -> list[pathlib.Path]:
+  """Slices k at origin + k*step (default: spacing along the normal) in `folder`."""
+  folder = pathlib.Path(folder)
+  o = np.asarray(orientation, np.float64)
+  normal = np.cross(o[:3], o[3:])
+  step = np.asarray(step if step is not None else normal * spacing, np.float64)
+  paths = []
+  for k in range(hu.shape[0]):
+    name = names[k] if names is not None else f"IM{k:04d}.dcm"
+    inst = instances[k] if instances is not None else k + 1
+    paths.append(write_slice(folder / name, hu[k], position=np.asarray(origin) + k * step,
+                             orientation=orientation, instance=inst, **kw))
+  return paths
+
+
+# ------------------------------------------------------------------ tiny trees in public layouts
+
+RSNA_SUBTYPES = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural",
+                 "any")
+
+
+def write_rsna_tree(root, *, num_scans=3, slices=4, size=16, patients=None):
+  """RSNA stage-2 layout; scan s slice k positive for subdural iff s odd and k == 1.
+
+  Returns {series_uid: [(sop, subdural)] in true slice order}."""
+  root = pathlib.Path(root)
+  rows, truth = ["ID,Label"], {}
+  for s in range(num_scans):
+    series = f"ID_ser{s:04x}"
+    patient = (patients or [f"ID_pat{s:03x}" for s in range(num_scans)])[s]
+    truth[series] = []
+    order = np.random.default_rng(s).permutation(slices)   # file names unrelated to order
+    for k in range(slices):
+      sop = f"ID_{s:03x}{order[k]:05x}"
+      sdh = int(s % 2 == 1 and k == 1)
+      truth[series].append((sop, sdh))
+      write_slice(root / "stage_2_train" / f"{sop}.dcm", np.full((size, size), 10.0 * k),
+                  position=(0, 0, 5.0 * k), sop_uid=sop, series_uid=series, patient_id=patient,
+                  instance=k + 1)
+      for sub in RSNA_SUBTYPES:
+        rows.append(f"{sop}_{sub},{sdh if sub in ('subdural', 'any') else 0}")
+  (root / "stage_2_train.csv").write_text("\n".join(rows) + "\n")
+  return truth
+
+
+CQ500_COLS = ("ICH", "IPH", "IVH", "SDH", "EDH", "SAH", "BleedLocation-Left",
+              "BleedLocation-Right", "ChronicBleed", "Fracture", "CalvarialFracture",
+              "OtherFracture", "MassEffect", "MidlineShift")
+
+
+def write_cq500_tree(root, votes, *, slices=3, size=16):
+  """CQ500 layout; votes[n] = {column: (r1, r2, r3)} (missing columns 0). Each scan also has a
+  bone series and a 5 mm plain series that the adapter must not pick."""
+  root = pathlib.Path(root)
+  header = ["name", "Category"] + [f"{r}:{c}" for r in ("R1", "R2", "R3") for c in CQ500_COLS]
+  lines = [",".join(header)]
+  for n, v in enumerate(votes):
+    vals = [f"CQ500-CT-{n}", "B1"]
+    for r in range(3):
+      vals += [str(v.get(c, (0, 0, 0))[r]) for c in CQ500_COLS]
+    lines.append(",".join(vals))
+    study = root / f"CQ500-CT-{n}" / "Unknown Study"
+    for series, count, uid in (("CT PLAIN THIN", slices, f"1.2.{n}.1"),
+                               ("CT BONE", slices + 2, f"1.2.{n}.2"),
+                               ("CT 5mm", 1, f"1.2.{n}.3")):
+      for k in range(count):
+        write_slice(study / series / f"CT{k:06d}.dcm", np.full((size, size), float(k)),
+                    position=(0, 0, 0.625 * k), series_uid=uid, patient_id=f"CQ500-CT-{n}",
+                    instance=count - k, description=series)
+  (root / "reads.csv").write_text("\n".join(lines) + "\n")
+
+
+def write_blend_tree(root, *, num_scans=2, slices=3, size=16):
+  """Blend layout: scan s slice k label (s + k) % 3, a box on labels 1 and 2."""
+  root = pathlib.Path(root)
+  lines = ["scan_id,patient_id,sop_uid,file,label,boxes"]
+  for s in range(num_scans):
+    for k in range(slices):
+      sop = f"1.9.{s}.{k}"
+      rel = f"scans/S{s}/IM{k:04d}.dcm"
+      write_slice(root / rel, np.full((size, size), float(k)), position=(0, 0, 5.0 * k),
+                  sop_uid=sop, series_uid=f"1.9.{s}", patient_id=f"P{s // 2}", instance=k + 1)
+      label = (s + k) % 3
+      boxes = "" if label == 0 else f"1 2 5 6;{k} 0 {k + 3} 4" if label == 2 else "0 0 8 8"
+      lines.append(f"S{s},P{s // 2},{sop},{rel},{label},{boxes}")
+  (root / "blend_labels.csv").write_text("\n".join(lines) + "\n")

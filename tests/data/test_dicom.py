@@ -1,0 +1,258 @@
+"""ctjax.data.dicom on pydicom's real files and on series built here."""
+
+import os
+import pathlib
+import shutil
+import warnings
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_modality_lut
+
+from ctjax import errors
+from ctjax.data import dicom
+from ctdicom_helpers import ramp_volume, write_series, write_slice
+
+DIRTESTS = pathlib.Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests"
+
+
+def _reference_hu(path, clip=True):
+  ds = pydicom.dcmread(path)
+  hu = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+  return np.clip(hu, -1024, 3071) if clip else hu
+
+
+# ---------------------------------------------------------------- real files nobody here wrote
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "693_UNCR.dcm"])
+def test_real_ct_hu_matches_pydicom_modality_lut(name):
+  path = get_testdata_file(name)
+  vol = dicom.read_series([path], clip_hu=False)
+  np.testing.assert_array_equal(vol.hu[0], _reference_hu(path, clip=False).astype(np.float32))
+  vol = dicom.read_series([path])
+  np.testing.assert_array_equal(vol.hu[0], _reference_hu(path).astype(np.float32))
+  ds = pydicom.dcmread(path)
+  assert vol.hu.dtype == np.float32 and vol.hu.shape == (1, ds.Rows, ds.Columns)
+  assert vol.sop_uids == [ds.SOPInstanceUID]
+  assert vol.spacing[1:] == (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
+  assert vol.header["PatientID"] == str(ds.PatientID)
+
+
+def test_693_padding_becomes_air_by_clipping():
+  vol = dicom.read_series([get_testdata_file("693_UNCR.dcm")], clip_hu=False)
+  assert vol.hu.min() == -3024.0          # stored -2000 padding, intercept -1024
+  vol = dicom.read_series([get_testdata_file("693_UNCR.dcm")])
+  assert vol.hu.min() == -1024.0 and vol.hu.max() <= 3071
+
+
+def test_dicomdir_series_with_gap_is_ordered_and_reported():
+  folder = DIRTESTS / "77654033" / "CT2"
+  vol = dicom.read_series(folder)
+  z = vol.positions[:, 2]
+  assert np.all(np.diff(z) > 0) and vol.ordered_by == "position"
+  np.testing.assert_allclose(vol.spacing[0], 1.25, atol=1e-3)   # median step, gap ignored
+  assert any("uneven" in n for n in vol.notes)
+  assert vol.instance_numbers == [18, 180, 181, 182]
+  for f, hu in zip(vol.files, vol.hu):
+    np.testing.assert_array_equal(hu, _reference_hu(f).astype(np.float32))
+
+
+def test_dicomdir_instance_number_against_position():
+  vol = dicom.read_series(DIRTESTS / "98892001" / "CT5N")
+  assert np.all(np.diff(vol.positions[:, 2]) > 0)        # by position, not by number
+  assert vol.instance_numbers == [10, 9, 8, 7, 6]
+
+
+def test_dicomdir_orthogonal_localizers_in_one_series():
+  with pytest.raises(errors.InconsistentSeriesError, match="orientations"):
+    dicom.read_series(DIRTESTS / "98892001" / "CT2N")
+
+
+def test_dicomdir_three_series_in_one_folder():
+  folder = DIRTESTS / "98892003" / "MR2"
+  with pytest.raises(errors.MixedSeriesError, match="3 series"):
+    dicom.read_series(folder)
+  with pytest.raises(errors.NotCTError):    # the selector works; then the modality is wrong
+    dicom.read_series(folder, series_uid=dicom.largest_series)
+
+
+def test_dicomdir_header_only_files():
+  folder = DIRTESTS / "TINY_ALPHA" / "PT000000" / "ST000000" / "SE000000"
+  with pytest.raises(errors.MissingPixelDataError) as e:
+    dicom.read_series(folder)
+  assert e.value.path.startswith(str(folder))
+  with pytest.raises(errors.EmptySeriesError):
+    dicom.read_series(folder, lenient=True)
+
+
+@pytest.mark.parametrize("name,err,words", [
+    ("MR_truncated.dcm", errors.TruncatedDicomError, "truncated"),
+    ("badVR.dcm", errors.InvalidDicomValueError, "1A"),
+    ("no_meta.dcm", errors.NotDicomError, "not a DICOM"),
+    ("JPEG-LL.dcm", errors.UnsupportedTransferSyntaxError, "pylibjpeg"),
+    ("JPEGLSNearLossless_16.dcm", errors.UnsupportedTransferSyntaxError, "python-gdcm"),
+    ("MR_small.dcm", errors.NotCTError, "modality MR"),
+    ("eCT_Supplemental.dcm", errors.UnsupportedDicomError, "multi-frame"),
+    ("dicomdirtests/DICOMDIR-empty.dcm", errors.NotDicomError, "DICOMDIR"),
+])
+def test_malformed_real_files_give_typed_errors(name, err, words):
+  path = get_testdata_file(name)
+  with pytest.raises(err, match=words) as e:
+    dicom.read_series([path])
+  assert isinstance(e.value, errors.CTDataError)
+  assert e.value.path == path and path in str(e.value)
+  vol = None
+  with pytest.raises(errors.EmptySeriesError):    # lenient records, then nothing is left
+    vol = dicom.read_series([path], lenient=True)
+  assert vol is None
+
+
+def test_folder_with_strays_and_lenient_skip(tmp_path):
+  shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "a.dcm")
+  (tmp_path / "notes.txt").write_text("hello")
+  (tmp_path / "empty.dcm").write_bytes(b"")
+  (tmp_path / "img.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+  (tmp_path / "preamble.dcm").write_bytes(b"\0" * 128 + b"DICM")
+  shutil.copy(get_testdata_file("dicomdirtests/DICOMDIR-empty.dcm"), tmp_path / "DICOMDIR")
+  vol = dicom.read_series(tmp_path)
+  assert vol.num_slices == 1
+  assert {os.path.basename(s.path) for s in vol.skipped} == {
+      "notes.txt", "empty.dcm", "img.png", "preamble.dcm", "DICOMDIR"}
+  shutil.copy(get_testdata_file("MR_truncated.dcm"), tmp_path / "b.dcm")
+  with pytest.raises(errors.TruncatedDicomError):
+    dicom.read_series(tmp_path)
+  vol = dicom.read_series(tmp_path, lenient=True)
+  assert vol.num_slices == 1
+  assert any(s.error == "TruncatedDicomError" for s in vol.skipped)
+
+
+def test_empty_folder(tmp_path):
+  with pytest.raises(errors.EmptySeriesError):
+    dicom.read_series(tmp_path)
+  with pytest.raises(errors.EmptySeriesError):
+    dicom.read_series(tmp_path / "missing")
+
+
+# ------------------------------------------------------------------- series built in the test
+
+
+def test_shuffled_file_names(tmp_path):
+  ref = ramp_volume(6)
+  names = [f"{n}.dcm" for n in ("q", "b", "z", "a", "m", "c")]
+  write_series(tmp_path, ref, names=names, instances=[3, 1, 6, 2, 5, 4])
+  vol = dicom.read_series(tmp_path)
+  np.testing.assert_array_equal(vol.hu, ref.astype(np.float32))
+  assert vol.spacing == (5.0, 0.5, 0.5)
+
+
+def test_reversed_positions_and_reversed_orientation(tmp_path):
+  ref = ramp_volume(5)
+  write_series(tmp_path / "a", ref, step=(0, 0, -2.5))        # z runs down with k
+  vol = dicom.read_series(tmp_path / "a")
+  np.testing.assert_array_equal(vol.hu, ref[::-1].astype(np.float32))
+  np.testing.assert_allclose(vol.spacing[0], 2.5)
+  # Flipped column direction: the normal is -z, so k (moving along the normal) stays in order.
+  write_series(tmp_path / "b", ref, orientation=(1, 0, 0, 0, -1, 0), spacing=2.5)
+  vol = dicom.read_series(tmp_path / "b")
+  np.testing.assert_array_equal(vol.hu, ref.astype(np.float32))
+  assert np.all(np.diff(vol.positions[:, 2]) < 0)
+
+
+def test_gantry_tilt_from_iop_and_ipp(tmp_path):
+  t = np.radians(20.0)
+  ref = ramp_volume(5)
+  orientation = (1, 0, 0, 0, np.cos(t), np.sin(t))
+  names = ["e.dcm", "a.dcm", "d.dcm", "b.dcm", "c.dcm"]
+  write_series(tmp_path, ref, orientation=orientation, step=(0, 0, 5.0), names=names,
+               instances=[5, 4, 3, 2, 1])
+  vol = dicom.read_series(tmp_path)
+  np.testing.assert_array_equal(vol.hu, ref.astype(np.float32))
+  np.testing.assert_allclose(vol.tilt_deg, 20.0, atol=1e-4)
+  np.testing.assert_allclose(vol.spacing[0], 5.0 * np.cos(t), rtol=1e-6)
+  assert any("tilt" in n for n in vol.notes)
+
+
+def test_missing_slice_and_duplicates(tmp_path):
+  ref = ramp_volume(6)
+  paths = write_series(tmp_path, ref)
+  os.remove(paths[3])
+  shutil.copy(paths[1], tmp_path / "copy_of_1.dcm")               # same SOPInstanceUID
+  write_slice(tmp_path / "other_at_2.dcm", ref[2] + 7, position=(0, 0, 10.0), instance=99)
+  vol = dicom.read_series(tmp_path)
+  np.testing.assert_array_equal(vol.hu, ref[[0, 1, 2, 4, 5]].astype(np.float32))
+  assert vol.spacing[0] == 5.0 and any("uneven" in n for n in vol.notes)
+  reasons = sorted(s.reason.split(" ")[1] for s in vol.skipped)
+  assert reasons == ["SOPInstanceUID", "position"]
+
+
+def test_two_series_need_a_selector(tmp_path):
+  write_series(tmp_path, ramp_volume(4), series_uid="1.2.3.1", description="PLAIN THIN")
+  write_series(tmp_path, ramp_volume(2) + 100, series_uid="1.2.3.2", description="BONE",
+               names=["x0.dcm", "x1.dcm"])
+  with pytest.raises(errors.MixedSeriesError, match="series_uid"):
+    dicom.read_series(tmp_path)
+  vol = dicom.read_series(tmp_path, series_uid="1.2.3.2")
+  assert vol.num_slices == 2 and vol.series_uid == "1.2.3.2" and len(vol.skipped) == 4
+  assert dicom.read_series(tmp_path, series_uid=dicom.largest_series).num_slices == 4
+  assert dicom.read_series(tmp_path, series_uid=dicom.prefer_description("bone")
+                           ).series_uid == "1.2.3.2"
+  with pytest.raises(errors.MixedSeriesError, match="not found"):
+    dicom.read_series(tmp_path, series_uid="9.9")
+
+
+def test_mixed_shapes(tmp_path):
+  write_series(tmp_path, ramp_volume(3))
+  write_slice(tmp_path / "small.dcm", np.zeros((16, 16)), position=(0, 0, 99.0))
+  with pytest.raises(errors.InconsistentSeriesError, match="shape"):
+    dicom.read_series(tmp_path)
+  vol = dicom.read_series(tmp_path, lenient=True)
+  assert vol.num_slices == 3 and vol.skipped[0].path.endswith("small.dcm")
+
+
+def test_missing_positions_fall_back_to_instance_number_and_say_so(tmp_path):
+  ref = ramp_volume(4)
+  for k, inst in enumerate([2, 4, 1, 3]):
+    write_slice(tmp_path / f"s{k}.dcm", ref[inst - 1], position=None, orientation=None,
+                instance=inst)
+  vol = dicom.read_series(tmp_path)
+  np.testing.assert_array_equal(vol.hu, ref.astype(np.float32))
+  assert vol.ordered_by == "instance_number" and "InstanceNumber" in vol.notes[0]
+
+
+def test_rsna_ids_and_sign_fix_without_warnings(tmp_path):
+  hu = np.array([[-1000, -20], [40, 3000]] * 16, np.float64).repeat(16, axis=1)
+  p = write_slice(tmp_path / "ID_0a1b2c.dcm", hu, sop_uid="ID_0a1b2c", series_uid="ID_ser1",
+                  patient_id="ID_pat")
+  ds = pydicom.dcmread(p)
+  stored = np.mod(hu.astype(np.int64), 4096).astype(np.uint16)   # 12-bit wrap, as in RSNA
+  ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 0
+  ds.RescaleIntercept = 0
+  ds.PixelData = stored.tobytes()
+  ds.save_as(p)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    vol = dicom.read_series(tmp_path)
+  assert vol.sop_uids == ["ID_0a1b2c"] and vol.series_uid == "ID_ser1"
+  np.testing.assert_array_equal(vol.hu[0], hu.astype(np.float32))
+  assert any("RSNA" in n for n in vol.notes)
+
+
+def test_unparseable_ds_value_is_tolerated(tmp_path):
+  p = write_slice(tmp_path / "a.dcm", np.zeros((32, 32)))
+  raw = p.read_bytes()      # patch the encoded values: pydicom refuses to write them
+  thick = b"\x18\x00\x50\x00DS\x04\x005.0 "
+  inst = b"\x20\x00\x13\x00IS\x02\x001 "
+  assert thick in raw and inst in raw
+  p.write_bytes(raw.replace(thick, thick[:8] + b"1A  ").replace(inst, inst[:8] + b"1A"))
+  vol = dicom.read_series([p])
+  assert vol.hu.shape == (1, 32, 32) and vol.header["SliceThickness"] == "1A"
+  assert vol.instance_numbers == [None]
+
+
+def test_memory_bound_before_decoding(tmp_path):
+  p = write_slice(tmp_path / "a.dcm", np.zeros((32, 32)))
+  with pytest.raises(errors.UnsupportedDicomError, match="bound"):
+    dicom.read_series([p], max_pixels=100)

@@ -1,0 +1,294 @@
+"""The HTML report renderer: content, self-containment, and a real headless-Chromium load."""
+
+import base64
+import html.parser
+import io
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ctjax.eval import keyslice
+from ctjax.eval import report
+
+M, H = 12, 48
+NAMES = ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
+
+
+def _inputs(seed=0):
+  rng = np.random.default_rng(seed)
+  images = rng.random((M, H, H)).astype(np.float32)
+  attention = rng.random(M)
+  attention[3] = attention[7] = attention.max() + 1.0   # a tie at the top: 3 ranks before 7
+  attention /= attention.sum()
+  highlight = np.zeros((M, 6, 6), np.float32)
+  highlight[:, 1, 4] = 1.0                              # one hot spot, upper right
+  probs = [0.91, 0.02, 0.66, 0.49, 0.5, 0.1]
+  preds = [report.Prediction(n, p, 0.5) for n, p in zip(NAMES, probs)]
+  prov = report.Provenance(
+      scan_path="/data/scan <01>", series_uid="1.2.3.4.<script>alert(1)</script>",
+      num_source_slices=30, slice_index=list(range(0, 24, 2)), spacing_mm=(5.0, 0.5, 0.5),
+      source_shape=(30, 512, 512), model_windows="rsna3", config_name="drct2_phantom",
+      model_name="DrCT2", checkpoint_step=123, workdir="runs/x", report_seconds=0.5)
+  return images, attention, highlight, preds, prov
+
+
+class _Collector(html.parser.HTMLParser):
+  def __init__(self):
+    super().__init__()
+    self.tags = []       # (tag, attrs dict)
+    self.text = []
+
+  def handle_starttag(self, tag, attrs):
+    self.tags.append((tag, dict(attrs)))
+
+  def handle_data(self, data):
+    self.text.append(data)
+
+
+def _parse(page):
+  c = _Collector()
+  c.feed(page)
+  return c
+
+
+def _decode(uri):
+  assert uri.startswith("data:image/png;base64,")
+  return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+
+
+def test_page_is_self_contained_and_complete():
+  images, attention, highlight, preds, prov = _inputs()
+  page = report.render_report_html(images, attention, highlight, preds, prov)
+  doc = _parse(page)
+  imgs = [a for t, a in doc.tags if t == "img"]
+  assert len(imgs) == M + 2 * 5                       # strip + (base, overlay) per key slice
+  assert all(a["src"].startswith("data:image/png;base64,") for a in imgs)
+  # No external resource of any kind: every src/href is inline.
+  for _, a in doc.tags:
+    for k in ("src", "href"):
+      if k in a:
+        assert a[k].startswith("data:"), a
+  assert "http://" not in page and "https://" not in page
+  # Key slices: the top 5 by attention, rank order, tie broken to the lower slice.
+  want = [int(i) for i in keyslice.top_k_indices(attention)]
+  assert want[:2] == [3, 7]
+  got = [int(a["data-slice"]) for t, a in doc.tags if t == "figure" and "key-slice" in
+         a.get("class", "")]
+  assert got == want
+  # Histogram: one bar per slice, the key ones marked, heights proportional to attention.
+  rects = [a for t, a in doc.tags if t == "rect"]
+  assert len(rects) == M
+  assert sorted(int(a["data-slice"]) for a in rects if "key" in a["class"]) == sorted(want)
+  heights = np.array([float(a["height"]) for a in rects])
+  np.testing.assert_allclose(heights, 100 * attention / attention.max(), atol=2e-3)
+  # Predictions: probability and threshold per label, the call follows the threshold.
+  text = " ".join(doc.text)
+  for p in preds:
+    assert p.name in text
+  rows = re.findall(r'<tr class="(above|below)"><td>([a-z]+)</td><td class="num">([0-9.]+)</td>',
+                    page)
+  assert [(c, n, float(v)) for c, n, v in rows] == [
+      ("above" if p.probability >= 0.5 else "below", p.name, round(p.probability, 3))
+      for p in preds]
+  assert "Research tool — not a diagnosis" in text
+  # Provenance, escaped.
+  assert "<script>alert(1)</script>" not in page
+  assert "1.2.3.4.<script>alert(1)</script>" in text   # shown as text
+  for s in ("123", "drct2_phantom", "5 × 0.5 × 0.5 mm", "0.50 s"):
+    assert s in text, s
+  assert "source slice 7" in page                      # slice 3 → source index 6 → "7"
+
+
+def test_images_and_overlay_pixels():
+  images, attention, highlight, preds, prov = _inputs()
+  page = report.render_report_html(images, attention, highlight, preds, prov)
+  doc = _parse(page)
+  base = [a["src"] for t, a in doc.tags if t == "img" and a.get("class") == "base"]
+  over = [a["src"] for t, a in doc.tags if t == "img" and a.get("class") == "overlay"]
+  top = int(keyslice.top_k_indices(attention)[0])
+  big = _decode(base[0])
+  assert big.shape == (report.KEY_PX, report.KEY_PX)
+  want = np.asarray(Image.fromarray((images[top] * 255 + 0.5).astype(np.uint8)).resize(
+      (report.KEY_PX, report.KEY_PX), Image.Resampling.BILINEAR))
+  np.testing.assert_array_equal(big, want)
+  rgba = _decode(over[0])
+  assert rgba.shape == (report.KEY_PX, report.KEY_PX, 4)
+  # The hot spot (row 1, column 4 of 6) is where the overlay is most opaque.
+  y, x = np.unravel_index(np.argmax(rgba[..., 3]), rgba.shape[:2])
+  assert 1 * 64 <= y < 2 * 64 and 4 * 64 <= x < 5 * 64
+  # Bilinear upsampling puts the peak between output pixels: just under alpha × 255.
+  assert 0.95 * 255 * report.OVERLAY_ALPHA <= rgba[..., 3].max() <= 255 * report.OVERLAY_ALPHA + 1
+  assert rgba[0, 0, 3] == 0
+
+
+def test_pure_and_validates_shapes():
+  a = report.render_report_html(*_inputs())
+  b = report.render_report_html(*_inputs())
+  assert a == b
+  images, attention, highlight, preds, prov = _inputs()
+  with pytest.raises(ValueError, match="one m"):
+    report.render_report_html(images, attention[:-1], highlight, preds, prov)
+  rgb = np.repeat(images[..., None], 3, axis=-1)
+  page = report.render_report_html((rgb * 255).astype(np.uint8), attention, highlight, preds, prov)
+  assert page.count('class="key-slice"') == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Headless Chromium.
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or (
+    "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
+                                    "(apt-get install chromium; .ci/run does)")
+
+# Injected into a copy of the page under test: flips the checkbox through the page's own JS
+# handler, so the dumped DOM shows whether the toggle works.
+_TOGGLE = ("<script>var b=document.getElementById('toggle-highlight');b.checked=false;"
+           "b.dispatchEvent(new Event('change'));document.body.setAttribute('data-toggled',"
+           "document.body.classList.contains('hide-highlight')?'hidden':'shown');</script>")
+
+
+def _chromium(tmp_path, page_file, *extra):
+  """Runs headless Chromium on a file; returns (stdout, console lines from its log)."""
+  cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-extensions", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
+         "--enable-logging=stderr", "--v=0", *extra, page_file.resolve().as_uri()]
+  r = subprocess.run(cmd, capture_output=True, text=True, timeout=90, cwd=tmp_path)
+  console = [ln for ln in r.stderr.splitlines() if ":CONSOLE" in ln]
+  return r, console
+
+
+@needs_chromium
+def test_console_error_detector_sees_errors(tmp_path):
+  bad = tmp_path / "bad.html"
+  bad.write_text("<html><body><script>nope();</script></body></html>")
+  _, console = _chromium(tmp_path, bad, "--dump-dom")
+  assert any("nope is not defined" in ln for ln in console), console
+
+
+@needs_chromium
+def test_report_in_headless_chromium(tmp_path):
+  images, attention, highlight, preds, prov = _inputs()
+  page = report.render_report_html(images, attention, highlight, preds, prov)
+  path = tmp_path / "report.html"
+  path.write_text(page, encoding="utf-8")
+  shot = tmp_path / "report.png"
+  r, console = _chromium(tmp_path, path, f"--screenshot={shot}", "--window-size=1280,1600")
+  assert console == [], console
+  assert shot.exists(), r.stderr[-2000:]
+  png = np.asarray(Image.open(shot))
+  assert png.shape[:2] == (1600, 1280) and png.std() > 10     # a rendered page, not blank
+  # The DOM after scripts ran: 5 key slices with image + overlay, the histogram, the toggle.
+  probe = tmp_path / "probe.html"
+  probe.write_text(page.replace("</body>", _TOGGLE + "</body>"), encoding="utf-8")
+  r, console = _chromium(tmp_path, probe, "--dump-dom")
+  assert console == [], console
+  dom = _parse(r.stdout)
+  keys = [a for t, a in dom.tags if t == "figure" and "key-slice" in a.get("class", "")]
+  assert len(keys) == 5
+  assert sum(1 for t, a in dom.tags if t == "img" and a.get("class") == "overlay") == 5
+  assert any(t == "svg" and a.get("id") == "attention-histogram" for t, a in dom.tags)
+  assert sum(1 for t, _ in dom.tags if t == "rect") == M
+  body = [a for t, a in dom.tags if t == "body"][0]
+  assert body.get("data-toggled") == "hidden" and "hide-highlight" in body.get("class", "")
+
+
+# ---------------------------------------------------------------------------------------------
+# The model-running glue, with a tiny random-initialised DrCT2 (no training, no checkpoint).
+
+import sys  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "data"))
+import ctdicom_helpers  # noqa: E402  (engineer A's DICOM writer for tests)
+
+
+def tiny_config():
+  from configs.drct_base import drct_config, runlocal_overrides
+  c = runlocal_overrides(drct_config(dataset="phantom", variant="drct2"))
+  c.data.num_slices = 8
+  c.data.image_size = 32
+  c.model.primary_size = 32
+  c.model.aps_size = 32
+  c.model.mkey = 3
+  return c
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+  import jax
+  from ctjax.train.tasks import get_task
+  config = tiny_config()
+  task = get_task("drct")
+  model = task.build_model(config)
+  variables = task.init_variables(model, config, jax.random.PRNGKey(0))
+  return report.LoadedModel(config, task, model, variables, step=7, workdir="runs/tiny")
+
+
+def _write_scan(folder, num=13, size=40, uid="1.2.826.0.1.99"):
+  rng = np.random.default_rng(num)
+  hu = rng.normal(30, 40, size=(num, size, size))
+  hu[:, 10:20, 22:30] += 60      # a bright "lesion" block on every slice
+  ctdicom_helpers.write_series(folder, hu, series_uid=uid)
+  return hu
+
+
+def test_report_for_scan_shows_what_the_model_predicts(tiny_model, tmp_path):
+  from ctjax.data.sampling import uniform_indices
+  hu = _write_scan(tmp_path / "scan")
+  r = report.report_for_scan(tiny_model, tmp_path / "scan", tmp_path / "out" / "r.html")
+  page = pathlib.Path(r.out_path).read_text(encoding="utf-8")
+  # Independently: the same sampling and resize, straight through Task.predict.
+  idx = uniform_indices(13, 8)
+  np.testing.assert_array_equal(idx, np.floor((np.arange(8) + 0.5) * 13 / 8).astype(int))
+  batch = {"hu": report.resize_hu(np.clip(np.round(hu[idx]), -1024, 3071), 32)[None],
+           "slice_index": idx[None].astype(np.int32), "valid": np.ones(1, bool)}
+  out = tiny_model.task.predict(tiny_model.model, tiny_model.variables, batch, tiny_model.config)
+  probs = np.asarray(out["probs"][0])
+  assert [p.name for p in r.predictions] == list(tiny_model.config.data.labels)
+  np.testing.assert_allclose([p.probability for p in r.predictions], probs, atol=1e-5)
+  want_top = [int(i) for i in keyslice.top_k_indices(np.asarray(out["slice_attention"][0]))]
+  assert r.key_slices == want_top
+  doc = _parse(page)
+  got = [int(a["data-slice"]) for t, a in doc.tags if t == "figure" and "key-slice" in
+         a.get("class", "")]
+  assert got == want_top
+  text = " ".join(doc.text)
+  for s in ("1.2.826.0.1.99", "Checkpoint step", "7", "brain 40/80", "13",
+            "5 × 0.5 × 0.5 mm", "DrCT2"):
+    assert s in text, s
+  assert f"source slices {', '.join(str(i + 1) for i in idx)}" in text
+  assert r.seconds > 0 and r.num_source_slices == 13
+
+
+def test_not_a_ct_series_is_one_clear_error(tmp_path):
+  from ctjax.errors import CTDataError
+  bad = tmp_path / "notes"
+  bad.mkdir()
+  (bad / "readme.txt").write_text("not DICOM")
+  with pytest.raises(CTDataError, match="not a usable CT series") as e:
+    report.read_scan(bad)
+  assert str(e.value).startswith(str(bad))
+  assert "\n" not in str(e.value)
+
+
+def test_batch_mode_writes_index_and_records_failures(tiny_model, tmp_path):
+  _write_scan(tmp_path / "scans" / "a", num=9, uid="1.2.3.9.1")
+  _write_scan(tmp_path / "scans" / "b" / "series", num=11, uid="1.2.3.9.2")
+  (tmp_path / "scans" / "junk").mkdir()
+  (tmp_path / "scans" / "junk" / "x.txt").write_text("hello")
+  results = report.report_for_folder(tiny_model, tmp_path / "scans", tmp_path / "out")
+  ok = [r for r in results if isinstance(r, report.ReportResult)]
+  bad = [r for r in results if isinstance(r, report.ReportFailure)]
+  assert sorted(r.series_uid for r in ok) == ["1.2.3.9.1", "1.2.3.9.2"]
+  assert len(bad) == 1 and bad[0].scan_path.endswith("junk")
+  assert "not a usable CT series" in bad[0].message
+  index = (tmp_path / "out" / "index.html").read_text()
+  links = [a["href"] for t, a in _parse(index).tags if t == "a"]
+  assert len(links) == 2 and all((tmp_path / "out" / h).exists() for h in links)
+  assert "1 failed" in index

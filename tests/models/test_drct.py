@@ -1,0 +1,144 @@
+"""ctjax.models.drct: shapes, key-slice selection, APS zoom, frozen backbone, jit."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ctjax.models import drct
+from ctjax.models.vgg import VGG16
+
+
+class TinyBackbone(nn.Module):
+  """Stand-in with the VGG16 contract: {"feature_map" [N,h,w,C], "pooled" [N,C]} (max pool)."""
+  channels: int = 8
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    f = nn.relu(nn.Conv(self.channels, (3, 3), strides=(4, 4), name="conv")(x))
+    return {"feature_map": f, "pooled": f.max(axis=(1, 2))}
+
+
+def small(**kw):
+  args = dict(backbone=TinyBackbone(), num_labels=3, mkey=3, aps_size=40, gru_hidden=8,
+              seq_dim=8, fc_widths=(16, 8), aps_fc_dim=8)
+  args.update(kw)
+  return drct.DrCT(**args)
+
+
+def init(model, x, **kw):
+  return model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, **kw)
+
+
+@pytest.fixture
+def x():
+  return jax.random.normal(jax.random.key(2), (2, 6, 32, 32, 3))
+
+
+def test_select_key_slices_top_k_in_anatomical_order():
+  rng = np.random.default_rng(0)
+  scores = rng.random((5, 12)).astype(np.float32)
+  got = np.asarray(drct.select_key_slices(jnp.asarray(scores), 4))
+  want = np.sort(np.argsort(-scores, axis=1)[:, :4], axis=1)
+  np.testing.assert_array_equal(got, want)
+  assert got.dtype == np.int32
+
+
+def test_drct2_shapes_and_attention_properties(x):
+  model = small()
+  v = init(model, x)
+  assert set(v["params"]) == {"backbone", "primary", "aps", "fusion"}
+  out = jax.jit(lambda v, x: model.apply(v, x))(v, x)
+  assert out["logits"].shape == (2, 3) and out["logits_primary"].shape == (2, 3)
+  assert out["logits_aps"].shape == (2, 3)
+  assert out["slice_attention"].shape == (2, 6)
+  np.testing.assert_allclose(np.asarray(out["slice_attention"].sum(-1)), 1.0, rtol=1e-5)
+  assert out["feature_attention"].shape == (2, 6, 8)
+  np.testing.assert_allclose(np.asarray(out["feature_attention"].sum(-1)), 1.0, rtol=1e-5)
+  hl = np.asarray(out["highlight"])
+  assert hl.shape == (2, 6, 8, 8) and hl.min() >= 0 and hl.max() <= 1 + 1e-6
+  # Key slices: the top-mkey slices of the slice attention, ascending.
+  want = np.sort(np.argsort(-np.asarray(out["slice_attention"]), axis=1)[:, :3], axis=1)
+  np.testing.assert_array_equal(np.asarray(out["key_indices"]), want)
+
+
+def test_drct1_has_no_aps(x):
+  model = small(aps=False)
+  v = init(model, x)
+  assert set(v["params"]) == {"backbone", "primary"} and "batch_stats" not in v
+  out = model.apply(v, x)
+  assert "key_indices" not in out and "logits_aps" not in out
+  np.testing.assert_array_equal(np.asarray(out["logits"]), np.asarray(out["logits_primary"]))
+
+
+@pytest.mark.parametrize("source", ["zoom", "native"])
+def test_aps_sees_key_slices_zoomed_bilinearly(x, source):
+  model = small(aps_source=source)
+  v = init(model, x)
+  native = jax.random.normal(jax.random.key(5), (2, 6, 56, 56, 3))
+  out, inter = model.apply(v, x, native=native, capture_intermediates=True)
+  calls = inter["intermediates"]["backbone"]["__call__"]
+  assert len(calls) == 2   # primary pass, then APS pass
+  src = x if source == "zoom" else native
+  keys = jnp.take_along_axis(src, out["key_indices"][:, :, None, None, None], axis=1)
+  zoomed = jax.image.resize(keys, (2, 3, 40, 40, 3), "bilinear").reshape(6, 40, 40, 3)
+  want = TinyBackbone().apply({"params": v["params"]["backbone"]}, zoomed)["pooled"]
+  np.testing.assert_allclose(np.asarray(calls[1]["pooled"]), np.asarray(want), atol=1e-5)
+
+
+def test_random_selection_uses_aps_rng(x):
+  model = small(selection="random", mkey=3)
+  v = init(model, x)
+  a = model.apply(v, x, rngs={"aps": jax.random.key(1)})["key_indices"]
+  b = model.apply(v, x, rngs={"aps": jax.random.key(2)})["key_indices"]
+  for k in (a, b):
+    assert np.all(np.diff(np.asarray(k), axis=1) > 0)
+  assert not np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_frozen_backbone_gets_no_gradient(x):
+  model = small()
+  v = init(model, x)
+
+  def loss(params):
+    out, _ = model.apply({"params": params, "batch_stats": v["batch_stats"]}, x, train=True,
+                         rngs={"dropout": jax.random.key(3)}, mutable=["batch_stats"])
+    return sum((out[k] ** 2).sum() for k in ("logits", "logits_aps", "logits_primary"))
+
+  g = jax.jit(jax.grad(loss))(v["params"])
+  assert all(float(jnp.abs(t).max()) == 0.0 for t in jax.tree.leaves(g["backbone"]))
+  assert float(jnp.abs(g["primary"]["head"]["fc1"]["kernel"]).max()) > 0
+  assert float(jnp.abs(g["aps"]["fc"]["kernel"]).max()) > 0
+  # Unfrozen: gradients reach the backbone.
+  model2 = small(freeze_backbone=False)
+  g2 = jax.grad(lambda p: (model2.apply({"params": p, "batch_stats": v["batch_stats"]}, x)
+                           ["logits"] ** 2).sum())(v["params"])
+  assert float(jnp.abs(g2["backbone"]["conv"]["kernel"]).max()) > 0
+
+
+def test_dropout_only_in_training(x):
+  model = small()
+  v = init(model, x)
+  a = model.apply(v, x)["logits"]
+  b = model.apply(v, x)["logits"]
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  t1, _ = model.apply(v, x, train=True, rngs={"dropout": jax.random.key(1)},
+                      mutable=["batch_stats"])
+  t2, _ = model.apply(v, x, train=True, rngs={"dropout": jax.random.key(2)},
+                      mutable=["batch_stats"])
+  assert not np.allclose(np.asarray(t1["logits"]), np.asarray(t2["logits"]))
+
+
+def test_with_vgg16_backbone_and_bf16():
+  model = drct.DrCT(backbone=VGG16(width=1 / 16, dtype=jnp.bfloat16), num_labels=2, mkey=2,
+                    aps_size=48, gru_hidden=8, seq_dim=8, fc_widths=(8, 8), aps_fc_dim=8,
+                    dtype=jnp.bfloat16)
+  x = jax.random.normal(jax.random.key(0), (1, 4, 32, 32, 3))
+  v = init(model, x)
+  assert jax.tree.leaves(v["params"])[0].dtype == jnp.float32
+  out = jax.jit(lambda v, x: model.apply(v, x))(v, x)
+  assert out["logits"].dtype == jnp.float32 and out["slice_attention"].dtype == jnp.float32
+  assert out["feature_attention"].shape == (1, 4, 32)   # 512 × 1/16 channels
+  assert out["highlight"].shape == (1, 4, 1, 1)
+  assert np.isfinite(np.asarray(out["logits"])).all()

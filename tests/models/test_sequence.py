@@ -1,0 +1,77 @@
+"""ctjax.models.sequence against torch.nn.GRU and the paper's attention equations (3), (5), (6)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from ctjax.models import sequence
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_bigru_matches_torch(num_layers):
+  torch.manual_seed(0)
+  b, t, c, h = 3, 7, 10, 6
+  ref = torch.nn.GRU(c, h, num_layers=num_layers, batch_first=True, bidirectional=True)
+  # Non-zero biases everywhere so that the b_hn-inside-r detail is exercised.
+  with torch.no_grad():
+    for name, p in ref.named_parameters():
+      if "bias" in name:
+        p.uniform_(-0.5, 0.5)
+  x = np.random.default_rng(0).normal(size=(b, t, c)).astype(np.float32)
+  want, _ = ref(torch.from_numpy(x))
+  params = sequence.gru_params_from_torch(ref.state_dict(), num_layers=num_layers)
+  model = sequence.BiGRU(h, num_layers=num_layers)
+  init = model.init(jax.random.key(0), jnp.asarray(x))
+  assert jax.tree.map(np.shape, init["params"]) == jax.tree.map(np.shape, params)
+  got = model.apply({"params": params}, jnp.asarray(x))
+  assert got.shape == (b, t, 2 * h)
+  np.testing.assert_allclose(np.asarray(got), want.detach().numpy(), atol=1e-5, rtol=0)
+
+
+def test_bigru_directions_are_causal_each_way():
+  model = sequence.BiGRU(4)
+  x = jax.random.normal(jax.random.key(1), (2, 6, 5))
+  params = model.init(jax.random.key(0), x)
+  y = model.apply(params, x)
+  x2 = x.at[:, 5].set(7.0)   # change only the last step
+  y2 = model.apply(params, x2)
+  # Forward states before the last step cannot see it; backward states all do.
+  np.testing.assert_allclose(y[:, :5, :4], y2[:, :5, :4], atol=1e-6)
+  assert np.abs(np.asarray(y[:, 0, 4:] - y2[:, 0, 4:])).max() > 1e-4
+
+
+def test_feature_attention_is_softmax_over_features():
+  z = jax.random.normal(jax.random.key(0), (2, 5, 16)) * 3
+  x, w = sequence.FeatureAttention()(z)
+  np.testing.assert_allclose(np.asarray(w.sum(-1)), 1.0, rtol=1e-6)
+  e = np.exp(np.asarray(z) - np.asarray(z).max(-1, keepdims=True))
+  np.testing.assert_allclose(np.asarray(w), e / e.sum(-1, keepdims=True), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(x), np.asarray(z) * np.asarray(w), rtol=1e-6)
+  xs, _ = sequence.FeatureAttention(rescale=True)(z)
+  np.testing.assert_allclose(np.asarray(xs), np.asarray(x) * 16, rtol=1e-5)
+
+
+def test_slice_attention_softmax_over_slices():
+  y = jax.random.normal(jax.random.key(0), (3, 8, 5))
+  mod = sequence.SliceAttention()
+  params = mod.init(jax.random.key(1), y)
+  out, w = mod.apply(params, y)
+  assert w.shape == (3, 8) and w.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(w.sum(-1)), 1.0, rtol=1e-6)
+  k = params["params"]["mapping"]["kernel"][:, 0]
+  bias = params["params"]["mapping"]["bias"][0]
+  a = np.asarray(y) @ np.asarray(k) + np.asarray(bias)
+  e = np.exp(a - a.max(-1, keepdims=True))
+  np.testing.assert_allclose(np.asarray(w), e / e.sum(-1, keepdims=True), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(y) * np.asarray(w)[..., None], rtol=1e-5)
+
+
+def test_dependency_learning_shapes_and_bf16():
+  x = jax.random.normal(jax.random.key(0), (2, 6, 12))
+  mod = sequence.DependencyLearning(hidden_size=8, out_dim=10, dtype=jnp.bfloat16)
+  params = mod.init(jax.random.key(1), x)
+  y = jax.jit(mod.apply)(params, x)
+  assert y.shape == (2, 6, 10) and y.dtype == jnp.bfloat16
+  assert jax.tree.leaves(params)[0].dtype == jnp.float32

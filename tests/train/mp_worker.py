@@ -1,0 +1,29 @@
+"""One process of the multi-process trainer test (spawned by test_parallel.py).
+
+argv: coordinator_address num_processes process_id workdir max_steps
+"""
+
+import os
+import sys
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def main():
+  address, nproc, pid, workdir, max_steps = sys.argv[1:6]
+  from ctjax.train import parallel
+  parallel.initialize_distributed(address, int(nproc), int(pid))
+  import jax
+  assert jax.process_count() == int(nproc) and jax.device_count() == 2 * int(nproc)
+  import stand_ins
+  from ctjax.train import loop
+  config = stand_ins.tiny_config(**{"train.max_steps": int(max_steps)})
+  loop.train_and_evaluate(config, workdir, task=stand_ins.TinyTask(),
+                          data=stand_ins.MemoryData())
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,171 @@
+"""Small in-memory stand-ins for the trainer tests: a data provider following the contract of
+ctjax.data.pipeline (BRIEF interface 2) and a blend-like Task (BatchNorm, dropout, SGD + poly
+schedule, weighted cross-entropy, a frozen stem), so the loop is tested without the real data
+layer or backbones.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from configs import common
+from ctjax.eval import metrics
+
+SIZE = 16
+NAMES = ("non_ich", "normal_ich", "blend_sign")
+
+
+class MemorySource:
+  """Random-access source of slice records: hu int16 [H, W], label int32, example_index."""
+
+  def __init__(self, num: int, seed: int):
+    rng = np.random.default_rng(seed)
+    self.labels = rng.integers(0, 3, size=num).astype(np.int32)
+    base = rng.normal(0, 200, size=(num, SIZE, SIZE))
+    # A class-dependent bright square so that the task is learnable.
+    for i, y in enumerate(self.labels):
+      base[i, 4:4 + 3 * (y + 1), 4:10] += 300.0 * (y + 1)
+    self.hu = np.clip(base, -1024, 3071).astype(np.int16)
+
+  def __len__(self):
+    return len(self.labels)
+
+  def __getitem__(self, i):
+    return {"hu": self.hu[i], "label": self.labels[i], "example_index": np.int32(i)}
+
+
+class Splits(dict):
+  labels = NAMES
+  info = {}
+
+
+class MemoryData:
+  """build_splits / train_iterator / eval_batches over MemorySource (grain, resumable)."""
+
+  def __init__(self, num_train: int = 48, num_val: int = 20, num_test: int = 20):
+    self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+
+  def build_splits(self, config, workdir):
+    seed = int(config.data.fold) * 10
+    return Splits({name: MemorySource(n, seed + k)
+                   for k, (name, n) in enumerate(self.sizes.items())})
+
+  def train_iterator(self, config, splits, *, seed, process_index=0, process_count=1):
+    batch = int(config.train.batch_size)
+    local = batch // process_count
+    lo = process_index * local
+    ds = (grain.MapDataset.source(splits["train"]).shuffle(seed=seed).repeat()
+          .batch(batch, drop_remainder=True)
+          .map(lambda b: {k: v[lo:lo + local] for k, v in b.items()}))
+    return iter(ds.to_iter_dataset())
+
+  def eval_batches(self, config, splits, split, *, process_index=0, process_count=1):
+    src = splits[split]
+    batch = int(config.train.batch_size)
+    local = batch // process_count
+    for start in range(0, len(src), batch):
+      idx = np.arange(start, start + batch)
+      valid = idx < len(src)
+      idx = np.where(valid, idx, 0)
+      rows = [src[int(i)] for i in idx]
+      b = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+      b["valid"] = valid
+      lo = process_index * local
+      yield {k: v[lo:lo + local] for k, v in b.items()}
+
+
+class TinyNet(nn.Module):
+  num_classes: int = 3
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    x = nn.Conv(4, (3, 3), strides=(2, 2), name="stem", dtype=self.dtype)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn",
+                     dtype=self.dtype)(x)
+    x = nn.relu(x)
+    x = nn.Conv(8, (3, 3), strides=(2, 2), name="conv", dtype=self.dtype)(x)
+    x = nn.relu(x).mean(axis=(1, 2))
+    x = nn.Dropout(0.2, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, name="head", dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class TinyTask:
+  name = "tiny"
+
+  def build_model(self, config):
+    return TinyNet(dtype=jnp.dtype(config.model.dtype))
+
+  def init_variables(self, model, config, rng):
+    return model.init({"params": rng}, jnp.zeros((1, SIZE, SIZE, 1)), train=False)
+
+  def trainable_mask(self, config, params):
+    frozen = set(config.model.get("frozen", ()))
+    return {k: jax.tree.map(lambda _: k not in frozen, v) for k, v in params.items()}
+
+  def make_optimizer(self, config, steps_per_epoch):
+    total = steps_per_epoch * int(config.train.num_epochs)
+    lr = optax.polynomial_schedule(config.optimizer.lr, 0.0, 0.9, total)
+    return optax.chain(optax.add_decayed_weights(5e-4),
+                       optax.sgd(lr, momentum=0.9))
+
+  def _images(self, batch):
+    return (batch["hu"].astype(jnp.float32) / 1000.0)[..., None]
+
+  def loss_fn(self, model, params, extra, batch, rng, config, train):
+    logits, updates = model.apply({"params": params, **extra}, self._images(batch), train=train,
+                                  rngs={"dropout": rng}, mutable=["batch_stats"])
+    w = jnp.asarray([1.0, 2.0, 20.0])[batch["label"]]
+    mask = batch.get("valid", jnp.ones_like(w, bool)).astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    loss = jnp.sum(w * ce * mask) / jnp.maximum(jnp.sum(w * mask), 1e-6)
+    acc = jnp.sum((logits.argmax(-1) == batch["label"]) * mask) / jnp.maximum(mask.sum(), 1)
+    return loss, ({"loss": loss, "accuracy": acc}, updates)
+
+  def predict(self, model, variables, batch, config):
+    logits = model.apply(variables, self._images(batch), train=False)
+    return {"probs": jax.nn.softmax(logits)}
+
+  def summarize(self, outputs, config):
+    return metrics.multiclass_report(outputs["label"], outputs["probs"], NAMES)
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+  c = common.base_config()
+  c.task = "tiny"
+  c.seed = 0
+  c.train.batch_size = 8
+  c.train.num_epochs = 2
+  c.train.log_every_steps = 1
+  c.optimizer.lr = 0.05
+  c.model.frozen = ("stem",)
+  c.evals.val = ml_collections.ConfigDict({"split": "val", "every_steps": 4})
+  c.checkpoint.every_steps = 3
+  c.checkpoint.best_metric = "val/macro_f1"
+  c.checkpoint.async_save = True
+  c.log.progress_bar = False
+  c.log.tensorboard = True
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def read_losses(workdir) -> dict[int, float]:
+  import json
+  import pathlib
+  out = {}
+  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+    rec = json.loads(line)
+    if "train/loss" in rec:
+      out[rec["step"]] = rec["train/loss"]
+  return out
