@@ -182,13 +182,12 @@ def _phantom_config(ctx: Context, dtype: str = "float32"):
   extra = {"data.layout": "phantom", "data.root": str(root), "data.fold": 0,
            "data.num_workers": 0}
   config = drct_config(ctx, dtype=dtype, extra=extra)
+  import ml_collections
   with config.unlocked():
-    config.data.synth.layout = "rsna"
-    config.data.synth.num_scans = d["num_scans"]
-    config.data.synth.seed = 0
-    config.data.synth.size = d["size"]
-    if "num_folds" in config.data:
-      config.data.num_folds = d.get("num_folds", 2)
+    config.data.synth = ml_collections.ConfigDict(
+        {"layout": "rsna", "num_scans": d["num_scans"], "seed": 0, "size": d["size"]})
+    config.data.num_folds = d.get("num_folds", 3)
+    config.data.eval_batch_size = ctx.settings["drct"]["infer_batch"]
   return config, root
 
 
@@ -205,10 +204,6 @@ def infer_from_data(ctx: Context, dtype: str = "float32") -> list[Record]:
   variables = m.variables
   net = build_torch(m.model, config) if ctx.with_torch else None
   bs = ctx.settings["drct"]["infer_batch"]
-  with config.unlocked():
-    config.train.batch_size = bs
-    if "eval_batch_size" in config.get("evals", {}):
-      config.evals.eval_batch_size = bs
 
   def cache_pass(consume):
     n = 0

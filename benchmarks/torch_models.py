@@ -10,6 +10,8 @@ torchvision checkpoint loads into them with `load_state_dict(strict=True)`.
 
 from __future__ import annotations
 
+import collections
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -25,7 +27,8 @@ def _ch(c: int, width: float) -> int:
 # ---------------------------------------------------------------------------------------- VGG
 class VGG(nn.Module):
 
-  def __init__(self, batch_norm: bool = False, width: float = 1.0, num_classes: int = 1000):
+  def __init__(self, batch_norm: bool = False, width: float = 1.0, num_classes: int = 1000,
+               classifier: bool = True):
     super().__init__()
     layers, cin = [], 3
     for v in VGG16_LAYERS:
@@ -41,6 +44,9 @@ class VGG(nn.Module):
     self.features = nn.Sequential(*layers)
     self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
     hidden = _ch(4096, width)
+    if not classifier:  # conv stack only (tests/benchmarks skip the 120M-parameter head).
+      self.classifier = None
+      return
     self.classifier = nn.Sequential(
         nn.Linear(cin * 49, hidden), nn.ReLU(True), nn.Dropout(0.5),
         nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(0.5),
@@ -51,12 +57,12 @@ class VGG(nn.Module):
     return self.classifier(torch.flatten(self.avgpool(f), 1))
 
 
-def vgg16(width: float = 1.0, num_classes: int = 1000) -> VGG:
-  return VGG(False, width, num_classes)
+def vgg16(width: float = 1.0, num_classes: int = 1000, classifier: bool = True) -> VGG:
+  return VGG(False, width, num_classes, classifier)
 
 
-def vgg16_bn(width: float = 1.0, num_classes: int = 1000) -> VGG:
-  return VGG(True, width, num_classes)
+def vgg16_bn(width: float = 1.0, num_classes: int = 1000, classifier: bool = True) -> VGG:
+  return VGG(True, width, num_classes, classifier)
 
 
 # ------------------------------------------------------------------------------------- ResNet
@@ -116,6 +122,8 @@ def resnet50(width: float = 1.0, num_classes: int = 1000) -> ResNet:
 
 
 # ---------------------------------------------------------------------------------- Inception
+InceptionOutputs = collections.namedtuple("InceptionOutputs", ["logits", "aux_logits"])
+
 class BasicConv2d(nn.Module):
 
   def __init__(self, cin, cout, **kwargs):
@@ -290,18 +298,25 @@ class Inception3(nn.Module):
                       x[:, 1:2] * (0.224 / 0.5) + (0.456 - 0.5) / 0.5,
                       x[:, 2:3] * (0.225 / 0.5) + (0.406 - 0.5) / 0.5], 1)
 
-  def features(self, x):
+  _STEM = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
+           "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
+           "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e")
+
+  def _forward_features(self, x):
     x = self._transform_input(x)
-    for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1",
-                 "Conv2d_3b_1x1", "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c",
-                 "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
-                 "Mixed_7a", "Mixed_7b", "Mixed_7c"):
+    for name in self._STEM:
       x = getattr(self, name)(x)
-    return x
+    aux = self.AuxLogits(x) if self.training and self.AuxLogits is not None else None
+    x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))
+    return x, aux
+
+  def features(self, x):
+    return self._forward_features(x)[0]
 
   def forward(self, x):
-    f = self.features(x)
-    return self.fc(self.dropout(torch.flatten(self.avgpool(f), 1)))
+    f, aux = self._forward_features(x)
+    logits = self.fc(self.dropout(torch.flatten(self.avgpool(f), 1)))
+    return InceptionOutputs(logits, aux) if aux is not None else logits
 
 
 def inception_v3(width: float = 1.0, num_classes: int = 1000, aux_logits: bool = True,
@@ -343,7 +358,7 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 @torch.no_grad()
-def reference_outputs(model: nn.Module, arch: str, x_nhwc) -> dict:
+def reference_outputs(model: nn.Module, arch: str, x_nhwc, include_fc: bool = True) -> dict:
   """What ctjax's backbone returns, computed by torch: NHWC "feature_map", "pooled", "logits".
 
   "pooled" is VGG16's adaptive max-pool to 1×1 of `features(x)` (DrCT2) and the global
@@ -353,8 +368,10 @@ def reference_outputs(model: nn.Module, arch: str, x_nhwc) -> dict:
   fmap = model.features(x)
   pooled = (F.adaptive_max_pool2d(fmap, 1) if arch.startswith("vgg")
             else F.adaptive_avg_pool2d(fmap, 1)).flatten(1)
-  return {"feature_map": fmap.permute(0, 2, 3, 1).numpy(), "pooled": pooled.numpy(),
-          "logits": model(x).numpy()}
+  out = {"feature_map": fmap.permute(0, 2, 3, 1).numpy(), "pooled": pooled.numpy()}
+  if include_fc:
+    out["logits"] = model(x).numpy()
+  return out
 
 
 def relative_error(a, b) -> float:
@@ -365,7 +382,7 @@ def relative_error(a, b) -> float:
 
 
 def compare_with_torch(arch: str, *, width: float = 1.0, size: int = 224, batch: int = 1,
-                       seed: int = 0, dtype=None) -> dict:
+                       seed: int = 0, dtype=None, include_fc: bool = True) -> dict:
   """Random torchvision-named weights → convert → ctjax forward; relative error per output.
 
   Used by tests/models/ (parity ≤ 1e-4 in float32) and as a benchmark sanity check.
@@ -376,11 +393,14 @@ def compare_with_torch(arch: str, *, width: float = 1.0, size: int = 224, batch:
   from ctjax.models import weights  # pylint: disable=g-import-not-at-top
 
   kwargs = {"aux_logits": False} if arch == "inception_v3" else {}
+  if arch.startswith("vgg") and not include_fc:
+    kwargs = {"classifier": False}
   model = randomize_(build(arch, width=width, **kwargs), seed).eval()
-  variables = weights.convert_torchvision(model.state_dict(), arch)
+  variables = weights.convert_torchvision(model.state_dict(), arch,
+                                          include_fc=None if include_fc else False)
   x = np.random.default_rng(seed).standard_normal((batch, size, size, 3), np.float32)
-  ref = reference_outputs(model, arch, x)
-  net = weights.build_backbone(arch, width=width, include_fc=True,
+  ref = reference_outputs(model, arch, x, include_fc)
+  net = weights.build_backbone(arch, width=width, include_fc=include_fc,
                                dtype=dtype or jnp.float32)
   out = jax.jit(lambda v, x: net.apply(v, x))(variables, x)
   return {k: relative_error(np.asarray(out[k], np.float32), ref[k]) for k in ref}

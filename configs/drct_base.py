@@ -37,6 +37,7 @@ def drct_config(*, dataset: str, variant: str) -> ml_collections.ConfigDict:
   c.model.backbone = "vgg16"       # V.A: VGG16 pre-trained on ImageNet, conv layers frozen
   c.model.backbone_width = 1.0
   c.model.backbone_weights = ""    # .npz from `python -m ctjax.weights convert …`
+  c.model.backbone_pretrain_config = ""   # config that writes backbone_weights when absent
   c.model.freeze_backbone = True   # V.A "We froze the convolutional layers"
   c.model.primary_size = 224       # V.B: key images zoomed "from 224 × 224 …"
   c.model.aps_size = 512           # V.B: "… to 512 × 512" (Figure/Table of VI.A.3: 224|512)

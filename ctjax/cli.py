@@ -27,9 +27,13 @@ def distributed_flags(fv: flags.FlagValues) -> None:
 
 
 def _one_line(e: BaseException, argv: Sequence[str] = ()) -> str:
+  cause = e.__cause__ or e.__context__
+  if isinstance(e, (flags.Error, AttributeError)) and isinstance(cause, KeyError):
+    e = cause
   if isinstance(e, KeyError):   # ml_collections: an override names a field the config lacks.
     overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
-    return (f"unknown config field {e.args[0]!r} (overrides: {', '.join(overrides)}); "
+    field = str(e.args[0]).strip("'\"")
+    return (f"unknown config field '{field}' (overrides: {', '.join(overrides)}); "
             "see the config file for the fields it defines")
   text = str(e)
   if "Traceback" in text:        # a config file raised: keep the exception's last line.

@@ -10,9 +10,10 @@ ROOT/.ctjax_cache>/<key>`, key = hash of layout, root, image_size, lenient, form
 Every slice of a scan is kept (sampling to m slices happens in the pipeline). Shards are written
 to a temporary name and renamed, so a re-run (resume) skips finished shards.
 
-Resizing to `image_size`: Pillow's float32 ("F" mode) BILINEAR resize of HU, which Pillow
-antialiases on downscaling (the triangle filter's support grows with the factor, i.e. an
-area-weighted average), then rounding to int16. Non-square images are resized to a square.
+Resizing to `image_size`: Pillow on float32 HU ("F" mode, C speed, ~0.3 ms a 512² slice):
+area resampling (Image.BOX: each output pixel is the area-weighted mean of the input pixels it
+covers) when shrinking, bilinear when enlarging; then rounding to int16. Non-square images are
+resized to a square.
 
 Workers are separate processes (spawn: the parent may have JAX loaded), one shard per task.
 """
@@ -48,10 +49,12 @@ def resize_hu(hu: np.ndarray, size: int) -> np.ndarray:
     out = hu
   else:
     from PIL import Image
+    down = size <= min(h, w)
+    method = Image.Resampling.BOX if down else Image.Resampling.BILINEAR
     out = np.empty((s, size, size), np.float32)
     for i in range(s):
       img = Image.fromarray(hu[i], mode="F")
-      out[i] = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), np.float32)
+      out[i] = np.asarray(img.resize((size, size), method), np.float32)
   return np.clip(np.rint(out), HU_MIN, HU_MAX).astype(np.int16)
 
 

@@ -87,11 +87,18 @@ def _read_csv(path: pathlib.Path) -> list[dict[str, str]]:
 
 
 def _header_ids(path: str) -> tuple[str, str]:
-  """(SeriesInstanceUID, PatientID) from the header only."""
+  """(SeriesInstanceUID, PatientID) from the header only (pixel problems surface in prepare)."""
+  import pydicom
   from ctjax.data import dicom
-  h = dicom.read_header(path, check=False)
-  patient = dicom._header_text(h.ds, "PatientID")  # noqa: SLF001 — same module family
-  return h.series_uid, patient
+  with dicom._quiet_pydicom():  # noqa: SLF001 — the reader's own quiet mode
+    try:
+      ds = pydicom.dcmread(path, stop_before_pixels=True,
+                           specific_tags=["SeriesInstanceUID", "PatientID"])
+    except Exception as e:  # noqa: BLE001
+      raise errors.NotDicomError(f"cannot read the header ({type(e).__name__}: {e})",
+                                 path) from e
+    return (dicom._header_text(ds, "SeriesInstanceUID"),  # noqa: SLF001
+            dicom._header_text(ds, "PatientID"))  # noqa: SLF001
 
 
 # -------------------------------------------------------------------------------------- RSNA

@@ -210,6 +210,17 @@ def ellipsoid_depth(du, dv, dw, a, b, c):
   return ((1.0 - q) / grad).astype(F32)
 
 
+def ellipsoid_occupancy(grid: Grid, w, cu: float, cv: float, cw: float, a: float, b: float,
+                        c: float) -> np.ndarray:
+  """Partial-volume occupancy [S,H,W] of an ellipsoid, evaluated only on the slices it touches."""
+  out = np.zeros(w.shape, F32)
+  idx = grid.slice_range(cw - c, cw + c, v_extent=abs(cv) + b)
+  if idx.size:
+    d = ellipsoid_depth(grid.u[None] - cu, grid.v[None] - cv, w[idx] - cw, a, b, c)
+    out[idx] = inside(d, grid.g.pixel_spacing)
+  return out
+
+
 def render_anatomy(grid: Grid, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
   """Noise-free HU volume [S,H,W] float32 and the fields lesions need (masks in [0, 1])."""
   g = grid.g
@@ -256,14 +267,17 @@ def render_anatomy(grid: Grid, rng: np.random.Generator) -> tuple[np.ndarray, di
   for cu, cv, cw, ru, rv, rw in ((0.0, 0.55, -0.45, 0.25, 0.2, 0.12),     # sphenoid / ethmoid
                                  (-0.8, -0.2, -0.5, 0.1, 0.12, 0.1),      # mastoid air cells
                                  (0.8, -0.2, -0.5, 0.1, 0.12, 0.1)):
-    sinus = np.maximum(sinus, inside(ellipsoid_depth(u[None] - cu * A, v[None] - cv * B,
-                                                     w - cw * C, ru * A, rv * B, rw * C), pw))
+    sinus = np.maximum(sinus, ellipsoid_occupancy(grid, w, cu * A, cv * B, cw * C,
+                                                  ru * A, rv * B, rw * C))
   inner = inside(depth - t5, pw)
   # Orbits (fat with globes) in front, muscle elsewhere, air in the sinuses.
-  orbit = inside(ellipsoid_depth(np.abs(u[None]) - 0.42 * A, v[None] - 0.72 * B, w + 0.5 * C,
-                                 0.3 * A, 0.25 * B, 0.16 * C), pw)
-  globe = inside(ellipsoid_depth(np.abs(u[None]) - 0.42 * A, v[None] - 0.78 * B, w + 0.5 * C,
-                                 11.5, 11.5, 11.5), pw)
+  orbit = np.zeros_like(w)
+  globe = np.zeros_like(w)
+  for s_ in (-1.0, 1.0):
+    orbit = np.maximum(orbit, ellipsoid_occupancy(grid, w, s_ * 0.42 * A, 0.72 * B, -0.5 * C,
+                                                  0.3 * A, 0.25 * B, 0.16 * C))
+    globe = np.maximum(globe, ellipsoid_occupancy(grid, w, s_ * 0.42 * A, 0.78 * B, -0.5 * C,
+                                                  11.5, 11.5, 11.5))
   deep_hu = HU_SOFT + (HU_FAT - HU_SOFT) * orbit
   deep_hu = deep_hu + (12.0 - deep_hu) * globe
   deep_hu = deep_hu + (HU_AIR - deep_hu) * sinus
@@ -301,26 +315,23 @@ def render_anatomy(grid: Grid, rng: np.random.Generator) -> tuple[np.ndarray, di
   for s in (-1.0, 1.0):
     scale = g.compress_factor if s == g.compress_side else 1.0
     sx = s * g.midline_shift * 0.9
-    body = inside(ellipsoid_depth(u[None] - (s * 7.0 * vs + sx), v[None] - 4.0, w - 0.15 * C,
-                                  4.5 * vs * scale, 0.30 * B, 0.11 * C * scale), pw)
-    horn = inside(ellipsoid_depth(u[None] - (s * 17.0 + sx), v[None] + 0.26 * B, w - 0.08 * C,
-                                  4.0 * vs * scale, 0.16 * B, 0.09 * C * scale), pw)
-    temporal = inside(ellipsoid_depth(u[None] - s * 0.36 * A, v[None] + 0.02 * B, w + 0.18 * C,
-                                      2.0 * vs * scale, 0.12 * B, 0.05 * C), pw)
+    body = ellipsoid_occupancy(grid, w, s * 7.0 * vs + sx, 4.0, 0.15 * C,
+                               4.5 * vs * scale, 0.30 * B, 0.11 * C * scale)
+    horn = ellipsoid_occupancy(grid, w, s * 17.0 + sx, -0.26 * B, 0.08 * C,
+                               4.0 * vs * scale, 0.16 * B, 0.09 * C * scale)
+    temporal = ellipsoid_occupancy(grid, w, s * 0.36 * A, -0.02 * B, -0.18 * C,
+                                   2.0 * vs * scale, 0.12 * B, 0.05 * C)
     vent = np.maximum(vent, np.maximum(np.maximum(body, horn), temporal))
-  third = inside(ellipsoid_depth(u[None] - g.midline_shift, v[None] + 0.02 * B, w + 0.02 * C,
-                                 1.6 * vs, 0.14 * B, 0.10 * C), pw)
-  fourth = inside(ellipsoid_depth(u[None], v[None] + 0.45 * B, w + 0.42 * C,
-                                  4.0, 3.0, 0.08 * C), pw)
-  suprasellar = inside(ellipsoid_depth(u[None], v[None] - 0.05 * B, w + 0.27 * C,
-                                       9.0, 7.0, 0.04 * C), pw)
+  third = ellipsoid_occupancy(grid, w, g.midline_shift, -0.02 * B, -0.02 * C,
+                              1.6 * vs, 0.14 * B, 0.10 * C)
+  fourth = ellipsoid_occupancy(grid, w, 0.0, -0.45 * B, -0.42 * C, 4.0, 3.0, 0.08 * C)
+  suprasellar = ellipsoid_occupancy(grid, w, 0.0, 0.05 * B, -0.27 * C, 9.0, 7.0, 0.04 * C)
   vent = np.maximum(np.maximum(vent, third), fourth)
   # Deep grey nuclei (thalami, basal ganglia) flanking the third ventricle.
   deep = np.zeros_like(depth)
   for s in (-1.0, 1.0):
-    deep = np.maximum(deep, inside(ellipsoid_depth(u[None] - s * 13.0 - g.midline_shift * 0.7,
-                                                   v[None] + 0.02 * B, w + 0.02 * C, 9.0, 0.2 * B,
-                                                   0.1 * C), pw))
+    deep = np.maximum(deep, ellipsoid_occupancy(grid, w, s * 13.0 + g.midline_shift * 0.7,
+                                                -0.02 * B, -0.02 * C, 9.0, 0.2 * B, 0.1 * C))
   hu_brain = hu_brain + (HU_DEEP_GREY - hu_brain) * deep
   csf = np.maximum(csf, np.maximum(vent, suprasellar) * brain)
   hu_brain = hu_brain + (HU_CSF - hu_brain) * csf

@@ -68,7 +68,8 @@ def sample_iph(grid: pa.Grid, rng: np.random.Generator, *, difficult: bool) -> d
     r = rng.uniform(0.35, 0.6)
     c = (side * abs(math.cos(ang)) * r * A, math.sin(ang) * r * B * 0.9, rng.uniform(0.05, 0.55) * C)
   if difficult:
-    axes = (rng.uniform(3.5, 6.5), rng.uniform(3.5, 6.5), rng.uniform(0.35, 1.0) * g.thickness)
+    lo = max(3.5, 0.6 * g.pixel_spacing)
+    axes = (rng.uniform(lo, lo + 3), rng.uniform(lo, lo + 3), rng.uniform(0.35, 1.0) * g.thickness)
     c = (c[0], c[1], slice_center_w(grid, rng, c[2] - 15, c[2] + 15, c[1]))
   else:
     s = rng.uniform(9, 22)
@@ -168,11 +169,11 @@ def render_extra_axial(grid: pa.Grid, fields: dict, rng: np.random.Generator, *,
   phi0 = (0.0 if side > 0 else np.pi) + rng.uniform(-0.9, 0.9)
   if kind == "sdh":
     half_phi = rng.uniform(0.25, 0.45) if difficult else rng.uniform(0.7, 1.2)
-    depth_mm = rng.uniform(2.8, 4.5) if difficult else rng.uniform(5.0, 13.0)
+    depth_mm = (rng.uniform(2.8, 4.5) + 0.5 * g.pixel_spacing) if difficult else rng.uniform(5.0, 13.0)
     hu = rng.uniform(50, 78)
   else:
     half_phi = rng.uniform(0.2, 0.3) if difficult else rng.uniform(0.28, 0.45)
-    depth_mm = rng.uniform(3.5, 6.0) if difficult else rng.uniform(10.0, 22.0)
+    depth_mm = (rng.uniform(3.5, 6.0) + 0.5 * g.pixel_spacing) if difficult else rng.uniform(10.0, 22.0)
     hu = rng.uniform(55, 88)
   if difficult:
     wc = slice_center_w(grid, rng, 0.0, 0.5 * C, 0.0)
@@ -278,7 +279,10 @@ def composite(hu: np.ndarray, les: Lesion) -> None:
 
 
 def mask_of(les: Lesion) -> np.ndarray:
-  return les.occ >= MASK_THRESHOLD
+  """Pixels that show the lesion: at least half occupied, or for a lesion smaller than a pixel
+  everywhere (coarse grids), the pixels holding at least half of its peak occupancy."""
+  peak = float(les.occ.max()) if les.occ.size else 0.0
+  return les.occ >= min(MASK_THRESHOLD, max(0.2, 0.5 * peak))
 
 
 def truth_of(les: Lesion, *, box_pad: int = 0) -> dict:

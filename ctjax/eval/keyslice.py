@@ -235,3 +235,54 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
   fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
                             for i, (c, w) in enumerate(zip(r, widths)))
   return "\n".join([fmt(rows[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows[1:]])
+
+
+def from_metrics(metrics: Mapping[str, Any], prefix: str = "keyslice/"
+                 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+  """Inverse of `key_slice_metrics`: flat evaluate-JSON scalars → (tasks, per-disease)."""
+  tasks: dict[str, float] = {}
+  per: dict[str, dict[str, float]] = {}
+  for key, value in metrics.items():
+    if not key.startswith(prefix):
+      continue
+    rest = key[len(prefix):]
+    if "/" in rest:
+      name, field = rest.rsplit("/", 1)
+      per.setdefault(name, {})[field] = value
+    else:
+      tasks[rest] = value
+  return tasks, per
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """`python -m ctjax.eval.keyslice DrCT2=eval2.json [DrCT1=eval1.json]`: the paper comparison.
+
+  Each JSON is a `python -m ctjax.evaluate --json` output (flat `keyslice/…` scalars).
+  """
+  import json
+  import sys
+  args = list(sys.argv[1:] if argv is None else argv)
+  if not args or any("=" not in a for a in args):
+    print("usage: python -m ctjax.eval.keyslice NAME=EVAL.json [NAME=EVAL.json …]",
+          file=sys.stderr)
+    return 2
+  measured, per = {}, {}
+  for arg in args:
+    name, path = arg.split("=", 1)
+    try:
+      with open(path, encoding="utf-8") as f:
+        tasks, diseases = from_metrics(json.load(f))
+    except (OSError, ValueError) as e:
+      print(f"ctjax.eval.keyslice: error: {path}: {e}", file=sys.stderr)
+      return 1
+    if not tasks:
+      print(f"ctjax.eval.keyslice: error: {path}: no keyslice/… metrics (a data set without "
+            "per-slice labels?)", file=sys.stderr)
+      return 1
+    measured[name], per[name] = tasks, diseases
+  print(format_paper_comparison(measured, per))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

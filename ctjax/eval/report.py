@@ -41,7 +41,8 @@ DISCLAIMER = ("Research tool — not a diagnosis. This report is the output of a
               "must read the original images.")
 THUMB_PX = 96         # strip thumbnails (longest side)
 KEY_PX = 384          # enlarged key slices (longest side)
-OVERLAY_ALPHA = 0.6   # heat-map alpha at highlight 1.0 (scaled by the value below it)
+OVERLAY_ALPHA = 0.6   # heat-map alpha at highlight 1.0 …
+OVERLAY_FLOOR = 0.2   # … falling linearly to 0 here (weak evidence leaves the CT visible)
 HEAT_CMAP = "jet"     # the usual Grad-CAM colouring
 
 
@@ -106,14 +107,14 @@ def _resize(pixels: np.ndarray, longest: int) -> np.ndarray:
 
 
 def heat_overlay(highlight: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-  """Highlight map [h, w] in [0, 1] → RGBA uint8 [H, W, 4]: colour map, alpha ∝ value."""
+  """Highlight map [h, w] in [0, 1] → RGBA uint8 [H, W, 4]: colour map, alpha rising with value."""
   import matplotlib  # local: the renderer's only matplotlib use
   hm = np.clip(np.nan_to_num(np.asarray(highlight, np.float32)), 0.0, 1.0)
   hm = np.asarray(Image.fromarray(hm).resize((size_hw[1], size_hw[0]),
                                                        Image.Resampling.BILINEAR))
   hm = np.clip(hm, 0.0, 1.0)
   rgba = matplotlib.colormaps[HEAT_CMAP](hm)            # float [H, W, 4]
-  rgba[..., 3] = OVERLAY_ALPHA * hm
+  rgba[..., 3] = OVERLAY_ALPHA * np.clip((hm - OVERLAY_FLOOR) / (1.0 - OVERLAY_FLOOR), 0.0, 1.0)
   return (rgba * 255.0 + 0.5).astype(np.uint8)
 
 
@@ -427,17 +428,6 @@ def describe_windows(spec: Any) -> str:
   return (f"{spec}: " if isinstance(spec, str) else "") + ", ".join(parts)
 
 
-def resize_hu(hu: np.ndarray, size: int) -> np.ndarray:
-  """HU [m, H, W] → int16 [m, size, size], bilinear (antialiased when shrinking)."""
-  hu = np.asarray(hu, np.float32)
-  if hu.shape[1:] == (size, size):
-    out = hu
-  else:
-    out = np.stack([np.asarray(Image.fromarray(s).resize((size, size), Image.Resampling.BILINEAR))
-                    for s in hu])
-  return np.clip(np.rint(out), -1024, 3071).astype(np.int16)
-
-
 def read_scan(scan_dir: str | os.PathLike, series_uid: Any = None):
   """`read_series` with one clear message when the folder is not a usable CT series."""
   from ctjax.data.dicom import read_series
@@ -456,8 +446,10 @@ def scan_batch(volume: Any, config: Any) -> tuple[dict[str, np.ndarray], np.ndar
   """A DICOM volume → (a one-scan model batch as the data pipeline makes it, display images).
 
   Evaluation sampling (`ctjax.data.sampling.uniform_indices`, config.data.num_slices), resize
-  to config.data.image_size; display images are the sampled source slices in the brain window.
+  to config.data.image_size with the cache's `resize_hu`; display images are the sampled source
+  slices in the brain window.
   """
+  from ctjax.data.cache import resize_hu   # the cache's resize: same pixels as training saw
   from ctjax.data.sampling import uniform_indices
   from ctjax.data.windows import apply_windows
   m = int(config.data.num_slices)

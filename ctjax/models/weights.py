@@ -306,3 +306,26 @@ def load_backbone(path: os.PathLike | str, arch: str, *, include_fc: bool = Fals
 def count_params(params: Mapping) -> int:
   """Number of scalars in a params tree (arrays or ShapeDtypeStructs)."""
   return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))
+
+
+def random_variables(module: nn.Module, *inputs, seed: int = 0, **kwargs) -> dict:
+  """He-scaled random variables for `module` without compiling Flax's RNG initialisers.
+
+  `jax.jit(module.init)` spends seconds of CPU per conv compiling threefry + truncated normal;
+  tests and benchmarks only need *some* well-scaled weights: shapes come from `jax.eval_shape`
+  (free), values from numpy. BatchNorm statistics get mean 0 / var 1, scales 1.
+  """
+  shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *inputs, **kwargs))
+  rng = np.random.default_rng(seed)
+  flat = {}
+  for key, s in _flatten(shapes).items():
+    leaf = key.rsplit("/", 1)[-1]
+    if leaf == "kernel":
+      fan_in = int(np.prod(s.shape[:-1]))
+      v = rng.standard_normal(s.shape) * np.sqrt(2.0 / fan_in)
+    elif leaf in ("scale", "var"):
+      v = np.ones(s.shape)
+    else:
+      v = np.zeros(s.shape)
+    flat[key] = v.astype(s.dtype)
+  return _unflatten(flat)

@@ -22,6 +22,22 @@ def write_slice(path, hu: np.ndarray, *, position: Optional[Sequence[float]] = (
                 pixel_spacing=(0.5, 0.5), thickness: float = 5.0, description: str = "AXIAL",
                 **extra) -> pathlib.Path:
   """One CT slice; HU are stored as int16 (hu - intercept) / slope."""
+  cfg = pydicom.config.settings
+  old = cfg.writing_validation_mode, cfg.reading_validation_mode
+  cfg.writing_validation_mode = cfg.reading_validation_mode = pydicom.config.IGNORE
+  try:
+    return _write_slice(path, hu, position=position, orientation=orientation, instance=instance,
+                        sop_uid=sop_uid, series_uid=series_uid, study_uid=study_uid,
+                        patient_id=patient_id, slope=slope, intercept=intercept,
+                        modality=modality, pixel_spacing=pixel_spacing, thickness=thickness,
+                        description=description, **extra)
+  finally:
+    cfg.writing_validation_mode, cfg.reading_validation_mode = old
+
+
+def _write_slice(path, hu, *, position, orientation, instance, sop_uid, series_uid, study_uid,
+                 patient_id, slope, intercept, modality, pixel_spacing, thickness, description,
+                 **extra):
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   sop_uid = sop_uid or generate_uid()

@@ -150,3 +150,19 @@ def test_matches_brute_force(n, m, data):
     else:
       assert got[t] == pytest.approx(want[t], abs=1e-12)
       assert 0.0 <= got[t] <= 1.0
+
+
+def test_comparison_command_reads_evaluate_json(tmp_path, capsys):
+  import json
+  att, les = _scan(28, range(6), [0, 1, 2, 20, 21])
+  labels = np.stack([les, les], axis=-1)[None].astype(np.uint8)
+  flat = keyslice.key_slice_metrics(att[None], labels, ["any", "subdural"])
+  tasks, per = keyslice.from_metrics(flat)
+  assert tasks["easy"] == pytest.approx(3 / 5) and tasks["num_easy"] == 1
+  assert per["subdural"]["accuracy"] == pytest.approx(4 / 6)   # top 6: 0, 1, 2, 20, 21, then 3
+  (tmp_path / "e.json").write_text(json.dumps({"macro_f1": 0.5, **flat}))
+  assert keyslice.main([f"DrCT2={tmp_path / 'e.json'}"]) == 0
+  out = capsys.readouterr().out
+  assert "60.00%" in out and "83.92%" in out and "84.84%" in out   # ours, Table 5, Table 6
+  (tmp_path / "none.json").write_text("{}")
+  assert keyslice.main([f"DrCT1={tmp_path / 'none.json'}"]) == 1

@@ -123,7 +123,7 @@ def test_images_and_overlay_pixels():
   y, x = np.unravel_index(np.argmax(rgba[..., 3]), rgba.shape[:2])
   assert 1 * 64 <= y < 2 * 64 and 4 * 64 <= x < 5 * 64
   # Bilinear upsampling puts the peak between output pixels: just under alpha × 255.
-  assert 0.95 * 255 * report.OVERLAY_ALPHA <= rgba[..., 3].max() <= 255 * report.OVERLAY_ALPHA + 1
+  assert 0.9 * 255 * report.OVERLAY_ALPHA <= rgba[..., 3].max() <= 255 * report.OVERLAY_ALPHA + 1
   assert rgba[0, 0, 3] == 0
 
 
@@ -239,6 +239,7 @@ def _write_scan(folder, num=13, size=40, uid="1.2.826.0.1.99"):
 
 
 def test_report_for_scan_shows_what_the_model_predicts(tiny_model, tmp_path):
+  from ctjax.data.cache import resize_hu
   from ctjax.data.sampling import uniform_indices
   hu = _write_scan(tmp_path / "scan")
   r = report.report_for_scan(tiny_model, tmp_path / "scan", tmp_path / "out" / "r.html")
@@ -246,7 +247,7 @@ def test_report_for_scan_shows_what_the_model_predicts(tiny_model, tmp_path):
   # Independently: the same sampling and resize, straight through Task.predict.
   idx = uniform_indices(13, 8)
   np.testing.assert_array_equal(idx, np.floor((np.arange(8) + 0.5) * 13 / 8).astype(int))
-  batch = {"hu": report.resize_hu(np.clip(np.round(hu[idx]), -1024, 3071), 32)[None],
+  batch = {"hu": resize_hu(np.clip(np.round(hu[idx]), -1024, 3071), 32)[None],
            "slice_index": idx[None].astype(np.int32), "valid": np.ones(1, bool)}
   out = tiny_model.task.predict(tiny_model.model, tiny_model.variables, batch, tiny_model.config)
   probs = np.asarray(out["probs"][0])

@@ -1,6 +1,6 @@
 """One process of the multi-process trainer test (spawned by test_parallel.py).
 
-argv: coordinator_address num_processes process_id workdir max_steps
+argv: coordinator_address num_processes process_id workdir overrides_json
 """
 
 import os
@@ -13,14 +13,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 
 def main():
-  address, nproc, pid, workdir, max_steps = sys.argv[1:6]
+  import json
+  address, nproc, pid, workdir, overrides = sys.argv[1:6]
   from ctjax.train import parallel
   parallel.initialize_distributed(address, int(nproc), int(pid))
   import jax
   assert jax.process_count() == int(nproc) and jax.device_count() == 2 * int(nproc)
   import stand_ins
   from ctjax.train import loop
-  config = stand_ins.tiny_config(**{"train.max_steps": int(max_steps)})
+  config = stand_ins.tiny_config(**json.loads(overrides))
   loop.train_and_evaluate(config, workdir, task=stand_ins.TinyTask(),
                           data=stand_ins.MemoryData())
 

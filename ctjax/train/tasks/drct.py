@@ -11,6 +11,7 @@ splits it off by `trainable_mask`) and behind `stop_gradient` in the model.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import pathlib
@@ -98,11 +99,53 @@ def _per_example_loss(kind: str, logits: jax.Array, labels: jax.Array,
   return (per * weights).mean(axis=-1)
 
 
+def resolve_path(path: str) -> pathlib.Path:
+  """A relative path as given if it exists from the working directory, else from the repo."""
+  p = pathlib.Path(path)
+  if not p.is_absolute() and not p.exists() and (_REPO_ROOT / p).exists():
+    return _REPO_ROOT / p
+  return p
+
+
+def ensure_backbone_weights(config: ml_collections.ConfigDict) -> None:
+  """Runs `config.model.backbone_pretrain_config` once when `backbone_weights` is missing.
+
+  The phantom configs' stand-in for ImageNet weights: the pretraining config exports the
+  backbone to the same path (host side, before the DrCT model is built).
+  """
+  mc = config.model
+  path, pre = mc.backbone_weights, mc.get("backbone_pretrain_config", "")
+  if not path or resolve_path(path).exists():
+    return
+  if not pre:
+    raise WeightsError(f"{path}: backbone weights not found; run `python -m ctjax.weights "
+                       "convert …` or set config.model.backbone_pretrain_config")
+  from ctjax.train.loop import train_and_evaluate
+
+  spec_path = resolve_path(pre)
+  spec = importlib.util.spec_from_file_location("_ctjax_pretrain_config", spec_path)
+  if spec is None or spec.loader is None or not spec_path.exists():
+    raise ConfigError(f"config.model.backbone_pretrain_config={pre!r}: no such config file")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  pconfig = module.get_config(None)
+  export = resolve_path(pconfig.pretrain.export_path)
+  want = resolve_path(path)
+  if export.resolve() != want.resolve():
+    raise ConfigError(f"{pre} exports {export}, but config.model.backbone_weights is {path}")
+  workdir = pathlib.Path(os.environ.get("CTJAX_PRETRAIN_WORKDIR", "runs/pretrain_phantom"))
+  log.warning("%s is missing: pretraining the backbone first (%s → %s)", path, pre, workdir)
+  train_and_evaluate(pconfig, workdir)
+  if not want.exists():
+    raise WeightsError(f"{path}: pretraining in {workdir} did not write the weights file")
+
+
 class DrCTTask:
   name = "drct"
 
   def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
     check_config(config)
+    ensure_backbone_weights(config)
     mc = config.model
     dtype, param_dtype = _dtype(mc.dtype), _dtype(mc.param_dtype)
     if mc.backbone != "vgg16":
@@ -131,17 +174,21 @@ class DrCTTask:
     variables["params"] = dict(variables["params"])
     path = config.model.backbone_weights
     if path:
-      variables["params"]["backbone"] = self._load_backbone(path, variables["params"]["backbone"])
+      variables["params"]["backbone"] = self._load_backbone(
+          path, variables["params"]["backbone"], config.model.backbone_width == 1.0)
     elif config.model.freeze_backbone:
       log.warning("config.model.backbone_weights is empty: the frozen backbone stays random")
     return variables
 
-  def _load_backbone(self, path: str, like: Any) -> Any:
-    p = pathlib.Path(path)
-    if not p.is_absolute() and not p.exists() and (_REPO_ROOT / p).exists():
-      p = _REPO_ROOT / p
-    from ctjax.models.weights import load_backbone
-    loaded = load_backbone(os.fspath(p), "vgg16")
+  def _load_backbone(self, path: str, like: Any, full_width: bool) -> Any:
+    p = resolve_path(path)
+    from ctjax.models import weights
+    if not p.exists():
+      raise WeightsError(f"{p}: backbone weights not found")
+    # Full-width files may be torchvision state dicts (converted on load); reduced-width ones
+    # (the phantom pretraining) are ctjax .npz variables, shape-checked below.
+    loaded = (weights.load_backbone(os.fspath(p), "vgg16") if full_width
+              else weights.load_variables(os.fspath(p)))
     params = loaded["params"] if "params" in loaded else loaded
     want = jax.tree.map(np.shape, like)
     got = jax.tree.map(np.shape, params)

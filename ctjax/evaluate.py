@@ -1,0 +1,57 @@
+"""`python -m ctjax.evaluate --workdir DIR [--split test] [--json OUT] [--step N]`.
+
+Restores the workdir's best (else latest) checkpoint, predicts the split and prints
+`task.summarize`'s report as a table (per class: precision, recall, specificity, F1, AUC;
+macro row); --json writes the full report. Data location and layout come from the workdir's
+config.json; --data_root / --data_layout point it at another data set in a public layout.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from absl import flags
+
+from ctjax import cli
+
+
+def _flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("split", "test", "train | val | test", flag_values=fv)
+  flags.DEFINE_string("json", None, "write the report here as JSON", flag_values=fv)
+  flags.DEFINE_integer("step", None, "checkpoint step (default: best, else latest)",
+                       flag_values=fv)
+  flags.DEFINE_string("data_root", None, "override config.data.root", flag_values=fv)
+  flags.DEFINE_string("data_layout", None, "override config.data.layout", flag_values=fv)
+  cli.distributed_flags(fv)
+
+
+def _evaluate(fv, _config) -> int:
+  from ctjax.eval.metrics import format_table
+  from ctjax.train import loop, parallel
+  parallel.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
+  overrides = {}
+  if fv.data_root is not None:
+    overrides["data.root"] = fv.data_root
+  if fv.data_layout is not None:
+    overrides["data.layout"] = fv.data_layout
+  report = loop.evaluate_workdir(fv.workdir, fv.split, step=fv.step, config_overrides=overrides)
+  import jax
+  if jax.process_index() == 0:
+    print(f"{fv.workdir}: split {fv.split}, step {report.get('step')}")
+    print(format_table(report))
+    if fv.json:
+      path = pathlib.Path(fv.json)
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_text(json.dumps(loop._json_safe(report), indent=2))
+  return 0
+
+
+def main(argv=None) -> int:
+  return cli.run(_evaluate, argv, needs_config=False, extra_flags=_flags,
+                 workdir_help="a `python -m ctjax.train` workdir")
+
+
+if __name__ == "__main__":
+  sys.exit(main())

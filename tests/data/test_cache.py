@@ -1,0 +1,133 @@
+"""ctjax.data.cache: resize, prepare (manifest, provenance, resume, processes), CacheSource."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ctjax import errors
+from ctjax.data import cache, datasets, dicom
+from ctdicom_helpers import write_blend_tree, write_rsna_tree, write_slice
+
+
+def test_resize_hu_identity_area_and_clip():
+  hu = np.random.default_rng(0).uniform(-2000, 4000, (2, 8, 8))
+  np.testing.assert_array_equal(cache.resize_hu(hu, 8), np.clip(np.rint(hu), -1024, 3071))
+  blocks = np.kron(np.arange(16, dtype=np.float32).reshape(1, 4, 4) * 10, np.ones((1, 4, 4)))
+  out = cache.resize_hu(blocks, 4)                        # 16 → 4: each 4×4 block's value
+  np.testing.assert_array_equal(out[0], np.arange(16).reshape(4, 4) * 10)
+  assert out.dtype == np.int16
+  const = cache.resize_hu(np.full((1, 30, 30), 55.0), 7)
+  assert np.all(const == 55)
+
+
+@pytest.fixture(scope="module")
+def rsna_tree(tmp_path_factory):
+  root = tmp_path_factory.mktemp("rsna")
+  truth = write_rsna_tree(root, num_scans=5, slices=4, size=32)
+  return root, truth
+
+
+def test_prepare_manifest_provenance_and_values(rsna_tree, tmp_path):
+  root, truth = rsna_tree
+  ds = datasets.load("rsna", root)
+  manifest_path = cache.prepare(ds, tmp_path / "c", image_size=16, scans_per_shard=2,
+                                progress=False)
+  m = json.loads(manifest_path.read_text())
+  assert m["complete"] and m["num_scans"] == 5 and m["num_slices"] == 20
+  assert len(m["shards"]) == 3 and m["image_size"] == 16
+  scans = cache.CachedScans(tmp_path / "c")
+  sdh = datasets.RSNA_LABELS.index("subdural")
+  for i, meta in enumerate(scans.scans):
+    rec = next(r for r in ds.scans if r.scan_id == meta.scan_id)
+    vol = dicom.read_series(rec.files)
+    np.testing.assert_array_equal(scans.scan_hu(i), cache.resize_hu(vol.hu, 16))
+    assert meta.info["files"] == vol.files                   # provenance in slice order
+    assert meta.info["sop_uids"] == [s for s, _ in truth[meta.scan_id]]
+    np.testing.assert_array_equal(meta.slice_labels[:, sdh], [x for _, x in truth[meta.scan_id]])
+    np.testing.assert_array_equal(scans.scan_hu(i, [2, 0]), scans.scan_hu(i)[[2, 0]])
+
+
+def test_prepare_resumes_and_processes_agree(rsna_tree, tmp_path):
+  root, _ = rsna_tree
+  ds = datasets.load("rsna", root)
+  cache.prepare(ds, tmp_path / "a", image_size=16, scans_per_shard=2, progress=False)
+  first = tmp_path / "a" / "shard_00000.hu.npy"
+  stamp = os.stat(first).st_mtime_ns
+  os.remove(tmp_path / "a" / "shard_00001.hu.npy")
+  (tmp_path / "a" / "manifest.json").unlink()
+  cache.prepare(ds, tmp_path / "a", image_size=16, scans_per_shard=2, progress=False)
+  assert os.stat(first).st_mtime_ns == stamp                 # finished shard skipped
+  assert cache.is_complete(tmp_path / "a")
+  cache.prepare(ds, tmp_path / "b", image_size=16, scans_per_shard=2, num_workers=2,
+                progress=False)
+  for i in range(3):
+    a = np.load(tmp_path / "a" / f"shard_{i:05d}.hu.npy")
+    b = np.load(tmp_path / "b" / f"shard_{i:05d}.hu.npy")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_prepare_strict_and_lenient(tmp_path):
+  root = tmp_path / "rsna"
+  write_rsna_tree(root, num_scans=2, slices=3, size=16)
+  bad = sorted((root / "stage_2_train").iterdir())[0]
+  data = bad.read_bytes()
+  bad.write_bytes(data[:-100])                               # truncate pixel data
+  ds = datasets.load("rsna", root)
+  with pytest.raises(errors.TruncatedDicomError):
+    cache.prepare(ds, tmp_path / "strict", image_size=16, progress=False)
+  m = json.loads(cache.prepare(ds, tmp_path / "len", image_size=16, lenient=True,
+                               progress=False).read_text())
+  assert m["num_scans"] == 2 and m["num_slices"] == 5
+  scans = cache.CachedScans(tmp_path / "len")
+  skipped = [s for sc in json.loads((tmp_path / "len" / "shard_00000.json").read_text())["scans"]
+             for s in sc["skipped"]]
+  assert len(skipped) == 1 and skipped[0]["error"] == "TruncatedDicomError"
+  assert sum(s.num_slices for s in scans.scans) == 5
+
+
+def test_blend_boxes_scaled_to_cache_size(tmp_path):
+  write_blend_tree(tmp_path / "b", num_scans=2, slices=3, size=16)
+  ds = datasets.load("blend", tmp_path / "b")
+  cache.prepare(ds, tmp_path / "c", image_size=32, progress=False)
+  scans = cache.CachedScans(tmp_path / "c")
+  s1 = scans.scans[1]
+  np.testing.assert_array_equal(s1.slice_class, [1, 2, 0])
+  np.testing.assert_allclose(s1.boxes[1], [[2, 4, 10, 12], [2, 0, 8, 8]])   # ×2
+  assert s1.boxes[2] == []
+
+
+def test_cache_source_records(rsna_tree, tmp_path):
+  root, _ = rsna_tree
+  cache.prepare(datasets.load("rsna", root), tmp_path / "c", image_size=16, progress=False)
+  scans = cache.CachedScans(tmp_path / "c")
+  src = cache.CacheSource(scans, [3, 1], "scan")
+  assert len(src) == 2 and src[1] == {"scan": 1, "example_index": 1}
+  assert src.example_info(0)["scan_id"] == scans.scans[3].scan_id
+  sl = cache.CacheSource(scans, [3, 1], "slice")
+  assert len(sl) == 8 and sl[5] == {"scan": 1, "slice": 1, "example_index": 5}
+  with pytest.raises(errors.CTDataError, match="ctjax.prepare"):
+    cache.CachedScans(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("layout", ["rsna", "cq500"])
+def test_phantom_tree_order_and_truth_survive_prepare(tmp_path, layout):
+  """B's phantom writer → adapter → prepare: slices in true order, truth attached to them."""
+  phantom = pytest.importorskip("ctjax.data.phantom")
+  root = tmp_path / layout
+  manifest = json.loads(phantom.write_dataset(root, layout=layout, num_scans=2, seed=1,
+                                              size=32).read_text())
+  ds = datasets.load("phantom", root)
+  assert ds.has_slice_labels
+  cache.prepare(ds, tmp_path / "c", image_size=32, progress=False)
+  scans = cache.CachedScans(tmp_path / "c")
+  by_id = {s.scan_id: s for s in scans.scans}
+  for truth in manifest["scans"]:
+    meta = by_id[truth["scan_id"]] if layout == "rsna" else next(
+        s for s in scans.scans if s.info["series_uid"] == truth["series_uid"])
+    want = [str((root / f).resolve()) for f in truth["files"]]
+    assert [str(os.path.realpath(f)) for f in meta.info["files"]] == want
+    np.testing.assert_array_equal(meta.slice_labels, np.asarray(truth["slice_labels"]))
+    if layout == "rsna":   # CQ500 labels are the readers' majority, which may differ from truth
+      np.testing.assert_array_equal(meta.labels, [truth["labels"][n] for n in ds.labels])

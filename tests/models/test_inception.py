@@ -1,0 +1,81 @@
+"""Inception v3 against torchvision's architecture (rebuilt in torch.nn) with random weights."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import torch_models
+from ctjax.errors import ConfigError
+from ctjax.models import weights
+from ctjax.models.inception import MIN_SIZE, InceptionV3
+
+TOL = 1e-4
+
+
+# 75 px is torchvision's minimum (1×1 after Mixed_7a); 224 and 512 as for the other backbones;
+# 299 is Inception's native size.
+@pytest.mark.parametrize("size,batch", [(224, 2), (512, 1), (MIN_SIZE, 1)])
+def test_parity_reduced_width(size, batch):
+  err = torch_models.compare_with_torch("inception_v3", width=0.25, size=size, batch=batch,
+                                        seed=size)
+  assert set(err) == {"feature_map", "pooled", "logits"}
+  assert max(err.values()) <= TOL, err
+
+
+def test_parity_full_width_small_image():
+  err = torch_models.compare_with_torch("inception_v3", width=1.0, size=107, batch=1, seed=7)
+  assert max(err.values()) <= TOL, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [224, 512, 299])
+def test_parity_full_width(size):
+  err = torch_models.compare_with_torch("inception_v3", width=1.0, size=size, batch=1, seed=1)
+  assert max(err.values()) <= TOL, err
+
+
+def test_parameter_counts_match_torchvision():
+  n = lambda **kw: sum(int(np.prod(v)) for k, v in  # noqa: E731
+                       weights.expected_shapes("inception_v3", **kw).items()
+                       if k.startswith("params/"))
+  assert n(include_fc=True, aux_logits=True) == 27_161_264   # torchvision inception_v3
+  assert n(include_fc=True, aux_logits=True) == sum(
+      p.numel() for p in torch_models.inception_v3(aux_logits=True).parameters())
+  assert n(include_fc=True) == sum(
+      p.numel() for p in torch_models.inception_v3(aux_logits=False).parameters())
+
+
+def test_aux_logits_and_transform_input_match_torch():
+  """torchvision's transform_input (eval) and the auxiliary head (train mode, ≥ 299 px)."""
+  torch = pytest.importorskip("torch")
+  tmodel = torch_models.randomize_(
+      torch_models.inception_v3(width=0.125, aux_logits=True, transform_input=True), 4)
+  variables = weights.convert_torchvision(tmodel.state_dict(), "inception_v3")
+  assert "AuxLogits" in variables["params"]
+  x = np.random.default_rng(1).standard_normal((2, 299, 299, 3), np.float32)
+  xt = torch.from_numpy(x).permute(0, 3, 1, 2)
+  with torch.no_grad():
+    logits = tmodel.eval()(xt).numpy()
+    aux = tmodel.train()(xt).aux_logits.numpy()
+  model = InceptionV3(width=0.125, include_fc=True, aux_logits=True, transform_input=True)
+  out = jax.jit(model.apply)(variables, x)
+  assert "aux_logits" not in out                      # eval mode, like torchvision
+  assert torch_models.relative_error(out["logits"], logits) <= TOL
+  # Train mode: both normalise with batch statistics; the aux head has no dropout.
+  out, _ = jax.jit(lambda v, x, r: model.apply(v, x, train=True, mutable=["batch_stats"],
+                                               rngs={"dropout": r}))(
+      variables, x, jax.random.PRNGKey(0))
+  assert torch_models.relative_error(out["aux_logits"], aux) <= TOL
+
+
+def test_too_small_input_is_a_clear_error():
+  model = InceptionV3(width=0.125)
+  with pytest.raises(ConfigError, match="at least 75"):
+    jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 74, 120, 3))))
+
+
+def test_bfloat16_within_1e2_of_float32():
+  err = torch_models.compare_with_torch("inception_v3", width=0.25, size=107, batch=2, seed=5,
+                                        dtype=jnp.bfloat16, include_fc=False)
+  assert err["pooled"] <= 1e-2 and err["feature_map"] <= 1e-2, err

@@ -1,0 +1,102 @@
+"""ctjax.train.loop: workdir contents, resume after a stop, evaluation of the best state."""
+
+import json
+
+import numpy as np
+import pytest
+
+import stand_ins
+from ctjax.errors import ConfigError
+from ctjax.train import loop
+
+
+def test_workdir_contents(reference_run):
+  workdir, config, final = reference_run
+  assert json.loads((workdir / "config.json").read_text())["train"]["batch_size"] == 8
+  losses = stand_ins.read_losses(workdir)
+  assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+  assert all(np.isfinite(v) for v in losses.values())
+  assert final["step"] == 6 and "val/macro_f1" in final and final["train/scans_per_s"] > 0
+  assert sorted(p.name for p in (workdir / "checkpoints" / "latest").iterdir()
+                if p.name.isdigit()) == ["4", "6"]   # saved at 2, 4, 6; keep=2
+  assert list((workdir / "tensorboard").iterdir())
+  evals = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()
+           if "val/macro_f1" in l]
+  assert [e["step"] for e in evals] == [3, 6]
+
+
+def test_resume_after_stop_matches_uninterrupted(reference_run, tmp_path):
+  """Stop after step 3 (max_steps), restart: steps 4-6 repeat the uninterrupted losses."""
+  ref_dir, config, _ = reference_run
+  stopped = config.copy_and_resolve_references()
+  stopped.train.max_steps = 3
+  loop.train_and_evaluate(stopped, tmp_path, task=stand_ins.TinyTask(),
+                          data=stand_ins.MemoryData())
+  assert sorted(stand_ins.read_losses(tmp_path)) == [1, 2, 3]
+  loop.train_and_evaluate(config, tmp_path, task=stand_ins.TinyTask(),
+                          data=stand_ins.MemoryData())
+  ref = stand_ins.read_losses(ref_dir)
+  got = stand_ins.read_losses(tmp_path)
+  assert sorted(got) == [1, 2, 3, 4, 5, 6]
+  np.testing.assert_allclose([got[s] for s in range(1, 7)], [ref[s] for s in range(1, 7)],
+                             rtol=1e-6)
+
+
+def test_evaluate_workdir_restores_best(reference_run):
+  workdir, _, _ = reference_run
+  best = json.loads((workdir / "checkpoints" / "best" / "best.json").read_text())
+  report = loop.evaluate_workdir(workdir, "val", task=stand_ins.TinyTask(),
+                                 data=stand_ins.MemoryData())
+  assert report["step"] == best["step"]
+  assert report["macro_f1"] == pytest.approx(best["value"], abs=1e-9)
+  assert report["num_examples"] == 20   # padding of the last eval batch dropped
+
+
+def test_frozen_params_unchanged_and_trainable_moved(reference_run):
+  from ctjax.train import checkpoint
+  workdir, config, _ = reference_run
+  task, model = stand_ins.TinyTask(), stand_ins.TinyNet()
+  import jax
+  from ctjax.train import state as state_lib
+  tx = task.make_optimizer(config, 6)
+  init = state_lib.create_state(task, model, config, jax.random.PRNGKey(config.seed), tx)
+  trained, step = checkpoint.restore_state(workdir, init, which="latest")
+  assert step == 6
+  assert set(init.frozen) == {"stem"} and "stem" not in init.params
+  np.testing.assert_array_equal(trained.frozen["stem"]["kernel"], init.frozen["stem"]["kernel"])
+  assert not np.allclose(trained.params["head"]["kernel"], init.params["head"]["kernel"])
+  assert not np.allclose(trained.extra["batch_stats"]["bn"]["mean"],
+                         init.extra["batch_stats"]["bn"]["mean"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"train.batch_size": 0}, "batch_size"),
+    ({"data.fold": 5}, "fold"),
+    ({"model.dtype": "float64"}, "dtype"),
+    ({"checkpoint.best_metric": "test/macro_f1"}, "best_metric"),
+    ({"data.layout": "rsna", "data.root": "/no/such/dir"}, "/no/such/dir"),
+])
+def test_bad_config_fails_at_start(tmp_path, override, message):
+  config = stand_ins.tiny_config(**override)
+  with pytest.raises(ConfigError, match=message) as info:
+    loop.train_and_evaluate(config, tmp_path, task=stand_ins.TinyTask(),
+                            data=stand_ins.MemoryData())
+  assert "\n" not in str(info.value)
+  assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_batch_not_divisible_by_devices(tmp_path):
+  config = stand_ins.tiny_config(**{"train.batch_size": 6})   # 4 devices
+  with pytest.raises(ConfigError, match="divisible"):
+    loop.train_and_evaluate(config, tmp_path, task=stand_ins.TinyTask(),
+                            data=stand_ins.MemoryData())
+
+
+def test_evaluators_both_config_forms():
+  c = stand_ins.tiny_config()
+  assert loop.evaluators(c) == {"val": {"split": "val", "every_steps": 4}}
+  del c.evals["val"]
+  c.evals.split = "val"
+  c.evals.every_epochs = 2
+  c.evals.threshold = 0.5
+  assert loop.evaluators(c, steps_per_epoch=5) == {"val": {"split": "val", "every_steps": 10}}

@@ -1,0 +1,171 @@
+"""ctjax.train.tasks.drct on random batches: losses, per-module learning rates, frozen backbone,
+predict outputs (BRIEF interface 4) and summarize against scikit-learn."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from sklearn.metrics import f1_score
+
+from configs import drct2_rsna, drct2_cq500
+from ctjax.errors import ConfigError
+from ctjax.train.state import partition_params
+from ctjax.train.tasks import get_task
+from ctjax.train.tasks.drct import TASK, check_config
+
+
+def make_batch(config, b=4, seed=0):
+  rng = np.random.default_rng(seed)
+  m, s, L = config.data.num_slices, config.data.image_size, len(config.data.labels)
+  labels = (rng.random((b, L)) < 0.4).astype(np.float32)
+  return {"hu": rng.integers(-1024, 1500, (b, m, s, s)).astype(np.int16),
+          "labels": labels,
+          "slice_labels": (rng.random((b, m, L)) < 0.3).astype(np.uint8),
+          "slice_index": np.tile(np.arange(m, dtype=np.int32), (b, 1)),
+          "num_source_slices": np.full((b,), m, np.int32),
+          "valid": np.array([True] * (b - 1) + [False]),
+          "example_index": np.arange(b, dtype=np.int32)}
+
+
+@pytest.fixture(scope="module")
+def setup():
+  config = drct2_rsna.get_config("runlocal")
+  config.data.image_size = 48
+  config.model.primary_size = 32
+  config.model.aps_size = 48
+  config.data.num_slices = 5
+  config.model.mkey = 3
+  config.loss.pos_weight = (2.0, 1.0, 1.0, 3.0, 1.0, 1.0)
+  model = TASK.build_model(config)
+  variables = TASK.init_variables(model, config, jax.random.key(0))
+  return config, model, variables
+
+
+def test_registered():
+  assert get_task("drct") is TASK
+
+
+def test_predict_outputs_follow_interface(setup):
+  config, model, variables = setup
+  batch = make_batch(config)
+  out = jax.jit(lambda v, b: TASK.predict(model, v, b, config))(variables, batch)
+  b, m, L = 4, 5, 6
+  assert out["probs"].shape == (b, L) and out["probs"].dtype == jnp.float32
+  assert out["probs_primary"].shape == (b, L) and out["probs_aps"].shape == (b, L)
+  assert out["slice_attention"].shape == (b, m)
+  np.testing.assert_allclose(np.asarray(out["slice_attention"]).sum(-1), 1, rtol=1e-5)
+  assert out["feature_attention"].shape == (b, m, 64)   # 512 × 1/8
+  assert out["highlight"].shape[:2] == (b, m) and out["highlight"].dtype == jnp.float32
+  assert out["key_indices"].shape == (b, 3) and out["key_indices"].dtype == jnp.int32
+  assert np.all(np.diff(np.asarray(out["key_indices"]), axis=1) > 0)
+
+
+def test_loss_matches_numpy(setup):
+  config, model, variables = setup
+  batch = make_batch(config)
+  loss, (metrics, extra) = TASK.loss_fn(model, variables["params"],
+                                        {"batch_stats": variables["batch_stats"]}, batch,
+                                        jax.random.key(1), config, False)
+  out = TASK.predict(model, variables, batch, config)
+  y, valid = batch["labels"], batch["valid"]
+  w = np.where(y > 0.5, np.asarray(config.loss.pos_weight), 1.0)
+
+  def mse(p):
+    return ((np.asarray(p) - y) ** 2 * w).mean(-1)[valid].mean()
+
+  def bce(p):
+    p = np.asarray(p, np.float64)
+    return (-(y * np.log(p) + (1 - y) * np.log(1 - p)) * w).mean(-1)[valid].mean()
+
+  np.testing.assert_allclose(metrics["loss_primary"], mse(out["probs_primary"]), rtol=1e-5)
+  np.testing.assert_allclose(metrics["loss_aps"], mse(out["probs_aps"]), rtol=1e-5)
+  np.testing.assert_allclose(metrics["loss_fusion"], bce(out["probs"]), rtol=1e-4)
+  np.testing.assert_allclose(loss, mse(out["probs_primary"]) + mse(out["probs_aps"])
+                             + bce(out["probs"]), rtol=1e-4)
+  # Table 2's switch: BCE for every head.
+  cfg = config.copy_and_resolve_references()
+  cfg.loss.primary = cfg.loss.aps = "bce"
+  _, (m2, _) = TASK.loss_fn(model, variables["params"], {"batch_stats": variables["batch_stats"]},
+                            batch, jax.random.key(1), cfg, False)
+  np.testing.assert_allclose(m2["loss_primary"], bce(out["probs_primary"]), rtol=1e-4)
+
+
+def test_padding_examples_do_not_count(setup):
+  config, model, variables = setup
+  batch = make_batch(config)
+  other = dict(batch)
+  other["labels"] = batch["labels"].copy()
+  other["labels"][-1] = 1 - other["labels"][-1]   # change only the invalid example
+  args = (variables["params"], {"batch_stats": variables["batch_stats"]})
+  a, _ = TASK.loss_fn(model, *args, batch, jax.random.key(1), config, False)
+  b, _ = TASK.loss_fn(model, *args, other, jax.random.key(1), config, False)
+  np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_frozen_backbone_out_of_optimizer_and_per_module_lrs(setup):
+  config, model, variables = setup
+  mask = TASK.trainable_mask(config, variables["params"])
+  trainable, frozen = partition_params(variables["params"], mask)
+  assert set(frozen) == {"backbone"} and set(trainable) == {"primary", "aps", "fusion"}
+  tx = TASK.make_optimizer(config, steps_per_epoch=10)
+  opt_state = tx.init(trainable)
+  # No optimizer state for the frozen backbone.
+  n_state = sum(x.size for x in jax.tree.leaves(opt_state))
+  n_train = sum(x.size for x in jax.tree.leaves(trainable))
+  assert n_state <= 2 * n_train + 16
+  # Adam's first step moves every parameter by its module's learning rate (|g| >> eps).
+  grads = jax.tree.map(jnp.ones_like, trainable)
+  updates, _ = tx.update(grads, opt_state, trainable)
+  lr = {k: float(np.abs(np.asarray(jax.tree.leaves(v)[0])).max()) for k, v in updates.items()}
+  np.testing.assert_allclose(lr["primary"], 5e-4, rtol=1e-3)
+  np.testing.assert_allclose(lr["fusion"], 5e-4, rtol=1e-3)
+  np.testing.assert_allclose(lr["aps"], 3e-4, rtol=1e-3)
+
+
+def test_train_step_updates_only_trainable(setup):
+  config, model, variables = setup
+  from ctjax.train.state import create_state
+  from ctjax.train.steps import make_train_step
+  tx = TASK.make_optimizer(config, steps_per_epoch=10)
+  state = create_state(TASK, model, config, jax.random.key(0), tx)
+  step = jax.jit(make_train_step(TASK, model, config))
+  new, metrics = step(state, make_batch(config), jax.random.key(3))
+  assert np.isfinite(float(metrics["loss"]))
+  same = jax.tree.map(lambda a, b: bool(jnp.all(a == b)), state.frozen, new.frozen)
+  assert all(jax.tree.leaves(same))
+  moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params["primary"],
+                       new.params["primary"])
+  assert any(jax.tree.leaves(moved))
+  # BatchNorm statistics of the APS network were updated in training mode.
+  assert not np.allclose(np.asarray(state.extra["batch_stats"]["aps"]["bn"]["mean"]),
+                         np.asarray(new.extra["batch_stats"]["aps"]["bn"]["mean"]))
+
+
+def test_summarize_matches_sklearn(setup):
+  config, _, _ = setup
+  rng = np.random.default_rng(0)
+  n, m, L = 40, 5, 6
+  labels = (rng.random((n, L)) < 0.5).astype(np.float32)
+  probs = np.clip(labels * 0.6 + rng.random((n, L)) * 0.5, 0, 1).astype(np.float32)
+  att = rng.random((n, m)).astype(np.float32)
+  outputs = {"labels": labels, "probs": probs, "probs_primary": probs * 0.9,
+             "probs_aps": probs, "slice_attention": att / att.sum(1, keepdims=True),
+             "slice_labels": (rng.random((n, m, L)) < 0.5).astype(np.uint8)}
+  rep = TASK.summarize(outputs, config)
+  want = f1_score(labels, probs >= 0.5, average="macro", zero_division=0)
+  np.testing.assert_allclose(rep["macro_f1"], want, rtol=1e-6)
+  want_p = f1_score(labels, probs * 0.9 >= 0.5, average="macro", zero_division=0)
+  np.testing.assert_allclose(rep["primary/macro_f1"], want_p, rtol=1e-6)
+  assert "keyslice/easy" in rep and "keyslice/comprehensive" in rep
+
+
+@pytest.mark.parametrize("field,value", [("model.mkey", 40), ("model.variant", "drct3"),
+                                         ("loss.fusion", "hinge"), ("data.windows", "brain"),
+                                         ("model.selection", "best")])
+def test_bad_config_fails_with_config_error(field, value):
+  config = drct2_cq500.get_config("runlocal")
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ConfigError, match=name):
+    check_config(config)
