@@ -84,7 +84,7 @@ def build_torch(model, config):
 
 def _torch_infer(net, hu: np.ndarray, dtype: str):
   import torch
-  t = torch.from_numpy(hu).to(common.torch_device())
+  t = torch.from_numpy(np.array(hu)).to(common.torch_device())
   def fn():
     with torch.inference_mode(), common.torch_autocast(dtype):
       return net(t)

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import sys
 import tempfile
 import time
@@ -65,6 +66,20 @@ def _iterate(config, splits, *, num_batches: int, warmup: int = 2) -> tuple[floa
   return time.perf_counter() - t, n
 
 
+def _numpy_loop(config, splits, num_batches: int) -> float:
+  """The same examples and batching without Grain: what Grain's machinery costs on top."""
+  from ctjax.data import pipeline
+  fn = pipeline._example_fn(config, splits, train=True)  # noqa: SLF001
+  src = splits["train"]
+  b = int(config.train.batch_size)
+  t = time.perf_counter()
+  for step in range(num_batches):
+    exs = [fn(src[(step * b + j) % len(src)], np.random.default_rng(step * b + j))
+           for j in range(b)]
+    pipeline.stack(exs)
+  return num_batches * b / (time.perf_counter() - t)
+
+
 def run(args) -> tuple[list[common.Record], dict]:
   from ctjax.data import cache, datasets, dicom, pipeline
   device = f"cpu:{common.cpu_model()} x{os.cpu_count()}"
@@ -72,16 +87,19 @@ def run(args) -> tuple[list[common.Record], dict]:
   work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="ctjax_bench_"))
   root = work / "rsna"
 
-  # 1. Phantom generation.
+  # 1. Phantom generation (always timed, on `--gen-scans` scans; the data set is reused).
+  from ctjax.data import phantom
+  gen = pathlib.Path(tempfile.mkdtemp(prefix="ctjax_gen_"))
+  secs, manifest_path = _timed(lambda: phantom.write_dataset(
+      gen, layout="rsna", num_scans=args.gen_scans, seed=1, size=args.size))
+  manifest = json.loads(manifest_path.read_text())
+  records.append(common.speed_record(
+      "phantom generation (rsna layout)", seconds=secs,
+      items=sum(len(s["files"]) for s in manifest["scans"]), unit="slices/s", device=device,
+      size=args.size, scans=args.gen_scans))
+  shutil.rmtree(gen, ignore_errors=True)
   if not (root / "manifest.json").is_file():
-    from ctjax.data import phantom
-    secs, manifest_path = _timed(lambda: phantom.write_dataset(
-        root, layout="rsna", num_scans=args.scans, seed=0, size=args.size))
-    manifest = json.loads(manifest_path.read_text())
-    n_slices = sum(len(s["files"]) for s in manifest["scans"])
-    records.append(common.speed_record(
-        "phantom generation (rsna layout)", seconds=secs, items=n_slices, unit="slices/s",
-        device=device, size=args.size, scans=args.scans))
+    phantom.write_dataset(root, layout="rsna", num_scans=args.scans, seed=0, size=args.size)
   ds = datasets.load("phantom", root)
   n_slices = sum(len(s.files) for s in ds.scans)
 
@@ -116,12 +134,12 @@ def run(args) -> tuple[list[common.Record], dict]:
 
   # 4. Prepare.
   out = work / f"cache_{args.image_size}"
-  if not cache.is_complete(out):
-    secs, _ = _timed(lambda: cache.prepare(ds, out, image_size=args.image_size,
-                                           num_workers=0, progress=False))
-    records.append(common.speed_record(
-        "prepare (decode+resize+write, 1 core)", seconds=secs, items=n_slices,
-        unit="slices/s", device=device, image_size=args.image_size))
+  shutil.rmtree(out, ignore_errors=True)     # always timed from scratch
+  secs, _ = _timed(lambda: cache.prepare(ds, out, image_size=args.image_size, num_workers=0,
+                                         progress=False))
+  records.append(common.speed_record(
+      "prepare (decode+resize+write, 1 core)", seconds=secs, items=n_slices, unit="slices/s",
+      device=device, image_size=args.image_size))
   scans = cache.CachedScans(out)
   all_idx = np.arange(len(scans.scans))
 
@@ -137,6 +155,8 @@ def run(args) -> tuple[list[common.Record], dict]:
         unit="scans/s", device=device, m=args.slices, batch=args.batch,
         image_size=args.image_size, bytes_per_scan=args.slices * args.image_size ** 2 * 2)
     rec.details["ratio_vs_dicom"] = rec.value / dicom_scans_per_s
+    if workers == 0:
+      rec.details["plain_numpy_loop_scans_per_s"] = _numpy_loop(config, splits, args.num_batches)
     records.append(rec)
     extra[f"ratio_workers{workers}"] = rec.value / dicom_scans_per_s
   for workers in args.workers[:1]:
@@ -146,7 +166,8 @@ def run(args) -> tuple[list[common.Record], dict]:
     secs, n = _iterate(config, splits, num_batches=args.num_batches)
     records.append(common.speed_record(
         f"cache -> slice batches (grain, workers={workers})", seconds=secs, items=n,
-        unit="slices/s", device=device, batch=args.slice_batch, image_size=args.image_size))
+        unit="slices/s", device=device, batch=args.slice_batch, image_size=args.image_size,
+        plain_numpy_loop_slices_per_s=_numpy_loop(config, splits, args.num_batches)))
 
   # 6. Shuffle cost per element.
   from grain._src.python.experimental.index_shuffle.python import index_shuffle_module as ism
@@ -172,6 +193,7 @@ def main(argv=None) -> int:
                               description=__doc__.splitlines()[0])
   p.add_argument("--scans", type=int, default=6)
   p.add_argument("--size", type=int, default=512)
+  p.add_argument("--gen-scans", type=int, default=1, help="scans timed for phantom generation")
   p.add_argument("--image-size", type=int, default=256)
   p.add_argument("--slices", type=int, default=28)
   p.add_argument("--batch", type=int, default=4)
@@ -189,6 +211,12 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(common.format_table(records))
+  for r in records:
+    for key in ("plain_numpy_loop_scans_per_s", "plain_numpy_loop_slices_per_s",
+                "ctjax_epoch_shuffle_us", "pydicom_bare_slices_per_s",
+                "decode_plus_resize_slices_per_s"):
+      if key in r.details:
+        print(f"  {r.name}: {key} = {r.details[key]:.4g}")
   print(f"\ncache -> batches vs DICOM -> examples: {summary['best_ratio_cache_vs_dicom']:.1f}x "
         f"({'meets' if summary['meets_20x'] else 'MISSES'} the >= 20x target)")
   header = {"preset": "input_pipeline", "environment": common.environment(),

@@ -48,7 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                                "model.fc_widths": (64, 32), "model.aps_fc_dim": 64}},
         "blend": {"image_size": 128, "width": 0.25, "backbone": "resnet50", "infer_batch": 4,
                   "train_batch": 4, "figures": ("infer", "train")},
-        "data": {"num_scans": 4, "size": 64, "dicom_scans": 4, "num_folds": 3},
+        "data": {"num_scans": 12, "size": 64, "dicom_scans": 4, "num_folds": 3},
         "scaling": {"batch": (1, 2, 4), "slices": (16, 32, 64), "devices": (1, 2, 4),
                     "devices_batch": 4},
         "pipeline": True,

@@ -63,7 +63,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.seq_dim = 64
   c.model.fc_widths = (64, 32)
   c.model.aps_fc_dim = 64
-  c.model.feature_attention_rescale = True   # keeps the GRU input at the feature scale
+  # Not in the paper: BatchNorm on the slice vectors (as the APS network's V.B) so that the
+  # softmax of eq. (3) sees unit-scale values, and weights × C so uniform attention keeps them.
+  c.model.feature_norm = "batchnorm"
+  c.model.feature_attention_rescale = True
 
   # Positive weights ≈ sqrt(negatives / positives) of the generator's label prevalence
   # (35% positive scans; subtype shares iph .26, ivh .17, sdh .30, edh .05, sah .22):

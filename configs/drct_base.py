@@ -45,6 +45,7 @@ def drct_config(*, dataset: str, variant: str) -> ml_collections.ConfigDict:
   c.model.mkey = 16                # VI.A.3 "we set mkey = 16 as the default setting"
   c.model.selection = "attention"  # VI.A.3 / Figure 6: "attention" | "random"
   c.model.feature_attention_rescale = False   # eq. (3) as written; True: weights × C
+  c.model.feature_norm = "none"    # "batchnorm": BN on the slice vectors before eq. (3)
   c.model.gru_hidden = 256         # not given in the paper
   c.model.seq_dim = 256            # width of ŷ (eq. 4); not given in the paper
   c.model.seq_activation = "tanh"  # g of eq. (4); not given in the paper

@@ -52,7 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.dropout = 0.0
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.pos_weight = ()               # per-label weight of positives; () = unweighted.
+  # Positive slices are rare (a few % of phantom slices): weight them up.
+  c.loss.pos_weight = (8.0,) * len(common.RSNA_LABELS)
 
   c.optimizer.lr = 1e-3
   c.optimizer.warmup_steps = 50

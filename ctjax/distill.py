@@ -27,14 +27,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from ctjax.errors import CTJaxError
 
 
-def predict_split(workdir: str, split: str, config: ml_collections.ConfigDict | None = None
-                  ) -> tuple[dict[str, np.ndarray], Any]:
-  """Concatenated `Task.predict` outputs (+ batch fields) of a trained workdir over a split.
+def predict_splits(workdir: str, split_names, config: ml_collections.ConfigDict | None = None
+                   ) -> tuple[dict[str, dict[str, np.ndarray]], Any]:
+  """{split: concatenated `Task.predict` outputs + batch fields} of a trained workdir.
 
-  Returns (outputs, (config, task, model, variables)). Runs on this process's first device.
+  Padding examples are dropped. Returns (outputs, (config, task, model, variables)); runs on
+  this process's first device with one compiled predict for every split.
   """
   from ctjax.data import pipeline
   from ctjax.train import checkpoint
@@ -44,14 +44,19 @@ def predict_split(workdir: str, split: str, config: ml_collections.ConfigDict | 
     cfg = config
   splits = pipeline.build_splits(cfg, _data_workdir(workdir))
   step = jax.jit(lambda v, b: task.predict(model, v, b, cfg))
-  parts: dict[str, list] = {}
-  for batch in pipeline.eval_batches(cfg, splits, split):
-    arrays = {k: v for k, v in batch.items() if isinstance(v, np.ndarray) and v.dtype != object}
-    out = jax.device_get(step(variables, arrays))
-    for k, v in {**arrays, **out}.items():
-      parts.setdefault(k, []).append(np.asarray(v))
-  outputs = {k: np.concatenate(v) for k, v in parts.items()}
-  return outputs, (cfg, task, model, variables)
+  result = {}
+  for name in split_names:
+    parts: dict[str, list] = {}
+    for batch in pipeline.eval_batches(cfg, splits, name):
+      arrays = {k: v for k, v in batch.items()
+                if isinstance(v, np.ndarray) and v.dtype != object}
+      out = jax.device_get(step(variables, arrays))
+      for k, v in {**arrays, **out}.items():
+        parts.setdefault(k, []).append(np.asarray(v))
+    outputs = {k: np.concatenate(v) for k, v in parts.items()}
+    valid = outputs["valid"].astype(bool)
+    result[name] = {k: v[valid] for k, v in outputs.items()}
+  return result, (cfg, task, model, variables)
 
 
 def _data_workdir(round_dir: str) -> str:
@@ -81,18 +86,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, figures: bool = True
     logging.info("SKD round %d/%d (%s) in %s", r, rounds, "teacher" if r == 0 else "student",
                  round_dir)
     loop.train_and_evaluate(cfg, round_dir)
-    outputs, (cfg_r, task, model, variables) = predict_split(round_dir, "test", cfg)
-    report = task.summarize(outputs, cfg_r)
+    need = ["test"] + (["train"] if r < rounds else [])
+    outs, (cfg_r, task, model, variables) = predict_splits(round_dir, need, cfg)
+    report = task.summarize(outs["test"], cfg_r)
+    report["round"] = r
     results.append(report)
+    logging.info("round %d test: blend-sign sensitivity %.3f, macro F1 %.3f", r,
+                 report["per_class"]["blend_sign"]["sensitivity"], report["macro_f1"])
     if figures and r == rounds:
       fig_dir = os.path.join(workdir, "figures")
-      blend.write_figures(outputs, report, fig_dir, title=cfg.get("variant", ""))
-      _grad_cam_examples(outputs, cfg_r, model, variables, round_dir, fig_dir)
+      blend.write_figures(outs["test"], report, fig_dir, title=cfg.get("variant", ""))
+      _grad_cam_examples(outs["test"], cfg_r, model, variables, round_dir, fig_dir)
     if r < rounds:
-      train_out, _ = predict_split(round_dir, "train", cfg)
       soft_path = os.path.join(round_dir, "soft_labels.npz")
-      blend.save_soft_labels(soft_path, train_out["example_index"], train_out["probs"])
-      logging.info("wrote %d soft labels to %s", len(train_out["probs"]), soft_path)
+      blend.save_soft_labels(soft_path, outs["train"]["example_index"], outs["train"]["probs"])
+      logging.info("wrote %d soft labels to %s", len(outs["train"]["probs"]), soft_path)
   summary = {"variant": config.get("variant", ""), "rounds": results, "final": results[-1]}
   with open(os.path.join(workdir, "distill.json"), "w") as f:
     json.dump(summary, f, indent=1, default=float)
@@ -125,50 +133,44 @@ def _grad_cam_examples(outputs, config, model, variables, round_dir, fig_dir, pe
 def format_ablation(summaries: dict[str, dict]) -> str:
   """Table 3 style: per class sensitivity / specificity / F1 / AUC for each variant."""
   from ctjax.train.tasks.blend import BLEND_CLASSES
-  lines = [f"{'variant':<12}{'class':<12}{'sens':>8}{'spec':>8}{'F1':>8}{'AUC':>8}"]
+  lines = [f"{'variant':<16}{'class':<12}{'sens':>8}{'spec':>8}{'F1':>8}{'AUC':>8}"]
+  rows = []
   for name, summary in summaries.items():
-    report = summary.get("final", summary)
+    rounds = summary.get("rounds") or [summary.get("final", summary)]
+    for r, report in enumerate(rounds):
+      rows.append((name if len(rounds) == 1 else f"{name}/r{r}", report))
+  for name, report in rows:
     for c in BLEND_CLASSES:
       row = report["per_class"][c]
-      lines.append(f"{name:<12}{c:<12}" + "".join(
+      lines.append(f"{name:<16}{c:<12}" + "".join(
           f"{row[k]:>8.3f}" for k in ("sensitivity", "specificity", "f1", "auc")))
     det = report.get("detection")
     if det:
-      lines.append(f"{name:<12}{'detection':<12}centre hit rate {det['centre_hit_rate']:.3f}")
+      lines.append(f"{name:<16}{'detection':<12}centre hit rate {det['centre_hit_rate']:.3f}, "
+                   f"box recall {det['box_recall']:.3f}, mean best IoU {det['mean_best_iou']:.3f}")
   return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-  from absl import app, flags
-  from ml_collections import config_flags
+  """`python -m ctjax.distill --config C --workdir DIR` or `python -m ctjax.distill table DIR…`."""
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) > 1 and argv[1] == "table":
+    summaries = {}
+    for d in argv[2:]:
+      with open(os.path.join(d, "distill.json")) as f:
+        s = json.load(f)
+      summaries[s.get("variant") or os.path.basename(d.rstrip("/"))] = s
+    print(format_ablation(summaries))
+    return 0
+  from ctjax import cli
 
-  config_flags.DEFINE_config_file("config", None, "configs/<name>.py[:args]",
-                                  lock_config=False)
-  flags.DEFINE_string("workdir", None, "output folder (round_<r>/ subfolders)")
-  flags.DEFINE_multi_string("table", None, "print the ablation table of these SKD workdirs")
+  def _run(flags, config) -> int:
+    summary = run(config, flags.workdir)
+    print(format_ablation({summary["variant"] or "run": summary}))
+    return 0
 
-  def _main(_):
-    logging.getLogger().setLevel(logging.INFO)
-    try:
-      if flags.FLAGS.table:
-        summaries = {}
-        for d in flags.FLAGS.table:
-          with open(os.path.join(d, "distill.json")) as f:
-            s = json.load(f)
-          summaries[s.get("variant") or os.path.basename(d.rstrip("/"))] = s
-        print(format_ablation(summaries))
-        return
-      if flags.FLAGS.config is None or flags.FLAGS.workdir is None:
-        raise CTJaxError("need --config and --workdir (or --table DIR ...)")
-      summary = run(flags.FLAGS.config, flags.FLAGS.workdir)
-      print(format_ablation({summary["variant"] or "run": summary}))
-    except CTJaxError as e:
-      print(f"ctjax.distill: error: {e}", file=sys.stderr)
-      sys.exit(1)
-
-  app.run(_main, argv=argv)
-  return 0
+  return cli.run(_run, argv, needs_config=True, workdir_help="output folder (round_<r>/ inside)")
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

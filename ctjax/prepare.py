@@ -28,8 +28,8 @@ def main(argv):
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   config = _CONFIG.value
   try:
-    from ctjax.data import pipeline
-    path = pipeline.ensure_cache(config, _WORKDIR.value)
+    from ctjax.data import cache   # not pipeline: prepare needs no Grain/JAX
+    path = cache.ensure_cache(config, _WORKDIR.value)
     manifest = json.loads((path / "manifest.json").read_text())
   except CTJaxError as e:
     print(f"ctjax.prepare: {e}", file=sys.stderr)

@@ -34,6 +34,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ctjax import errors
+from ctjax.data import datasets
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,70 @@ def is_complete(path) -> bool:
     return bool(json.loads(m.read_text()).get("complete"))
   except (OSError, ValueError):
     return False
+
+
+# ------------------------------------------------------------- config → cache (no Grain here)
+
+DEFAULTS = {
+    "layout": "phantom", "root": "", "cache_dir": "", "image_size": 256, "num_slices": 28,
+    "windows": "rsna3", "num_folds": 5, "fold": 0, "split_seed": 0, "num_workers": 0,
+    "prefetch": 2, "lenient": False, "max_boxes": 8, "eval_batch_size": 0,
+}
+SYNTH_DEFAULTS = {"layout": "rsna", "num_scans": 24, "seed": 0, "size": 64}
+
+
+def _get(section, name: str, defaults: dict):
+  if section is not None and name in section:
+    return section[name]
+  return defaults[name]
+
+
+def data_option(config, name: str):
+  return _get(config.get("data"), name, DEFAULTS)
+
+
+def resolve_root(config, workdir: Optional[str]) -> tuple[str, str]:
+  """(layout the adapters read, root folder); generates phantoms when asked and absent."""
+  layout = data_option(config, "layout")
+  root = data_option(config, "root")
+  if layout == "phantom":
+    if not root:
+      if not workdir:
+        raise errors.ConfigError("layout 'phantom' with data.root='' needs a workdir")
+      root = os.path.join(workdir, "data")
+    if not (pathlib.Path(root) / "manifest.json").is_file():
+      synth = config.data.get("synth") if "data" in config else None
+      opts = {k: _get(synth, k, SYNTH_DEFAULTS) for k in SYNTH_DEFAULTS}
+      try:
+        from ctjax.data import phantom
+      except ImportError as e:
+        raise errors.ConfigError("layout 'phantom' needs ctjax.data.phantom, which is not "
+                                 f"importable ({e})") from e
+      log.info("generating phantom data set %s into %s", opts, root)
+      phantom.write_dataset(root, layout=opts["layout"], num_scans=int(opts["num_scans"]),
+                            seed=int(opts["seed"]), size=int(opts["size"]))
+  elif not root:
+    raise errors.ConfigError(f"config.data.root is empty for layout {layout!r}")
+  return layout, str(root)
+
+
+def ensure_cache(config, workdir: Optional[str] = None, *, progress: bool = True
+                 ) -> pathlib.Path:
+  """The complete cache folder for `config` (prepared now when absent or unfinished).
+
+  Reads config.data.{layout, root, cache_dir, image_size, lenient, num_workers, synth}; the
+  defaults are `DEFAULTS` / `SYNTH_DEFAULTS` above.
+  """
+  layout, root = resolve_root(config, workdir)
+  size = int(data_option(config, "image_size"))
+  lenient = bool(data_option(config, "lenient"))
+  path = cache_path(data_option(config, "cache_dir"), layout, root, size, lenient)
+  if not is_complete(path):
+    ds = datasets.load(layout, root)
+    prepare(ds, path, image_size=size, lenient=lenient,
+            num_workers=int(data_option(config, "num_workers")), progress=progress,
+            options={"layout": layout, "root": root, "image_size": size})
+  return path
 
 
 # ------------------------------------------------------------------------------- building

@@ -27,7 +27,6 @@ import csv
 import dataclasses
 import json
 import logging
-import os
 import pathlib
 import re
 from typing import Optional, Sequence

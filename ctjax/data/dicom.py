@@ -206,7 +206,13 @@ def read_header(path: PathLike, *, max_pixels: int = MAX_PIXELS_PER_FILE,
   colour.
   """
   with _quiet_pydicom():
-    return _read_header(path, max_pixels=max_pixels, check=check)
+    try:
+      return _read_header(path, max_pixels=max_pixels, check=check)
+    except errors.CTDataError:
+      raise
+    except Exception as e:  # noqa: BLE001 — every failure becomes a typed error with the path
+      raise errors.InvalidDicomValueError(
+          f"unreadable header ({type(e).__name__}: {e}); re-export the file", path) from e
 
 
 def _read_header(path: PathLike, *, max_pixels: int, check: bool) -> SliceHeader:
@@ -333,6 +339,9 @@ def decode_hu(h: SliceHeader, *, clip: bool = True) -> np.ndarray:
       elif "ModalityLUTSequence" in h.ds:
         from pydicom.pixels import apply_modality_lut
         hu = np.asarray(apply_modality_lut(arr, h.ds), np.float64)
+      elif h.slope == 1.0 and float(h.intercept).is_integer():
+        hu = arr.astype(np.float32)         # exact: integers below 2**24
+        hu += np.float32(h.intercept)
       else:
         hu = arr.astype(np.float64) * h.slope + h.intercept
   except errors.CTDataError:
@@ -351,7 +360,7 @@ def decode_hu(h: SliceHeader, *, clip: bool = True) -> np.ndarray:
         f"decoded shape {hu.shape} != Rows x Columns {(h.rows, h.columns)}", h.path)
   if clip:
     np.clip(hu, HU_MIN, HU_MAX, out=hu)
-  return hu.astype(np.float32)
+  return hu.astype(np.float32, copy=False)
 
 
 # ------------------------------------------------------------------------------ series rules

@@ -42,8 +42,6 @@ import dataclasses
 import functools
 import logging
 import math
-import os
-import pathlib
 import sys
 from typing import Any, Iterator, Optional
 
@@ -52,27 +50,14 @@ import numpy as np
 
 from ctjax import errors
 from ctjax.data import cache, datasets, sampling
+# Re-exported: callers configure and prepare data through the pipeline module.
+from ctjax.data.cache import (DEFAULTS, _get, data_option, ensure_cache,  # noqa: F401
+                              resolve_root)
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "layout": "phantom", "root": "", "cache_dir": "", "image_size": 256, "num_slices": 28,
-    "windows": "rsna3", "num_folds": 5, "fold": 0, "split_seed": 0, "num_workers": 0,
-    "prefetch": 2, "lenient": False, "max_boxes": 8, "eval_batch_size": 0,
-}
 AUGMENT_DEFAULTS = {"resample_slices": True, "hflip": 0.0}
-SYNTH_DEFAULTS = {"layout": "rsna", "num_scans": 24, "seed": 0, "size": 64}
 RECORDS = {"drct": "scan", "blend": "slice", "pretrain": "slice"}
-
-
-def _get(section, name: str, defaults: dict):
-  if section is not None and name in section:
-    return section[name]
-  return defaults[name]
-
-
-def data_option(config, name: str):
-  return _get(config.get("data"), name, DEFAULTS)
 
 
 def _augment(config, name: str):
@@ -105,50 +90,10 @@ def _task_kind(config) -> str:
   return task
 
 
-def resolve_root(config, workdir: Optional[str]) -> tuple[str, str]:
-  """(layout the adapters read, root folder); generates phantoms when asked and absent."""
-  layout = data_option(config, "layout")
-  root = data_option(config, "root")
-  if layout == "phantom":
-    if not root:
-      if not workdir:
-        raise errors.ConfigError("layout 'phantom' with data.root='' needs a workdir")
-      root = os.path.join(workdir, "data")
-    if not (pathlib.Path(root) / "manifest.json").is_file():
-      synth = config.data.get("synth") if "data" in config else None
-      opts = {k: _get(synth, k, SYNTH_DEFAULTS) for k in SYNTH_DEFAULTS}
-      try:
-        from ctjax.data import phantom
-      except ImportError as e:
-        raise errors.ConfigError("layout 'phantom' needs ctjax.data.phantom, which is not "
-                                 f"importable ({e})") from e
-      log.info("generating phantom data set %s into %s", opts, root)
-      phantom.write_dataset(root, layout=opts["layout"], num_scans=int(opts["num_scans"]),
-                            seed=int(opts["seed"]), size=int(opts["size"]))
-  elif not root:
-    raise errors.ConfigError(f"config.data.root is empty for layout {layout!r}")
-  return layout, str(root)
-
-
-def ensure_cache(config, workdir: Optional[str] = None, *, progress: bool = True
-                 ) -> pathlib.Path:
-  """The complete cache folder for `config` (prepared now when absent or unfinished)."""
-  layout, root = resolve_root(config, workdir)
-  size = int(data_option(config, "image_size"))
-  lenient = bool(data_option(config, "lenient"))
-  path = cache.cache_path(data_option(config, "cache_dir"), layout, root, size, lenient)
-  if not cache.is_complete(path):
-    ds = datasets.load(layout, root)
-    cache.prepare(ds, path, image_size=size, lenient=lenient,
-                  num_workers=int(data_option(config, "num_workers")), progress=progress,
-                  options={"layout": layout, "root": root, "image_size": size})
-  return path
-
-
 def build_splits(config, workdir: Optional[str] = None) -> Splits:
   """Cache (prepared if needed) → k-fold-by-patient splits of `CacheSource`s."""
   kind = _task_kind(config)
-  path = ensure_cache(config, workdir)
+  path = cache.ensure_cache(config, workdir)
   scans = cache.CachedScans(path)
   idx = datasets.split_indices([s.patient_id for s in scans.scans],
                                num_folds=int(data_option(config, "num_folds")),

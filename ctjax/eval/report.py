@@ -22,7 +22,6 @@ import datetime as _dt
 import html
 import io
 import logging
-import math
 import os
 import pathlib
 import time
@@ -107,7 +106,7 @@ def _resize(pixels: np.ndarray, longest: int) -> np.ndarray:
 
 
 def heat_overlay(highlight: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-  """Highlight map [h, w] in [0, 1] → RGBA uint8 [H, W, 4]: colour map, alpha rising with value."""
+  """Highlight map [h, w] in [0, 1] → RGBA uint8 [H, W, 4]: colour map, alpha rising with it."""
   import matplotlib  # local: the renderer's only matplotlib use
   hm = np.clip(np.nan_to_num(np.asarray(highlight, np.float32)), 0.0, 1.0)
   hm = np.asarray(Image.fromarray(hm).resize((size_hw[1], size_hw[0]),
@@ -181,7 +180,8 @@ def render_report_html(images: np.ndarray, attention: np.ndarray, highlight: np.
     thumbs.append(
         f'<figure class="thumb{" key" if key else ""}" data-slice="{i}" '
         f'title="sampled slice {i + 1} (source slice {int(src[i]) + 1}), attention '
-        f'{attention[i]:.4f}"><img alt="slice {i + 1}" src="{_png_data_uri(_resize(pix[i], THUMB_PX))}">'
+        f'{attention[i]:.4f}"><img alt="slice {i + 1}" '
+        f'src="{_png_data_uri(_resize(pix[i], THUMB_PX))}">'
         f'{badge}</figure>')
   ticks = "".join(f'<span>{i + 1}</span>' for i in range(m))
 
@@ -213,7 +213,8 @@ def render_report_html(images: np.ndarray, attention: np.ndarray, highlight: np.
         f'<td>{"above threshold" if p.above else "below threshold"}</td></tr>')
 
   pv = provenance
-  spacing = " × ".join(f"{float(s):.3g}" for s in pv.spacing_mm) + " mm" if pv.spacing_mm else "—"
+  spacing = (" × ".join(f"{float(s):.3g}" for s in pv.spacing_mm) + " mm") if pv.spacing_mm \
+      else "—"
   scan_rows = [
       ("Scan folder", pv.scan_path), ("Series instance UID", pv.series_uid),
       ("Study instance UID", pv.study_uid),
@@ -499,8 +500,9 @@ def report_for_scan(lm: LoadedModel, scan_dir: str | os.PathLike, out_path: str 
         str(int(i) + 1) for i in sorted(out["key_indices"][0]))
   if volume.notes:
     extra["Reader notes"] = "; ".join(volume.notes)
-  if volume.skipped:
-    extra["Skipped files"] = f"{len(volume.skipped)} (e.g. {volume.skipped[0].path})"
+  skipped = [k for k in volume.skipped if not k.reason.startswith("other series")]
+  if skipped:   # files of the other series of a flat folder are not news
+    extra["Skipped files"] = f"{len(skipped)} (e.g. {skipped[0].path}: {skipped[0].reason})"
   prov = Provenance(
       scan_path=os.fspath(scan_dir), series_uid=volume.series_uid,
       study_uid=volume.header.get("StudyInstanceUID", ""), num_source_slices=volume.num_slices,
@@ -536,8 +538,9 @@ def find_series(folder: str | os.PathLike, exclude: Optional[str | os.PathLike] 
                 ) -> list[tuple[str, Optional[str]]]:
   """(folder, series UID or None) for every folder under `folder` that directly holds files.
 
-  A folder with several series (RSNA's flat layout) gives one entry per series; a folder with
-  files but no DICOM series gives (folder, None), which reports as a failure naming it.
+  A folder with several series (RSNA's flat layout) gives one entry per series; a leaf folder
+  with files but no DICOM series gives (folder, None), which reports as a failure naming it; a
+  folder with subfolders and no series of its own (a data set root with its CSV) is skipped.
   """
   from ctjax.data.dicom import list_series
   from ctjax.errors import CTDataError
@@ -558,8 +561,9 @@ def find_series(folder: str | os.PathLike, exclude: Optional[str | os.PathLike] 
       series = []
     if len(series) > 1:
       out += [(os.fspath(d), s.series_uid) for s in series]
-    else:
+    elif series or not any(p.is_dir() and not p.name.startswith(".") for p in d.iterdir()):
       out.append((os.fspath(d), None))
+    # else: a container folder whose files are metadata (manifest.json, labels CSV): skipped.
   return out
 
 
@@ -599,13 +603,15 @@ def render_index_html(results: Sequence[ReportResult | ReportFailure],
   rows = []
   for r in results:
     if isinstance(r, ReportFailure):
-      rows.append(f'<tr class="failed"><td>{esc(r.scan_path)}</td><td>{esc(r.series_uid) or "—"}'
+      rows.append(f'<tr class="failed"><td class="path">{esc(r.scan_path)}</td>'
+                  f'<td class="uid">{esc(r.series_uid) or "—"}'
                   f'</td><td colspan="4">not reported: {esc(r.message)}</td></tr>')
       continue
     link = os.path.relpath(r.out_path, out_dir)
     above = [f"{p.name} {p.probability:.2f}" for p in r.predictions if p.above]
     rows.append(
-        f'<tr><td><a href="{esc(link)}">{esc(r.scan_path)}</a></td><td>{esc(r.series_uid)}</td>'
+        f'<tr><td><a href="{esc(link)}">{esc(pathlib.Path(r.out_path).stem)}</a>'
+        f'<div class="path">{esc(r.scan_path)}</div></td><td class="uid">{esc(r.series_uid)}</td>'
         f'<td class="num">{r.num_source_slices}</td>'
         f'<td>{esc(", ".join(above)) or "none"}</td>'
         f'<td>{esc(", ".join(str(i + 1) for i in r.key_slices))}</td>'
@@ -618,7 +624,10 @@ def render_index_html(results: Sequence[ReportResult | ReportFailure],
 _INDEX = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
 <title>Head CT key-slice reports</title><style>{css}
-.index td{{font-size:13px;overflow-wrap:anywhere}} tr.failed td{{color:#b02a1a}}
+.index td{{font-size:13px}} .index .uid,.index .path{{overflow-wrap:anywhere}}
+.index .uid{{width:24%;font-size:12px;color:#5b6475}}
+.index div.path{{font-size:11.5px;color:#5b6475}}
+.index th{{font-size:12px;color:#5b6475;font-weight:600}} tr.failed td{{color:#b02a1a}}
 td.num{{text-align:right;white-space:nowrap}}</style></head><body>
 <header><h1>Head CT key-slice reports</h1><div class="sub">{ok} reported, {failed} failed</div>
 </header><main><div class="disclaimer"><b>{disclaimer}</b></div>

@@ -64,11 +64,17 @@ class PrimaryNetwork(nn.Module):
   fc_widths: Sequence[int]
   dropout_rate: float
   feature_attention_rescale: bool = False
+  feature_norm: str = "none"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, z: jax.Array, *, train: bool) -> dict[str, jax.Array]:
+    if self.feature_norm == "batchnorm":   # as the APS network's BN (V.B); not in V.A
+      z = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=jnp.float32,
+                       param_dtype=self.param_dtype, name="bn")(z.astype(jnp.float32))
+    elif self.feature_norm != "none":
+      raise ValueError(f"feature_norm={self.feature_norm!r}; expected 'none' or 'batchnorm'")
     x, fw = FeatureAttention(rescale=self.feature_attention_rescale)(z)
     y = DependencyLearning(self.gru_hidden, self.seq_dim, self.seq_activation, dtype=self.dtype,
                            param_dtype=self.param_dtype, name="dependencies")(x)
@@ -128,6 +134,7 @@ class DrCT(nn.Module):
   aps: bool = True
   freeze_backbone: bool = True
   feature_attention_rescale: bool = False
+  feature_norm: str = "none"
   gru_hidden: int = 256
   seq_dim: int = 256
   seq_activation: str = "tanh"
@@ -167,6 +174,7 @@ class DrCT(nn.Module):
                dropout_rate=self.dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype)
     primary = PrimaryNetwork(self.num_labels,
                              feature_attention_rescale=self.feature_attention_rescale,
+                             feature_norm=self.feature_norm,
                              name="primary", **seq)(pooled, train=train)
     fw, sw = primary["feature_attention"], primary["slice_attention"]
     # The "highlighted area": feature-attention-weighted sum of the last conv block, ReLU,

@@ -59,13 +59,13 @@ def evaluators(config: ml_collections.ConfigDict, steps_per_epoch: int = 1
 
   Two forms: named sub-dicts (`evals.val = {split, every_steps | every_epochs}`), or one flat
   evaluator (`evals.split`, `evals.every_steps | every_epochs` next to task options such as
-  `evals.threshold`) named after its split. `every_* <= 0`: only at the end. Default: "val" at
-  the end.
+  `evals.threshold`) named after its split. `every_* == 0`: only at the end; `every_steps < 0`:
+  never (smoke runs, benchmarks). Default: "val" at the end.
   """
   def period(spec) -> int:
     steps = int(spec.get("every_steps", 0) or 0)
     epochs = float(spec.get("every_epochs", 0) or 0)
-    if steps <= 0 and epochs > 0:
+    if steps == 0 and epochs > 0:
       steps = max(1, int(round(epochs * steps_per_epoch)))
     return steps
 
@@ -183,7 +183,10 @@ def _setup(config, workdir, task, data, mesh):
   num_train = len(splits["train"])
   global_batch = int(config.train.batch_size)
   parallel.local_batch_size(global_batch, mesh)   # divisibility check
-  steps_per_epoch = max(1, num_train // global_batch)
+  if hasattr(data, "steps_per_epoch"):   # the pipeline knows its per-process sharding.
+    steps_per_epoch = max(1, int(data.steps_per_epoch(config, splits, jax.process_count())))
+  else:
+    steps_per_epoch = max(1, num_train // global_batch)
   tx = task.make_optimizer(config, steps_per_epoch)
   repl = parallel.replicated(mesh)
 
@@ -247,6 +250,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   def run_evals(step: int, at_end: bool) -> None:
     for name, spec in evals.items():
+      if spec["every_steps"] < 0:
+        continue
       due = spec["every_steps"] > 0 and step % spec["every_steps"] == 0
       if not (due or at_end):
         continue

@@ -50,10 +50,13 @@ def demo_inputs(seed: int = 3, m: int = 28, feat: int = 14):
   preds = [report.Prediction(n, p, 0.5) for n, p in probs.items()]
   prov = report.Provenance(
       scan_path="phantom/rsna/stage_2_train (series of 40 slices)",
-      series_uid="1.2.826.0.1.3680043.8.498.10253412871629382711", study_uid="1.2.826.0.1.3680043.8.498.77",
+      series_uid="1.2.826.0.1.3680043.8.498.10253412871629382711",
+      study_uid="1.2.826.0.1.3680043.8.498.77",
       num_source_slices=hu.shape[0], slice_index=[int(i) for i in idx],
-      spacing_mm=(truth["thickness"], truth["pixel_spacing"], truth["pixel_spacing"]), source_shape=hu.shape,
-      model_windows=report.describe_windows("rsna3"), display_window=report.describe_windows("brain"),
+      spacing_mm=(truth["thickness"], truth["pixel_spacing"], truth["pixel_spacing"]),
+      source_shape=hu.shape,
+      model_windows=report.describe_windows("rsna3"),
+      display_window=report.describe_windows("brain"),
       model_input=f"{m} × 224 × 224 HU → 224 px", config_name="configs/drct2_phantom.py",
       model_name="DrCT2 (vgg16 backbone)", checkpoint_step=1200, workdir="runs/drct2_phantom",
       report_seconds=0.84, created="(synthetic demo: attention and maps are not model outputs)")
@@ -69,7 +72,8 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     html = pathlib.Path(args.html or pathlib.Path(tmp) / "report.html")
     html.write_text(page, encoding="utf-8")
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                    "--hide-scrollbars",
                     f"--user-data-dir={tmp}/profile", "--window-size=1280,1720",
                     f"--screenshot={args.out}", html.resolve().as_uri()],
                    check=True, capture_output=True, timeout=120)

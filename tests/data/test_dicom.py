@@ -10,6 +10,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ctjax import errors
 from ctjax.data import dicom
@@ -222,7 +223,7 @@ def test_missing_positions_fall_back_to_instance_number_and_say_so(tmp_path):
   assert vol.ordered_by == "instance_number" and "InstanceNumber" in vol.notes[0]
 
 
-def test_rsna_ids_and_sign_fix_without_warnings(tmp_path):
+def test_rsna_ids_and_sign_fix_without_warnings(tmp_path, caplog):
   hu = np.array([[-1000, -20], [40, 3000]] * 16, np.float64).repeat(16, axis=1)
   p = write_slice(tmp_path / "ID_0a1b2c.dcm", hu, sop_uid="ID_0a1b2c", series_uid="ID_ser1",
                   patient_id="ID_pat")
@@ -232,9 +233,11 @@ def test_rsna_ids_and_sign_fix_without_warnings(tmp_path):
   ds.RescaleIntercept = 0
   ds.PixelData = stored.tobytes()
   ds.save_as(p)
+  caplog.clear()
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     vol = dicom.read_series(tmp_path)
+  assert not [r for r in caplog.records if r.name.startswith("pydicom")]   # no log flood
   assert vol.sop_uids == ["ID_0a1b2c"] and vol.series_uid == "ID_ser1"
   np.testing.assert_array_equal(vol.hu[0], hu.astype(np.float32))
   assert any("RSNA" in n for n in vol.notes)
@@ -256,3 +259,69 @@ def test_memory_bound_before_decoding(tmp_path):
   p = write_slice(tmp_path / "a.dcm", np.zeros((32, 32)))
   with pytest.raises(errors.UnsupportedDicomError, match="bound"):
     dicom.read_series([p], max_pixels=100)
+
+
+def test_j2k_compressed_ct_matches_pydicom():
+  path = get_testdata_file("693_J2KI.dcm")
+  vol = dicom.read_series([path], clip_hu=False)
+  np.testing.assert_array_equal(vol.hu[0], _reference_hu(path, clip=False).astype(np.float32))
+
+
+def test_orthogonal_localizer_in_axial_series_is_dropped(tmp_path):
+  ref = ramp_volume(4)
+  write_series(tmp_path, ref)
+  write_slice(tmp_path / "scout.dcm", np.zeros((32, 32)), position=(0, 0, 7.0),
+              orientation=(1, 0, 0, 0, 0, -1), instance=0)   # coronal, same series UID
+  vol = dicom.read_series(tmp_path)
+  np.testing.assert_array_equal(vol.hu, ref.astype(np.float32))
+  assert [os.path.basename(s.path) for s in vol.skipped] == ["scout.dcm"]
+  assert "orientation" in vol.skipped[0].reason
+
+
+def test_single_slice_and_spacing_change(tmp_path):
+  vol = dicom.read_series([write_slice(tmp_path / "one.dcm", np.zeros((32, 32)))])
+  assert vol.num_slices == 1 and vol.spacing[0] == 5.0 and "single slice" in vol.notes
+  write_series(tmp_path / "s", ramp_volume(3))
+  write_slice(tmp_path / "s" / "x.dcm", np.zeros((32, 32)), position=(0, 0, 50.0),
+              pixel_spacing=(0.7, 0.7))
+  with pytest.raises(errors.InconsistentSeriesError, match="pixel spacing"):
+    dicom.read_series(tmp_path / "s")
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_corrupted_files_only_raise_typed_errors(tmp_path, data):
+  """Truncation or byte flips anywhere in a real file: a result or a CTDataError, nothing else."""
+  raw = bytearray(pathlib.Path(get_testdata_file("CT_small.dcm")).read_bytes())
+  if data.draw(st.booleans()):
+    raw = raw[:data.draw(st.integers(0, len(raw) - 1))]
+  else:
+    for _ in range(data.draw(st.integers(1, 8))):
+      raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+  path = tmp_path / "x.dcm"
+  path.write_bytes(bytes(raw))
+  try:
+    vol = dicom.read_series([path])
+  except errors.CTDataError as e:
+    assert e.path is not None
+  else:
+    assert vol.hu.shape == (1, 128, 128) and vol.hu.dtype == np.float32
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**16), spacing=st.floats(0.5, 6.0), n=st.integers(2, 6))
+def test_order_recovered_for_any_orientation_and_file_order(tmp_path, seed, spacing, n):
+  rng = np.random.default_rng(seed)
+  q, _ = np.linalg.qr(rng.normal(size=(3, 3)))        # random rotation: rows = row, col dirs
+  orientation = tuple(q[0]) + tuple(q[1])
+  ref = ramp_volume(n, 16)
+  folder = tmp_path / f"s{seed}_{n}_{spacing:.3f}"
+  names = [f"f{k}.dcm" for k in rng.permutation(n)]
+  write_series(folder, ref, orientation=orientation, spacing=spacing, names=names,
+               instances=list(rng.permutation(n) + 1), origin=tuple(rng.normal(size=3) * 50))
+  vol = dicom.read_series(folder)
+  np.testing.assert_array_equal(vol.hu, ref.astype(np.float32))
+  np.testing.assert_allclose(vol.spacing[0], spacing, rtol=1e-4)
+  assert vol.tilt_deg < 0.01

@@ -10,7 +10,7 @@ import pytest
 
 from configs.common import base_config
 from ctjax import errors
-from ctjax.data import cache, pipeline, sampling
+from ctjax.data import pipeline, sampling
 from ctdicom_helpers import write_blend_tree, write_rsna_tree
 
 
@@ -213,3 +213,21 @@ def test_config_errors(rsna):
   config.task = "nope"
   with pytest.raises(errors.ConfigError):
     pipeline.build_splits(config)
+
+
+@pytest.mark.slow   # ~25 s on 2 shared cores: Grain starts worker processes
+def test_worker_processes_give_the_same_batches(rsna):
+  """Grain mp_prefetch workers: same batches as in-process, and the state still restores."""
+  config, splits = rsna
+  config = config.copy_and_resolve_references()
+  want = _take(pipeline.train_iterator(config, splits, seed=5), 4)
+  config.data.num_workers = 2
+  it = pipeline.train_iterator(config, splits, seed=5)
+  got = _take(it, 2)
+  state = it.get_state()
+  it2 = pipeline.train_iterator(config, splits, seed=5)
+  it2.set_state(state)
+  got += _take(it2, 2)
+  for x, y in zip(want, got):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])

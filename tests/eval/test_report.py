@@ -8,6 +8,7 @@ import pathlib
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -202,8 +203,6 @@ def test_report_in_headless_chromium(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # The model-running glue, with a tiny random-initialised DrCT2 (no training, no checkpoint).
 
-import sys  # noqa: E402
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "data"))
 import ctdicom_helpers  # noqa: E402  (engineer A's DICOM writer for tests)
 
@@ -293,3 +292,17 @@ def test_batch_mode_writes_index_and_records_failures(tiny_model, tmp_path):
   links = [a["href"] for t, a in _parse(index).tags if t == "a"]
   assert len(links) == 2 and all((tmp_path / "out" / h).exists() for h in links)
   assert "1 failed" in index
+
+
+def test_find_series_splits_flat_folders_and_skips_container_files(tmp_path):
+  ctdicom_helpers.write_series(tmp_path / "root" / "flat", np.zeros((3, 8, 8)), series_uid="1.1",
+                               names=["a1.dcm", "a2.dcm", "a3.dcm"])
+  ctdicom_helpers.write_series(tmp_path / "root" / "flat", np.zeros((2, 8, 8)), series_uid="1.2",
+                               names=["b1.dcm", "b2.dcm"])
+  (tmp_path / "root" / "labels.csv").write_text("id,label\n")
+  (tmp_path / "root" / "leaf").mkdir()
+  (tmp_path / "root" / "leaf" / "notes.txt").write_text("x")
+  found = report.find_series(tmp_path / "root")
+  names = [(pathlib.Path(p).name, uid) for p, uid in found]
+  assert sorted(names, key=str) == sorted([("flat", "1.1"), ("flat", "1.2"), ("leaf", None)],
+                                          key=str)

@@ -149,3 +149,13 @@ def test_bf16_compute_float32_params_and_outputs(x):
   for k in ("logits", "logits_aps", "slice_attention", "feature_attention"):
     assert out[k].dtype == jnp.float32, k
   assert np.isfinite(np.asarray(out["logits"])).all()
+
+
+def test_primary_feature_batchnorm_option(x):
+  model = small(aps=False, feature_norm="batchnorm", feature_attention_rescale=True)
+  v = init(model, x)
+  assert "bn" in v["params"]["primary"] and "bn" in v["batch_stats"]["primary"]
+  out, upd = model.apply(v, x, train=True, rngs={"dropout": jax.random.key(0)},
+                         mutable=["batch_stats"])
+  assert not np.allclose(np.asarray(upd["batch_stats"]["primary"]["bn"]["mean"]), 0)
+  np.testing.assert_allclose(np.asarray(out["feature_attention"].sum(-1)), 1.0, rtol=1e-5)

@@ -56,7 +56,7 @@ def test_two_processes_match_one_process(reference_run, tmp_path):
   """2 processes × 2 CPU devices (jax.distributed on localhost, gloo) give the losses of the
   1 process × 4 devices reference run for the first 3 steps."""
   ref_dir, _, _ = reference_run
-  overrides = {"train.num_epochs": 1, "train.max_steps": 3, "evals.val.every_steps": 0,
+  overrides = {"train.num_epochs": 1, "train.max_steps": 3, "evals.val.every_steps": -1,
                "checkpoint.best_metric": "", "log.tensorboard": False}
   env = {k: v for k, v in os.environ.items() if not k.startswith("CTJAX_")}
   address = f"127.0.0.1:{_free_port()}"

@@ -255,8 +255,9 @@ class BlendTask:
     if not path:
       return None
     table, present = load_soft_labels(path)
-    idx = jnp.clip(batch["example_index"].astype(jnp.int32), 0, table.shape[0] - 1)
-    inside = (batch["example_index"] < table.shape[0]).astype(jnp.float32)
+    raw = batch["example_index"].astype(jnp.int32)     # -1 on padding examples
+    idx = jnp.clip(raw, 0, table.shape[0] - 1)
+    inside = ((raw >= 0) & (raw < table.shape[0])).astype(jnp.float32)
     return jnp.asarray(table)[idx], jnp.asarray(present, jnp.float32)[idx] * inside
 
   def predict(self, model, variables, batch, config):

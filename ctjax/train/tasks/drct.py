@@ -68,6 +68,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if pw and len(pw) != len(config.data.labels):
     raise ConfigError(f"config.loss.pos_weight has {len(pw)} values; expected one per label "
                       f"({len(config.data.labels)}) or none")
+  if mc.feature_norm not in ("none", "batchnorm"):
+    raise ConfigError(f"config.model.feature_norm={mc.feature_norm!r}; expected none|batchnorm")
   if not 0.0 <= mc.dropout < 1.0:
     raise ConfigError(f"config.model.dropout={mc.dropout} must be in [0, 1)")
 
@@ -155,6 +157,7 @@ class DrCTTask:
     return DrCT(backbone=backbone, num_labels=len(config.data.labels),
                 aps=mc.variant == "drct2", freeze_backbone=mc.freeze_backbone,
                 feature_attention_rescale=mc.feature_attention_rescale,
+                feature_norm=mc.feature_norm,
                 gru_hidden=mc.gru_hidden, seq_dim=mc.seq_dim, seq_activation=mc.seq_activation,
                 fc_widths=tuple(mc.fc_widths), dropout_rate=mc.dropout, mkey=mc.mkey,
                 selection=mc.selection, aps_size=mc.aps_size, aps_source=mc.aps_source,
