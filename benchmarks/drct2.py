@@ -294,6 +294,8 @@ def run(ctx: Context) -> list[Record]:
   for dtype in dtypes:
     if "infer" in figures:
       records += _guard(ctx, f"drct2/infer/{dtype}", infer_model, ctx, dtype)
+  if "breakdown" in figures:
+    records += _guard(ctx, "drct2/breakdown", breakdown, ctx, "float32")
   if "train" in figures:
     records += _guard(ctx, "drct2/train_step", train_step, ctx, "float32")
   if "data" in figures:
@@ -314,3 +316,40 @@ def _guard(ctx: Context, name: str, fn, *args) -> list[Record]:
     log.warning("skipped %s: %s: %s", name, type(e).__name__, e)
     ctx.skipped[name] = f"{type(e).__name__}: {e}"
     return []
+
+
+def breakdown(ctx: Context, dtype: str = "float32") -> list[Record]:
+  """Where DrCT2 inference time goes: the VGG16 pass over the m primary slices, the pass over
+  the m_key zoomed slices, and everything else (windows, resize, GRUs, heads, highlight) as
+  the remainder of the full predict. Each part timed alone on the same batch size; a part far
+  from the FLOP floor is the one to profile (XLA dump / jax.profiler)."""
+  s = ctx.settings["drct"]
+  config = drct_config(ctx, dtype=dtype)
+  bs = s["infer_batch"]
+  m = common.build_ctjax(config)
+  variables = m.variables
+  batch = common.to_device(make_batch(config, bs))
+  backbone = m.model.backbone
+  bb_vars = {"params": variables["params"]["backbone"]}
+  peak = ctx.peak(dtype)
+  out = []
+  parts = {"primary_vgg": (bs * config.data.num_slices, config.model.primary_size),
+           "aps_vgg": (bs * config.model.mkey, config.model.aps_size)}
+  t_parts = 0.0
+  for name, (n, size) in parts.items():
+    x = jnp.zeros((n, size, size, 3), jnp.dtype(dtype))
+    fn = jax.jit(lambda v, x: backbone.apply(v, x)["pooled"])
+    flops = common.xla_flops(fn, bb_vars, x)
+    t = ctx.time(lambda: fn(bb_vars, x))
+    t_parts += t.median
+    out.append(common.speed_record(f"drct2/breakdown/{name}", seconds=t.median, items=n,
+                                   unit="slices/s", flops=flops, peak=peak, size=size))
+  flops = common.xla_flops(m.predict, variables, batch)
+  t = ctx.time(lambda: m.predict(variables, batch))
+  rest = max(t.median - t_parts, 1e-9)
+  out.append(common.Record("drct2/breakdown/rest_fraction", ctx.device or common.device_name(),
+                           rest / t.median, "fraction",
+                           details=dict(predict_s=t.median, backbone_parts_s=t_parts,
+                                        predict_flops=flops,
+                                        load_average=common.load_average())))
+  return out

@@ -63,26 +63,22 @@ def feed(ctx: Context) -> list[Record]:
 
 
 def engineer_a_figures(ctx: Context) -> list[Record]:
-  """A's decode and cache→device figures, through the functions A's module exposes."""
+  """A's figures (decode slices/s per core, DICOM→example, prepare, cache→batches, shuffle),
+  by calling `benchmarks.input_pipeline.run` with this preset's sizes."""
+  import argparse
   from benchmarks import input_pipeline as ip   # engineer A (issue 2)
-  records = []
-  d = ctx.settings["data"]
-  config, root = _phantom_config(ctx)
-  if hasattr(ip, "decode_throughput"):
-    res = ip.decode_throughput(root)
-    sps = float(res["slices_per_s"] if isinstance(res, dict) else res)
-    per_core = sps / max(1, (res.get("workers", 1) if isinstance(res, dict) else 1))
-    records.append(common.Record("pipeline/dicom_decode_per_core", ctx.device, per_core,
-                                 "slices/s", details=dict(raw=res, size=d["size"],
-                                                          load_average=common.load_average())))
-  if hasattr(ip, "cache_to_device_throughput"):
-    res = ip.cache_to_device_throughput(config, ctx.workdir)
-    sps = float(res["scans_per_s"] if isinstance(res, dict) else res)
-    records.append(common.Record("pipeline/cache_to_device", ctx.device, sps, "scans/s",
-                                 details=dict(raw=res, load_average=common.load_average())))
-  if not records:
-    raise AttributeError("benchmarks.input_pipeline exposes neither decode_throughput nor "
-                         f"cache_to_device_throughput (has: {sorted(dir(ip))[:20]})")
+  d, s = ctx.settings["data"], ctx.settings["drct"]
+  args = argparse.Namespace(
+      scans=d["num_scans"], size=d["size"], gen_scans=1, image_size=s["image_size"],
+      slices=s["num_slices"], batch=s["train_batch"], slice_batch=d.get("slice_batch", 16),
+      num_batches=d.get("num_batches", 5), workers=list(d.get("workers", (0,))),
+      workdir=str(ctx.workdir / f"input_pipeline_{d['size']}"))
+  records, summary = ip.run(args)
+  for r in records:
+    r.name = "pipeline/" + r.name.replace(" ", "_")
+    r.details.setdefault("load_average", common.load_average())
+  if records:
+    records[-1].details["input_pipeline_summary"] = summary
   return records
 
 

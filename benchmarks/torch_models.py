@@ -381,11 +381,23 @@ def relative_error(a, b) -> float:
   return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
+def run_once(fn, *args):
+  """jit + run `fn(*args)` once with XLA's backend optimisation off (half the CPU compile time;
+  the arithmetic is unchanged) — for tests and one-shot checks, not for timing."""
+  import jax  # pylint: disable=g-import-not-at-top
+  compiled = jax.jit(fn).lower(*args).compile(
+      compiler_options={"xla_backend_optimization_level": 0})
+  return compiled(*args)
+
+
 def compare_with_torch(arch: str, *, width: float = 1.0, size: int = 224, batch: int = 1,
-                       seed: int = 0, dtype=None, include_fc: bool = True) -> dict:
+                       seed: int = 0, dtype=None, include_fc: bool = True,
+                       fast_compile: bool = True) -> dict:
   """Random torchvision-named weights → convert → ctjax forward; relative error per output.
 
   Used by tests/models/ (parity ≤ 1e-4 in float32) and as a benchmark sanity check.
+  `fast_compile` lowers XLA's backend optimisation level: on CPU it halves compile time, which
+  dominates these one-shot forwards, and does not change the arithmetic being checked.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -402,5 +414,7 @@ def compare_with_torch(arch: str, *, width: float = 1.0, size: int = 224, batch:
   ref = reference_outputs(model, arch, x, include_fc)
   net = weights.build_backbone(arch, width=width, include_fc=include_fc,
                                dtype=dtype or jnp.float32)
-  out = jax.jit(lambda v, x: net.apply(v, x))(variables, x)
+  compiled = jax.jit(net.apply).lower(variables, x).compile(
+      compiler_options={"xla_backend_optimization_level": 0} if fast_compile else None)
+  out = compiled(variables, x)
   return {k: relative_error(np.asarray(out[k], np.float32), ref[k]) for k in ref}

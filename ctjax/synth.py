@@ -25,6 +25,8 @@ def main(argv=None) -> int:
   p.add_argument("--difficult-fraction", type=float, default=None)
   p.add_argument("--reader-disagreement", type=float, default=None)
   p.add_argument("--slices", default="", help="slice-count range lo,hi (default per layout)")
+  p.add_argument("--workers", type=int, default=None,
+                 help="worker processes (default min(cpus, 4); 0 = in-process)")
   p.add_argument("--montage", default="", help="also write a montage PNG here")
   p.add_argument("--montage-size", type=int, default=256)
   args = p.parse_args(argv)
@@ -45,10 +47,12 @@ def main(argv=None) -> int:
       raise CTJaxError("give --out DIR (and/or --montage PNG)")
     if args.out:
       path = phantom.write_dataset(args.out, layout=args.layout, num_scans=args.scans,
-                                   seed=args.seed, size=args.size, **opts)
+                                   seed=args.seed, size=args.size,
+                                   num_workers=args.workers, **opts)
       t = json.loads(path.read_text())["timing"]
-      print(f"wrote {path} ({args.scans} scans, {t['slices']} slices, {t['seconds']:.1f}s, "
-            f"{t['slices_per_s']:.0f} slices/s)")
+      print(f"wrote {path} ({args.scans} scans, {t['slices']} slices, {t['seconds']:.1f}s wall, "
+            f"{t['cpu_seconds']:.1f} CPU-s, {t['num_workers']} workers: {t['slices_per_s']:.0f} "
+            f"slices/s wall, {t['slices_per_cpu_s']:.0f} slices/CPU-s)")
     if args.montage:
       print(f"wrote {phantom.write_montage(args.montage, seed=args.seed, size=args.montage_size)}")
   except (CTJaxError, ValueError) as e:

@@ -221,7 +221,11 @@ def prepare(dataset, out, *, image_size: int, num_workers: int = 0,
   spawned processes; 0 runs in-process.
   """
   out = pathlib.Path(out)
-  out.mkdir(parents=True, exist_ok=True)
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise errors.ConfigError(f"cannot create the cache folder {out} ({e}); set "
+                             "config.data.cache_dir to a writable folder") from e
   scans = sorted(dataset.scans, key=lambda r: r.scan_id)
   chunks = [scans[i:i + scans_per_shard] for i in range(0, len(scans), scans_per_shard)]
   jobs = []
@@ -355,8 +359,10 @@ class CacheSource:
     self.record = record
     self.labels = scans.labels
     if record == "slice":
-      pairs = [(int(i), k) for i in self.indices for k in range(scans.scans[i].num_slices)]
-      self._slices = np.asarray(pairs, np.int64).reshape(-1, 2)
+      counts = np.asarray([scans.scans[i].num_slices for i in self.indices], np.int64)
+      scan = np.repeat(self.indices, counts)
+      starts = np.repeat(np.cumsum(counts) - counts, counts)
+      self._slices = np.stack([scan, np.arange(len(scan)) - starts], -1).astype(np.int64)
 
   def __len__(self) -> int:
     return len(self.indices) if self.record == "scan" else len(self._slices)

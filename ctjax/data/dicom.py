@@ -551,13 +551,13 @@ def _read_series(path_or_files, *, series_uid, lenient, clip_hu, max_pixels,
     ordered_by = "file_order"
     notes.append("positions and InstanceNumber missing: slices kept in file-name order")
   headers = [headers[i] for i in order]
-  if depth is not None:
-    depth = depth[order]
+  depth = None if depth is None else depth[order]
+  if len(headers) > 1:
     keep = [0]
     seen_uids = {headers[0].sop_uid}
     for i in range(1, len(headers)):
-      dup_uid = headers[i].sop_uid and headers[i].sop_uid in seen_uids
-      dup_pos = abs(depth[i] - depth[keep[-1]]) < 1e-3
+      dup_uid = bool(headers[i].sop_uid) and headers[i].sop_uid in seen_uids
+      dup_pos = depth is not None and abs(depth[i] - depth[keep[-1]]) < 1e-3
       if dup_uid or dup_pos:
         skipped.append(Skip(headers[i].path,
                             "duplicate SOPInstanceUID" if dup_uid else
@@ -567,7 +567,7 @@ def _read_series(path_or_files, *, series_uid, lenient, clip_hu, max_pixels,
       keep.append(i)
       seen_uids.add(headers[i].sop_uid)
     headers = [headers[i] for i in keep]
-    depth = depth[keep]
+    depth = None if depth is None else depth[keep]
 
   s, h0 = len(headers), headers[0]
   if s * h0.rows * h0.columns > max_voxels:

@@ -85,7 +85,8 @@ def generate_scan(rng: np.random.Generator, *, size: int = 512, num_slices: int 
   iph_params = {}
   for f in ("blend", "iph"):
     if f in findings:
-      iph_params[f] = pl.sample_iph(grid, rng, difficult=difficult and f == "iph")
+      iph_params[f] = pl.sample_iph(grid, rng, difficult=difficult and f == "iph",
+                                    blend=f == "blend")
   cause_side, cause_w = int(rng.choice([-1, 1])), 0.2 * g.semi_axes[2]
   if iph_params:
     p = next(iter(iph_params.values()))
@@ -120,6 +121,7 @@ def generate_scan(rng: np.random.Generator, *, size: int = 512, num_slices: int 
   for les in calcs + lesions:
     pl.composite(hu, les)
   del fields
+  hu = grid.paste(hu, pa.HU_AIR)
 
   if g.noise_sigma > 0:
     hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(g.noise_sigma)
@@ -134,7 +136,7 @@ def _truth(grid: pa.Grid, lesions: list, calcs: list, findings: list) -> dict:
   entries = []
   slice_class = [0] * S
   for les in lesions:
-    t = pl.truth_of(les)
+    t = pl.truth_of(les, offset=grid.offset)
     if not t["slices"]:
       continue
     if les.type in pl.BLEEDS:
@@ -160,7 +162,7 @@ def _truth(grid: pa.Grid, lesions: list, calcs: list, findings: list) -> dict:
     entries.append(dict(cause, type="mass_effect", blend=False, hu=[0.0, 0.0]))
   if cause is not None and "midline_shift" in findings and g.midline_shift:
     entries.append(_midline_truth(grid, cause))
-  calc_entries = [dict(pl.truth_of(c), blend=False) for c in calcs]
+  calc_entries = [dict(pl.truth_of(c, offset=grid.offset), blend=False) for c in calcs]
   return {
       "num_slices": S, "pixel_spacing": g.pixel_spacing, "thickness": g.thickness,
       "z": [float(z) for z in grid.z], "noise_sigma": g.noise_sigma,
@@ -545,15 +547,21 @@ def write_dataset(out_dir: PathLike, *, layout: str, num_scans: int, seed: int, 
   out.mkdir(parents=True, exist_ok=True)
   t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
   jobs = [(str(out), layout, seed, i, size, opts) for i in range(num_scans)]
+  results = None
   if workers > 1:
     import concurrent.futures
     import multiprocessing
     chunk = max(1, min(8, num_scans // (8 * workers)))
-    with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker) as pool:
-      results = list(pool.map(_make_scan, jobs, chunksize=chunk))
-  else:
+    try:
+      with concurrent.futures.ProcessPoolExecutor(
+          workers, mp_context=multiprocessing.get_context("spawn"),
+          initializer=_init_worker) as pool:
+        results = list(pool.map(_make_scan, jobs, chunksize=chunk))
+    except concurrent.futures.process.BrokenProcessPool as e:
+      # Typically a script without an `if __name__ == "__main__":` guard, which spawned workers
+      # re-run. Scans are pure functions of (seed, i): redo them all here.
+      log.warning("phantom worker processes failed (%s); generating in-process", e)
+  if results is None:
     workers = 0
     prev = _quiet_pydicom()
     try:

@@ -130,8 +130,25 @@ def bell(x):
   return 0.5 * (1.0 + np.cos(np.pi * x))
 
 
+def head_shape(g: Geometry, u, v):
+  """(phi, shape factor, squared normalised radius qa) of the skin outline in-plane [H,W]."""
+  A, B = g.semi_axes[0], g.semi_axes[1]
+  phi = np.arctan2(v, u)
+  a2, p2, a3, p3 = g.harmonics
+  shape = (1.0 + a2 * np.cos(2 * phi + p2) + a3 * np.cos(3 * phi + p3)).astype(F32)
+  # Occipital fullness: the head is wider behind than in front.
+  shape = shape * (1.0 - 0.04 * (v / B)).astype(F32)
+  qa = (u / (A * shape)) ** 2 + (v / (B * shape)) ** 2
+  return phi, shape, qa
+
+
 class Grid:
-  """Head-frame coordinates of the pixel grid, shared by anatomy and lesions."""
+  """Head-frame coordinates of the pixel grid, shared by anatomy and lesions.
+
+  Only the in-plane box around the head is rendered (about half the image: the rest is air),
+  rows r0:r1 and columns c0:c1 of the stored image; `offset` = (c0, r0) maps array indices back
+  to stored-image pixels.
+  """
 
   def __init__(self, g: Geometry):
     self.g = g
@@ -140,12 +157,30 @@ class Grid:
     x = idx[None, :] - g.center_xy[0]      # patient left
     y = idx[:, None] - g.center_xy[1]      # patient posterior
     ca, sa = math.cos(g.angle), math.sin(g.angle)
-    self.u = (ca * x - sa * (-y)).astype(F32)   # rotate (left, anterior) by angle
-    self.v = (sa * x + ca * (-y)).astype(F32)
-    self.u, self.v = np.broadcast_to(self.u, (n, n)).copy(), np.broadcast_to(self.v, (n, n)).copy()
+    u = (ca * x - sa * (-y)).astype(F32)   # rotate (left, anterior) by angle
+    v = (sa * x + ca * (-y)).astype(F32)
+    u, v = np.broadcast_to(u, (n, n)), np.broadcast_to(v, (n, n))
+    # Every slice's cross-section lies inside the w = 0 outline (qa <= 1); 2 px of margin keep
+    # the skin's partial-volume pixels in.
+    rows, cols = np.nonzero(head_shape(g, u, v)[2] <= 1.0)
+    if rows.size:
+      self.r0, self.r1 = max(0, int(rows.min()) - 2), min(n, int(rows.max()) + 3)
+      self.c0, self.c1 = max(0, int(cols.min()) - 2), min(n, int(cols.max()) + 3)
+    else:
+      self.r0, self.r1, self.c0, self.c1 = 0, n, 0, n
+    self.offset = (self.c0, self.r0)
+    self.u = u[self.r0:self.r1, self.c0:self.c1].copy()
+    self.v = v[self.r0:self.r1, self.c0:self.c1].copy()
     self.z = (g.z0 + np.arange(g.num_slices) * g.thickness).astype(F32)
     self.cz = float(g.cz)
     self.tan_pitch = F32(math.tan(g.pitch))
+
+  def paste(self, crop: np.ndarray, fill: float) -> np.ndarray:
+    """The full [S,size,size] volume holding `crop` [S,h,w] in its box and `fill` elsewhere."""
+    n = self.g.size
+    out = np.full((crop.shape[0], n, n), fill, crop.dtype)
+    out[:, self.r0:self.r1, self.c0:self.c1] = crop
+    return out
 
   def w(self, slices=slice(None)):
     """Superior coordinate [S,H,W] for the selected slices."""
@@ -248,12 +283,7 @@ def render_anatomy(grid: Grid, rng: np.random.Generator) -> tuple[np.ndarray, di
   pw = g.pixel_spacing
   u, v = grid.u, grid.v
   w = grid.w()
-  phi = np.arctan2(v, u)
-  a2, p2, a3, p3 = g.harmonics
-  shape = (1.0 + a2 * np.cos(2 * phi + p2) + a3 * np.cos(3 * phi + p3)).astype(F32)
-  # Occipital fullness: the head is wider behind than in front.
-  shape = shape * (1.0 - 0.04 * (v / B)).astype(F32)
-  qa = (u / (A * shape)) ** 2 + (v / (B * shape)) ** 2          # [H,W]
+  phi, shape, qa = head_shape(g, u, v)                           # [H,W]
   q = qa[None] + (w / C) ** 2
   rho = np.sqrt(q) + F32(1e-6)
   grad = np.sqrt(qa[None] * (1.0 / (0.5 * (A + B) * shape[None])) ** 2 + (w / C ** 2) ** 2) / rho
@@ -317,7 +347,8 @@ def render_anatomy(grid: Grid, rng: np.random.Generator) -> tuple[np.ndarray, di
   if g.compress_side:   # effaced sulci on the side of a mass
     sul_depth = np.where(du * g.compress_side > 0, 3.0, sul_depth)
   in_band = np.clip((sul_depth - d_brain) / 4.0, 0.0, 1.0)
-  pial = np.minimum(d_brain, np.where(in_band > 0, sul_dist - half * in_band, 1e3))
+  sulcal = np.where(in_band > 0, sul_dist - half * in_band, 1e3).astype(F32)   # mm to a sulcus
+  pial = np.minimum(d_brain, sulcal)
   sulcus = inside(-pial, pw) * brain
   grey = inside(g.cortex - pial, pw)
   hu_brain = (g.hu_white + (g.hu_grey - g.hu_white) * grey).astype(F32)
@@ -360,5 +391,5 @@ def render_anatomy(grid: Grid, rng: np.random.Generator) -> tuple[np.ndarray, di
   fields = dict(depth=depth, cavity=cavity.astype(F32), brain=(brain * above).astype(F32),
                 d_brain=d_brain, ventricle=(vent * brain * above).astype(F32),
                 sulcus=(sulcus * brain * above).astype(F32), midline=mid, t_inner=t5, t_skin=t2,
-                t_csf=t6, floor=floor, pial=pial.astype(F32), cavity_above=above, cisterns=(suprasellar * above).astype(F32), phi=phi)
+                t_csf=t6, floor=floor, pial=pial.astype(F32), sulcal=sulcal, cavity_above=above, cisterns=(suprasellar * above).astype(F32), phi=phi)
   return hu, fields

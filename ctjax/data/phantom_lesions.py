@@ -50,8 +50,13 @@ def slice_center_w(grid: pa.Grid, rng: np.random.Generator, w_lo: float, w_hi: f
   return float(zz[k] + rng.uniform(-0.2, 0.2) * grid.g.thickness)
 
 
-def sample_iph(grid: pa.Grid, rng: np.random.Generator, *, difficult: bool) -> dict:
-  """Centre, size and density of a parenchymal haematoma (mm, HU)."""
+def sample_iph(grid: pa.Grid, rng: np.random.Generator, *, difficult: bool,
+               blend: bool = False) -> dict:
+  """Centre, size and density of a parenchymal haematoma (mm, HU).
+
+  blend: the blend sign is a hyperacute finding (first hours), when perihaematomal oedema is
+  still thin and rarer, so its rim is drawn narrower than an older clot's.
+  """
   g = grid.g
   A, B, C = g.semi_axes
   site = rng.choice(["ganglia", "thalamus", "lobar", "lobar", "cerebellum"],
@@ -76,10 +81,11 @@ def sample_iph(grid: pa.Grid, rng: np.random.Generator, *, difficult: bool) -> d
     axes = (s * rng.uniform(0.7, 1.0), s * rng.uniform(0.8, 1.3),
             max(s * rng.uniform(0.7, 1.1), 3.2 * g.thickness))
   base = rng.uniform(58, 84)
+  oedema = (not difficult) and rng.random() < (0.35 if blend else 0.5)
   return dict(center=c, axes=axes, angle=rng.uniform(0, np.pi), lobes=rng.uniform(0, 0.15),
               lobe_phase=rng.uniform(0, 2 * np.pi), hu=base, side=int(side), site=str(site),
-              oedema=(not difficult) and rng.random() < 0.5, oedema_hu=rng.uniform(12, 20),
-              oedema_mm=rng.uniform(3, 8))
+              oedema=oedema, oedema_hu=rng.uniform(15, 22) if blend else rng.uniform(12, 20),
+              oedema_mm=rng.uniform(1.5, 3.5) if blend else rng.uniform(3, 8))
 
 
 def _blob(grid: pa.Grid, p: dict, grow: float = 0.0):
@@ -111,10 +117,10 @@ def render_iph(grid: pa.Grid, fields: dict, p: dict, rng: np.random.Generator, *
   les = Lesion("iph", idx, occ, hu, (lo, hi), side=p["side"])
   a = p["axes"]
   if blend or mimic in ("gradient", "low_contrast"):
-    # A second, hypodense compartment at the edge: sphere-ish cap of the haematoma.
+    # A second compartment, partly wrapped by the clot: a sphere off-centre inside it.
     ang = rng.uniform(0, 2 * np.pi)
-    off = np.array([math.cos(ang) * a[0], math.sin(ang) * a[1]]) * rng.uniform(0.45, 0.7)
-    r = rng.uniform(0.5, 0.7) * min(a[0], a[1])
+    off = np.array([math.cos(ang) * a[0], math.sin(ang) * a[1]]) * rng.uniform(0.3, 0.55)
+    r = rng.uniform(0.45, 0.65) * min(a[0], a[1])
     d2 = pa.ellipsoid_depth(ru - off[0], rv - off[1], rw, r, r, max(a[2] * 0.8, r))
     if mimic == "gradient":
       # Smooth density ramp across the clot: heterogeneous but no margin.
@@ -122,8 +128,14 @@ def render_iph(grid: pa.Grid, fields: dict, p: dict, rng: np.random.Generator, *
       hyper, hypo = p["hu"], p["hu"] - rng.uniform(15, 25)
       hu[...] = hyper + (hypo - hyper) * t
     else:
-      diff = rng.uniform(22, 38) if blend else rng.uniform(5, 11)
-      hyper, hypo = max(p["hu"], 62.0), max(p["hu"], 62.0) - diff
+      if blend:
+        # Blend sign (Li et al. 2015): >= 18 HU between the parts. The hypodense part (fresh,
+        # unclotted blood, ~44–54 HU) stays denser than brain, so both parts read against it.
+        hypo = rng.uniform(44, 54)
+        hyper = min(hypo + rng.uniform(20, 34), 90.0)
+      else:
+        hyper = max(p["hu"], 62.0)
+        hypo = hyper - rng.uniform(5, 11)
       comp = pa.inside(d2, pw)
       hu[...] = hyper + (hypo - hyper) * comp
       if blend:
@@ -196,14 +208,27 @@ def render_extra_axial(grid: pa.Grid, fields: dict, rng: np.random.Generator, *,
   return Lesion(kind, idx, occ, hu, (hu, hu), side=side, extra=dict(phi=float(phi0)))
 
 
+def _segment_distance(u, v, p0, p1):
+  """In-plane distance (mm) of every pixel to the segment p0-p1 (head frame)."""
+  (u0, v0), (u1, v1) = p0, p1
+  du, dv = u1 - u0, v1 - v0
+  t = np.clip(((u - u0) * du + (v - v0) * dv) / (du * du + dv * dv + 1e-9), 0.0, 1.0)
+  return np.hypot(u - (u0 + t * du), v - (v0 + t * dv))
+
+
 def render_sah(grid: pa.Grid, fields: dict, rng: np.random.Generator, *, difficult: bool) -> Lesion:
-  """Hyperdense blood filling sulci over a sector of the convexity and/or the basal cisterns."""
+  """Thin hyperdense lines: blood filling (and slightly widening) the sulci of a sector of the
+  convexity and/or the basal cisterns with the Sylvian and anterior interhemispheric fissures.
+
+  Only the subarachnoid spaces take blood, so on a slice it reads as serpiginous 1–4 mm lines
+  following the gyri (a partial-volume grey smear at coarse pixel sizes), never a surface patch.
+  """
   g = grid.g
-  C = g.semi_axes[2]
+  A, B, C = g.semi_axes
   pw = g.pixel_spacing
   side = int(rng.choice([-1, 1]))
   phi0 = (0.0 if side > 0 else np.pi) + rng.uniform(-1.0, 1.0)
-  half_phi = rng.uniform(0.3, 0.5) if difficult else rng.uniform(0.6, 1.3)
+  half_phi = rng.uniform(0.35, 0.6) if difficult else rng.uniform(0.6, 1.3)
   if difficult:
     wc = slice_center_w(grid, rng, 0.1 * C, 0.6 * C, 0.0)
     half_w = rng.uniform(0.5, 1.2) * g.thickness
@@ -212,12 +237,29 @@ def render_sah(grid: pa.Grid, fields: dict, rng: np.random.Generator, *, difficu
     half_w = max(rng.uniform(0.2, 0.4) * C, 3.2 * g.thickness)
   w = grid.w()
   region = (pa.bell(_wrap(fields["phi"] - phi0)[None] / half_phi) > 0.2) & (np.abs(w - wc) <= half_w)
-  # Blood widens the sulci it fills: take the subarachnoid space within 1.5 mm of the pia.
-  pial = fields["pial"]
-  occ = (pa.inside(1.2 - pial, pw) * pa.inside(fields["d_brain"] - 1.0, pw) * (fields["d_brain"] < 14.0)
-         * fields["brain"] * region)
+  # Blood fills the sulcus (sulcal <= 0) and widens it by `spread` mm on each side.
+  spread = rng.uniform(0.5, 1.1)
+  occ = (pa.inside(spread - fields["sulcal"], pw) * fields["brain"] * region).astype(F32)
   if not difficult and rng.random() < 0.5:
-    occ = np.maximum(occ, fields["cisterns"] * fields["brain"])
+    # Basal cisterns: the suprasellar cistern, both Sylvian fissures running laterally and the
+    # anterior interhemispheric fissure, each a 1.5–3 mm band of blood.
+    wcis = -0.27 * C
+    slab = np.abs(w - wcis) <= max(0.09 * C, 1.6 * g.thickness)
+    lines = np.zeros(grid.u.shape, F32)
+    for s_ in (-1.0, 1.0):
+      # Sylvian fissure: laterally and forwards from the cistern, then bending back round the
+      # insula; the blood band tapers towards its lateral end.
+      pts = [(s_ * 8.0, 0.05 * B), (s_ * rng.uniform(0.25, 0.32) * A, rng.uniform(0.1, 0.18) * B),
+             (s_ * rng.uniform(0.42, 0.5) * A, rng.uniform(0.02, 0.1) * B),
+             (s_ * rng.uniform(0.55, 0.65) * A, rng.uniform(-0.12, -0.02) * B)]
+      width = rng.uniform(0.8, 1.5)
+      for j, (p0, p1) in enumerate(zip(pts, pts[1:])):
+        d = _segment_distance(grid.u, grid.v, p0, p1)
+        lines = np.maximum(lines, pa.coverage(d, width * (1.0 - 0.25 * j), pw))
+    d = _segment_distance(grid.u, grid.v, (0.0, 0.1 * B), (0.0, 0.55 * B))
+    lines = np.maximum(lines, pa.coverage(d, rng.uniform(0.6, 1.1), pw))
+    cis = np.maximum(fields["cisterns"], lines[None] * slab)
+    occ = np.maximum(occ, (cis * fields["brain"]).astype(F32))
     side = 0
   idx = np.nonzero(occ.reshape(len(occ), -1).max(1) > 0)[0]
   hu = rng.uniform(55, 75)
@@ -285,16 +327,18 @@ def mask_of(les: Lesion) -> np.ndarray:
   return les.occ >= min(MASK_THRESHOLD, max(0.2, 0.5 * peak))
 
 
-def truth_of(les: Lesion, *, box_pad: int = 0) -> dict:
-  """Manifest entry: slices, per-slice boxes [x0,y0,x1,y1) and centres in stored-image pixels."""
+def truth_of(les: Lesion, *, offset: tuple[int, int] = (0, 0)) -> dict:
+  """Manifest entry: slices, per-slice boxes [x0,y0,x1,y1) and centres in stored-image pixels
+  (`offset` = the rendered box's (column, row) in the stored image, pa.Grid.offset)."""
   m = mask_of(les)
+  ox, oy = offset
   slices, boxes, centers = [], {}, {}
   for j, k in enumerate(les.idx):
     if not m[j].any():
       continue
     rows = np.nonzero(m[j].any(1))[0]
     cols = np.nonzero(m[j].any(0))[0]
-    box = [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+    box = [int(cols[0]) + ox, int(rows[0]) + oy, int(cols[-1]) + 1 + ox, int(rows[-1]) + 1 + oy]
     slices.append(int(k))
     boxes[str(int(k))] = box
     centers[str(int(k))] = [0.5 * (box[0] + box[2]), 0.5 * (box[1] + box[3])]

@@ -30,6 +30,9 @@ scan), and its "Any" accuracy (78.23%) is above the scan-averaged comprehensive 
 which pooling explains (scans with many lesion slices score higher and weigh more), while a
 top-5 reading could not exceed 5 / 10.7 ≈ 47%. The scan-averaged value is returned alongside
 (`macro`). The model has one slice attention for all labels, so every disease ranks by it.
+
+`python -m ctjax.eval.keyslice DrCT2=eval2.json DrCT1=eval1.json` prints measured figures (from
+`python -m ctjax.evaluate --json` outputs) next to the paper's Tables 5 and 6.
 """
 
 from __future__ import annotations

@@ -325,3 +325,15 @@ def test_order_recovered_for_any_orientation_and_file_order(tmp_path, seed, spac
   np.testing.assert_array_equal(vol.hu, ref.astype(np.float32))
   np.testing.assert_allclose(vol.spacing[0], spacing, rtol=1e-4)
   assert vol.tilt_deg < 0.01
+
+
+def test_duplicate_sop_without_positions(tmp_path):
+  ref = ramp_volume(3)
+  for k in range(3):
+    write_slice(tmp_path / f"s{k}.dcm", ref[k], position=None, orientation=None, instance=k + 1,
+                sop_uid=f"1.2.9.{k}")
+  write_slice(tmp_path / "again.dcm", ref[1], position=None, orientation=None, instance=2,
+              sop_uid="1.2.9.1")
+  vol = dicom.read_series(tmp_path)
+  np.testing.assert_array_equal(vol.hu, ref.astype(np.float32))
+  assert [s.reason for s in vol.skipped] == ["duplicate SOPInstanceUID"]

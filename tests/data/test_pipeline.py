@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 from configs.common import base_config
 from ctjax import errors
 from ctjax.data import pipeline, sampling
@@ -210,6 +211,12 @@ def test_config_errors(rsna):
   config.train.batch_size = 64
   with pytest.raises(errors.ConfigError, match="fewer than one local batch"):
     pipeline.train_iterator(config, splits, seed=0)
+  config.train.batch_size = 2
+  config.data.labels = ("any", "subdural")
+  with pytest.raises(errors.ConfigError, match="labels"):
+    pipeline.build_splits(config)
+  config.data.labels = common.RSNA_LABELS
+  assert pipeline.build_splits(config).labels == common.RSNA_LABELS
   config.task = "nope"
   with pytest.raises(errors.ConfigError):
     pipeline.build_splits(config)

@@ -49,7 +49,7 @@ def test_any_size_from_32_px_and_output_contract():
   model = ResNet50(width=0.0625, include_fc=True, num_classes=5)
   x = jnp.ones((2, 32, 40, 3))
   variables = weights.random_variables(model, x)
-  out = jax.jit(model.apply)(variables, x)
+  out = torch_models.run_once(model.apply, variables, x)
   assert out["feature_map"].shape == (2, 1, 2, 128)    # 2048 · 1/16, stride 32
   assert out["pooled"].shape == (2, 128) and out["logits"].shape == (2, 5)
   np.testing.assert_allclose(out["pooled"], out["feature_map"].mean(axis=(1, 2)), rtol=1e-6)
@@ -73,8 +73,8 @@ def test_train_mode_matches_torch_batch_statistics():
   with torch.no_grad():
     want = tmodel.features(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
   model = ResNet50(width=0.125)
-  out, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
-      variables, x)
+  out, updates = torch_models.run_once(
+      lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]), variables, x)
   assert torch_models.relative_error(out["feature_map"], want) <= TOL
   # Running means follow torch's momentum 0.1 (running variances differ by torch's n/(n-1)).
   np.testing.assert_allclose(updates["batch_stats"]["bn1"]["mean"],

@@ -1,0 +1,91 @@
+"""ctjax.train.tasks.pretrain: weighted BCE against torch, a few loop steps, backbone export."""
+
+import numpy as np
+import torch
+
+import jax
+import jax.numpy as jnp
+import stand_ins
+from configs import pretrain_phantom
+from ctjax.models import weights
+from ctjax.train import loop
+from ctjax.train.tasks import pretrain
+
+SIZE = 32
+
+
+class SliceSource:
+  """Multi-label slices: hu int16 [32, 32], labels float32 [6]."""
+
+  def __init__(self, num, seed):
+    rng = np.random.default_rng(seed)
+    self.labels = (rng.random((num, 6)) < 0.3).astype(np.float32)
+    hu = rng.normal(30, 40, size=(num, SIZE, SIZE))
+    hu[:, 8:16, 8:16] += 60 * self.labels[:, :1, None]
+    self.hu = hu.astype(np.int16)
+
+  def __len__(self):
+    return len(self.labels)
+
+  def __getitem__(self, i):
+    return {"hu": self.hu[i], "labels": self.labels[i], "example_index": np.int32(i)}
+
+
+class SliceData(stand_ins.MemoryData):
+  def build_splits(self, config, workdir):
+    return stand_ins.Splits({n: SliceSource(k, s) for s, (n, k) in
+                             enumerate({"train": 16, "val": 8, "test": 8}.items())})
+
+
+def _config(**kw):
+  c = pretrain_phantom.get_config("runlocal")
+  c.train.batch_size = 8
+  c.train.max_steps = 2
+  c.train.log_every_steps = 1
+  c.model.width = 0.0625
+  c.evals.val.every_steps = 0
+  c.checkpoint.best_metric = ""
+  c.log.progress_bar = False
+  c.log.tensorboard = False
+  for k, v in kw.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def test_loss_is_torch_weighted_bce():
+  config = _config()
+  task = pretrain.TASK
+  model = task.build_model(config)
+  variables = task.init_variables(model, config, jax.random.PRNGKey(0))
+  src = SliceSource(4, 0)
+  batch = {"hu": jnp.asarray(src.hu), "labels": jnp.asarray(src.labels),
+           "valid": jnp.asarray([True, True, True, False])}
+  loss, (metrics, _) = task.loss_fn(model, variables["params"], {}, batch, jax.random.PRNGKey(1),
+                                    config, False)
+  logits = model.apply(variables, pretrain.preprocess(batch["hu"], config), train=False)
+  ref = torch.nn.functional.binary_cross_entropy_with_logits(
+      torch.tensor(np.asarray(logits[:3])), torch.tensor(src.labels[:3]),
+      pos_weight=torch.tensor(config.loss.pos_weight), reduction="mean")
+  np.testing.assert_allclose(float(loss), float(ref), rtol=1e-5)
+  probs = task.predict(model, variables, batch, config)["probs"]
+  np.testing.assert_allclose(probs, jax.nn.sigmoid(logits), rtol=1e-6)
+
+
+def test_pretrain_loop_exports_backbone(tmp_path):
+  out = tmp_path / "vgg.npz"
+  config = _config(**{"pretrain.export_path": str(out)})
+  final = loop.train_and_evaluate(config, tmp_path / "w", task=pretrain.TASK, data=SliceData())
+  assert final["step"] == 2 and "val/macro_auc" in final
+  saved = weights.load_variables(out)
+  kernels = sorted(k for k in saved["params"])
+  assert kernels == sorted(f"conv{i}" for i in range(13))
+  assert saved["params"]["conv0"]["kernel"].shape == (3, 3, 3, 4)   # 64 * 1/16 channels
+  # The exported file equals the trained backbone restored from the checkpoint.
+  from ctjax.train import checkpoint
+  _, _, _, variables = checkpoint.restore_for_inference(tmp_path / "w")
+  np.testing.assert_array_equal(saved["params"]["conv12"]["kernel"],
+                                variables["params"]["backbone"]["conv12"]["kernel"])
