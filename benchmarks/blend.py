@@ -77,8 +77,8 @@ def infer(ctx: Context, dtype: str = "float32") -> list[Record]:
   m = common.build_ctjax(config)
   batch = common.to_device(make_batch(config, bs))
   variables = m.variables
-  flops = common.xla_flops(m.predict, variables, batch)
-  t = ctx.time(lambda: m.predict(variables, batch))
+  predict, flops = common.compile_with_flops(m.predict, variables, batch)
+  t = ctx.time(lambda: predict(variables, batch))
   torch_s = None
   if ctx.with_torch:
     import torch
@@ -105,11 +105,11 @@ def train(ctx: Context, dtype: str = "float32") -> list[Record]:
   host = make_batch(config, bs)
   batch = common.to_device(host)
   rng = jax.random.PRNGKey(1)
-  flops = common.xla_flops(m.train_step, m.state, batch, rng)
+  train_fn, flops = common.compile_with_flops(m.train_step, m.state, batch, rng)
   holder = {"state": m.state}
 
   def step():
-    holder["state"], metrics = m.train_step(holder["state"], batch, rng)
+    holder["state"], metrics = train_fn(holder["state"], batch, rng)
     return metrics
   t = ctx.time(step)
   torch_s = None

@@ -99,6 +99,18 @@ def xla_flops(fn: Callable, *args, **kwargs) -> float:
   return float(flops) if flops and flops > 0 else float("nan")
 
 
+def compile_with_flops(fn: Callable, *args) -> tuple[Callable, float]:
+  """(compiled executable, FLOPs per call): compile once, time the executable itself, so the
+  timed calls never include tracing or compilation even with zero warm-up calls."""
+  jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
+  compiled = jitted.lower(*args).compile()
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  flops = (analysis or {}).get("flops", float("nan"))
+  return compiled, (float(flops) if flops and flops > 0 else float("nan"))
+
+
 def matmul_peak(dtype: Any = jnp.float32, n: int = 1024, *, repeats: int = 5,
                 max_seconds: Optional[float] = 20.0) -> dict[str, float]:
   """Measured matmul FLOP/s on the default device for `dtype`, by XLA and (CPU) by torch.
@@ -239,6 +251,8 @@ def speed_record(name: str, *, seconds: float, items: float, unit: str,
     frac = (flops / seconds) / peak
   details.update(seconds_per_call=seconds, items_per_call=items, torch_seconds=torch_seconds,
                  flops_per_call=flops, peak_flops=peak, load_average=load_average())
+  if torch_seconds:
+    details.setdefault("torch_threads", _LAST_TORCH_THREADS)
   return Record(name, device or device_name(), value, unit, torch_value, ratio, frac, details)
 
 
@@ -248,6 +262,8 @@ def latency_record(name: str, *, seconds_per_item: float, unit: str = "s/scan",
   """A latency figure (lower is better); the ratio is still ctjax speed / torch speed."""
   ratio = (torch_seconds_per_item / seconds_per_item) if torch_seconds_per_item else None
   details.update(load_average=load_average())
+  if torch_seconds_per_item:
+    details.setdefault("torch_threads", _LAST_TORCH_THREADS)
   return Record(name, device or device_name(), seconds_per_item, unit, torch_seconds_per_item,
                 ratio, None, details)
 
@@ -296,6 +312,15 @@ def format_table(records: Sequence[Record]) -> str:
 # Run context and the ctjax side of a model benchmark
 # --------------------------------------------------------------------------------------------
 
+_LAST_TORCH_THREADS: Optional[int] = None
+
+
+def torch_thread_options() -> tuple[int, ...]:
+  """All usable cores, and 1 (see `Context.time_torch`)."""
+  n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return tuple(dict.fromkeys((max(1, n or 1), 1)))
+
+
 @dataclasses.dataclass
 class Context:
   """What every benchmark module gets from `run.py`: the preset's settings and the peaks."""
@@ -309,6 +334,7 @@ class Context:
   max_seconds: Optional[float] = None
   with_torch: bool = True
   skipped: dict[str, str] = dataclasses.field(default_factory=dict)   # figure → why
+  torch_threads: Optional[int] = None   # fixed torch thread count (cpu-bound runs), else probe
 
   def time(self, fn: Callable[[], Any], **kwargs) -> Timing:
     kw = dict(warmup=self.warmup, repeats=self.repeats, max_seconds=self.max_seconds)
@@ -316,10 +342,61 @@ class Context:
     return time_fn(fn, **kw)
 
   def time_torch(self, fn: Callable[[], Any], **kwargs) -> Timing:
-    return self.time(fn, sync=lambda o: o, **kwargs)
+    """Times a torch call at each of `torch_thread_options()` and keeps the fastest.
+
+    On a shared CPU, torch's OpenMP pool with all cores can be an order of magnitude slower
+    than one thread (each op waits at a barrier for a descheduled thread), so the reference
+    gets its best thread count; the choice is recorded with the figure (`torch_threads`).
+    """
+    import torch
+    global _LAST_TORCH_THREADS
+    best, best_n = None, None
+    options = (self.torch_threads,) if self.torch_threads else torch_thread_options()
+    for n in options:
+      torch.set_num_threads(n)
+      t = self.time(fn, sync=lambda o: o, **kwargs)
+      if best is None or t.median < best.median:
+        best, best_n = t, n
+    torch.set_num_threads(best_n)
+    _LAST_TORCH_THREADS = best_n
+    return best
+
+  def pick_torch_threads(self, fn: Callable[[], Any]) -> int:
+    """Sets torch's thread count to the faster of `torch_thread_options()` for `fn` (one
+    warm-up and one timed call each) and returns it; for passes timed as a whole."""
+    return_n = None
+    best = None
+    import torch
+    global _LAST_TORCH_THREADS
+    for n in torch_thread_options():
+      torch.set_num_threads(n)
+      t = time_fn(fn, warmup=1, repeats=1, sync=lambda o: o).median
+      if best is None or t < best:
+        best, return_n = t, n
+    torch.set_num_threads(return_n)
+    _LAST_TORCH_THREADS = return_n
+    return return_n
 
   def peak(self, dtype: str) -> Optional[float]:
     return self.peaks.get(dtype)
+
+
+def probe_torch_threads() -> int:
+  """The faster torch thread count for a VGG16 conv stack on one 224 px slice (cheap; used
+  when each full-size figure can afford only one timed torch call)."""
+  import torch
+  from benchmarks import torch_models
+  net = torch_models.build("vgg16").eval()
+  x = torch.randn(1, 3, 224, 224)
+  best, best_n = None, 1
+  with torch.inference_mode():
+    for n in torch_thread_options():
+      torch.set_num_threads(n)
+      t = time_fn(lambda: net.features(x), warmup=1, repeats=2, sync=lambda o: o).median
+      if best is None or t < best:
+        best, best_n = t, n
+  torch.set_num_threads(best_n)
+  return best_n
 
 
 def load_config(name: str, arg: Optional[str] = None):

@@ -95,7 +95,7 @@ def _torch_train(net, batch: dict[str, np.ndarray], dtype: str):
   import torch
   from benchmarks.torch_reference import drct2_loss
   dev = common.torch_device()
-  hu = torch.from_numpy(batch["hu"]).to(dev)
+  hu = torch.from_numpy(np.array(batch["hu"])).to(dev)
   labels = torch.from_numpy(batch["labels"]).to(dev)
   params = [p for p in net.parameters() if p.requires_grad]
   opt = torch.optim.Adam(params, lr=5e-4)
@@ -125,8 +125,8 @@ def infer_model(ctx: Context, dtype: str) -> list[Record]:
   m = common.build_ctjax(config)
   batch = common.to_device(make_batch(config, bs))
   variables = m.variables
-  flops = common.xla_flops(m.predict, variables, batch)
-  t = ctx.time(lambda: m.predict(variables, batch))
+  predict, flops = common.compile_with_flops(m.predict, variables, batch)
+  t = ctx.time(lambda: predict(variables, batch))
   torch_s = None
   if ctx.with_torch:
     net = build_torch(m.model, config)
@@ -154,11 +154,11 @@ def train_step(ctx: Context, dtype: str = "float32") -> list[Record]:
   m = common.build_ctjax(config)
   batch = common.to_device(make_batch(config, bs))
   rng = jax.random.PRNGKey(1)
-  flops = common.xla_flops(m.train_step, m.state, batch, rng)
+  train, flops = common.compile_with_flops(m.train_step, m.state, batch, rng)
   holder = {"state": m.state}
 
   def step():
-    holder["state"], metrics = m.train_step(holder["state"], batch, rng)
+    holder["state"], metrics = train(holder["state"], batch, rng)
     return metrics
   t = ctx.time(step)
   torch_s = None
@@ -224,6 +224,7 @@ def infer_from_data(ctx: Context, dtype: str = "float32") -> list[Record]:
   if net is not None:
     def torch_consume(host):
       _torch_infer(net, np.asarray(host["hu"]), dtype)()
+    ctx.pick_torch_threads(_torch_infer(net, make_batch(config, bs)["hu"], dtype))
     cache_pass(torch_consume)
     t = time.perf_counter()
     cache_pass(torch_consume)
@@ -338,14 +339,14 @@ def breakdown(ctx: Context, dtype: str = "float32") -> list[Record]:
   t_parts = 0.0
   for name, (n, size) in parts.items():
     x = jnp.zeros((n, size, size, 3), jnp.dtype(dtype))
-    fn = jax.jit(lambda v, x: backbone.apply(v, x)["pooled"])
-    flops = common.xla_flops(fn, bb_vars, x)
+    fn, flops = common.compile_with_flops(lambda v, x: backbone.apply(v, x)["pooled"],
+                                          bb_vars, x)
     t = ctx.time(lambda: fn(bb_vars, x))
     t_parts += t.median
     out.append(common.speed_record(f"drct2/breakdown/{name}", seconds=t.median, items=n,
                                    unit="slices/s", flops=flops, peak=peak, size=size))
-  flops = common.xla_flops(m.predict, variables, batch)
-  t = ctx.time(lambda: m.predict(variables, batch))
+  predict, flops = common.compile_with_flops(m.predict, variables, batch)
+  t = ctx.time(lambda: predict(variables, batch))
   rest = max(t.median - t_parts, 1e-9)
   out.append(common.Record("drct2/breakdown/rest_fraction", ctx.device or common.device_name(),
                            rest / t.median, "fraction",

@@ -72,8 +72,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-CPU_BOUND = {"matmul_n": 2048, "repeats": 1,
-             "drct": {"infer_batch": 1, "train_batch": 1},
+CPU_BOUND = {"matmul_n": 2048, "repeats": 1, "warmup": 0,
+             "drct": {"infer_batch": 1, "train_batch": 1, "dtypes": ("float32",)},
              "blend": {"infer_batch": 1, "train_batch": 1},
              "data": {"num_scans": 4, "dicom_scans": 1},
              "scaling": {"batch": (1, 2), "slices": (16, 28), "devices": (), "devices_batch": 2}}
@@ -95,7 +95,8 @@ def preset_settings(name: str, *, cpu_bound: bool = False) -> dict[str, Any]:
 def run_suite(preset: str, *, json_path: Optional[str] = None, only: Sequence[str] = (),
               max_seconds: Optional[float] = None, workdir: Optional[str] = None,
               with_torch: bool = True, cpu_bound: Optional[bool] = None,
-              settings: Optional[dict] = None, strict: bool = False) -> tuple[dict, list]:
+              settings: Optional[dict] = None, strict: bool = False,
+              dtypes: Optional[Sequence[str]] = None) -> tuple[dict, list]:
   """Runs the preset's figures; returns (header, records) and writes the JSON."""
   import jax
   import torch
@@ -105,6 +106,8 @@ def run_suite(preset: str, *, json_path: Optional[str] = None, only: Sequence[st
     cpu_bound = preset == "full" and on_cpu
   settings = settings or preset_settings(preset, cpu_bound=cpu_bound)
   settings["strict"] = strict
+  if dtypes:
+    settings["drct"]["dtypes"] = tuple(dtypes)
   if on_cpu:
     # Both frameworks get the machine's cores; XLA's CPU client uses them all by default.
     torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0))))
@@ -134,6 +137,9 @@ def run_suite(preset: str, *, json_path: Optional[str] = None, only: Sequence[st
     peaks[dtype] = common.matmul_peak(getattr(jax.numpy, dtype), settings["matmul_n"],
                                       max_seconds=max_seconds or 20.0)
   ctx.peaks = {k: v["peak"] for k, v in peaks.items()}
+  if cpu_bound and on_cpu and with_torch:
+    ctx.torch_threads = common.probe_torch_threads()
+    header["torch_threads_probe"] = ctx.torch_threads
   header["matmul_peak_flops"] = peaks
   records = []
   if "drct2" in groups:
@@ -177,6 +183,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="bound each figure's timed phase (at least one timed call)")
   parser.add_argument("--workdir", default=None, help="phantom data and caches (default: /tmp)")
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+  parser.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16"), default=None,
+                      help="DrCT2 inference dtypes (default: the preset's; cpu-bound: float32)")
   bound = parser.add_mutually_exclusive_group()
   bound.add_argument("--cpu-bound", dest="cpu_bound", action="store_true", default=None,
                      help="batch 1, one timed call (default for --preset full on a CPU)")
@@ -190,7 +198,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     header, records = run_suite(args.preset, json_path=args.json, only=args.only,
                                 max_seconds=args.max_seconds, workdir=args.workdir,
-                                with_torch=not args.no_torch, cpu_bound=args.cpu_bound)
+                                with_torch=not args.no_torch, cpu_bound=args.cpu_bound,
+                                dtypes=args.dtypes)
   except CTJaxError as e:
     print(f"benchmarks.run: {type(e).__name__}: {e}", file=sys.stderr)
     return 1

@@ -35,8 +35,8 @@ def _infer_point(ctx: Context, *, batch: int, slices: Optional[int] = None) -> R
   m = common.build_ctjax(config)
   dev_batch = common.to_device(make_batch(config, batch))
   variables = m.variables
-  flops = common.xla_flops(m.predict, variables, dev_batch)
-  t = ctx.time(lambda: m.predict(variables, dev_batch))
+  predict, flops = common.compile_with_flops(m.predict, variables, dev_batch)
+  t = ctx.time(lambda: predict(variables, dev_batch))
   axis = f"batch={batch}" if slices is None else f"slices={config.data.num_slices}"
   return common.speed_record(f"scaling/drct2_infer/{axis}", seconds=t.median, items=batch,
                              unit="scans/s", flops=flops, peak=ctx.peak("float32"), batch=batch,

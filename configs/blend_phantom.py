@@ -22,7 +22,7 @@ from configs import blend_resnet50, common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, variant="wce_at_skd", backbone="resnet50", fold=0, rounds=1,
-                       size=96, num_scans=40, steps=300, width=0.125)
+                       size=96, num_scans=60, steps=300, width=0.125)
   c = blend_resnet50.get_config(
       f"variant={a.variant},backbone={a.backbone},fold={a.fold},rounds={a.rounds}")
   c.train.batch_size = 16

@@ -31,7 +31,7 @@ BACKBONE = "ctjax/assets/vgg16_w0125_phantom.npz"   # written by configs/pretrai
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, runlocal=False, drct1=False, num_scans=320, epochs=24, fold=0)
+  a = common.parse_arg(arg, runlocal=False, drct1=False, num_scans=320, epochs=16, fold=0)
   c = drct_config(dataset="phantom", variant="drct1" if a.drct1 else "drct2")
   c.seed = 0
 

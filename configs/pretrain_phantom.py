@@ -21,7 +21,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, runlocal=False, num_scans=48, size=64, steps=600)
+  a = common.parse_arg(arg, runlocal=False, num_scans=160, size=64, steps=600)
   c = common.base_config()
   c.task = "pretrain"
   c.seed = 0
@@ -67,8 +67,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.evals.threshold = 0.5
   c.evals.val = ml_collections.ConfigDict()
   c.evals.val.split = "val"
-  c.evals.val.every_steps = 10 if a.runlocal else 200
-  c.checkpoint.every_steps = 200
+  c.evals.val.every_steps = 10 if a.runlocal else 150
+  c.checkpoint.every_steps = 150
   c.checkpoint.best_metric = "val/macro_auc"
   c.log.progress_bar = True
   return c

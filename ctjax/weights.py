@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     sd = weights.read_state_dict(args.src)
     variables = weights.convert_torchvision(sd, args.arch,
                                             include_fc=False if args.no_fc else None)
-    has_fc = any(h in variables["params"] for h in weights._HEAD_SCOPES[args.arch])  # pylint: disable=protected-access
+    has_fc = any(h in variables["params"] for h in weights.HEAD_SCOPES[args.arch])
     aux = {"aux_logits": True} if "AuxLogits" in variables["params"] else {}
     weights.check_variables(variables, args.arch, include_fc=has_fc, source=args.src, **aux)
     out = weights.save_variables(args.out, variables)

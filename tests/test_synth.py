@@ -130,3 +130,46 @@ def test_cli(tmp_path, capsys):
   assert (tmp_path / "d" / "blend_labels.csv").exists()
   assert synth.main(["--layout", "rsna", "--scans", "0", "--out", str(tmp_path / "e")]) == 1
   assert "ctjax.synth:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("encoding", [0, 1, 2])
+def test_templated_writer_is_byte_identical_to_pydicom(tmp_path, encoding):
+  """The spliced per-slice files equal pydicom's own dcmwrite of the same Dataset, byte for byte."""
+  hu, truth = phantom.generate_scan(np.random.default_rng(encoding), size=SIZE, num_slices=5,
+                                    findings=["iph"])
+  prev = phantom._quiet_pydicom()
+  try:
+    for sop, series, desc in (("ID_0a1b2c3d4", "ID_9f8e7d6c5b", False),
+                              ("2.25.1234567890123", "2.25.42", True),     # odd-length UIDs pad
+                              ("2.25.12345678901234", "2.25.421", False)):
+      w = phantom.SeriesWriter(size=SIZE, truth=truth, patient_id="ID_abc", study_uid="2.25.9",
+                               series_uid=series, encoding=encoding, descending_instances=desc,
+                               description="ctjax phantom test")
+      for k in (0, 4):
+        w.write(tmp_path / "fast.dcm", k, hu[k], sop)
+        w.reference_write(tmp_path / "ref.dcm", k, hu[k], sop)
+        assert (tmp_path / "fast.dcm").read_bytes() == (tmp_path / "ref.dcm").read_bytes()
+        (tmp_path / "ref.dcm").unlink()
+        ds = pydicom.dcmread(tmp_path / "fast.dcm")
+        assert ds.SOPInstanceUID == sop and ds.file_meta.MediaStorageSOPInstanceUID == sop
+        np.testing.assert_array_equal(ds.pixel_array * float(ds.RescaleSlope)
+                                      + float(ds.RescaleIntercept), hu[k])
+  finally:
+    phantom._restore_pydicom(prev)
+
+
+def test_worker_processes_write_the_same_data_set(tmp_path):
+  """Scan i depends only on (seed, i): 2 spawned workers write exactly what 1 process writes."""
+  kw = dict(layout="blend", num_scans=4, seed=3, size=SIZE, **OPTS)
+  a = json.loads(phantom.write_dataset(tmp_path / "a", num_workers=0, **kw).read_text())
+  b = json.loads(phantom.write_dataset(tmp_path / "b", num_workers=2, **kw).read_text())
+  assert a["timing"]["num_workers"] == 0 and b["timing"]["num_workers"] == 2
+  assert b["timing"]["slices_per_cpu_s"] > 0 and b["timing"]["cpu_seconds"] > 0
+  ta, tb = a.pop("timing"), b.pop("timing")
+  assert a == b and ta["slices"] == tb["slices"]
+  files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*")
+                 if p.is_file() and p.name != "manifest.json")
+  assert len(files) == 1 + ta["slices"]
+  for f in files:
+    assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+  assert phantom.default_workers(3) == 0 and phantom.default_workers(400) in (0, 2, 3, 4)

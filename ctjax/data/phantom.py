@@ -708,11 +708,15 @@ def write_montage(path: PathLike, *, seed: int = 0, size: int = 256, num_slices:
   tiles = []
   for j, (title, kw) in enumerate(MONTAGE_CASES):
     rng = np.random.default_rng([seed, 1000 + j])
-    if "oedema" in title:
-      # Keep drawing until the clot carries an oedema rim (half of them do).
+    if "oedema" in title or title == "blend sign":
+      # Keep drawing until the clot carries an oedema rim (half of them do) / until the blend
+      # clot is big enough to read at thumbnail size.
       for _ in range(8):
         hu, truth = generate_scan(rng, size=size, num_slices=num_slices, **kw)
-        if any(e.get("oedema") for e in truth["lesions"]):
+        if "oedema" in title and any(e.get("oedema") for e in truth["lesions"]):
+          break
+        blend = [e for e in truth["lesions"] if e.get("blend_slices")]
+        if blend and max(b[2] - b[0] for b in blend[0]["boxes"].values()) >= 0.12 * size:
           break
     else:
       hu, truth = generate_scan(rng, size=size, num_slices=num_slices, **kw)

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 ARCHS = ("vgg16", "vgg16_bn", "resnet50", "inception_v3")
 # Heads that `include_fc=False` drops (the backbone keeps the conv stack only).
-_HEAD_SCOPES = {"vgg16": ("fc0", "fc1", "fc2"), "vgg16_bn": ("fc0", "fc1", "fc2"),
+HEAD_SCOPES = {"vgg16": ("fc0", "fc1", "fc2"), "vgg16_bn": ("fc0", "fc1", "fc2"),
                 "resnet50": ("fc",), "inception_v3": ("fc", "AuxLogits")}
 _CONVERT_HINT = ("convert a torchvision checkpoint with `python -m ctjax.weights convert "
                  "--arch {arch} --src FILE.pth|.safetensors|.npz --out {path}`")
@@ -127,7 +127,7 @@ def convert_torchvision(state_dict: Mapping[str, Any], arch: str, *,
   rename = _renamer(arch)
   sd = {re.sub(r"^module\.", "", k): _to_numpy(v) for k, v in state_dict.items()}
   bn_modules = {k[:-len(".running_mean")] for k in sd if k.endswith(".running_mean")}
-  heads = _HEAD_SCOPES[arch]
+  heads = HEAD_SCOPES[arch]
   params: dict = {}
   stats: dict = {}
   for key, value in sd.items():
@@ -187,7 +187,11 @@ def read_state_dict(path: os.PathLike | str) -> dict:
         sd = sd["state_dict"]
       return {k: _to_numpy(v) for k, v in sd.items()}
     if suffix == ".safetensors":
-      from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+      try:
+        from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+      except ImportError:
+        raise WeightsError(f"{path}: reading .safetensors needs the `safetensors` package "
+                           "(pip install safetensors), or export the state dict to .npz") from None
       return dict(load_file(str(path)))
     if suffix == ".npz":
       with np.load(path, allow_pickle=False) as z:

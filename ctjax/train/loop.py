@@ -298,8 +298,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       ckpt.save(num_steps, state, iterator, force=True)
     run_evals(max(step, start), at_end=True)
     ckpt.wait()
-    if hasattr(task, "after_training"):
-      task.after_training(config, str(workdir), parallel.replicated_to_host(state.variables()))
+    if hasattr(task, "after_training"):   # e.g. export weights: the best state when kept.
+      chosen = state
+      if ckpt.best_value is not None:
+        chosen, best_step = restore_state(workdir, state, which="best")
+        log.info("after_training: best state of step %d (%s)", best_step, ckpt.best_metric)
+      task.after_training(config, str(workdir), parallel.replicated_to_host(chosen.variables()))
   finally:
     if bar is not None:
       bar.close()

@@ -4,19 +4,13 @@ ratio/FLOP-fraction arithmetic, and that the torch reference does the same work 
 import json
 import math
 import pathlib
-import sys
-
-# `benchmarks` is a top-level folder of the repository, not an installed package; this test's
-# own folder is also called `benchmarks`, so put the repository root first.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-sys.modules.pop("benchmarks", None)
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import common, run  # noqa: E402
+from benchmarks import common, run  # repository root on sys.path: see conftest.py
 
 FIELDS = {"name", "device", "value", "unit", "torch_value", "ratio_vs_torch", "flop_fraction"}
 

@@ -30,18 +30,21 @@ def test_anatomy_tissue_values():
   assert truth["lesions"] == [] and max(truth["slice_class"]) == 0
 
 
-@pytest.mark.parametrize("kind,lo,hi", [("iph", 50, 90), ("ivh", 45, 80), ("sdh", 50, 80),
-                                        ("edh", 50, 90), ("sah", 50, 80)])
-def test_lesion_hu_and_boxes(kind, lo, hi):
+# SAH lines (1.4–4 mm) are thinner than a 64-px pixel (~3.5 mm): no pixel is all blood there.
+@pytest.mark.parametrize("kind,lo,hi,size", [("iph", 50, 90, 64), ("ivh", 45, 80, 64),
+                                             ("sdh", 50, 80, 64), ("edh", 50, 90, 64),
+                                             ("sah", 50, 80, 128)])
+def test_lesion_hu_and_boxes(kind, lo, hi, size):
   for seed in range(3):
-    hu, truth = _scan(seed, findings=[kind], noise_sigma=0.0)
+    hu, truth = phantom.generate_scan(np.random.default_rng(seed), size=size, num_slices=24,
+                                      findings=[kind], noise_sigma=0.0)
     (e,) = [e for e in truth["lesions"] if e["type"] == kind]
     assert e["slices"], "lesion must be visible"
     assert lo <= e["hu"][0] <= e["hu"][1] <= hi
     in_range = 0
     for k in e["slices"]:
       x0, y0, x1, y1 = e["boxes"][str(k)]
-      assert 0 <= x0 < x1 <= SIZE and 0 <= y0 < y1 <= SIZE
+      assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size
       cx, cy = e["centers"][str(k)]
       assert x0 <= cx <= x1 and y0 <= cy <= y1
       box = hu[k, y0:y1, x0:x1].astype(float)
@@ -59,16 +62,77 @@ def test_truth_boxes_contain_every_mask_pixel():
   grid = pa.Grid(g)
   _, fields = pa.render_anatomy(grid, rng)
   les = pl.render_iph(grid, fields, pl.sample_iph(grid, rng, difficult=False), rng)
-  t = pl.truth_of(les)
+  t = pl.truth_of(les, offset=grid.offset)
   m = pl.mask_of(les)
-  assert t["slices"]
+  assert t["slices"] and grid.offset != (0, 0)            # rendered in the head's box only
   for j, k in enumerate(les.idx):
     ys, xs = np.nonzero(m[j])
     if k not in t["slices"]:
       assert ys.size == 0
       continue
+    xs, ys = xs + grid.c0, ys + grid.r0                    # stored-image pixels
     x0, y0, x1, y1 = t["boxes"][str(k)]
     assert xs.min() == x0 and xs.max() == x1 - 1 and ys.min() == y0 and ys.max() == y1 - 1
+
+
+def test_head_box_render_equals_full_image_render(monkeypatch):
+  """Rendering only the head's box (speed) changes no truth and no pixel beyond float ulps."""
+  from ctjax.data import phantom_anatomy as pa
+  kw = dict(size=48, num_slices=16, noise_sigma=0.0, calcifications=["pineal"])
+  cropped = [phantom.generate_scan(np.random.default_rng(s), findings=f, **kw)
+             for s, f in ((0, ["sah", "iph"]), (1, ["edh", "fracture", "midline_shift"]))]
+  orig = pa.Grid.__init__
+
+  def full(self, g):
+    orig(self, g)
+    n = g.size
+    self.r0 = self.c0 = 0
+    self.r1 = self.c1 = n
+    self.offset = (0, 0)
+    save = g.size, g.center_xy
+    idx = (np.arange(n, dtype=np.float32) - (n - 1) / 2) * g.pixel_spacing
+    x, y = idx[None, :] - g.center_xy[0], idx[:, None] - g.center_xy[1]
+    ca, sa = np.cos(g.angle), np.sin(g.angle)
+    self.u = np.broadcast_to((ca * x - sa * (-y)).astype(np.float32), (n, n)).copy()
+    self.v = np.broadcast_to((sa * x + ca * (-y)).astype(np.float32), (n, n)).copy()
+    assert (g.size, g.center_xy) == save
+
+  monkeypatch.setattr(pa.Grid, "__init__", full)
+  for (hu, truth), (s, f) in zip(cropped, ((0, ["sah", "iph"]),
+                                           (1, ["edh", "fracture", "midline_shift"]))):
+    hu_full, truth_full = phantom.generate_scan(np.random.default_rng(s), findings=f, **kw)
+    # numpy's SIMD float32 sin/arctan/sqrt may differ by an ulp between vector body and tail,
+    # which the crop shifts: a rare pixel rounds to the neighbouring integer HU.
+    diff = np.abs(hu.astype(np.int32) - hu_full)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    assert truth == truth_full
+
+
+def _interior_fraction(m):
+  """Share of mask pixels whose 4 neighbours are all in the mask (lines ~0, patches ~1)."""
+  e = m.copy()
+  e[..., :, 1:] &= m[..., :, :-1]
+  e[..., :, :-1] &= m[..., :, 1:]
+  e[..., 1:, :] &= m[..., :-1, :]
+  e[..., :-1, :] &= m[..., 1:, :]
+  return e.sum() / max(1, m.sum())
+
+
+def test_sah_is_thin_lines_in_the_subarachnoid_space():
+  from ctjax.data import phantom_anatomy as pa
+  for seed in range(4):
+    rng = np.random.default_rng(seed)
+    g = pa.sample_geometry(rng, size=128, num_slices=24, noise_sigma=0.0)
+    grid = pa.Grid(g)
+    _, fields = pa.render_anatomy(grid, rng)
+    les = pl.render_sah(grid, fields, rng, difficult=False)
+    m = pl.mask_of(les)
+    assert m.sum() > 50
+    assert _interior_fraction(m) < 0.5, seed               # 1–3 px lines, not a patch
+    # Outside the cisterns every blood pixel lies within ~1 mm + a pixel of a sulcus.
+    conv = m & (fields["cisterns"][les.idx] < 0.05) & (fields["sulcal"][les.idx] < 1e3)
+    assert conv.sum() > 0.3 * m.sum()
+    assert fields["sulcal"][les.idx][conv].max() <= 1.1 + g.pixel_spacing
 
 
 def test_difficult_lesions_span_few_slices_and_easy_many():
@@ -89,6 +153,33 @@ def test_blend_sign_has_two_attenuations_and_mimics_are_not_blend():
     _, t = _scan(6, findings=["iph"], mimic=mimic)
     assert not any(x["blend"] for x in t["lesions"]) and 2 not in t["slice_class"]
     assert 1 in t["slice_class"]
+
+
+def test_blend_sign_parts_both_visible_with_thin_rim():
+  """Both parts read against brain (hypodense part still denser than grey matter), >= 18 HU
+  apart, and a perihaematomal rim never outweighs the clot."""
+  n_blend = 0
+  for seed in range(6):
+    rng = np.random.default_rng([seed, 5])
+    from ctjax.data import phantom_anatomy as pa
+    g = pa.sample_geometry(rng, size=128, num_slices=24, noise_sigma=0.0)
+    grid = pa.Grid(g)
+    _, fields = pa.render_anatomy(grid, rng)
+    p = pl.sample_iph(grid, rng, difficult=False, blend=True)
+    assert p["oedema_mm"] <= 3.5
+    les = pl.render_iph(grid, fields, p, rng, blend=True)
+    lo, hi = les.extra["components"]
+    assert hi - lo >= 18 and lo >= g.hu_grey + 1 and hi <= 90
+    clot = pl.mask_of(les)
+    if les.halo is not None:
+      assert (les.halo[0] >= 0.5).sum() < clot.sum()
+    hypo = (les.hypo >= 0.5) & clot
+    full = les.occ >= 0.99
+    if (hypo & full).any() and (~hypo & full).any():
+      n_blend += 1
+      assert np.median(les.hu[hypo & full]) == pytest.approx(lo, abs=1)
+      assert np.median(les.hu[~hypo & full]) == pytest.approx(hi, abs=1)
+  assert n_blend >= 4
 
 
 def test_calcifications_are_bright_small_and_unlabelled():

@@ -95,3 +95,13 @@ def test_train_mode_updates_batch_stats_like_torch_momentum():
                              0.1 * y.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(updates["batch_stats"]["bn0"]["var"],
                              0.9 + 0.1 * y.var(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+
+
+def test_dtype_and_param_dtype_are_threaded_through():
+  model = VGG16(width=0.125, batch_norm=True, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+  x = jnp.zeros((1, 32, 32, 3))
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x))
+  assert variables["params"]["conv12"]["kernel"].dtype == jnp.bfloat16
+  assert variables["batch_stats"]["bn0"]["var"].dtype == jnp.float32   # statistics stay f32
+  out = jax.eval_shape(model.apply, variables, x)
+  assert out["feature_map"].dtype == jnp.bfloat16 and out["pooled"].dtype == jnp.bfloat16

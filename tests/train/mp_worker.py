@@ -1,13 +1,15 @@
 """One process of the multi-process trainer test (spawned by test_parallel.py).
 
-argv: coordinator_address num_processes process_id workdir overrides_json
+argv: coordinator_address ("-": a single process with 4 devices) num_processes process_id
+workdir overrides_json (config overrides; "_delay": seconds of sleep per training batch).
 """
 
 import os
 import sys
 
 os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=4" if sys.argv[1] == "-"
+                           else "--xla_force_host_platform_device_count=2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -16,14 +18,17 @@ def main():
   import json
   address, nproc, pid, workdir, overrides = sys.argv[1:6]
   from ctjax.train import parallel
-  parallel.initialize_distributed(address, int(nproc), int(pid))
-  import jax
-  assert jax.process_count() == int(nproc) and jax.device_count() == 2 * int(nproc)
+  if address != "-":
+    parallel.initialize_distributed(address, int(nproc), int(pid))
+    import jax
+    assert jax.process_count() == int(nproc) and jax.device_count() == 2 * int(nproc)
   import stand_ins
   from ctjax.train import loop
-  config = stand_ins.tiny_config(**json.loads(overrides))
+  overrides = json.loads(overrides)
+  delay = overrides.pop("_delay", 0.0)
+  config = stand_ins.tiny_config(**overrides)
   loop.train_and_evaluate(config, workdir, task=stand_ins.TinyTask(),
-                          data=stand_ins.MemoryData())
+                          data=stand_ins.MemoryData(delay=delay))
 
 
 if __name__ == "__main__":

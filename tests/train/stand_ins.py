@@ -6,6 +6,9 @@ layer or backbones.
 
 from __future__ import annotations
 
+import functools
+import time
+
 import flax.linen as nn
 import grain
 import jax
@@ -45,11 +48,18 @@ class Splits(dict):
   info = {}
 
 
+def _sleep(seconds, batch):
+  time.sleep(seconds)
+  return batch
+
+
 class MemoryData:
   """build_splits / train_iterator / eval_batches over MemorySource (grain, resumable)."""
 
-  def __init__(self, num_train: int = 48, num_val: int = 20, num_test: int = 20):
+  def __init__(self, num_train: int = 48, num_val: int = 20, num_test: int = 20,
+               delay: float = 0.0):
     self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+    self.delay = delay   # seconds per training batch (to kill a run mid-way in tests)
 
   def build_splits(self, config, workdir):
     seed = int(config.data.fold) * 10
@@ -63,6 +73,8 @@ class MemoryData:
     ds = (grain.MapDataset.source(splits["train"]).shuffle(seed=seed).repeat()
           .batch(batch, drop_remainder=True)
           .map(lambda b: {k: v[lo:lo + local] for k, v in b.items()}))
+    if self.delay:
+      ds = ds.map(functools.partial(_sleep, self.delay))
     return iter(ds.to_iter_dataset())
 
   def eval_batches(self, config, splits, split, *, process_index=0, process_count=1):

@@ -100,3 +100,41 @@ def test_evaluators_both_config_forms():
   c.evals.every_epochs = 2
   c.evals.threshold = 0.5
   assert loop.evaluators(c, steps_per_epoch=5) == {"val": {"split": "val", "every_steps": 10}}
+
+
+@pytest.mark.slow   # two subprocess runs: ~1 min on a busy 2-core machine
+def test_resume_after_sigkill_matches_uninterrupted(reference_run, tmp_path):
+  """SIGKILL a run after step 3 is logged (checkpoints every step, async); the restarted run
+  resumes from its last complete checkpoint and logs the uninterrupted run's losses."""
+  import os
+  import signal
+  import subprocess
+  import sys
+  import time
+  worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mp_worker.py")
+  base = {"train.num_epochs": 1, "evals.val.every_steps": 3, "checkpoint.every_steps": 1}
+  env = {k: v for k, v in os.environ.items() if not k.startswith("CTJAX_")}
+  cmd = [sys.executable, worker, "-", "1", "0", str(tmp_path)]
+  proc = subprocess.Popen(cmd + [json.dumps({**base, "_delay": 1.0})], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+      if (tmp_path / "metrics.jsonl").exists() and 3 in stand_ins.read_losses(tmp_path):
+        break
+      time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  killed_at = max(stand_ins.read_losses(tmp_path))
+  assert killed_at < 6
+  subprocess.run(cmd + [json.dumps(base)], env=env, check=True, timeout=300,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ref = stand_ins.read_losses(reference_run[0])
+  got = stand_ins.read_losses(tmp_path)   # the last value logged for each step
+  assert sorted(got) == [1, 2, 3, 4, 5, 6]
+  np.testing.assert_allclose([got[s] for s in range(1, 7)], [ref[s] for s in range(1, 7)],
+                             rtol=1e-6)

@@ -52,6 +52,7 @@ def test_initialize_distributed_argument_errors(monkeypatch):
     parallel.initialize_distributed("127.0.0.1:1", num_processes=2, process_id=2)
 
 
+@pytest.mark.slow   # two JAX processes start, connect and compile: ~1-2 min on a busy 2-core box
 def test_two_processes_match_one_process(reference_run, tmp_path):
   """2 processes × 2 CPU devices (jax.distributed on localhost, gloo) give the losses of the
   1 process × 4 devices reference run for the first 3 steps."""

@@ -58,7 +58,7 @@ def _batch(n=4, seed=0):
 @pytest.fixture(scope="module")
 def model_and_vars():
   model = blendnet.BlendNet(backbone=TinyBackbone(), det_hidden=8)
-  v = model.init(jax.random.PRNGKey(0), jnp.zeros((1, SIZE, SIZE, 3)))
+  v = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, SIZE, SIZE, 3)))
   return model, blendnet.strip_perturbations(v)
 
 
@@ -71,11 +71,16 @@ def _aug(**kw):
   return a
 
 
+def _augment(hu, boxes, key, aug):
+  return jax.jit(lambda h, b, k: blend.augment(h, b, k, aug))(jnp.asarray(hu),
+                                                             jnp.asarray(boxes), key)
+
+
 def test_flip_only_mirrors_image_and_boxes_exactly():
   hu = np.random.default_rng(0).normal(size=(2, 8, 10)).astype(np.float32)
   boxes = np.array([[[1, 2, 4, 6], [-1, -1, -1, -1]], [[0, 0, 10, 8], [2, 2, 3, 3]]],
                    np.float32)
-  out, ob = blend.augment(jnp.asarray(hu), jnp.asarray(boxes), jax.random.PRNGKey(0), _aug())
+  out, ob = _augment(hu, boxes, jax.random.PRNGKey(0), _aug())
   np.testing.assert_allclose(out, hu[:, :, ::-1], atol=1e-4)
   np.testing.assert_allclose(ob[0, 0], [10 - 4, 2, 10 - 1, 6], atol=1e-5)
   np.testing.assert_array_equal(ob[0, 1], [-1, -1, -1, -1])       # padding untouched
@@ -85,8 +90,8 @@ def test_flip_only_mirrors_image_and_boxes_exactly():
 def test_no_operation_is_the_identity():
   hu = np.random.default_rng(1).normal(size=(2, 12, 12)).astype(np.float32)
   boxes = np.array([[[1, 2, 4, 6]], [[3, 3, 9, 11]]], np.float32)
-  out, ob = blend.augment(jnp.asarray(hu), jnp.asarray(boxes), jax.random.PRNGKey(3),
-                          _aug(prob=0.0, max_rotation=10.0, scale=(0.9, 1.1), max_shift=0.1))
+  out, ob = _augment(hu, boxes, jax.random.PRNGKey(3),
+                     _aug(prob=0.0, max_rotation=10.0, scale=(0.9, 1.1), max_shift=0.1))
   np.testing.assert_allclose(out, hu, atol=1e-4)
   np.testing.assert_allclose(ob, boxes, atol=1e-5)
 
@@ -103,8 +108,8 @@ def test_random_affine_moves_boxes_with_the_image_and_is_deterministic():
     boxes[i, 0] = [x0, y0, x0 + 20, y0 + 16]
   a = _aug(prob=1.0, max_rotation=10.0, scale=(0.9, 1.1), max_shift=0.1)
   key = jax.random.PRNGKey(7)
-  out, ob = blend.augment(jnp.asarray(hu), jnp.asarray(boxes), key, a)
-  out2, ob2 = blend.augment(jnp.asarray(hu), jnp.asarray(boxes), key, a)
+  out, ob = _augment(hu, boxes, key, a)
+  out2, ob2 = _augment(hu, boxes, key, a)
   np.testing.assert_array_equal(out, out2)
   np.testing.assert_array_equal(ob, ob2)
   out, ob = np.asarray(out), np.asarray(ob)
@@ -153,10 +158,10 @@ def test_distillation_kl_matches_torch():
 
 
 def _loss(model, variables, batch, config, train=False, rng=0):
-  return blend.TASK.loss_fn(model, variables["params"],
-                            {k: v for k, v in variables.items() if k != "params"},
-                            jax.tree.map(jnp.asarray, batch), jax.random.PRNGKey(rng), config,
-                            train)
+  """Task.loss_fn, jitted with the config closed over (as the trainer's step does)."""
+  fn = jax.jit(lambda p, e, b, r: blend.TASK.loss_fn(model, p, e, b, r, config, train))
+  return fn(variables["params"], {k: v for k, v in variables.items() if k != "params"},
+            jax.tree.map(jnp.asarray, batch), jax.random.PRNGKey(rng))
 
 
 def test_loss_parts_weights_and_padding(model_and_vars):
@@ -243,7 +248,8 @@ def test_predict_summarize_match_sklearn_and_figures(model_and_vars, tmp_path):
   model, v = model_and_vars
   cfg = _config("wce_at")
   batch = _batch(6)
-  out = jax.device_get(blend.TASK.predict(model, v, jax.tree.map(jnp.asarray, batch), cfg))
+  predict = jax.jit(lambda v_, b: blend.TASK.predict(model, v_, b, cfg))
+  out = jax.device_get(predict(v, jax.tree.map(jnp.asarray, batch)))
   assert out["probs"].shape == (6, 3) and out["det_boxes"].shape[-1] == 4
   np.testing.assert_allclose(out["probs"].sum(-1), 1.0, rtol=1e-5)
   # Summaries on known outputs, against scikit-learn.

@@ -1,6 +1,7 @@
 """ctjax.train.tasks.pretrain: weighted BCE against torch, a few loop steps, backbone export."""
 
 import numpy as np
+import pytest
 import torch
 
 import jax
@@ -60,21 +61,23 @@ def test_loss_is_torch_weighted_bce():
   config = _config()
   task = pretrain.TASK
   model = task.build_model(config)
-  variables = task.init_variables(model, config, jax.random.PRNGKey(0))
+  variables = jax.jit(lambda r: task.init_variables(model, config, r))(jax.random.PRNGKey(0))
   src = SliceSource(4, 0)
   batch = {"hu": jnp.asarray(src.hu), "labels": jnp.asarray(src.labels),
            "valid": jnp.asarray([True, True, True, False])}
-  loss, (metrics, _) = task.loss_fn(model, variables["params"], {}, batch, jax.random.PRNGKey(1),
-                                    config, False)
-  logits = model.apply(variables, pretrain.preprocess(batch["hu"], config), train=False)
+  loss, (metrics, _) = jax.jit(lambda p, b: task.loss_fn(model, p, {}, b, jax.random.PRNGKey(1),
+                                                        config, False))(variables["params"], batch)
+  logits = jax.jit(lambda v, hu: model.apply(v, pretrain.preprocess(hu, config), train=False))(
+      variables, batch["hu"])
   ref = torch.nn.functional.binary_cross_entropy_with_logits(
       torch.tensor(np.asarray(logits[:3])), torch.tensor(src.labels[:3]),
       pos_weight=torch.tensor(config.loss.pos_weight), reduction="mean")
   np.testing.assert_allclose(float(loss), float(ref), rtol=1e-5)
-  probs = task.predict(model, variables, batch, config)["probs"]
+  probs = jax.jit(lambda v, b: task.predict(model, v, b, config))(variables, batch)["probs"]
   np.testing.assert_allclose(probs, jax.nn.sigmoid(logits), rtol=1e-6)
 
 
+@pytest.mark.slow   # compiles a VGG16 train + eval step: ~30 s idle, minutes on a busy 2-core box
 def test_pretrain_loop_exports_backbone(tmp_path):
   out = tmp_path / "vgg.npz"
   config = _config(**{"pretrain.export_path": str(out)})

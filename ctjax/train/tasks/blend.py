@@ -178,6 +178,22 @@ def _stride(image_hw, det_hw) -> float:
 class BlendTask:
   name = "blend"
 
+  def validate_config(self, config: ml_collections.ConfigDict) -> None:
+    """One-line ConfigErrors for blend settings that would fail deep inside the step."""
+    loss = config.loss
+    if len(loss.class_weights) != config.model.get("num_classes", 3):
+      raise ConfigError(f"config.loss.class_weights={tuple(loss.class_weights)} needs one "
+                        f"weight per class ({config.model.get('num_classes', 3)})")
+    if loss.det_normalize not in ("pixels", "centres"):
+      raise ConfigError(f"config.loss.det_normalize={loss.det_normalize!r}; expected "
+                        "'pixels' or 'centres'")
+    if not 0.0 <= config.distill.alpha <= 1.0 or config.distill.temperature <= 0:
+      raise ConfigError(f"config.distill.alpha={config.distill.alpha} must lie in [0, 1] and "
+                        f"temperature={config.distill.temperature} be > 0")
+    if config.model.backbone not in blendnet.BACKBONES:
+      raise ConfigError(f"config.model.backbone={config.model.backbone!r}; expected one of "
+                        f"{sorted(blendnet.BACKBONES)}")
+
   def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
     return blendnet.build_blendnet(config.model)
 
@@ -339,13 +355,16 @@ def write_figures(outputs: Mapping[str, Any], report: Mapping[str, Any], out_dir
 
 def write_grad_cam(model, variables, hu: np.ndarray, config, out_path: str,
                    labels=None, boxes=None) -> str:
-  """Grad-CAM of the predicted class over the brain-window slice, one panel per slice [N,H,W]."""
+  """Grad-CAM of the predicted class over the brain-window slice, one panel per slice [N,H,W]
+  (title: truth → prediction; truth boxes in green)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   x = preprocess(jnp.asarray(hu), config)
   cams = np.asarray(blendnet.grad_cam(model, variables, x))
+  v = blendnet.strip_perturbations(variables)
+  pred = np.asarray(jnp.argmax(model.apply(v, x, train=False)["logits"], -1))
   brain = windows_lib.apply_windows(np.asarray(hu), "brain")[..., 0]
   n = len(hu)
   fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.8), squeeze=False)
@@ -357,8 +376,8 @@ def write_grad_cam(model, variables, hu: np.ndarray, config, out_path: str,
       for b in np.asarray(boxes[i]):
         if b[2] > b[0] and b[3] > b[1]:
           ax.add_patch(plt.Rectangle(b[:2], b[2] - b[0], b[3] - b[1], fill=False, ec="lime"))
-    if labels is not None:
-      ax.set_title(BLEND_CLASSES[int(labels[i])], fontsize=8)
+    truth = f"{BLEND_CLASSES[int(labels[i])]} → " if labels is not None else ""
+    ax.set_title(f"{truth}{BLEND_CLASSES[int(pred[i])]}", fontsize=8)
     ax.axis("off")
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   fig.tight_layout()

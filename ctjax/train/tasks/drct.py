@@ -145,6 +145,10 @@ def ensure_backbone_weights(config: ml_collections.ConfigDict) -> None:
 class DrCTTask:
   name = "drct"
 
+  def validate_config(self, config: ml_collections.ConfigDict) -> None:
+    """Called by the trainer before any data or model work: one clear line on bad values."""
+    check_config(config)
+
   def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
     check_config(config)
     ensure_backbone_weights(config)
