@@ -1,6 +1,5 @@
 """ResNet-50 against torchvision's architecture (rebuilt in torch.nn) with random weights."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
