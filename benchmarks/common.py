@@ -335,6 +335,7 @@ class Context:
   with_torch: bool = True
   skipped: dict[str, str] = dataclasses.field(default_factory=dict)   # figure → why
   torch_threads: Optional[int] = None   # fixed torch thread count (cpu-bound runs), else probe
+  fresh_peaks: bool = False             # re-measure the matmul peak beside each figure (CPU)
 
   def time(self, fn: Callable[[], Any], **kwargs) -> Timing:
     kw = dict(warmup=self.warmup, repeats=self.repeats, max_seconds=self.max_seconds)
@@ -378,6 +379,14 @@ class Context:
     return return_n
 
   def peak(self, dtype: str) -> Optional[float]:
+    """The matmul peak for `dtype`, re-measured now (short) when `fresh_peaks`: on a shared
+    CPU the load moves by 3× within minutes, so a peak from the start of the run would make
+    FLOP fractions of later figures meaningless (> 100 % or far too low)."""
+    if self.fresh_peaks and self.settings.get("matmul_n"):
+      got = matmul_peak(jnp.dtype(dtype), self.settings["matmul_n"], repeats=3,
+                        max_seconds=self.max_seconds or 5.0)["peak"]
+      self.peaks[dtype] = got
+      return got
     return self.peaks.get(dtype)
 
 
@@ -489,3 +498,26 @@ def torch_device():
   import torch
   return torch.device("cuda" if (jax.default_backend() == "gpu" and torch.cuda.is_available())
                       else "cpu")
+
+
+def markdown_table(path: os.PathLike | str) -> str:
+  """A results JSON → a Markdown table (for README / NOTES), with the machine and its load."""
+  payload = json.loads(pathlib.Path(path).read_text())
+  header, records = payload["header"], payload["records"]
+  env = header["environment"]
+  lines = [f"`{pathlib.Path(path).name}`: {env['device']}, jax {env['jax']}, torch "
+           f"{env['torch']}, preset `{header['preset']}`, load {header.get('load_before')} → "
+           f"{header.get('load_after')}", "",
+           "| figure | value | unit | torch | ctjax/torch | FLOP % | load (1 min) |",
+           "|---|---:|---|---:|---:|---:|---:|"]
+
+  def f(x, fmt="{:.4g}"):
+    return "–" if x is None else fmt.format(x)
+
+  for r in records:
+    d = header.get("details", {}).get(r["name"], {})
+    load = (d.get("load_average") or [None])[0]
+    frac = None if r["flop_fraction"] is None else 100 * r["flop_fraction"]
+    lines.append(f"| {r['name']} | {f(r['value'])} | {r['unit']} | {f(r['torch_value'])} | "
+                 f"{f(r['ratio_vs_torch'], '{:.2f}')} | {f(frac, '{:.1f}')} | {f(load)} |")
+  return "\n".join(lines)

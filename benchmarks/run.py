@@ -116,7 +116,7 @@ def run_suite(preset: str, *, json_path: Optional[str] = None, only: Sequence[st
   ctx = common.Context(preset=preset, settings=settings, workdir=wd,
                        device=common.device_name(), warmup=settings["warmup"],
                        repeats=settings["repeats"], max_seconds=max_seconds,
-                       with_torch=with_torch)
+                       with_torch=with_torch, fresh_peaks=on_cpu)
   groups = [g for g in GROUPS if not only or any(o.split(".")[0] == g for o in only)]
   # Sub-figure filters (`drct2.infer`, `blend.train`, `scaling.devices`).
   for g in groups:
@@ -189,8 +189,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   bound.add_argument("--cpu-bound", dest="cpu_bound", action="store_true", default=None,
                      help="batch 1, one timed call (default for --preset full on a CPU)")
   bound.add_argument("--no-cpu-bound", dest="cpu_bound", action="store_false")
+  parser.add_argument("--render", metavar="JSON", default=None,
+                      help="print an existing results JSON as a Markdown table and exit")
   parser.add_argument("-v", "--verbose", action="store_true")
   args = parser.parse_args(argv)
+  if args.render:
+    from benchmarks import common
+    print(common.markdown_table(args.render))
+    return 0
   logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                       format="%(asctime)s %(name)s %(message)s")
   from ctjax.errors import CTJaxError

@@ -26,8 +26,8 @@ def _train(flags, config) -> int:
   parallel.initialize_distributed(flags.coordinator_address, flags.num_processes,
                                   flags.process_id)
   final = loop.train_and_evaluate(config, flags.workdir)
-  headline = {k: round(v, 4) for k, v in final.items() if k.count("/") <= 1}
-  print(json.dumps(headline, sort_keys=True))
+  headline = {k: v for k, v in final.items() if k.count("/") <= 1}
+  print(json.dumps(loop._json_safe(headline), sort_keys=True))
   return 0
 
 

@@ -59,7 +59,8 @@ def test_frozen_params_unchanged_and_trainable_moved(reference_run):
   import jax
   from ctjax.train import state as state_lib
   tx = task.make_optimizer(config, 6)
-  init = state_lib.create_state(task, model, config, jax.random.PRNGKey(config.seed), tx)
+  init = jax.jit(lambda r: state_lib.create_state(task, model, config, r, tx))(
+      jax.random.PRNGKey(config.seed))
   trained, step = checkpoint.restore_state(workdir, init, which="latest")
   assert step == 6
   assert set(init.frozen) == {"stem"} and "stem" not in init.params

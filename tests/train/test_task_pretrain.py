@@ -65,15 +65,18 @@ def test_loss_is_torch_weighted_bce():
   src = SliceSource(4, 0)
   batch = {"hu": jnp.asarray(src.hu), "labels": jnp.asarray(src.labels),
            "valid": jnp.asarray([True, True, True, False])}
-  loss, (metrics, _) = jax.jit(lambda p, b: task.loss_fn(model, p, {}, b, jax.random.PRNGKey(1),
-                                                        config, False))(variables["params"], batch)
-  logits = jax.jit(lambda v, hu: model.apply(v, pretrain.preprocess(hu, config), train=False))(
-      variables, batch["hu"])
+
+  @jax.jit
+  def run(v, b):   # one compilation for the three calls
+    loss, _ = task.loss_fn(model, v["params"], {}, b, jax.random.PRNGKey(1), config, False)
+    logits = model.apply(v, pretrain.preprocess(b["hu"], config), train=False)
+    return loss, logits, task.predict(model, v, b, config)["probs"]
+
+  loss, logits, probs = run(variables, batch)
   ref = torch.nn.functional.binary_cross_entropy_with_logits(
       torch.tensor(np.asarray(logits[:3])), torch.tensor(src.labels[:3]),
       pos_weight=torch.tensor(config.loss.pos_weight), reduction="mean")
   np.testing.assert_allclose(float(loss), float(ref), rtol=1e-5)
-  probs = jax.jit(lambda v, b: task.predict(model, v, b, config))(variables, batch)["probs"]
   np.testing.assert_allclose(probs, jax.nn.sigmoid(logits), rtol=1e-6)
 
 
