@@ -36,10 +36,9 @@ is not hit); `num_workers=2` (mp_prefetch) was 4-7x SLOWER here (each ~15 MB bat
 shared memory), so keep `num_workers=0` unless host-side work per example grows. Grain's
 `shuffle` is replaced by `EpochShuffle` (see there).
 
-Multi-host: `train_iterator` shards the training set by process (element i goes to process
-i % process_count, like Grain's ShardByJaxProcess; the last len % process_count elements are
-dropped so every process runs the same number of steps) and shuffles each shard per epoch by
-seed. `eval_batches` lays global batch g out as process p's slice [p*b, (p+1)*b), so batches
+Multi-host: every process walks the same globally shuffled endless stream and `train_iterator`
+gives process p rows [p*b, (p+1)*b) of each global batch (`ProcessRows`), so the global batches
+— and the losses — are the same for any number of processes. `eval_batches` lays global batch g out as process p's slice [p*b, (p+1)*b), so batches
 concatenated in process order are the global batch.
 """
 
@@ -165,6 +164,28 @@ class EpochShuffle(grain.MapDataset):
     return self._parents[0][int(self.permutation(epoch)[pos])]
 
 
+class ProcessRows(grain.MapDataset):
+  """Process p's view of an endless stream cut into global batches: local element j is global
+  element (j // b) * G + p * b + j % b, i.e. rows [p*b, (p+1)*b) of every global batch."""
+
+  def __init__(self, parent: grain.MapDataset, *, global_batch: int, local_batch: int,
+               process_index: int):
+    super().__init__(parent)
+    self._g, self._b, self._p = int(global_batch), int(local_batch), int(process_index)
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __str__(self) -> str:
+    return f"ProcessRows(G={self._g}, b={self._b}, p={self._p})"
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    g, r = divmod(int(index), self._b)
+    return self._parents[0][g * self._g + self._p * self._b + r]
+
+
 def _flip(hu: np.ndarray, rng: Optional[np.random.Generator], p: float) -> tuple[np.ndarray,
                                                                                 bool]:
   if rng is None or p <= 0 or rng.random() >= p:
@@ -255,16 +276,20 @@ def train_iterator(config, splits: Splits, *, seed: int, process_index: int = 0,
         f"train split has {len(src)} examples: fewer than one local batch of {local} per "
         f"process ({process_count} processes); lower train.batch_size or add data")
   seed = int(seed) % 2**32
-  ds = grain.MapDataset.source(src)[process_index:n_even:process_count]
-  ds = EpochShuffle(ds, seed=seed)
+  # Every process walks the same global, endless, per-epoch-shuffled stream (augmentation rng a
+  # function of the global position) and takes its rows of each global batch: so P processes
+  # together see exactly the batches of one process, and losses agree across topologies.
+  ds = EpochShuffle(grain.MapDataset.source(src), seed=seed)
   ds = ds.random_map(_example_fn(config, splits, train=True), seed=seed)
+  ds = ProcessRows(ds, global_batch=int(config.train.batch_size), local_batch=local,
+                   process_index=process_index)
   ds = ds.batch(local, drop_remainder=True, batch_fn=stack)
   return iter(_finish(ds, config))
 
 
 def steps_per_epoch(config, splits: Splits, process_count: int = 1) -> int:
-  n_even = (len(splits["train"]) // process_count) * process_count
-  return n_even // int(config.train.batch_size)
+  del process_count   # the stream is global: the same number of steps for any topology.
+  return len(splits["train"]) // int(config.train.batch_size)
 
 
 def _eval_element(j: int, *, src, n: int, global_batch: int, local: int, process_index: int,

@@ -84,15 +84,24 @@ def test_two_processes_disjoint_and_covering(rsna):
   n = len(splits["train"])
   config = config.copy_and_resolve_references()
   config.train.batch_size = 2
-  seen = []
+  steps = pipeline.steps_per_epoch(config, splits, process_count=2)
+  assert steps == n // 2
+  single = _take(pipeline.train_iterator(config, splits, seed=0), steps)
+  per_process = []
   for p in range(2):
-    steps = pipeline.steps_per_epoch(config, splits, process_count=2)
     it = pipeline.train_iterator(config, splits, seed=0, process_index=p, process_count=2)
     batches = _take(it, steps)
     assert all(x["hu"].shape[0] == 1 for x in batches)        # local batch = 2 // 2
-    seen.append({int(i) for x in batches for i in x["example_index"]})
+    per_process.append(batches)
+  seen = [{int(i) for x in b for i in x["example_index"]} for b in per_process]
   assert not seen[0] & seen[1]
-  assert seen[0] | seen[1] == set(range((n // 2) * 2))
+  assert len(seen[0] | seen[1]) == steps * 2                 # one epoch, no repeats
+  assert seen[0] | seen[1] <= set(range(n))
+  # Rows of the two processes, concatenated in process order, are the one-process batches.
+  for g in range(steps):
+    for k in single[g]:
+      np.testing.assert_array_equal(
+          np.concatenate([per_process[0][g][k], per_process[1][g][k]]), single[g][k])
 
 
 def test_iterator_state_restores_next_batch(rsna):
