@@ -96,7 +96,8 @@ def run_suite(preset: str, *, json_path: Optional[str] = None, only: Sequence[st
               max_seconds: Optional[float] = None, workdir: Optional[str] = None,
               with_torch: bool = True, cpu_bound: Optional[bool] = None,
               settings: Optional[dict] = None, strict: bool = False,
-              dtypes: Optional[Sequence[str]] = None) -> tuple[dict, list]:
+              dtypes: Optional[Sequence[str]] = None,
+              torch_threads: Optional[int] = None) -> tuple[dict, list]:
   """Runs the preset's figures; returns (header, records) and writes the JSON."""
   import jax
   import torch
@@ -137,7 +138,10 @@ def run_suite(preset: str, *, json_path: Optional[str] = None, only: Sequence[st
     peaks[dtype] = common.matmul_peak(getattr(jax.numpy, dtype), settings["matmul_n"],
                                       max_seconds=max_seconds or 20.0)
   ctx.peaks = {k: v["peak"] for k, v in peaks.items()}
-  if cpu_bound and on_cpu and with_torch:
+  if torch_threads:
+    ctx.torch_threads = torch_threads
+    header["torch_threads_fixed"] = torch_threads
+  elif cpu_bound and on_cpu and with_torch:
     ctx.torch_threads = common.probe_torch_threads()
     header["torch_threads_probe"] = ctx.torch_threads
   header["matmul_peak_flops"] = peaks
@@ -189,6 +193,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   bound.add_argument("--cpu-bound", dest="cpu_bound", action="store_true", default=None,
                      help="batch 1, one timed call (default for --preset full on a CPU)")
   bound.add_argument("--no-cpu-bound", dest="cpu_bound", action="store_false")
+  parser.add_argument("--torch-threads", type=int, default=None,
+                      help="fix torch's thread count (default: fastest of all cores and 1)")
   parser.add_argument("--render", metavar="JSON", default=None,
                       help="print an existing results JSON as a Markdown table and exit")
   parser.add_argument("-v", "--verbose", action="store_true")
@@ -205,7 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     header, records = run_suite(args.preset, json_path=args.json, only=args.only,
                                 max_seconds=args.max_seconds, workdir=args.workdir,
                                 with_torch=not args.no_torch, cpu_bound=args.cpu_bound,
-                                dtypes=args.dtypes)
+                                dtypes=args.dtypes, torch_threads=args.torch_threads)
   except CTJaxError as e:
     print(f"benchmarks.run: {type(e).__name__}: {e}", file=sys.stderr)
     return 1

@@ -67,6 +67,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # softmax of eq. (3) sees unit-scale values, and weights × C so uniform attention keeps them.
   c.model.feature_norm = "batchnorm"
   c.model.feature_attention_rescale = True
+  # The backbone is frozen: its per-slice outputs (primary, and the APS zoom of each slice) are
+  # computed once and the heads train on them exactly (ctjax.train.tasks.drct.FeatureCacheData;
+  # equality with the full model is tested). False: the end-to-end path, same results, slower.
+  c.model.feature_cache = True
 
   # Positive weights ≈ sqrt(negatives / positives) of the generator's label prevalence
   # (35% positive scans; subtype shares iph .26, ivh .17, sdh .30, edh .05, sah .22):
@@ -93,5 +97,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.aps_size = 96
     c.model.backbone_weights = ""
     c.model.backbone_pretrain_config = ""
+    c.model.feature_cache = False
     c.evals.val.every_epochs = 0
   return c

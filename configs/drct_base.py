@@ -52,6 +52,7 @@ def drct_config(*, dataset: str, variant: str) -> ml_collections.ConfigDict:
   c.model.fc_widths = (256, 128)   # hidden widths of the three FC layers; not given
   c.model.aps_fc_dim = 256         # V.B: the FC after BatchNorm; width not given
   c.model.dropout = 0.5            # V.A.3 "the dropout rate is 0.5"
+  c.model.feature_cache = False    # True: train the heads on cached frozen-backbone features
 
   # Losses (V.D, Table 2): MSE primary + MSE APS + BCE fusion; "bce" everywhere for Table 2.
   c.loss = ml_collections.ConfigDict()

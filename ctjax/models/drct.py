@@ -159,16 +159,48 @@ class DrCT(nn.Module):
     return (pooled.reshape((b, k) + pooled.shape[1:]),
             fmap.reshape((b, k) + fmap.shape[1:]))
 
+  def backbone_features(self, images: jax.Array, aps_images: Optional[jax.Array] = None
+                        ) -> dict[str, jax.Array]:
+    """Per-slice frozen-backbone features for the feature cache (`features=` of __call__).
+
+    images [N, S, S, 3] (primary input) → {"pooled" [N, C], "feature_map" [N, h, w, C]} and,
+    with `aps_images` [N, S', S', 3] (the APS source of the same slices), "aps_pooled" [N, C]
+    of those zoomed to aps_size. Every output row depends on its own slice only (per-slice
+    backbone, per-slice bilinear zoom), so rows cached once equal the full model's values.
+    Call with `method=DrCT.backbone_features` and the full variables.
+    """
+    out = self.backbone(images.astype(self.dtype), train=False)
+    res = {"pooled": out["pooled"], "feature_map": out["feature_map"]}
+    if aps_images is not None:
+      if aps_images.shape[1:3] != (self.aps_size, self.aps_size):
+        aps_images = jax.image.resize(aps_images.astype(jnp.float32),
+                                      (aps_images.shape[0], self.aps_size, self.aps_size,
+                                       aps_images.shape[-1]), method="bilinear")
+      res["aps_pooled"] = self.backbone(aps_images.astype(self.dtype), train=False)["pooled"]
+    return res
+
   @nn.compact
-  def __call__(self, x: jax.Array, *, native: Optional[jax.Array] = None,
+  def __call__(self, x: Optional[jax.Array], *, native: Optional[jax.Array] = None,
+               features: Optional[dict[str, jax.Array]] = None,
                train: bool = False) -> dict[str, jax.Array]:
-    assert x.ndim == 5 and x.shape[-1] == 3, f"DrCT expects [B, m, S, S, 3], got {x.shape}"
+    """x [B, m, S, S, 3], or `features` (a frozen backbone's cached per-slice outputs, see
+    `backbone_features`): {"pooled" [B, m, C], "feature_map" [B, m, h, w, C], and for DrCT2
+    "aps_pooled" [B, m, C] = the APS backbone output of every sampled slice, of which the
+    key slices are gathered}. Both give the same outputs (tests/models/test_drct.py)."""
+    if features is None:
+      assert x.ndim == 5 and x.shape[-1] == 3, f"DrCT expects [B, m, S, S, 3], got {x.shape}"
+    elif not self.freeze_backbone:
+      raise ValueError("cached backbone features need freeze_backbone=True")
     if self.selection not in SELECTIONS:
       raise ValueError(f"selection={self.selection!r}; expected one of {SELECTIONS}")
     if self.aps_source not in APS_SOURCES:
       raise ValueError(f"aps_source={self.aps_source!r}; expected one of {APS_SOURCES}")
-    b, m = x.shape[:2]
-    pooled, fmap = self._features(x)
+    if features is None:
+      b, m = x.shape[:2]
+      pooled, fmap = self._features(x)
+    else:
+      pooled, fmap = features["pooled"], features["feature_map"]
+      b, m = pooled.shape[:2]
     seq = dict(gru_hidden=self.gru_hidden, seq_dim=self.seq_dim,
                seq_activation=self.seq_activation, fc_widths=tuple(self.fc_widths),
                dropout_rate=self.dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -195,13 +227,10 @@ class DrCT(nn.Module):
       rng = self.make_rng("aps") if self.has_rng("aps") else jax.random.key(0)
       scores = jax.random.uniform(rng, (b, m))
     key_idx = select_key_slices(scores, self.mkey)
-    src = native if (self.aps_source == "native" and native is not None) else x
-    keys = jnp.take_along_axis(src, key_idx[:, :, None, None, None], axis=1)
-    if keys.shape[2:4] != (self.aps_size, self.aps_size):
-      keys = jax.image.resize(keys.astype(jnp.float32),
-                              (b, self.mkey, self.aps_size, self.aps_size, keys.shape[-1]),
-                              method="bilinear")
-    aps_pooled, _ = self._features(keys)
+    if features is not None:
+      aps_pooled = jnp.take_along_axis(features["aps_pooled"], key_idx[:, :, None], axis=1)
+    else:
+      aps_pooled = self._aps_features(x, native, key_idx)
     aps = APSNetwork(self.num_labels, self.aps_fc_dim, name="aps", **seq)(aps_pooled,
                                                                           train=train)
     fused = Head(tuple(self.fc_widths), self.num_labels, self.dropout_rate, dtype=self.dtype,
@@ -209,3 +238,16 @@ class DrCT(nn.Module):
                      primary["feature"] + aps["feature"], train=train)
     out.update(logits_aps=aps["logits"], logits=fused, key_indices=key_idx)
     return out
+
+  def _aps_features(self, x: jax.Array, native: Optional[jax.Array],
+                    key_idx: jax.Array) -> jax.Array:
+    """The key slices zoomed to aps_size (eq. 8) through the frozen backbone (eq. 9)."""
+    b = x.shape[0]
+    src = native if (self.aps_source == "native" and native is not None) else x
+    keys = jnp.take_along_axis(src, key_idx[:, :, None, None, None], axis=1)
+    if keys.shape[2:4] != (self.aps_size, self.aps_size):
+      keys = jax.image.resize(keys.astype(jnp.float32),
+                              (b, self.mkey, self.aps_size, self.aps_size, keys.shape[-1]),
+                              method="bilinear")
+    aps_pooled, _ = self._features(keys)
+    return aps_pooled

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 # Batch entries that stay on device during evaluation (images); everything else (labels, ids,
 # valid, boxes, slice maps) comes back to the host next to the predictions for `summarize`.
-IMAGE_KEYS = ("hu", "image", "images")
+IMAGE_KEYS = ("hu", "image", "images", "feat_pooled", "feat_map", "feat_aps")
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -196,6 +196,9 @@ def _setup(config, workdir, task, data, mesh):
   shapes = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
   state_sharding = jax.tree.map(lambda _: repl, shapes)
   state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
+  if hasattr(task, "wrap_data"):   # e.g. DrCT's frozen-backbone feature cache
+    data = task.wrap_data(config, data, splits, model,
+                          parallel.replicated_to_host(state.variables()))
   train_step, eval_step = steps_lib.compile_steps(task, model, config, mesh, state_sharding)
   return task, data, splits, model, steps_per_epoch, state, train_step, eval_step
 

@@ -159,3 +159,24 @@ def test_primary_feature_batchnorm_option(x):
                          mutable=["batch_stats"])
   assert not np.allclose(np.asarray(upd["batch_stats"]["primary"]["bn"]["mean"]), 0)
   np.testing.assert_allclose(np.asarray(out["feature_attention"].sum(-1)), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("source,aps", [("zoom", True), ("native", True), ("zoom", False)])
+def test_cached_features_equal_full_model(x, source, aps):
+  """The feature-cache path (per-slice backbone outputs computed once) gives the full model's
+  outputs: key slices gathered from per-slice APS vectors = the zoomed key slices' vectors."""
+  model = small(aps_source=source, aps=aps)
+  native = jax.random.normal(jax.random.key(5), (2, 6, 40, 40, 3))
+  v = init(model, x, native=native)
+  full = model.apply(v, x, native=native)
+  b, m = x.shape[:2]
+  flat = x.reshape((b * m,) + x.shape[2:])
+  src = native.reshape((b * m,) + native.shape[2:]) if source == "native" else flat
+  f = model.apply(v, flat, src if aps else None, method=drct.DrCT.backbone_features)
+  feats = {k: a.reshape((b, m) + a.shape[1:]) for k, a in f.items()}
+  assert feats["pooled"].shape == (2, 6, 8) and feats["feature_map"].shape == (2, 6, 8, 8, 8)
+  cached = jax.jit(lambda v, f: model.apply(v, None, features=f))(v, feats)
+  assert set(cached) == set(full)
+  for k in full:
+    np.testing.assert_allclose(np.asarray(cached[k]), np.asarray(full[k]), rtol=1e-5,
+                               atol=1e-6, err_msg=k)

@@ -12,6 +12,7 @@ from configs import drct2_rsna, drct2_cq500
 from ctjax.errors import ConfigError
 from ctjax.train.state import partition_params
 from ctjax.train.tasks import get_task
+from ctjax.train.tasks import drct as TASK_MOD
 from ctjax.train.tasks.drct import TASK, check_config
 
 
@@ -168,4 +169,58 @@ def test_bad_config_fails_with_config_error(field, value):
   section, name = field.split(".")
   config[section][name] = value
   with pytest.raises(ConfigError, match=name):
+    check_config(config)
+
+
+class _Scans:
+  """Stand-in for ctjax.data.cache.CachedScans: scans of varying slice counts."""
+
+  def __init__(self, hus):
+    self.hus = hus
+    self.scans = [type("Meta", (), {"num_slices": len(h)})() for h in hus]
+
+  def scan_hu(self, i):
+    return self.hus[i]
+
+
+class _Source:
+  def __init__(self, scans, indices):
+    self.scans, self.indices = scans, np.asarray(indices)
+
+
+def test_feature_cache_gives_full_model_outputs_and_loss(setup):
+  config, model, variables = setup
+  rng = np.random.default_rng(3)
+  s, m = config.data.image_size, config.data.num_slices
+  scans = _Scans([rng.integers(-1024, 1500, (n, s, s)).astype(np.int16) for n in (7, 5, 9)])
+  splits = {"train": _Source(scans, [2, 0]), "test": _Source(scans, [1])}
+  cache = TASK_MOD.build_feature_cache(config, splits, model, variables, chunk=8)
+  assert cache["pooled"].shape[0] == 21 and list(cache["offsets"]) == [0, 7, 12]
+  # A train batch: example 0 = scan 2 (9 slices), example 1 = scan 0 (7 slices), example 2
+  # padding; slices drawn at random as the pipeline's resampling does.
+  idx = np.stack([np.sort(rng.choice(9, m, replace=False)), np.sort(rng.choice(7, m, False)),
+                  np.arange(m)]).astype(np.int32)
+  hu = np.stack([scans.hus[2][idx[0]], scans.hus[0][idx[1]], scans.hus[2][idx[2]]])
+  batch = {"hu": hu, "labels": (rng.random((3, 6)) < 0.5).astype(np.float32),
+           "slice_index": idx, "valid": np.array([True, True, False]),
+           "example_index": np.array([0, 1, -1], np.int32)}
+  fbatch = TASK_MOD._add_features(batch, splits["train"], cache)
+  assert "hu" not in fbatch and fbatch["feat_aps"].shape[:2] == (3, m)
+  want = TASK.predict(model, variables, batch, config)
+  got = TASK.predict(model, variables, fbatch, config)
+  for k in want:
+    np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=1e-4, atol=1e-5,
+                               err_msg=k)
+  params = variables["params"]
+  extra = {k: v for k, v in variables.items() if k != "params"}
+  l1, _ = TASK.loss_fn(model, params, extra, batch, jax.random.key(1), config, True)
+  l2, _ = TASK.loss_fn(model, params, extra, fbatch, jax.random.key(1), config, True)
+  np.testing.assert_allclose(float(l2), float(l1), rtol=1e-5)
+
+
+def test_feature_cache_needs_frozen_backbone():
+  config = drct2_rsna.get_config("runlocal")
+  config.model.feature_cache = True
+  config.model.freeze_backbone = False
+  with pytest.raises(ConfigError, match="feature_cache"):
     check_config(config)

@@ -72,6 +72,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.model.feature_norm={mc.feature_norm!r}; expected none|batchnorm")
   if not 0.0 <= mc.dropout < 1.0:
     raise ConfigError(f"config.model.dropout={mc.dropout} must be in [0, 1)")
+  if mc.get("feature_cache", False):
+    if not mc.freeze_backbone:
+      raise ConfigError("config.model.feature_cache=True needs config.model.freeze_backbone=True "
+                        "(cached backbone features are only exact for a frozen backbone)")
+    aug = config.data.get("augment") or {}
+    if float(aug.get("hflip", 0.0) or 0.0) > 0:
+      raise ConfigError("config.model.feature_cache=True needs config.data.augment.hflip=0 "
+                        "(flipped slices are not in the feature cache)")
 
 
 def preprocess(hu: jax.Array, config: ml_collections.ConfigDict, size: int) -> jax.Array:
@@ -247,8 +255,22 @@ class DrCTTask:
     return optax.multi_transform(transforms, labels)
 
   def _apply(self, model, variables, batch, config, *, train, rngs=None, mutable=False):
+    if FEATURE_KEYS[0] in batch:   # the feature cache (FeatureCacheData): no backbone pass
+      feats = {k: batch[f] for k, f in zip(("pooled", "feature_map", "aps_pooled"), FEATURE_KEYS)
+               if f in batch}
+      return model.apply(variables, None, features=feats, train=train, rngs=rngs,
+                         mutable=mutable)
     x, native = _model_inputs(batch, config)
     return model.apply(variables, x, native=native, train=train, rngs=rngs, mutable=mutable)
+
+  def wrap_data(self, config: ml_collections.ConfigDict, data: Any, splits: Any,
+                model: nn.Module, variables: Mapping[str, Any]) -> Any:
+    """Host side, called by the trainer once the state exists: with
+    `config.model.feature_cache`, the data module whose batches carry the frozen backbone's
+    per-slice features instead of HU (`FeatureCacheData`); otherwise `data` unchanged."""
+    if not config.model.get("feature_cache", False):
+      return data
+    return FeatureCacheData(data, build_feature_cache(config, splits, model, variables))
 
   def loss_fn(self, model: nn.Module, params: Any, extra: Mapping[str, Any], batch,
               rng: jax.Array, config: ml_collections.ConfigDict, train: bool):
@@ -321,6 +343,115 @@ class DrCTTask:
       report.update(key_slice_metrics(np.asarray(outputs["slice_attention"]), np.asarray(sl),
                                       names, valid=valid))
     return report
+
+
+# Batch keys of the feature cache: pooled [B,m,C], feature map [B,m,h,w,C], APS pooled [B,m,C].
+FEATURE_KEYS = ("feat_pooled", "feat_map", "feat_aps")
+
+
+def build_feature_cache(config: ml_collections.ConfigDict, splits: Any, model: nn.Module,
+                        variables: Mapping[str, Any], chunk: int = 128) -> dict[str, Any]:
+  """Host side: the frozen backbone's outputs for every slice of every cached scan, once.
+
+  With the backbone frozen, a slice's pooled vector and feature map (primary input) and its
+  APS vector (the same slice zoomed to aps_size: a per-slice, deterministic operation) do not
+  depend on training, so DrCT's heads can be trained on these rows exactly (the model's
+  `features=` path; equality with the full model is tested). Returns {"offsets" int64 [scans],
+  "pooled", "feature_map", "aps_pooled" (DrCT2) float32 [rows, ...]}.
+  """
+  mc = config.model
+  scans = splits["train"].scans   # every split's CacheSource shares the CachedScans
+  want_aps = mc.variant == "drct2"
+  native = want_aps and mc.aps_source == "native"
+  from ctjax.models.drct import DrCT
+  params = {"params": {"backbone": variables["params"]["backbone"]}}
+
+  @jax.jit
+  def run(hu):
+    x = preprocess(hu[None], config, mc.primary_size)[0]
+    aps_src = None
+    if want_aps:
+      aps_src = preprocess(hu[None], config, hu.shape[-1])[0] if native else x
+    return model.apply(params, x, aps_src, method=DrCT.backbone_features)
+
+  counts = np.asarray([s.num_slices for s in scans.scans], np.int64)
+  offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+  total = int(counts.sum())
+  out: dict[str, list] = {}
+  rows = [np.asarray(scans.scan_hu(i)) for i in range(len(scans.scans))]
+  flat = np.concatenate(rows) if rows else np.zeros((0, 1, 1), np.int16)
+  for start in range(0, total, chunk):
+    part = flat[start:start + chunk]
+    n = len(part)
+    if n < chunk:   # one compiled shape
+      part = np.concatenate([part, np.zeros((chunk - n,) + part.shape[1:], part.dtype)])
+    res = jax.device_get(run(jnp.asarray(part)))
+    for k, v in res.items():
+      out.setdefault(k, []).append(np.asarray(v, np.float32)[:n])
+  cache = {k: np.concatenate(v) for k, v in out.items()}
+  cache["offsets"] = offsets
+  log.info("feature cache: %d slices of %d scans (%s)", total, len(counts),
+           ", ".join(f"{k} {v.shape[1:]}" for k, v in cache.items() if k != "offsets"))
+  return cache
+
+
+def _add_features(batch: dict, source: Any, cache: Mapping[str, Any]) -> dict:
+  """Replaces a DrCT batch's HU by the cached features of its (scan, slice) pairs."""
+  ex = np.asarray(batch["example_index"]).astype(np.int64)
+  scan = np.asarray(source.indices)[np.maximum(ex, 0)]
+  rows = cache["offsets"][scan][:, None] + np.asarray(batch["slice_index"], np.int64)
+  out = {k: v for k, v in batch.items() if k != "hu"}
+  for key, name in zip(FEATURE_KEYS, ("pooled", "feature_map", "aps_pooled")):
+    if name in cache:
+      out[key] = cache[name][rows]
+  return out
+
+
+class _FeatureIterator:
+  """Wraps the pipeline's train iterator (same order, same checkpointable state)."""
+
+  def __init__(self, inner: Any, source: Any, cache: Mapping[str, Any]):
+    self._inner, self._source, self._cache = inner, source, cache
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    return _add_features(next(self._inner), self._source, self._cache)
+
+  def get_state(self) -> bytes:   # bytes: grain's checkpoint handler for non-Grain iterators
+    import json
+    state = self._inner.get_state()
+    return state if isinstance(state, bytes) else json.dumps(state).encode()
+
+  def set_state(self, state: bytes) -> None:
+    import json
+    try:
+      self._inner.set_state(json.loads(state))
+    except (TypeError, ValueError, AttributeError):
+      self._inner.set_state(state)
+
+  def start_prefetch(self) -> None:
+    if hasattr(self._inner, "start_prefetch"):
+      self._inner.start_prefetch()
+
+
+class FeatureCacheData:
+  """The trainer's data module with cached backbone features in place of HU (DrCT only)."""
+
+  def __init__(self, inner: Any, cache: Mapping[str, Any]):
+    self._inner, self.cache = inner, cache
+
+  def __getattr__(self, name: str) -> Any:   # build_splits, steps_per_epoch, …
+    return getattr(self._inner, name)
+
+  def train_iterator(self, config, splits, **kwargs):
+    return _FeatureIterator(self._inner.train_iterator(config, splits, **kwargs),
+                            splits["train"], self.cache)
+
+  def eval_batches(self, config, splits, split, **kwargs):
+    for batch in self._inner.eval_batches(config, splits, split, **kwargs):
+      yield _add_features(batch, splits[split], self.cache)
 
 
 TASK = DrCTTask()
