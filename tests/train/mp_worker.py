@@ -1,7 +1,8 @@
 """One process of the multi-process trainer test (spawned by test_parallel.py).
 
 argv: coordinator_address ("-": a single process with 4 devices) num_processes process_id
-workdir overrides_json (config overrides; "_delay": seconds of sleep per training batch).
+workdir overrides_json (config overrides; "_delay": seconds of sleep per training batch;
+"_real": true trains `stand_ins.TinySliceTask` on the real ctjax.data.pipeline).
 """
 
 import os
@@ -26,9 +27,13 @@ def main():
   from ctjax.train import loop
   overrides = json.loads(overrides)
   delay = overrides.pop("_delay", 0.0)
+  real = overrides.pop("_real", False)
   config = stand_ins.tiny_config(**overrides)
-  loop.train_and_evaluate(config, workdir, task=stand_ins.TinyTask(),
-                          data=stand_ins.MemoryData(delay=delay))
+  if real:
+    loop.train_and_evaluate(config, workdir, task=stand_ins.TinySliceTask())
+  else:
+    loop.train_and_evaluate(config, workdir, task=stand_ins.TinyTask(),
+                            data=stand_ins.MemoryData(delay=delay))
 
 
 if __name__ == "__main__":

@@ -181,3 +181,29 @@ def read_losses(workdir) -> dict[int, float]:
     if "train/loss" in rec:
       out[rec["step"]] = rec["train/loss"]
   return out
+
+
+class TinySliceTask(TinyTask):
+  """TinyNet on the REAL pipeline's "pretrain" records (hu [B,H,W], labels float32 [B,L]):
+  weighted BCE; `summarize` returns exact sums so that topologies can be compared."""
+  name = "tiny_slices"
+
+  def build_model(self, config):
+    return TinyNet(num_classes=len(common.RSNA_LABELS), dtype=jnp.dtype(config.model.dtype))
+
+  def loss_fn(self, model, params, extra, batch, rng, config, train):
+    logits, updates = model.apply({"params": params, **extra}, self._images(batch), train=train,
+                                  rngs={"dropout": rng}, mutable=["batch_stats"])
+    mask = batch["valid"].astype(jnp.float32)[:, None]
+    bce = optax.sigmoid_binary_cross_entropy(logits, batch["labels"]) * (1 + 3 * batch["labels"])
+    loss = jnp.sum(bce * mask) / jnp.maximum(mask.sum() * logits.shape[-1], 1.0)
+    return loss, ({"loss": loss}, updates)
+
+  def predict(self, model, variables, batch, config):
+    return {"probs": jax.nn.sigmoid(model.apply(variables, self._images(batch), train=False))}
+
+  def summarize(self, outputs, config):
+    return {"count": float(len(outputs["example_index"])),
+            "index_sum": float(outputs["example_index"].astype(np.int64).sum()),
+            "positives": float(outputs["labels"].sum()),
+            "mean_prob": float(outputs["probs"].mean())}

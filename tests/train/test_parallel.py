@@ -52,18 +52,38 @@ def test_initialize_distributed_argument_errors(monkeypatch):
     parallel.initialize_distributed("127.0.0.1:1", num_processes=2, process_id=2)
 
 
-@pytest.mark.slow   # two JAX processes start, connect and compile: ~1-2 min on a busy 2-core box
-def test_two_processes_match_one_process(reference_run, tmp_path):
-  """2 processes × 2 CPU devices (jax.distributed on localhost, gloo) give the losses of the
-  1 process × 4 devices reference run for the first 3 steps."""
-  ref_dir, _, _ = reference_run
-  overrides = {"train.num_epochs": 1, "train.max_steps": 3, "evals.val.every_steps": -1,
-               "checkpoint.best_metric": "", "log.tensorboard": False}
+def _real_overrides(root) -> dict:
+  """Tiny model on the real pipeline: phantom RSNA slices ("pretrain" records), 3 steps of
+  global batch 8, val evaluated once at the end (every_steps=0)."""
+  return {"task": "pretrain", "data.layout": "phantom", "data.root": str(root),
+          "data.image_size": 32, "train.num_epochs": 1, "train.max_steps": 3,
+          "evals.val.every_steps": 0, "checkpoint.every_steps": -1,
+          "checkpoint.best_metric": "", "checkpoint.async_save": False,
+          "log.tensorboard": False}
+
+
+def test_two_processes_match_one_process_real_pipeline(tmp_path):
+  """2 processes × 2 CPU devices (jax.distributed on localhost, gloo) through the REAL
+  ctjax.data.pipeline (ProcessRows: process p takes rows [p*b,(p+1)*b) of one global stream)
+  give the training losses and the val predictions of 1 process × 4 devices."""
+  from ctjax.data import phantom, pipeline
+  from ctjax.train import loop
+  root = tmp_path / "data"
+  phantom.write_dataset(root, layout="rsna", num_scans=5, seed=3, size=32, num_workers=0,
+                        slice_range=(8, 12))
+  overrides = _real_overrides(root)
+  config = stand_ins.tiny_config(**overrides)
+  splits = pipeline.build_splits(config, str(tmp_path))   # prepares the cache once, here
+  assert len(splits["train"]) >= 3 * 8 and len(splits["val"]) % 8   # padded last val batch
+  ref_dir = tmp_path / "one"
+  ref = loop.train_and_evaluate(config, ref_dir, task=stand_ins.TinySliceTask())
+  two_dir = tmp_path / "two"
   env = {k: v for k, v in os.environ.items() if not k.startswith("CTJAX_")}
   address = f"127.0.0.1:{_free_port()}"
-  procs = [subprocess.Popen([sys.executable, WORKER, address, "2", str(i), str(tmp_path),
-                             json.dumps(overrides)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  procs = [subprocess.Popen([sys.executable, WORKER, address, "2", str(i), str(two_dir),
+                             json.dumps({**overrides, "_real": True})], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
   try:
     outs = [p.communicate(timeout=240)[0] for p in procs]
   finally:
@@ -71,12 +91,18 @@ def test_two_processes_match_one_process(reference_run, tmp_path):
       if p.poll() is None:
         p.kill()
   assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
-  got = stand_ins.read_losses(tmp_path)
-  ref = stand_ins.read_losses(ref_dir)
-  assert sorted(got) == [1, 2, 3]
-  np.testing.assert_allclose([got[s] for s in (1, 2, 3)], [ref[s] for s in (1, 2, 3)],
+  got, want = stand_ins.read_losses(two_dir), stand_ins.read_losses(ref_dir)
+  assert sorted(got) == sorted(want) == [1, 2, 3]
+  np.testing.assert_allclose([got[s] for s in (1, 2, 3)], [want[s] for s in (1, 2, 3)],
                              rtol=1e-5)
+  # The val pass saw every example once (padding dropped) and predicted the same.
+  two = json.loads((two_dir / "final_metrics.json").read_text())["metrics"]
+  n = len(splits["val"])
+  assert ref["val/count"] == two["val/count"] == n
+  assert ref["val/index_sum"] == two["val/index_sum"] == n * (n - 1) / 2
+  assert ref["val/positives"] == two["val/positives"]
+  np.testing.assert_allclose(two["val/mean_prob"], ref["val/mean_prob"], rtol=1e-5)
   # Both processes wrote their iterator state into the final checkpoint.
-  data_dir = tmp_path / "checkpoints" / "latest" / "3" / "data"
+  data_dir = two_dir / "checkpoints" / "latest" / "3" / "data"
   assert sorted(p.name for p in data_dir.iterdir() if p.suffix == ".json") == [
       "process_0-of-2.json", "process_1-of-2.json"]
