@@ -3,7 +3,9 @@
   python -m ctjax.train --config configs/pretrain_phantom.py --workdir runs/pretrain_phantom
 
 writes ctjax/assets/vgg16_w0125_phantom.npz (about 1 MB), the frozen backbone of
-configs/drct2_phantom.py (a few minutes on 2 CPU cores). Re-export from a finished workdir:
+configs/drct2_phantom.py (400 scans, 3000 steps of 32 slices: about 12 minutes on 2 CPU
+cores; D1's first file, from 48 scans / 600 steps, had slice-level validation macro-F1 0.12,
+this one about 0.5, see docs/RESULTS.md). Re-export from a finished workdir:
 `python -m ctjax.train.tasks.pretrain --workdir runs/pretrain_phantom --out FILE`.
 
 Why: DrCT2 (section V.A) freezes an ImageNet-pretrained VGG16; no ImageNet weights can be
@@ -21,7 +23,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, runlocal=False, num_scans=160, size=64, steps=600)
+  a = common.parse_arg(arg, runlocal=False, num_scans=400, size=64, steps=3000)
   c = common.base_config()
   c.task = "pretrain"
   c.seed = 0
@@ -67,8 +69,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.evals.threshold = 0.5
   c.evals.val = ml_collections.ConfigDict()
   c.evals.val.split = "val"
-  c.evals.val.every_steps = 10 if a.runlocal else 150
-  c.checkpoint.every_steps = 150
+  c.evals.val.every_steps = 10 if a.runlocal else 500
+  c.checkpoint.every_steps = 500
   c.checkpoint.best_metric = "val/macro_auc"
   c.log.progress_bar = True
   return c

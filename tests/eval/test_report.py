@@ -221,11 +221,15 @@ def tiny_config():
 @pytest.fixture(scope="module")
 def tiny_model():
   import jax
+  from ctjax.models import weights
   from ctjax.train.tasks import get_task
   config = tiny_config()
   task = get_task("drct")
   model = task.build_model(config)
-  variables = task.init_variables(model, config, jax.random.PRNGKey(0))
+  # Random He-scaled numpy weights of init's shapes: the jitted Flax init of the VGG16 would
+  # compile for ~15 s on 2 busy cores, and no assertion depends on the initialiser.
+  x = jax.numpy.zeros((1, config.data.num_slices, 32, 32, 3), jax.numpy.float32)
+  variables = weights.random_variables(model, x)
   return report.LoadedModel(config, task, model, variables, step=7, workdir="runs/tiny")
 
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ctjax.models import drct
+from ctjax.models import drct, weights
 from ctjax.models.vgg import VGG16
 
 
@@ -28,7 +28,9 @@ def small(**kw):
 
 
 def init(model, x, **kw):
-  return model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, **kw)
+  """He-scaled numpy weights with the shapes of `model.init` (eager Flax init compiles its RNG
+  initialisers op by op: ~10 s per model on 2 busy cores, for values no test depends on)."""
+  return weights.random_variables(model, x, **kw)
 
 
 @pytest.fixture
@@ -112,8 +114,8 @@ def test_frozen_backbone_gets_no_gradient(x):
   assert float(jnp.abs(g["aps"]["fc"]["kernel"]).max()) > 0
   # Unfrozen: gradients reach the backbone.
   model2 = small(freeze_backbone=False)
-  g2 = jax.grad(lambda p: (model2.apply({"params": p, "batch_stats": v["batch_stats"]}, x)
-                           ["logits"] ** 2).sum())(v["params"])
+  g2 = jax.jit(jax.grad(lambda p: (model2.apply(
+      {"params": p, "batch_stats": v["batch_stats"]}, x)["logits"] ** 2).sum()))(v["params"])
   assert float(jnp.abs(g2["backbone"]["conv"]["kernel"]).max()) > 0
 
 
@@ -131,7 +133,7 @@ def test_dropout_only_in_training(x):
 
 
 def test_with_vgg16_backbone():
-  model = drct.DrCT(backbone=VGG16(width=1 / 16), num_labels=2, mkey=2, aps_size=48,
+  model = drct.DrCT(backbone=VGG16(width=1 / 16), num_labels=2, mkey=2, aps_size=32,
                     gru_hidden=8, seq_dim=8, fc_widths=(8, 8), aps_fc_dim=8)
   x = jax.random.normal(jax.random.key(0), (1, 4, 32, 32, 3))
   v = init(model, x)

@@ -10,6 +10,7 @@ from sklearn.metrics import f1_score
 
 from configs import drct2_rsna, drct2_cq500
 from ctjax.errors import ConfigError
+from ctjax.models import weights
 from ctjax.train.state import partition_params
 from ctjax.train.tasks import get_task
 from ctjax.train.tasks import drct as TASK_MOD
@@ -39,12 +40,25 @@ def setup():
   config.model.mkey = 3
   config.loss.pos_weight = (2.0, 1.0, 1.0, 3.0, 1.0, 1.0)
   model = TASK.build_model(config)
-  variables = TASK.init_variables(model, config, jax.random.key(0))
+  # He-scaled numpy weights of init's shapes: init_variables' jitted Flax init of the VGG16
+  # compiles for ~15 s on 2 busy cores (its output structure is checked below, untraced).
+  x = jnp.zeros((1, config.data.num_slices, 32, 32, 3), jnp.float32)
+  variables = weights.random_variables(model.clone(aps_size=32), x)
   return config, model, variables
 
 
 def test_registered():
   assert get_task("drct") is TASK
+
+
+def test_init_variables_structure(setup):
+  """init_variables gives the collections, shapes and dtypes the other tests use."""
+  config, model, variables = setup
+  got = jax.eval_shape(lambda r: TASK.init_variables(model, config, r), jax.random.key(0))
+  want = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), variables)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  assert jax.tree.leaves(got) == jax.tree.leaves(want)
+  assert set(got) == {"params", "batch_stats"}
 
 
 def test_predict_outputs_follow_interface(setup):
@@ -124,10 +138,12 @@ def test_frozen_backbone_out_of_optimizer_and_per_module_lrs(setup):
   np.testing.assert_allclose(lr["aps"], 3e-4, rtol=1e-3)
 
 
-def test_train_step_updates_only_trainable(setup):
+def test_train_step_updates_only_trainable(setup, monkeypatch):
   config, model, variables = setup
   from ctjax.train.state import create_state
   from ctjax.train.steps import make_train_step
+  # The fixture already ran (and checked) init_variables: reuse its variables, not a 2nd compile.
+  monkeypatch.setattr(TASK, "init_variables", lambda *args: variables)
   tx = TASK.make_optimizer(config, steps_per_epoch=10)
   state = create_state(TASK, model, config, jax.random.key(0), tx)
   step = jax.jit(make_train_step(TASK, model, config))
