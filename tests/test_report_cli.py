@@ -97,10 +97,10 @@ def test_missing_workdir_is_one_line(tmp_path):
   assert len(lines) == 1 and "config.json" in lines[0], r.stderr
 
 
-@pytest.mark.slow
-def test_end_to_end_on_an_orbax_checkpoint(tmp_path):
+def test_end_to_end_on_an_orbax_checkpoint(tmp_path, monkeypatch):
   """A random-initialised DrCT2 saved by the trainer's Checkpointer, reported by the command."""
   import jax
+  from ctjax.models import weights
   from configs.drct_base import drct_config, runlocal_overrides
   from ctjax.train import state as state_lib
   from ctjax.train.checkpoint import Checkpointer
@@ -109,6 +109,10 @@ def test_end_to_end_on_an_orbax_checkpoint(tmp_path):
   c.checkpoint.async_save = False
   task = get_task("drct")
   model = task.build_model(c)
+  # Numpy weights of init's shapes: the jitted Flax init of the VGG16 compiles for ~10 s.
+  x = jax.numpy.zeros((1, c.data.num_slices, 32, 32, 3), jax.numpy.float32)
+  monkeypatch.setattr(task, "init_variables", lambda model, config, rng: dict(
+      weights.random_variables(model.clone(aps_size=32), x)))
   state = state_lib.create_state(task, model, c, jax.random.PRNGKey(0), task.make_optimizer(c, 1))
   wd = tmp_path / "run"
   ck = Checkpointer(wd, c)

@@ -1,7 +1,6 @@
 """ctjax.train.tasks.pretrain: weighted BCE against torch, a few loop steps, backbone export."""
 
 import numpy as np
-import pytest
 import torch
 
 import jax
@@ -86,10 +85,13 @@ def test_loss_is_torch_weighted_bce():
   np.testing.assert_allclose(probs, jax.nn.sigmoid(logits), rtol=1e-6)
 
 
-@pytest.mark.slow   # compiles a VGG16 train + eval step: ~30 s idle, minutes on a busy 2-core box
-def test_pretrain_loop_exports_backbone(tmp_path):
+def test_pretrain_loop_exports_backbone(tmp_path, monkeypatch):
   out = tmp_path / "vgg.npz"
   config = _config(**{"pretrain.export_path": str(out)})
+  # Numpy weights of init's shapes (test_loss_is_torch_weighted_bce checks the structure): the
+  # jitted Flax init would add ~10 s of compiling to the train + eval steps' ~20 s.
+  monkeypatch.setattr(pretrain.TASK, "init_variables", lambda model, config, rng: (
+      weights.random_variables(model, jnp.zeros((1, 32, 32, 3)), train=False)))
   final = loop.train_and_evaluate(config, tmp_path / "w", task=pretrain.TASK, data=SliceData())
   assert final["step"] == 2 and "val/macro_auc" in final
   saved = weights.load_variables(out)

@@ -12,6 +12,7 @@ splits it off by `trainable_mask`) and behind `stop_gradient` in the model.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import pathlib
@@ -420,12 +421,10 @@ class _FeatureIterator:
     return _add_features(next(self._inner), self._source, self._cache)
 
   def get_state(self) -> bytes:   # bytes: grain's checkpoint handler for non-Grain iterators
-    import json
     state = self._inner.get_state()
     return state if isinstance(state, bytes) else json.dumps(state).encode()
 
   def set_state(self, state: bytes) -> None:
-    import json
     try:
       self._inner.set_state(json.loads(state))
     except (TypeError, ValueError, AttributeError):
