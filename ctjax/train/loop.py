@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ctjax.errors import CTJaxError, ConfigError
+from ctjax.errors import CheckpointError, CTJaxError, ConfigError
 from ctjax.eval import metrics as metrics_lib
 from ctjax.train import parallel
 from ctjax.train import state as state_lib
@@ -121,6 +121,50 @@ def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> N
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+# Fields a resumed run may change (schedule length, logging, I/O); any other difference means the
+# checkpoint belongs to another experiment and resuming it would silently mix the two.
+_RESUMABLE_CHANGES = ("train.num_epochs", "train.max_steps", "train.log_every_steps",
+                      "data.num_workers", "data.prefetch", "data.cache_dir", "log", "checkpoint",
+                      "evals", "parallel")
+
+
+def _identity(config_json: dict) -> dict:
+  out = json.loads(json.dumps(config_json))
+  for dotted in _RESUMABLE_CHANGES:
+    *parents, leaf = dotted.split(".")
+    node = out
+    for key in parents:
+      node = node.get(key, {}) if isinstance(node, dict) else {}
+    if isinstance(node, dict):
+      node.pop(leaf, None)
+  return out
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  """Raises CheckpointError if `workdir` holds checkpoints of a different config."""
+  saved_path = workdir / "config.json"
+  if not saved_path.exists() or not (workdir / "checkpoints").exists():
+    return
+  saved = _identity(json.loads(saved_path.read_text()))
+  current = _identity(json.loads(config.to_json_best_effort(sort_keys=True)))
+  if saved == current:
+    return
+  diffs = []
+
+  def walk(a, b, prefix):
+    for key in sorted(set(a) | set(b)):
+      x, y = a.get(key, "<absent>"), b.get(key, "<absent>")
+      if isinstance(x, dict) and isinstance(y, dict):
+        walk(x, y, f"{prefix}{key}.")
+      elif x != y:
+        diffs.append(f"{prefix}{key}: {x!r} -> {y!r}")
+
+  walk(saved, current, "")
+  raise CheckpointError(
+      f"{workdir} holds checkpoints of another config ({'; '.join(diffs[:4])}"
+      f"{'; …' if len(diffs) > 4 else ''}); use a new --workdir or remove its checkpoints/")
+
+
 class _Writer:
   """metrics.jsonl + TensorBoard, on process 0 only."""
 
@@ -211,6 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   """
   workdir = pathlib.Path(workdir)
   validate_config(config)
+  check_resumable(config, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = parallel.make_mesh(config)
   task, data, splits, model, steps_per_epoch, state, train_step, eval_step = _setup(

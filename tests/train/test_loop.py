@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import stand_ins
-from ctjax.errors import ConfigError
+from ctjax.errors import CheckpointError, ConfigError
 from ctjax.train import loop
 
 
@@ -40,6 +40,21 @@ def test_resume_after_stop_matches_uninterrupted(reference_run, tmp_path):
   assert sorted(got) == [1, 2, 3, 4, 5, 6]
   np.testing.assert_allclose([got[s] for s in range(1, 7)], [ref[s] for s in range(1, 7)],
                              rtol=1e-6)
+
+
+def test_resume_refuses_another_configs_checkpoints(reference_run, tmp_path):
+  """A workdir is resumed only by the config that wrote it (schedule length may change)."""
+  _, config, _ = reference_run
+  stopped = config.copy_and_resolve_references()
+  stopped.train.max_steps = 1
+  loop.train_and_evaluate(stopped, tmp_path, task=stand_ins.TinyTask(),
+                          data=stand_ins.MemoryData())
+  other = config.copy_and_resolve_references()
+  other.seed = int(config.seed) + 1
+  with pytest.raises(CheckpointError, match=r"another config \(seed: "):
+    loop.train_and_evaluate(other, tmp_path, task=stand_ins.TinyTask(),
+                            data=stand_ins.MemoryData())
+  loop.check_resumable(config, tmp_path)      # longer schedule, same experiment: allowed
 
 
 def test_evaluate_workdir_restores_best(reference_run):
