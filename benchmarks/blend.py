@@ -76,9 +76,7 @@ def infer(ctx: Context, dtype: str = "float32") -> list[Record]:
   bs = s["infer_batch"]
   m = common.build_ctjax(config)
   batch = common.to_device(make_batch(config, bs))
-  variables = m.variables
-  predict, flops = common.compile_with_flops(m.predict, variables, batch)
-  t = ctx.time(lambda: predict(variables, batch))
+  t, flops = ctx.time_predict(m, batch)
   torch_s = None
   if ctx.with_torch:
     import torch
@@ -98,7 +96,6 @@ def infer(ctx: Context, dtype: str = "float32") -> list[Record]:
 
 
 def train(ctx: Context, dtype: str = "float32") -> list[Record]:
-  s = ctx.settings["blend"]
   config = blend_config(ctx, dtype=dtype)
   bs = config.train.batch_size
   m = common.build_ctjax(config)

@@ -342,6 +342,12 @@ class Context:
     kw.update(kwargs)
     return time_fn(fn, **kw)
 
+  def time_predict(self, model: "CTJaxModel", batch: dict[str, Any]) -> tuple[Timing, float]:
+    """AOT-compiles `model.predict` on `batch` and times it: (timing, XLA FLOPs per call)."""
+    variables = model.variables
+    predict, flops = compile_with_flops(model.predict, variables, batch)
+    return self.time(lambda: predict(variables, batch)), flops
+
   def time_torch(self, fn: Callable[[], Any], **kwargs) -> Timing:
     """Times a torch call at each of `torch_thread_options()` and keeps the fastest.
 

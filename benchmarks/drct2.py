@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -124,9 +124,7 @@ def infer_model(ctx: Context, dtype: str) -> list[Record]:
   bs = s["infer_batch"]
   m = common.build_ctjax(config)
   batch = common.to_device(make_batch(config, bs))
-  variables = m.variables
-  predict, flops = common.compile_with_flops(m.predict, variables, batch)
-  t = ctx.time(lambda: predict(variables, batch))
+  t, flops = ctx.time_predict(m, batch)
   torch_s = None
   if ctx.with_torch:
     net = build_torch(m.model, config)
@@ -345,8 +343,7 @@ def breakdown(ctx: Context, dtype: str = "float32") -> list[Record]:
     t_parts += t.median
     out.append(common.speed_record(f"drct2/breakdown/{name}", seconds=t.median, items=n,
                                    unit="slices/s", flops=flops, peak=peak, size=size))
-  predict, flops = common.compile_with_flops(m.predict, variables, batch)
-  t = ctx.time(lambda: predict(variables, batch))
+  t, flops = ctx.time_predict(m, batch)
   rest = max(t.median - t_parts, 1e-9)
   out.append(common.Record("drct2/breakdown/rest_fraction", ctx.device or common.device_name(),
                            rest / t.median, "fraction",

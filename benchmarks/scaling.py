@@ -34,9 +34,7 @@ def _infer_point(ctx: Context, *, batch: int, slices: Optional[int] = None) -> R
   config = drct_config(ctx, num_slices=slices)
   m = common.build_ctjax(config)
   dev_batch = common.to_device(make_batch(config, batch))
-  variables = m.variables
-  predict, flops = common.compile_with_flops(m.predict, variables, dev_batch)
-  t = ctx.time(lambda: predict(variables, dev_batch))
+  t, flops = ctx.time_predict(m, dev_batch)
   axis = f"batch={batch}" if slices is None else f"slices={config.data.num_slices}"
   return common.speed_record(f"scaling/drct2_infer/{axis}", seconds=t.median, items=batch,
                              unit="scans/s", flops=flops, peak=ctx.peak("float32"), batch=batch,

@@ -5,7 +5,8 @@
 
 Runtime: not measured here (no accelerator); ~21.5k scans × 100 epochs, batch 256. One fold of the
 paper's 5-fold cross-validation: `:fold=k` or `python -m ctjax.crossval`.
-`:runlocal` is a tiny CPU variant (small widths, 64 px, 8 slices, a few steps) for smoke tests.
+`:runlocal` is a tiny CPU variant (small widths, 64 px, 8 slices, a few steps) for smoke tests;
+`:drct1` drops the APS network (Table 3, F1 0.8650; also configs/drct1_rsna.py).
 """
 
 from configs import common
@@ -13,8 +14,8 @@ from configs.drct_base import drct_config, runlocal_overrides
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, runlocal=False, fold=0)
-  c = drct_config(dataset="rsna", variant="drct2")
+  a = common.parse_arg(arg, runlocal=False, fold=0, drct1=False)
+  c = drct_config(dataset="rsna", variant="drct1" if a.drct1 else "drct2")
   c.data.fold = a.fold
   if a.runlocal:
     runlocal_overrides(c)
