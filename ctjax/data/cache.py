@@ -126,13 +126,17 @@ def resolve_root(config, workdir: Optional[str]) -> tuple[str, str]:
   return layout, str(root)
 
 
-def ensure_cache(config, workdir: Optional[str] = None, *, progress: bool = True
+def ensure_cache(config, workdir: Optional[str] = None, *, progress: Optional[bool] = None
                  ) -> pathlib.Path:
   """The complete cache folder for `config` (prepared now when absent or unfinished).
 
   Reads config.data.{layout, root, cache_dir, image_size, lenient, num_workers, synth}; the
-  defaults are `DEFAULTS` / `SYNTH_DEFAULTS` above.
+  defaults are `DEFAULTS` / `SYNTH_DEFAULTS` above. `progress` None follows
+  config.log.progress_bar (default on).
   """
+  if progress is None:
+    log_cfg = config.get("log") if hasattr(config, "get") else None
+    progress = bool(log_cfg.get("progress_bar", True)) if log_cfg is not None else True
   layout, root = resolve_root(config, workdir)
   size = int(data_option(config, "image_size"))
   lenient = bool(data_option(config, "lenient"))
