@@ -49,7 +49,7 @@ class Timing:
 
 
 def block(out: Any) -> Any:
-  """Waits for every jax.Array in `out` (torch on CPU is synchronous already)."""
+  """Waits for every jax.Array in `out` (torch: see `torch_sync`)."""
   leaves = jax.tree_util.tree_leaves(out)
   for leaf in leaves:
     if isinstance(leaf, jax.Array):
@@ -354,14 +354,19 @@ class Context:
     On a shared CPU, torch's OpenMP pool with all cores can be an order of magnitude slower
     than one thread (each op waits at a barrier for a descheduled thread), so the reference
     gets its best thread count; the choice is recorded with the figure (`torch_threads`).
+    With torch on a GPU (`torch_device()`), each call is timed up to `torch_sync` (CUDA runs
+    asynchronously) and only the current thread count is tried (host threads barely matter).
     """
     import torch
     global _LAST_TORCH_THREADS
     best, best_n = None, None
     options = (self.torch_threads,) if self.torch_threads else torch_thread_options()
+    if torch_device().type == "cuda":
+      options = (self.torch_threads or torch.get_num_threads(),)
+    sync = torch_sync if torch.cuda.is_available() else _no_sync   # no CUDA: as before
     for n in options:
       torch.set_num_threads(n)
-      t = self.time(fn, sync=lambda o: o, **kwargs)
+      t = self.time(fn, sync=sync, **kwargs)
       if best is None or t.median < best.median:
         best, best_n = t, n
     torch.set_num_threads(best_n)
@@ -375,9 +380,10 @@ class Context:
     best = None
     import torch
     global _LAST_TORCH_THREADS
+    sync = torch_sync if torch.cuda.is_available() else _no_sync
     for n in torch_thread_options():
       torch.set_num_threads(n)
-      t = time_fn(fn, warmup=1, repeats=1, sync=lambda o: o).median
+      t = time_fn(fn, warmup=1, repeats=1, sync=sync).median
       if best is None or t < best:
         best, return_n = t, n
     torch.set_num_threads(return_n)
@@ -501,9 +507,36 @@ def torch_autocast(dtype: str):
 
 
 def torch_device():
+  """The torch reference's device, matching JAX's: cuda when JAX runs on a GPU and torch has
+  CUDA, else cpu (a GPU figure is never compared with a CPU torch one, nor the reverse)."""
   import torch
   return torch.device("cuda" if (jax.default_backend() == "gpu" and torch.cuda.is_available())
                       else "cpu")
+
+
+def _has_cuda_tensor(out: Any) -> bool:
+  import torch
+  if isinstance(out, torch.Tensor):
+    return out.is_cuda
+  if isinstance(out, dict):
+    return any(_has_cuda_tensor(v) for v in out.values())
+  if isinstance(out, (list, tuple)):
+    return any(_has_cuda_tensor(v) for v in out)
+  return False
+
+
+def _no_sync(out: Any) -> Any:
+  return out
+
+
+def torch_sync(out: Any) -> Any:
+  """`time_fn`'s sync for torch: waits for the GPU's queued kernels when torch runs on CUDA
+  (its calls return at launch; the clock would read launch time, not compute time). CPU torch
+  is synchronous: a no-op there, as before."""
+  import torch
+  if torch.cuda.is_available() and (torch_device().type == "cuda" or _has_cuda_tensor(out)):
+    torch.cuda.synchronize()
+  return out
 
 
 def markdown_table(path: os.PathLike | str) -> str:

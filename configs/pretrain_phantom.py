@@ -43,6 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.windows = "rsna3"             # as DrCT's input (brain / subdural / bone)
   c.data.num_folds = 5
   c.data.fold = 0
+  c.data.balance_share = 0.0
   c.data.augment = ml_collections.ConfigDict()
   c.data.synth = ml_collections.ConfigDict()
   c.data.synth.layout = "rsna"
@@ -51,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.synth.size = a.size
 
   c.model.width = 0.125                # 1/8 of VGG16's channels: 64→8 … 512→64 features.
+  c.model.batch_norm = False
   c.model.dropout = 0.0
 
   c.loss = ml_collections.ConfigDict()

@@ -30,13 +30,16 @@ def _flags(fv: flags.FlagValues) -> None:
 def _evaluate(fv, _config) -> int:
   from ctjax.eval.metrics import format_table
   from ctjax.train import loop, parallel
+  from ctjax.train.checkpoint import saved_config_errors
   parallel.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
   overrides = {}
   if fv.data_root is not None:
     overrides["data.root"] = fv.data_root
   if fv.data_layout is not None:
     overrides["data.layout"] = fv.data_layout
-  report = loop.evaluate_workdir(fv.workdir, fv.split, step=fv.step, config_overrides=overrides)
+  with saved_config_errors(fv.workdir):   # an older config.json: one line, not a traceback
+    report = loop.evaluate_workdir(fv.workdir, fv.split, step=fv.step,
+                                   config_overrides=overrides)
   import jax
   if jax.process_index() == 0:
     print(f"{fv.workdir}: split {fv.split}, step {report.get('step')}")

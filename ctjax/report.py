@@ -43,21 +43,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                       format="%(levelname)s %(name)s: %(message)s")
   from ctjax.eval import report
+  from ctjax.train.checkpoint import saved_config_errors
   try:
-    t0 = time.perf_counter()
-    lm = report.load_model(args.workdir, args.step)
-    print(f"model: {lm.config.model.variant} from {args.workdir} (step {lm.step}), "
-          f"loaded in {time.perf_counter() - t0:.1f} s")
-    if args.scan:
-      uid = args.series_uid
-      if uid == "largest":
-        from ctjax.data.dicom import largest_series
-        uid = largest_series
-      r = report.report_for_scan(lm, args.scan, args.out, series_uid=uid)
-      print(f"{r.out_path}: {r.scan_path} ({r.num_source_slices} slices) reported in "
-            f"{r.seconds:.2f} s (first scan includes compilation)")
-      return 0
-    results = report.report_for_folder(lm, args.scans, args.out)
+    # saved_config_errors: a field missing from an older run's config.json → one line.
+    with saved_config_errors(args.workdir):
+      t0 = time.perf_counter()
+      lm = report.load_model(args.workdir, args.step)
+      print(f"model: {lm.config.model.variant} from {args.workdir} (step {lm.step}), "
+            f"loaded in {time.perf_counter() - t0:.1f} s")
+      if args.scan:
+        uid = args.series_uid
+        if uid == "largest":
+          from ctjax.data.dicom import largest_series
+          uid = largest_series
+        r = report.report_for_scan(lm, args.scan, args.out, series_uid=uid)
+        print(f"{r.out_path}: {r.scan_path} ({r.num_source_slices} slices) reported in "
+              f"{r.seconds:.2f} s (first scan includes compilation)")
+        return 0
+      results = report.report_for_folder(lm, args.scans, args.out)
   except CTJaxError as e:
     print(f"ctjax.report: error: {e}", file=sys.stderr)
     return 1

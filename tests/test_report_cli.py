@@ -127,3 +127,17 @@ def test_end_to_end_on_an_orbax_checkpoint(tmp_path, monkeypatch):
   assert "(step 3)" in r.stdout and "reported in" in r.stdout
   page = (tmp_path / "r.html").read_text()
   assert page.count('class="key-slice"') == 5 and "1.2.3.77" in page
+
+
+def test_old_config_json_is_one_line(tmp_path, capsys):
+  """A run saved before a config field existed: one line naming the workdir and the field."""
+  import json
+  from configs import drct2_rsna
+  config = json.loads(drct2_rsna.get_config("runlocal").to_json_best_effort())
+  del config["model"]["feature_norm"]
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  rc = cli.main(["--workdir", str(tmp_path), "--scan", str(tmp_path),
+                 "--out", str(tmp_path / "r.html")])
+  err = capsys.readouterr().err.strip()
+  assert rc == 1 and len(err.splitlines()) == 1, err
+  assert str(tmp_path / "config.json") in err and "config.model.feature_norm" in err

@@ -87,6 +87,7 @@ DEFAULTS = {
     "layout": "phantom", "root": "", "cache_dir": "", "image_size": 256, "num_slices": 28,
     "windows": "rsna3", "num_folds": 5, "fold": 0, "split_seed": 0, "num_workers": 0,
     "prefetch": 2, "lenient": False, "max_boxes": 8, "eval_batch_size": 0,
+    "balance_share": 0.0,
 }
 SYNTH_DEFAULTS = {"layout": "rsna", "num_scans": 24, "seed": 0, "size": 64}
 
@@ -370,6 +371,36 @@ class CacheSource:
 
   def __len__(self) -> int:
     return len(self.indices) if self.record == "scan" else len(self._slices)
+
+  def slice_positives(self) -> np.ndarray:
+    """bool [len(self), L'] per slice element: its positive labels (pretrain: slice_labels;
+    blend: one column per non-zero slice class)."""
+    if self.record != "slice":
+      raise errors.ConfigError("slice_positives needs slice records")
+    rows = []
+    for scan, k in self._slices:
+      m = self.scans.scans[int(scan)]
+      if m.slice_class is not None:
+        rows.append(m.slice_class[k] == np.arange(1, 3))
+      else:
+        rows.append(m.slice_labels[k] > 0)
+    return np.asarray(rows, bool).reshape(len(self._slices), -1)
+
+  def balanced(self, share: float, max_repeat: int = 64) -> "CacheSource":
+    """Training view of a slice source in which rare labels' positive slices are repeated:
+    a label with n of N positives gets r = round(share · N / n) copies (1 ≤ r ≤ max_repeat), so
+    that it makes up about `share` of an epoch; a slice with several labels takes the largest
+    r; negatives appear once. Deterministic (no rng): the epoch shuffle does the mixing."""
+    pos = self.slice_positives()
+    n = pos.sum(0)
+    per_label = np.where(n > 0, np.round(share * len(pos) / np.maximum(n, 1)), 1)
+    per_label = np.clip(per_label, 1, max_repeat).astype(np.int64)
+    reps = np.where(pos, per_label[None, :], 1).max(1) if pos.shape[1] else \
+        np.ones(len(pos), np.int64)
+    out = CacheSource.__new__(CacheSource)
+    out.__dict__.update(self.__dict__)
+    out._slices = np.repeat(self._slices, reps, axis=0)
+    return out
 
   def __repr__(self) -> str:
     return f"CacheSource({self.scans.path}, {len(self)} {self.record}s)"

@@ -93,3 +93,29 @@ class VGG16(nn.Module):
       out["logits"] = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
                                name="fc2")(y)
     return out
+
+
+def fold_batch_norm(variables: dict, epsilon: float = 1e-5) -> dict:
+  """VGG16-BN variables {"params", "batch_stats"} → plain VGG16 {"params"} computing the same
+  function in inference mode: BN(conv(x)) = conv'(x) with kernel' = kernel·s and
+  bias' = (bias − mean)·s + beta, s = scale / sqrt(var + eps), per output channel.
+
+  Lets a backbone be *trained* with BatchNorm (VGG16 from scratch trains far better so) and then
+  used frozen as the paper's plain VGG16. The classifier layers (fc*) are copied unchanged.
+  """
+  import numpy as np
+  params, stats = variables["params"], variables.get("batch_stats", {})
+  out = {}
+  for name, p in params.items():
+    if name.startswith("bn"):
+      continue
+    p = {k: np.asarray(v, np.float32) for k, v in p.items()}
+    bn = "bn" + name[len("conv"):] if name.startswith("conv") else None
+    if bn is not None and bn in params:
+      mean = np.asarray(stats[bn]["mean"], np.float64)
+      var = np.asarray(stats[bn]["var"], np.float64)
+      s = np.asarray(params[bn]["scale"], np.float64) / np.sqrt(var + epsilon)
+      p = {"kernel": (p["kernel"] * s).astype(np.float32),
+           "bias": ((p["bias"] - mean) * s + np.asarray(params[bn]["bias"])).astype(np.float32)}
+    out[name] = p
+  return {"params": out}

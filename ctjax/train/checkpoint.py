@@ -6,17 +6,21 @@ Layout under the workdir:
   checkpoints/best/<step>/state            the state with the best `config.checkpoint.best_metric`
                                             (e.g. "val/macro_f1", higher is better; a name ending
                                             in "loss" is minimised); only when that is set.
-`restore_for_inference` reads config.json and the best (else latest) state for evaluate/report.
+`restore_for_inference` reads config.json and the best (else latest) state for evaluate/report;
+`saved_config_errors` turns a field missing from an older config.json into one ConfigError line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import logging
 import math
 import os
 import pathlib
-from typing import Any, Optional
+import re
+from typing import Any, Iterator, Optional
 
 import grain
 import jax
@@ -24,7 +28,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import serialization
 
-from ctjax.errors import CheckpointError
+from ctjax.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -164,13 +168,102 @@ def restore_for_inference(workdir: str | os.PathLike, step: Optional[int] = None
   from ctjax.train.tasks import get_task
 
   config = load_config(workdir)
-  task = get_task(config.task)
-  model = task.build_model(config)
-  tx = task.make_optimizer(config, 1)
+  with saved_config_errors(workdir):
+    task = get_task(config.task)
+    model = task.build_model(config)
+    tx = task.make_optimizer(config, 1)
+    shapes = jax.eval_shape(lambda rng: state_lib.create_state(task, model, config, rng, tx),
+                            jax.random.PRNGKey(0))
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  shapes = jax.eval_shape(lambda rng: state_lib.create_state(task, model, config, rng, tx),
-                          jax.random.PRNGKey(0))
   template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                           shapes)
   state, _ = restore_state(workdir, template, step=step)
   return config, task, model, state.variables()
+
+
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _missing_field_name(error: BaseException) -> Optional[str]:
+  """The field name when `error` is ml_collections' "no such field" error, else None.
+
+  `ConfigDict.__getattr__` raises AttributeError(KeyError("'name'…")) (maybe with a "Did you
+  mean" line); a plain dict's KeyError('name') or an ordinary AttributeError (a bug) does not match.
+  """
+  e: Any = error
+  if isinstance(e, AttributeError) and e.args and isinstance(e.args[0], KeyError):
+    e = e.args[0]
+  if not isinstance(e, KeyError) or not e.args or not isinstance(e.args[0], str):
+    return None
+  m = re.match(r"'([^'\s]+)'(\n|$)", e.args[0])
+  return m.group(1) if m else None
+
+
+def _leaf_paths(tree: Any, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_leaf_paths(value, f"{prefix}{key}."))
+    out[f"{prefix}{key}"] = value
+  return out
+
+
+def _current_defaults(task: str) -> list[dict[str, Any]]:
+  """Dotted fields → values of every config file in configs/ for `task` (as plain JSON)."""
+  out = []
+  for path in sorted((_REPO_ROOT / "configs").glob("*.py")):
+    try:
+      spec = importlib.util.spec_from_file_location(f"_ctjax_defaults_{path.stem}", path)
+      module = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(module)
+      if not hasattr(module, "get_config"):
+        continue
+      config = json.loads(module.get_config(None).to_json_best_effort())
+    except Exception as e:   # noqa: BLE001 — a broken config file only loses a hint here
+      log.debug("defaults of %s unavailable: %s", path, e)
+      continue
+    if config.get("task") == task:
+      out.append(_leaf_paths(config))
+  return out
+
+
+def missing_field_error(workdir: str | os.PathLike, error: BaseException
+                        ) -> Optional[ConfigError]:
+  """A one-line ConfigError when `error` is a config field absent from `workdir`'s config.json
+  (a run saved before the field was added), naming the field's dotted path and its current
+  defaults; None for any other error."""
+  name = _missing_field_name(error)
+  if name is None:
+    return None
+  path = pathlib.Path(workdir) / "config.json"
+  try:
+    saved = _leaf_paths(json.loads(path.read_text()))
+  except (OSError, ValueError):
+    saved = {}
+  fields, values = [], []
+  for defaults in _current_defaults(str(saved.get("task", ""))):
+    for dotted, value in defaults.items():
+      if dotted.rsplit(".", 1)[-1] == name and dotted not in saved:
+        if dotted not in fields:
+          fields.append(dotted)
+        text = json.dumps(value)
+        text = text if len(text) <= 40 else text[:37] + "..."
+        if text not in values:
+          values.append(text)
+  where = " or ".join(f"config.{f}" for f in fields) if fields else f"config field {name!r}"
+  hint = f" (current configs: {' / '.join(values[:4])})" if values else ""
+  return ConfigError(f"{path} has no {where}: the run was saved before that field existed; "
+                     f"add it to {path} with the value the run used{hint}")
+
+
+@contextlib.contextmanager
+def saved_config_errors(workdir: str | os.PathLike) -> Iterator[None]:
+  """Around code that reads a workdir's saved config: ml_collections' bare AttributeError for a
+  field the (older) config.json lacks becomes `missing_field_error`'s ConfigError."""
+  try:
+    yield
+  except (AttributeError, KeyError) as e:
+    err = missing_field_error(workdir, e)
+    if err is None:
+      raise
+    raise err from e

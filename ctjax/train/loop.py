@@ -242,7 +242,7 @@ def _setup(config, workdir, task, data, mesh):
   state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
   if hasattr(task, "wrap_data"):   # e.g. DrCT's frozen-backbone feature cache
     data = task.wrap_data(config, data, splits, model,
-                          parallel.replicated_to_host(state.variables()))
+                          parallel.replicated_to_host(state.variables()), workdir=workdir)
   train_step, eval_step = steps_lib.compile_steps(task, model, config, mesh, state_sharding)
   return task, data, splits, model, steps_per_epoch, state, train_step, eval_step
 

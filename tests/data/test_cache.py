@@ -131,3 +131,25 @@ def test_phantom_tree_order_and_truth_survive_prepare(tmp_path, layout):
     np.testing.assert_array_equal(meta.slice_labels, np.asarray(truth["slice_labels"]))
     if layout == "rsna":   # CQ500 labels are the readers' majority, which may differ from truth
       np.testing.assert_array_equal(meta.labels, [truth["labels"][n] for n in ds.labels])
+
+
+def test_balanced_repeats_rare_positive_slices():
+  import types
+  labels = ("any", "rare")
+  def meta(i, sl):
+    sl = np.asarray(sl, np.uint8)
+    return cache.ScanMeta(f"s{i}", f"p{i}", 0, 0, len(sl), sl.max(0).astype(np.float32), sl,
+                          None, None, {})
+  # 3 scans, 10 slices: "any" on 4 slices, "rare" on 1 (which is also "any").
+  scans = types.SimpleNamespace(labels=labels, scans=[
+      meta(0, [[0, 0], [1, 0], [1, 1], [0, 0]]),
+      meta(1, [[0, 0], [0, 0], [0, 0]]),
+      meta(2, [[1, 0], [1, 0], [0, 0]])])
+  src = cache.CacheSource(scans, [0, 1, 2], "slice")
+  np.testing.assert_array_equal(src.slice_positives().sum(0), [4, 1])
+  bal = src.balanced(0.3)   # any: round(3/4) → 1 copy; rare: round(3/1) = 3 copies
+  rows = [(bal[i]["scan"], bal[i]["slice"]) for i in range(len(bal))]
+  assert len(bal) == 12 and rows.count((0, 2)) == 3 and rows.count((0, 1)) == 1
+  assert sorted(set(rows)) == sorted((src[i]["scan"], src[i]["slice"]) for i in range(10))
+  assert len(src) == 10                      # the source itself is unchanged
+  assert len(src.balanced(10.0, max_repeat=5)) == 10 + 4 * 4   # every positive capped at 5

@@ -105,3 +105,27 @@ def test_dtype_and_param_dtype_are_threaded_through():
   assert variables["batch_stats"]["bn0"]["var"].dtype == jnp.float32   # statistics stay f32
   out = jax.eval_shape(model.apply, variables, x)
   assert out["feature_map"].dtype == jnp.bfloat16 and out["pooled"].dtype == jnp.bfloat16
+
+
+def test_fold_batch_norm_equals_bn_model_in_inference():
+  from ctjax.models.vgg import fold_batch_norm
+  bn_model = VGG16(width=0.125, batch_norm=True)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  variables = weights.random_variables(bn_model, x, seed=3)
+  rng = np.random.default_rng(4)   # non-trivial running statistics and affine parameters
+  stats = jax.tree.map(lambda a: np.asarray(a), variables["batch_stats"])
+  for name, s in stats.items():
+    s["mean"] = rng.normal(0, 0.5, s["mean"].shape).astype(np.float32)
+    s["var"] = rng.uniform(0.2, 3.0, s["var"].shape).astype(np.float32)
+    p = variables["params"][name]
+    p["scale"] = rng.uniform(0.5, 2.0, p["scale"].shape).astype(np.float32)
+    p["bias"] = rng.normal(0, 0.3, p["bias"].shape).astype(np.float32)
+  variables = {"params": variables["params"], "batch_stats": stats}
+  want = bn_model.apply(variables, x, train=False)
+  folded = fold_batch_norm(variables)
+  assert sorted(folded["params"]) == sorted(f"conv{i}" for i in range(13))
+  got = VGG16(width=0.125).apply(folded, x, train=False)
+  for k in ("feature_map", "pooled"):
+    scale = float(np.abs(want[k]).max())
+    assert scale > 0.1
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5 * scale)

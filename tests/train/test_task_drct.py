@@ -240,3 +240,87 @@ def test_feature_cache_needs_frozen_backbone():
   config.model.freeze_backbone = False
   with pytest.raises(ConfigError, match="feature_cache"):
     check_config(config)
+
+
+def _small_splits(config, seed=5):
+  rng = np.random.default_rng(seed)
+  s = config.data.image_size
+  scans = _Scans([rng.integers(-1024, 1500, (n, s, s)).astype(np.int16) for n in (3, 2, 4)])
+  return {"train": _Source(scans, [0, 2]), "test": _Source(scans, [1])}
+
+
+def test_feature_cache_persists_and_is_keyed(setup, tmp_path, monkeypatch):
+  config, model, variables = setup
+  splits = _small_splits(config)
+  calls = []
+  compute = TASK_MOD._compute_feature_cache
+
+  def counting(*args, **kwargs):
+    calls.append(1)
+    return compute(*args, **kwargs)
+
+  monkeypatch.setattr(TASK_MOD, "_compute_feature_cache", counting)
+  first = TASK_MOD.build_feature_cache(config, splits, model, variables, chunk=8,
+                                       cache_dir=tmp_path)
+  files = sorted(p.name for p in tmp_path.iterdir())
+  assert len(calls) == 1 and len(files) == 1 and files[0].endswith(".npz")
+  second = TASK_MOD.build_feature_cache(config, splits, model, variables, chunk=8,
+                                        cache_dir=tmp_path)
+  assert len(calls) == 1   # read back: no backbone pass
+  assert sorted(first) == sorted(second) == ["aps_pooled", "feature_map", "offsets", "pooled"]
+  for k in first:
+    np.testing.assert_array_equal(second[k], first[k], err_msg=k)
+  # Another APS zoom is another key: recomputed, stored beside the first.
+  other = config.copy_and_resolve_references()
+  other.model.aps_size = 32
+  third = TASK_MOD.build_feature_cache(other, splits, model.clone(aps_size=32), variables,
+                                       chunk=8, cache_dir=tmp_path)
+  assert len(calls) == 2 and len(list(tmp_path.iterdir())) == 2
+  np.testing.assert_array_equal(third["pooled"], first["pooled"])   # primary path unchanged
+  assert not np.allclose(third["aps_pooled"], first["aps_pooled"])
+
+
+def test_feature_cache_key_follows_inputs(setup):
+  config, model, variables = setup
+  splits = _small_splits(config)
+  backbone = variables["params"]["backbone"]
+  scans = splits["train"].scans
+  key = TASK_MOD.feature_cache_key(config, scans, model, backbone)[0]
+  assert key == TASK_MOD.feature_cache_key(config, _small_splits(config)["train"].scans,
+                                           model, backbone)[0]
+  assert key != TASK_MOD.feature_cache_key(config, _small_splits(config, seed=6)["train"].scans,
+                                           model, backbone)[0]
+  bumped = jax.tree.map(lambda a: a, backbone)
+  first = sorted(bumped)[0]
+  bumped[first] = dict(bumped[first], kernel=np.asarray(bumped[first]["kernel"]) + 1e-3)
+  assert key != TASK_MOD.feature_cache_key(config, scans, model, bumped)[0]
+  for field, value in (("primary_size", 48), ("aps_source", "native"), ("dtype", "bfloat16")):
+    other = config.copy_and_resolve_references()
+    other.model[field] = value
+    assert key != TASK_MOD.feature_cache_key(other, scans, model, backbone)[0], field
+  # The split assignment is not part of the key: the rows cover every scan of the cache.
+  assert key == TASK_MOD.feature_cache_key(config, _Source(scans, [1]).scans, model,
+                                           backbone)[0]
+
+
+def test_feature_cache_write_is_atomic(tmp_path, monkeypatch):
+  cache = {"offsets": np.arange(3), "pooled": np.ones((5, 4), np.float32)}
+  desc = {"k": 1}
+  path = tmp_path / "abc.npz"
+
+  def dies(f, **arrays):   # killed half-way through the write
+    f.write(b"PK\x03\x04 partial")
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(TASK_MOD.np, "savez", dies)
+  with pytest.raises(KeyboardInterrupt):
+    TASK_MOD._save_feature_cache(path, cache, desc)
+  assert list(tmp_path.iterdir()) == []
+  monkeypatch.undo()
+  # A truncated or foreign file under the final name is never trusted.
+  path.write_bytes(b"PK\x03\x04 partial")
+  assert TASK_MOD._load_feature_cache(path, desc) is None
+  TASK_MOD._save_feature_cache(path, cache, desc)
+  got = TASK_MOD._load_feature_cache(path, desc)
+  np.testing.assert_array_equal(got["pooled"], cache["pooled"])
+  assert TASK_MOD._load_feature_cache(path, {"k": 2}) is None

@@ -11,12 +11,15 @@ splits it off by `trainable_mask`) and behind `stop_gradient` in the model.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
 import os
 import pathlib
-from typing import Any, Mapping
+import tempfile
+import zipfile
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -265,13 +268,18 @@ class DrCTTask:
     return model.apply(variables, x, native=native, train=train, rngs=rngs, mutable=mutable)
 
   def wrap_data(self, config: ml_collections.ConfigDict, data: Any, splits: Any,
-                model: nn.Module, variables: Mapping[str, Any]) -> Any:
+                model: nn.Module, variables: Mapping[str, Any],
+                workdir: Optional[str | os.PathLike] = None) -> Any:
     """Host side, called by the trainer once the state exists: with
     `config.model.feature_cache`, the data module whose batches carry the frozen backbone's
-    per-slice features instead of HU (`FeatureCacheData`); otherwise `data` unchanged."""
+    per-slice features instead of HU (`FeatureCacheData`); otherwise `data` unchanged.
+    With `workdir`, the features are kept in `<workdir>/feature_cache/` and reused by later
+    starts and by `python -m ctjax.evaluate` (see `build_feature_cache`)."""
     if not config.model.get("feature_cache", False):
       return data
-    return FeatureCacheData(data, build_feature_cache(config, splits, model, variables))
+    cache_dir = None if workdir is None else pathlib.Path(workdir) / FEATURE_CACHE_DIR
+    return FeatureCacheData(data, build_feature_cache(config, splits, model, variables,
+                                                      cache_dir=cache_dir))
 
   def loss_fn(self, model: nn.Module, params: Any, extra: Mapping[str, Any], batch,
               rng: jax.Array, config: ml_collections.ConfigDict, train: bool):
@@ -350,8 +358,123 @@ class DrCTTask:
 FEATURE_KEYS = ("feat_pooled", "feat_map", "feat_aps")
 
 
+FEATURE_CACHE_DIR = "feature_cache"
+_FEATURE_CACHE_VERSION = 1
+
+
+def _sha256_file(path: pathlib.Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _data_identity(scans: Any) -> dict[str, Any]:
+  """What fixes the HU rows: a prepared cache's manifest.json (its bytes) and the size and
+  mtime of its shard files (a rebuilt cache gets new ones); without a manifest (in-memory
+  stand-ins), the HU bytes themselves."""
+  counts = [int(s.num_slices) for s in scans.scans]
+  out: dict[str, Any] = {"num_slices": counts,
+                         "scan_ids": [str(getattr(s, "scan_id", "")) for s in scans.scans]}
+  path = getattr(scans, "path", None)
+  manifest = None if path is None else pathlib.Path(path) / "manifest.json"
+  if manifest is not None and manifest.is_file():
+    out["manifest_sha256"] = _sha256_file(manifest)
+    shards = []
+    for shard in json.loads(manifest.read_text()).get("shards", []):
+      st = (pathlib.Path(path) / shard["file"]).stat()
+      shards.append([shard["file"], st.st_size, st.st_mtime_ns])
+    out["shards"] = shards
+  else:
+    h = hashlib.sha256()
+    for i in range(len(scans.scans)):
+      hu = np.ascontiguousarray(scans.scan_hu(i))
+      h.update(f"{hu.dtype}{hu.shape}".encode())
+      h.update(hu.tobytes())
+    out["hu_sha256"] = h.hexdigest()
+  return out
+
+
+def _tree_sha256(tree: Any) -> str:
+  """Hash of a parameter tree's paths, shapes, dtypes and bytes (the weights actually used)."""
+  h = hashlib.sha256()
+  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(tree)[0],
+                           key=lambda kv: jax.tree_util.keystr(kv[0])):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}|".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def feature_cache_key(config: ml_collections.ConfigDict, scans: Any, model: nn.Module,
+                      backbone_params: Any) -> tuple[str, dict[str, Any]]:
+  """(hex key, the description it hashes) of everything the cached rows depend on.
+
+  The rows cover every scan of the cache (all splits), so the split indices are not part of
+  the key: another fold of the same data and backbone reuses them. The backbone is hashed by
+  its parameter values (whichever file or seed they came from) plus the module's settings
+  (width, dtypes).
+  """
+  mc = config.model
+  want_aps = mc.variant == "drct2"
+  windows = config.data.get("windows", "rsna3")
+  desc = {"version": _FEATURE_CACHE_VERSION,
+          "data": _data_identity(scans),
+          "backbone_sha256": _tree_sha256(backbone_params),
+          "backbone_module": repr(getattr(model, "backbone", None)),
+          "backbone_weights": str(mc.get("backbone_weights", "")),
+          "backbone_width": float(mc.backbone_width),
+          "windows": windows if isinstance(windows, str) else [list(w) for w in windows],
+          "primary_size": int(mc.primary_size),
+          "aps": want_aps,
+          "aps_size": int(getattr(model, "aps_size", mc.aps_size)) if want_aps else None,
+          "aps_source": str(mc.aps_source) if want_aps else None,
+          "dtype": str(mc.dtype), "param_dtype": str(mc.param_dtype),
+          "model_dtype": str(getattr(model, "dtype", None))}
+  blob = json.dumps(desc, sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:24], desc
+
+
+def _load_feature_cache(path: pathlib.Path, desc: Mapping[str, Any]
+                        ) -> Optional[dict[str, np.ndarray]]:
+  """The stored arrays if `path` holds a complete file written for `desc`, else None."""
+  if not path.is_file():
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      stored = json.loads(str(f["__key__"]))
+      if stored != json.loads(json.dumps(desc, sort_keys=True, default=str)):
+        log.warning("feature cache %s was written for other inputs; recomputing", path)
+        return None
+      return {k: np.asarray(f[k]) for k in f.files if k != "__key__"}
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:   # never trusted
+    log.warning("feature cache %s is unreadable (%s); recomputing", path, e)
+    return None
+
+
+def _save_feature_cache(path: pathlib.Path, cache: Mapping[str, np.ndarray],
+                        desc: Mapping[str, Any]) -> None:
+  """Writes to a private temporary file in the same folder, then renames it over `path`: a
+  run killed mid-write leaves only a `.tmp` file, never a partial `<key>.npz`."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, __key__=np.asarray(json.dumps(desc, sort_keys=True, default=str)), **cache)
+      f.flush()
+      os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)   # mkstemp's 0600 would hide the cache from other users of the run
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
 def build_feature_cache(config: ml_collections.ConfigDict, splits: Any, model: nn.Module,
-                        variables: Mapping[str, Any], chunk: int = 128) -> dict[str, Any]:
+                        variables: Mapping[str, Any], chunk: int = 128,
+                        cache_dir: Optional[str | os.PathLike] = None) -> dict[str, Any]:
   """Host side: the frozen backbone's outputs for every slice of every cached scan, once.
 
   With the backbone frozen, a slice's pooled vector and feature map (primary input) and its
@@ -359,9 +482,31 @@ def build_feature_cache(config: ml_collections.ConfigDict, splits: Any, model: n
   depend on training, so DrCT's heads can be trained on these rows exactly (the model's
   `features=` path; equality with the full model is tested). Returns {"offsets" int64 [scans],
   "pooled", "feature_map", "aps_pooled" (DrCT2) float32 [rows, ...]}.
+
+  With `cache_dir` (the trainer passes `<workdir>/feature_cache`), the arrays are stored as
+  `<cache_dir>/<key>.npz` and reused while `feature_cache_key` (data, backbone weights, sizes,
+  windows, dtype) is unchanged; any change gives a new key and a recomputation.
   """
-  mc = config.model
   scans = splits["train"].scans   # every split's CacheSource shares the CachedScans
+  path = None
+  if cache_dir is not None:
+    key, desc = feature_cache_key(config, scans, model, variables["params"]["backbone"])
+    path = pathlib.Path(cache_dir) / f"{key}.npz"
+    stored = _load_feature_cache(path, desc)
+    if stored is not None:
+      log.info("feature cache: reusing %s (%d slices)", path, len(stored["pooled"]))
+      return stored
+  cache = _compute_feature_cache(config, scans, model, variables, chunk)
+  if path is not None:
+    _save_feature_cache(path, cache, desc)
+    log.info("feature cache: stored in %s", path)
+  return cache
+
+
+def _compute_feature_cache(config: ml_collections.ConfigDict, scans: Any, model: nn.Module,
+                           variables: Mapping[str, Any], chunk: int) -> dict[str, Any]:
+  """The backbone pass over all slices, `chunk` slices per call (one compiled shape)."""
+  mc = config.model
   want_aps = mc.variant == "drct2"
   native = want_aps and mc.aps_source == "native"
   from ctjax.models.drct import DrCT

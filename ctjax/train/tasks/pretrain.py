@@ -39,6 +39,7 @@ class BackboneClassifier(nn.Module):
   """VGG16 conv stack → pooled features → linear multi-label logits."""
   num_labels: int
   width: float = 0.125
+  batch_norm: bool = False
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -46,8 +47,8 @@ class BackboneClassifier(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     from ctjax.models.vgg import VGG16
-    feats = VGG16(width=self.width, dtype=self.dtype, param_dtype=self.param_dtype,
-                  name="backbone")(x, train=train)["pooled"]
+    feats = VGG16(width=self.width, batch_norm=self.batch_norm, dtype=self.dtype,
+                  param_dtype=self.param_dtype, name="backbone")(x, train=train)["pooled"]
     feats = nn.Dropout(self.dropout_rate, deterministic=not train)(feats)
     logits = nn.Dense(self.num_labels, dtype=self.dtype, param_dtype=self.param_dtype,
                       name="head")(feats)
@@ -86,6 +87,7 @@ class PretrainTask:
 
   def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
     return BackboneClassifier(num_labels=len(_names(config)), width=float(config.model.width),
+                              batch_norm=bool(config.model.get("batch_norm", False)),
                               dropout_rate=float(config.model.dropout),
                               dtype=_DTYPES[config.model.dtype],
                               param_dtype=_DTYPES[config.model.param_dtype])
@@ -113,8 +115,13 @@ class PretrainTask:
   def loss_fn(self, model, params, extra, batch, rng, config, train):
     aug_rng, drop_rng = jax.random.split(rng)
     x = preprocess(batch["hu"], config, aug_rng if train else None)
-    logits = model.apply({"params": params, **extra}, x, train=train,
-                         rngs={"dropout": drop_rng})
+    if train and "batch_stats" in extra:
+      logits, updates = model.apply({"params": params, **extra}, x, train=True,
+                                    rngs={"dropout": drop_rng}, mutable=["batch_stats"])
+      extra = {**extra, **updates}
+    else:
+      logits = model.apply({"params": params, **extra}, x, train=train,
+                           rngs={"dropout": drop_rng})
     labels = batch["labels"].astype(jnp.float32)
     pw = tuple(config.loss.pos_weight)
     weight = jnp.where(labels > 0.5, jnp.asarray(pw, jnp.float32), 1.0) if pw else 1.0
@@ -142,9 +149,18 @@ class PretrainTask:
 
 
 def export_backbone(variables: Mapping[str, Any], path: str) -> pathlib.Path:
-  """{"params": backbone params} → .npz via ctjax.models.weights.save_variables."""
+  """{"params": plain VGG16 backbone params} → .npz via ctjax.models.weights.save_variables.
+
+  A backbone trained with BatchNorm (`config.model.batch_norm`) is written with its BN layers
+  folded into the convolutions (`ctjax.models.vgg.fold_batch_norm`, exact in inference mode),
+  so the file is always the plain VGG16 that DrCT loads frozen."""
+  from ctjax.models.vgg import fold_batch_norm
   from ctjax.models.weights import save_variables
   backbone = {"params": jax.tree.map(np.asarray, dict(variables["params"]["backbone"]))}
+  stats = variables.get("batch_stats", {}).get("backbone")
+  if stats is not None:
+    backbone = fold_batch_norm({"params": backbone["params"],
+                                "batch_stats": jax.tree.map(np.asarray, dict(stats))})
   return save_variables(path, backbone)
 
 
