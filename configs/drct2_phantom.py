@@ -10,10 +10,12 @@ per-slice outputs are computed once (`config.model.feature_cache`, exact) and th
 100 epochs in about a minute.
 
 What differs from the paper (section V / VI.A.1) and why: everything is shrunk to fit 2 CPU
-cores — a 1/8-width VGG16 (64 features) at 64 px with the APS zoom 64 → 128 px (the paper's
-224 → 512, ×2.3), small GRU/FC widths, batch 32 (the paper's CQ500 value). The frozen backbone
-is `configs/pretrain_phantom.py`'s slice-pretrained VGG16 (the stand-in for ImageNet; a
-separately seeded phantom set), produced first if the file is absent. Learning is made fast by
+cores — a 1/8-width VGG16 (64 features) at 128 px with the APS zoom 128 → 192 px (the paper's
+224 → 512, ×2.3; ×1.5 here, the size the backbone was pretrained at besides 128), small
+GRU/FC widths, batch 32 (the paper's CQ500 value). The frozen backbone is
+`configs/pretrain_phantom.py`'s slice-pretrained VGG16 (the stand-in for ImageNet; a separately
+seeded phantom set; trained with BatchNorm and scale augmentation, shipped with BN folded into
+plain VGG16 convolutions), produced first if the file is absent. Learning is made fast by
 honest means only: a warm-up + cosine learning-rate schedule and per-label positive weights
 (inverse-square-root of the phantom's label prevalence); the lesions are the generator's
 defaults (30% of positive scans "difficult": 1–3 slices).
@@ -33,7 +35,7 @@ BACKBONE = "ctjax/assets/vgg16_w0125_phantom.npz"   # written by configs/pretrai
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, runlocal=False, drct1=False, num_scans=640, epochs=100, fold=0)
+  a = common.parse_arg(arg, runlocal=False, drct1=False, num_scans=1280, epochs=100, fold=0)
   c = drct_config(dataset="phantom", variant="drct1" if a.drct1 else "drct2")
   c.seed = 0
 
@@ -46,20 +48,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.root = ""
   c.data.labels = common.RSNA_LABELS
   c.data.num_slices = 28           # VI.A.1: m = 28 for RSNA
-  c.data.image_size = 64           # shrunk from 224 for CPU
+  c.data.image_size = 128          # shrunk from 224 for CPU
   c.data.num_folds = 5             # VI.A.1: 5-fold for RSNA
   c.data.fold = a.fold
   c.data.synth = ml_collections.ConfigDict()
   c.data.synth.layout = "rsna"
   c.data.synth.num_scans = a.num_scans
   c.data.synth.seed = 1            # not pretrain_phantom's 7919: the backbone never saw these
-  c.data.synth.size = 64
+  c.data.synth.size = 128
 
   c.model.backbone_width = 0.125   # = pretrain_phantom's c.model.width
   c.model.backbone_weights = BACKBONE
   c.model.backbone_pretrain_config = "configs/pretrain_phantom.py"   # run first if absent
-  c.model.primary_size = 64        # paper 224
-  c.model.aps_size = 128           # paper 512
+  c.model.primary_size = 128       # paper 224
+  c.model.aps_size = 192           # paper 512 (×2.3); ×1.5 here, the backbone's zoom size
   c.model.mkey = 16                # VI.A.3
   c.model.gru_hidden = 64
   c.model.seq_dim = 64

@@ -73,7 +73,8 @@ def test_loss_is_torch_weighted_bce():
 
   @jax.jit
   def run(v, b):   # one compilation for the three calls
-    loss, _ = task.loss_fn(model, v["params"], {}, b, jax.random.PRNGKey(1), config, False)
+    extra = {k: x for k, x in v.items() if k != "params"}   # BatchNorm statistics
+    loss, _ = task.loss_fn(model, v["params"], extra, b, jax.random.PRNGKey(1), config, False)
     logits = model.apply(v, pretrain.preprocess(b["hu"], config), train=False)
     return loss, logits, task.predict(model, v, b, config)["probs"]
 
@@ -100,6 +101,57 @@ def test_pretrain_loop_exports_backbone(tmp_path, monkeypatch):
   assert saved["params"]["conv0"]["kernel"].shape == (3, 3, 3, 4)   # 64 * 1/16 channels
   # The exported file equals the trained backbone restored from the checkpoint.
   from ctjax.train import checkpoint
+  from ctjax.models.vgg import fold_batch_norm
   _, _, _, variables = checkpoint.restore_for_inference(tmp_path / "w")
+  assert config.model.batch_norm   # the config's default: written with BN folded in
+  folded = fold_batch_norm({"params": variables["params"]["backbone"],
+                            "batch_stats": variables["batch_stats"]["backbone"]})
   np.testing.assert_array_equal(saved["params"]["conv12"]["kernel"],
-                                variables["params"]["backbone"]["conv12"]["kernel"])
+                                folded["params"]["conv12"]["kernel"])
+
+
+def test_batch_norm_backbone_exports_as_plain_vgg16(tmp_path):
+  from ctjax.models.vgg import VGG16
+  config = _config(**{"model.batch_norm": True})
+  model = pretrain.TASK.build_model(config)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  variables = weights.random_variables(model, x, seed=2, train=False)
+  rng = np.random.default_rng(0)   # running statistics away from their (0, 1) initial values
+  variables["batch_stats"] = jax.tree.map(
+      lambda a: rng.uniform(0.5, 1.5, a.shape).astype(np.float32), variables["batch_stats"])
+  out = pretrain.export_backbone(variables, tmp_path / "vgg.npz")
+  saved = weights.load_variables(out)
+  assert "batch_stats" not in saved and not any(k.startswith("bn") for k in saved["params"])
+  want = VGG16(width=0.0625, batch_norm=True).apply(
+      {"params": variables["params"]["backbone"],
+       "batch_stats": variables["batch_stats"]["backbone"]}, x)["pooled"]
+  got = VGG16(width=0.0625).apply(saved, x)["pooled"]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_zoom_sizes_train_each_part_at_its_size():
+  config = _config(**{"model.batch_norm": True, "pretrain.zoom_sizes": (48,),
+                      "pretrain.flip": False})
+  model = pretrain.TASK.build_model(config)
+  variables = weights.random_variables(model, jnp.zeros((1, 32, 32, 3)), seed=1, train=False)
+  src = SliceSource(4, 3)
+  batch = {"hu": jnp.asarray(src.hu), "labels": jnp.asarray(src.labels)}
+  params, extra = variables["params"], {"batch_stats": variables["batch_stats"]}
+  loss, (_, new_extra) = pretrain.TASK.loss_fn(model, params, extra, batch,
+                                               jax.random.PRNGKey(0), config, True)
+  # Reference: slices 0-1 at 32 px, 2-3 zoomed to 48 px, BN in train mode on each part.
+  x = pretrain.preprocess(batch["hu"], config)
+  parts = [x[:2], jax.image.resize(x[2:], (2, 48, 48, 3), "bilinear")]
+  logits, stats = [], extra
+  for p in parts:
+    out, upd = model.apply({"params": params, **stats}, p, train=True, mutable=["batch_stats"])
+    logits.append(out)
+    stats = upd
+  ref = torch.nn.functional.binary_cross_entropy_with_logits(
+      torch.tensor(np.asarray(jnp.concatenate(logits))), torch.tensor(src.labels),
+      pos_weight=torch.tensor(config.loss.pos_weight), reduction="mean")
+  np.testing.assert_allclose(float(loss), float(ref), rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+               new_extra["batch_stats"], stats["batch_stats"])
+  assert not np.allclose(new_extra["batch_stats"]["backbone"]["bn0"]["mean"],
+                         extra["batch_stats"]["backbone"]["bn0"]["mean"])

@@ -66,6 +66,18 @@ def preprocess(hu: jax.Array, config: ml_collections.ConfigDict, rng=None) -> ja
   return x
 
 
+def _multi_scale(x: jax.Array, zoom_sizes: tuple) -> list[jax.Array]:
+  """Splits a batch into 1 + len(zoom_sizes) equal parts; part i > 0 is zoomed bilinearly to
+  zoom_sizes[i-1] px (whole field of view, objects larger). ImageNet training's scale
+  augmentation is what lets DrCT2 feed a frozen backbone the APS zoom (224 → 512); this is the
+  phantom stand-in's equivalent, so the backbone is trained at the sizes it is used at."""
+  parts = np.array_split(np.arange(x.shape[0]), len(zoom_sizes) + 1)
+  out = [x[parts[0]]]
+  for size, idx in zip(zoom_sizes, parts[1:]):
+    out.append(jax.image.resize(x[idx], (len(idx), size, size, x.shape[-1]), "bilinear"))
+  return out
+
+
 def _names(config) -> tuple:
   return tuple(config.data.labels)
 
@@ -115,13 +127,19 @@ class PretrainTask:
   def loss_fn(self, model, params, extra, batch, rng, config, train):
     aug_rng, drop_rng = jax.random.split(rng)
     x = preprocess(batch["hu"], config, aug_rng if train else None)
-    if train and "batch_stats" in extra:
-      logits, updates = model.apply({"params": params, **extra}, x, train=True,
-                                    rngs={"dropout": drop_rng}, mutable=["batch_stats"])
-      extra = {**extra, **updates}
-    else:
-      logits = model.apply({"params": params, **extra}, x, train=train,
-                           rngs={"dropout": drop_rng})
+    zoom = tuple(config.pretrain.get("zoom_sizes", ())) if train else ()
+    parts = _multi_scale(x, zoom) if zoom else [x]
+    logits = []
+    for i, part in enumerate(parts):   # one apply per image size (BN statistics per size)
+      rngs = {"dropout": jax.random.fold_in(drop_rng, i)}
+      if train and "batch_stats" in extra:
+        out, updates = model.apply({"params": params, **extra}, part, train=True, rngs=rngs,
+                                   mutable=["batch_stats"])
+        extra = {**extra, **updates}
+      else:
+        out = model.apply({"params": params, **extra}, part, train=train, rngs=rngs)
+      logits.append(out)
+    logits = jnp.concatenate(logits) if len(logits) > 1 else logits[0]
     labels = batch["labels"].astype(jnp.float32)
     pw = tuple(config.loss.pos_weight)
     weight = jnp.where(labels > 0.5, jnp.asarray(pw, jnp.float32), 1.0) if pw else 1.0
