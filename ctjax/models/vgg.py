@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
@@ -103,7 +104,6 @@ def fold_batch_norm(variables: dict, epsilon: float = 1e-5) -> dict:
   Lets a backbone be *trained* with BatchNorm (VGG16 from scratch trains far better so) and then
   used frozen as the paper's plain VGG16. The classifier layers (fc*) are copied unchanged.
   """
-  import numpy as np
   params, stats = variables["params"], variables.get("batch_stats", {})
   out = {}
   for name, p in params.items():
