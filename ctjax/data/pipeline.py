@@ -13,9 +13,10 @@ Config fields read (defaults used when a field is absent; configs/common.py hold
   also the `prepare` process count), data.prefetch (2: batches buffered per worker / prefetch
   thread), data.lenient (False: a broken slice aborts prepare; True: skipped and recorded),
   data.max_boxes (8: blend boxes per slice, padded with -1), data.eval_batch_size (0: same as
-  train.batch_size), data.balance_share (0: off; > 0: slice records only, training repeats each
-  label's positive slices so that it makes up about this share of an epoch, `CacheSource.balanced`), data.augment.resample_slices (True: training re-draws the m slices from the
-  unsampled ones, as DrCT2), data.augment.hflip (0.0: probability of a left-right flip),
+  train.batch_size), data.balance_share (0: off; > 0, slice records only: training repeats each
+  label's positive slices so that it makes up about this share of an epoch,
+  `CacheSource.balanced`), data.augment.resample_slices (True: training re-draws the m slices
+  from the unsampled ones, as DrCT2), data.augment.hflip (0.0: probability of a left-right flip),
   data.synth.{layout ("rsna"), num_scans (24), seed (0), size (64)} for layout "phantom";
   train.batch_size (global), task ("drct" → scan records, "blend" / "pretrain" → slice records).
 

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from ctjax.data import sampling
-from ctjax.eval.metrics import binary_auc
+from ctjax.eval.metrics import binary_auc, multilabel_report
 
 
 def scan_probe(slice_probs: Callable[[np.ndarray], np.ndarray], scans, num_slices: int
@@ -36,14 +36,12 @@ def scan_probe(slice_probs: Callable[[np.ndarray], np.ndarray], scans, num_slice
     best_sampled.append(p[idx].max(0))
     oracle.append(meta.slice_labels[idx].max(0) > 0)
   truth, best_all, best_sampled, oracle = map(np.asarray, (truth, best_all, best_sampled, oracle))
+  sampled = multilabel_report(truth, best_sampled, scans.labels, threshold=0.5)["per_class"]
   out = {}
   for j, name in enumerate(scans.labels):
     y = truth[:, j]
-    pred = best_sampled[:, j] >= 0.5
-    tp = float(np.sum(pred & y))
-    f1 = 2 * tp / max(1.0, float(pred.sum() + y.sum()))
     out[name] = {"positives": int(y.sum()), "auc_all_slices": binary_auc(y, best_all[:, j]),
-                 "auc_sampled": binary_auc(y, best_sampled[:, j]), "f1_at_0.5": f1,
+                 "auc_sampled": sampled[name]["auc"], "f1_at_0.5": sampled[name]["f1"],
                  "oracle_recall": float(oracle[y, j].mean()) if y.any() else float("nan")}
   return out
 

@@ -171,9 +171,7 @@ class DrCT(nn.Module):
     """
     out = self.backbone(images.astype(self.dtype), train=False)
     res = {"pooled": out["pooled"], "feature_map": out["feature_map"]}
-    if aps_images is images and images.shape[1:3] == (self.aps_size, self.aps_size):
-      res["aps_pooled"] = out["pooled"]   # APS at the primary size: the same backbone pass
-    elif aps_images is not None:
+    if aps_images is not None:
       if aps_images.shape[1:3] != (self.aps_size, self.aps_size):
         aps_images = jax.image.resize(aps_images.astype(jnp.float32),
                                       (aps_images.shape[0], self.aps_size, self.aps_size,

@@ -153,3 +153,13 @@ def test_balanced_repeats_rare_positive_slices():
   assert sorted(set(rows)) == sorted((src[i]["scan"], src[i]["slice"]) for i in range(10))
   assert len(src) == 10                      # the source itself is unchanged
   assert len(src.balanced(10.0, max_repeat=5)) == 10 + 4 * 4   # every positive capped at 5
+
+
+def test_blend_slice_positives_are_the_non_zero_classes():
+  import types
+  m = cache.ScanMeta("s0", "p0", 0, 0, 4, np.zeros(1, np.float32), np.zeros((4, 1), np.uint8),
+                     np.asarray([0, 1, 2, -1], np.int32), None, {})
+  src = cache.CacheSource(types.SimpleNamespace(labels=("ich",), scans=[m]), [0], "slice")
+  np.testing.assert_array_equal(src.slice_positives(),
+                                [[False, False], [True, False], [False, True], [False, False]])
+  assert len(src.balanced(0.5)) == 4 + 1 + 1   # each class: round(0.5·4/1) = 2 copies

@@ -3,7 +3,7 @@
 import types
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import f1_score, roc_auc_score
 
 from ctjax.data import cache, sampling
 from ctjax.eval.backbone_probe import scan_probe
@@ -41,6 +41,7 @@ def test_probe_equals_max_over_sampled_slices_and_sklearn_auc():
   for j, name in enumerate(("a", "b")):
     assert out[name]["positives"] == int(y[:, j].sum())
     np.testing.assert_allclose(out[name]["auc_sampled"], roc_auc_score(y[:, j], sampled[:, j]))
+    np.testing.assert_allclose(out[name]["f1_at_0.5"], f1_score(y[:, j], sampled[:, j] >= 0.5))
     oracle = [m.slice_labels[sampling.uniform_indices(m.num_slices, 6), j].max()
               for m in scans.scans if m.labels[j] > 0.5]
     np.testing.assert_allclose(out[name]["oracle_recall"], np.mean(oracle))
