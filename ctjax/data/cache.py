@@ -374,14 +374,17 @@ class CacheSource:
 
   def slice_positives(self) -> np.ndarray:
     """bool [len(self), L'] per slice element: its positive labels (pretrain: slice_labels;
-    blend: one column per non-zero slice class)."""
+    blend: one column per non-zero slice class, 1 … max class of the source's slices)."""
     if self.record != "slice":
       raise errors.ConfigError("slice_positives needs slice records")
+    classes = [m.slice_class.max() for m in self.scans.scans
+               if m.slice_class is not None and m.slice_class.size]
+    non_zero = np.arange(1, max(2, int(max(classes, default=0)) + 1))
     rows = []
     for scan, k in self._slices:
       m = self.scans.scans[int(scan)]
       if m.slice_class is not None:
-        rows.append(m.slice_class[k] == np.arange(1, 3))
+        rows.append(m.slice_class[k] == non_zero)
       else:
         rows.append(m.slice_labels[k] > 0)
     return np.asarray(rows, bool).reshape(len(self._slices), -1)

@@ -163,3 +163,8 @@ def test_blend_slice_positives_are_the_non_zero_classes():
   np.testing.assert_array_equal(src.slice_positives(),
                                 [[False, False], [True, False], [False, True], [False, False]])
   assert len(src.balanced(0.5)) == 4 + 1 + 1   # each class: round(0.5·4/1) = 2 copies
+  m4 = cache.ScanMeta("s1", "p1", 0, 0, 2, np.zeros(1, np.float32), np.zeros((2, 1), np.uint8),
+                      np.asarray([3, 0], np.int32), None, {})   # a 4-class slice set
+  src4 = cache.CacheSource(types.SimpleNamespace(labels=("ich",), scans=[m, m4]), [0, 1], "slice")
+  assert src4.slice_positives().shape == (6, 3)
+  np.testing.assert_array_equal(src4.slice_positives().sum(0), [1, 1, 1])

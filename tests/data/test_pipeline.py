@@ -226,6 +226,10 @@ def test_config_errors(rsna):
     pipeline.build_splits(config)
   config.data.labels = common.RSNA_LABELS
   assert pipeline.build_splits(config).labels == common.RSNA_LABELS
+  config.data.balance_share = 0.1   # repeats positive slices: meaningless for scan records
+  with pytest.raises(errors.ConfigError, match=r"balance_share=0.1 needs slice records"):
+    pipeline.build_splits(config)
+  config.data.balance_share = 0.0
   config.task = "nope"
   with pytest.raises(errors.ConfigError):
     pipeline.build_splits(config)

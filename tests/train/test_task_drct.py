@@ -280,7 +280,7 @@ def test_feature_cache_persists_and_is_keyed(setup, tmp_path, monkeypatch):
   assert not np.allclose(third["aps_pooled"], first["aps_pooled"])
 
 
-def test_feature_cache_key_follows_inputs(setup):
+def test_feature_cache_key_follows_inputs(setup, monkeypatch):
   config, model, variables = setup
   splits = _small_splits(config)
   backbone = variables["params"]["backbone"]
@@ -301,6 +301,8 @@ def test_feature_cache_key_follows_inputs(setup):
   # The split assignment is not part of the key: the rows cover every scan of the cache.
   assert key == TASK_MOD.feature_cache_key(config, _Source(scans, [1]).scans, model,
                                            backbone)[0]
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert key != TASK_MOD.feature_cache_key(config, scans, model, backbone)[0]
 
 
 def test_feature_cache_write_is_atomic(tmp_path, monkeypatch):

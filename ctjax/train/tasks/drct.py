@@ -414,7 +414,7 @@ def feature_cache_key(config: ml_collections.ConfigDict, scans: Any, model: nn.M
   The rows cover every scan of the cache (all splits), so the split indices are not part of
   the key: another fold of the same data and backbone reuses them. The backbone is hashed by
   its parameter values (whichever file or seed they came from) plus the module's settings
-  (width, dtypes).
+  (width, dtypes), and the JAX backend that computed the rows.
   """
   mc = config.model
   want_aps = mc.variant == "drct2"
@@ -431,7 +431,9 @@ def feature_cache_key(config: ml_collections.ConfigDict, scans: Any, model: nn.M
           "aps_size": int(getattr(model, "aps_size", mc.aps_size)) if want_aps else None,
           "aps_source": str(mc.aps_source) if want_aps else None,
           "dtype": str(mc.dtype), "param_dtype": str(mc.param_dtype),
-          "model_dtype": str(getattr(model, "dtype", None))}
+          "model_dtype": str(getattr(model, "dtype", None)),
+          # CPU and GPU convolutions round differently: rows from one are not the other's.
+          "backend": jax.default_backend()}
   blob = json.dumps(desc, sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:24], desc
 
