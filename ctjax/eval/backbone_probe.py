@@ -1,7 +1,7 @@
 """How good can a frozen backbone make DrCT? A scan-level probe of a pretraining run.
 
   python -m ctjax.eval.backbone_probe --workdir runs/pretrain_phantom \
-      --data runs/drct2_phantom/data [--size 128] [--num_slices 28]
+      --data runs/drct2_phantom/data [--size 192] [--num_slices 28]
 
 The pretraining task's slice classifier (backbone + linear head, `configs/pretrain_phantom.py`)
 scores every slice of a DrCT data set's prepared cache; a scan's score per label is the maximum
@@ -13,14 +13,17 @@ all). `--size` feeds the slices resized (bilinear) to another size, e.g. DrCT2's
 
 from __future__ import annotations
 
-import argparse
+import json
 import pathlib
 import sys
 from typing import Callable
 
 import numpy as np
+from absl import flags
 
+from ctjax import cli
 from ctjax.data import sampling
+from ctjax.errors import CTJaxError
 from ctjax.eval.metrics import binary_auc, multilabel_report
 
 
@@ -46,50 +49,65 @@ def scan_probe(slice_probs: Callable[[np.ndarray], np.ndarray], scans, num_slice
   return out
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", required=True, help="a configs/pretrain_phantom.py workdir")
-  parser.add_argument("--data", required=True, help="data root holding a prepared cache")
-  parser.add_argument("--size", type=int, default=0, help="resize slices to this (0: as cached)")
-  parser.add_argument("--num_slices", type=int, default=28)
-  args = parser.parse_args(argv)
+def find_cache(data_root: str | pathlib.Path) -> pathlib.Path:
+  """The prepared cache under `data_root`/.ctjax_cache: the newest complete one; an error when
+  there is none, or when complete caches of different image sizes make the choice ambiguous."""
   from ctjax.data import cache
-  from ctjax.errors import CTJaxError
-  try:
-    import jax
-    import jax.numpy as jnp
-    from ctjax.train.checkpoint import restore_for_inference
-    from ctjax.train.tasks import pretrain
-    config, _, model, variables = restore_for_inference(args.workdir)
-    root = pathlib.Path(args.data) / ".ctjax_cache"
-    found = sorted(p for p in root.glob("*") if cache.is_complete(p)) if root.is_dir() else []
-    if not found:
-      raise CTJaxError(f"{args.data}: no prepared cache (run python -m ctjax.prepare)")
-    scans = cache.CachedScans(found[0])
+  root = pathlib.Path(data_root) / ".ctjax_cache"
+  found = [p for p in root.glob("*") if cache.is_complete(p)] if root.is_dir() else []
+  if not found:
+    raise CTJaxError(f"{data_root}: no prepared cache (run python -m ctjax.prepare)")
+  sizes = {p: json.loads((p / "manifest.json").read_text()).get("image_size") for p in found}
+  if len(set(sizes.values())) > 1:
+    raise CTJaxError(f"{data_root}: prepared caches of several image sizes "
+                     f"({', '.join(f'{p.name}: {v}' for p, v in sorted(sizes.items()))}); "
+                     "remove the ones not wanted")
+  return max(found, key=lambda p: (p / "manifest.json").stat().st_mtime_ns)
 
-    @jax.jit
-    def probs(hu):
-      x = pretrain.preprocess(hu, config)
-      if args.size and args.size != x.shape[1]:
-        x = jax.image.resize(x, (x.shape[0], args.size, args.size, 3), "bilinear")
-      return jax.nn.sigmoid(model.apply(variables, x, train=False))
 
-    pad_to = max(s.num_slices for s in scans.scans)   # one compiled shape
+def _flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("data", None, "data root holding a prepared cache", flag_values=fv)
+  flags.DEFINE_integer("size", 0, "resize slices to this (0: as cached)", flag_values=fv)
+  flags.DEFINE_integer("num_slices", 28, "slices sampled per scan", flag_values=fv)
 
-    def slice_probs(hu):
-      n = len(hu)
-      padded = np.concatenate([hu, np.zeros((pad_to - n,) + hu.shape[1:], hu.dtype)])
-      return np.asarray(probs(jnp.asarray(padded)))[:n]
 
-    result = scan_probe(slice_probs, scans, args.num_slices)
-  except CTJaxError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+def _probe(fv, _config) -> int:
+  if not fv.data:
+    raise CTJaxError("--data DIR is required")
+  import jax
+  import jax.numpy as jnp
+  from ctjax.data import cache
+  from ctjax.train.checkpoint import restore_for_inference
+  from ctjax.train.tasks import pretrain
+  scans = cache.CachedScans(find_cache(fv.data))   # before the (slower) model restore
+  config, _, model, variables = restore_for_inference(fv.workdir)
+  size = fv.size
+
+  @jax.jit
+  def probs(hu):
+    x = pretrain.preprocess(hu, config)
+    if size and size != x.shape[1]:
+      x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
+    return jax.nn.sigmoid(model.apply(variables, x, train=False))
+
+  pad_to = max(s.num_slices for s in scans.scans)   # one compiled shape
+
+  def slice_probs(hu):
+    n = len(hu)
+    padded = np.concatenate([hu, np.zeros((pad_to - n,) + hu.shape[1:], hu.dtype)])
+    return np.asarray(probs(jnp.asarray(padded)))[:n]
+
+  result = scan_probe(slice_probs, scans, fv.num_slices)
   print(f"{'label':18s} {'pos':>4s} {'auc_all':>8s} {'auc_m':>8s} {'f1@.5':>7s} {'oracle':>7s}")
   for name, r in result.items():
     print(f"{name:18s} {r['positives']:4d} {r['auc_all_slices']:8.3f} {r['auc_sampled']:8.3f} "
           f"{r['f1_at_0.5']:7.3f} {r['oracle_recall']:7.3f}")
   return 0
+
+
+def main(argv=None) -> int:
+  return cli.run(_probe, argv, needs_config=False, extra_flags=_flags,
+                 workdir_help="a configs/pretrain_phantom.py workdir")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """ctjax.eval.backbone_probe.scan_probe on hand-made scans (sampling, max pooling, AUC)."""
 
+import json
 import types
 
 import numpy as np
 from sklearn.metrics import f1_score, roc_auc_score
 
+from ctjax import cli
 from ctjax.data import cache, sampling
+from ctjax.eval import backbone_probe
 from ctjax.eval.backbone_probe import scan_probe
 
 
@@ -46,3 +49,27 @@ def test_probe_equals_max_over_sampled_slices_and_sklearn_auc():
               for m in scans.scans if m.labels[j] > 0.5]
     np.testing.assert_allclose(out[name]["oracle_recall"], np.mean(oracle))
   assert out["b"]["oracle_recall"] == 1.0            # a 3-slice lesion is always sampled
+
+
+def _fake_cache(root, name, size):
+  d = root / ".ctjax_cache" / name
+  d.mkdir(parents=True)
+  (d / "manifest.json").write_text(json.dumps({"complete": True, "image_size": size}))
+  return d
+
+
+def test_cache_choice_and_errors_name_the_folder(tmp_path, capsys):
+  """No cache, or caches of two sizes: one line naming the data root, before any model load."""
+  argv = ["probe", "--workdir", str(tmp_path / "no_run"), "--data", str(tmp_path)]
+  assert backbone_probe.main(argv) == cli.EXIT_ERROR
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and "no prepared cache" in err and str(tmp_path) in err
+  assert "\n" not in err
+  first = _fake_cache(tmp_path, "phantom_128_a", 128)
+  assert backbone_probe.find_cache(tmp_path) == first
+  _fake_cache(tmp_path, "phantom_64_b", 64)
+  assert backbone_probe.main(argv) == cli.EXIT_ERROR
+  err = capsys.readouterr().err
+  assert "several image sizes" in err and "phantom_64_b: 64" in err
+  assert backbone_probe.main(["probe", "--workdir", str(tmp_path)]) == cli.EXIT_ERROR
+  assert "--data DIR is required" in capsys.readouterr().err
