@@ -30,7 +30,7 @@ from scipy import stats as sps
 from scipy.special import ndtr, ndtri
 
 from ctjax import errors
-from ctjax.data.datasets import CQ500_COLUMNS, CQ500_LABELS, CQ500_READERS, RSNA_LABELS
+from ctjax.data.labels import CQ500_COLUMNS, CQ500_LABELS, CQ500_READERS, RSNA_LABELS
 from ctjax.eval import metrics
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from sklearn import metrics as skm
 from statsmodels.stats import inter_rater
 
 from ctjax import errors
-from ctjax.data.datasets import CQ500_COLUMNS, CQ500_LABELS, CQ500_READERS, RSNA_LABELS
+from ctjax.data.labels import CQ500_COLUMNS, CQ500_LABELS, CQ500_READERS, RSNA_LABELS
 from ctjax.eval import metrics
 from ctjax.eval import stats
 
