@@ -78,3 +78,18 @@ class InvalidDicomValueError(CTDataError):
 
 class UnsupportedDicomError(CTDataError):
   """Valid DICOM that ctjax does not read (Enhanced multi-frame CT, colour images, oversized)."""
+
+
+class StudyError(CTJaxError):
+  """A reader-study folder is missing, incomplete or inconsistent (`ctjax.reader`)."""
+
+
+class ReadRefusedError(StudyError):
+  """A reader's request is refused (unknown link, wrong case, second answer, washout, bad input).
+
+  `status` is the HTTP status the study server answers with.
+  """
+
+  def __init__(self, message: str, status: int = 400):
+    self.status = int(status)
+    super().__init__(message)
