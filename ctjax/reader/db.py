@@ -73,7 +73,7 @@ class Read(Base):
   position: orm.Mapped[int]
   case_id: orm.Mapped[str] = orm.mapped_column(sa.String(32))
   shown_at: orm.Mapped[float]                 # first display (epoch seconds, study clock)
-  views: orm.Mapped[int] = orm.mapped_column(default=1)   # displays (reloads count)
+  views: orm.Mapped[int] = orm.mapped_column(default=1)   # viewer displays (reloads count)
   answered_at: orm.Mapped[Optional[float]]
   reading_seconds: orm.Mapped[Optional[float]]
   answer: orm.Mapped[Optional[str]] = orm.mapped_column(sa.Text)   # JSON list of labels
@@ -257,7 +257,7 @@ class StudyDB:
         s.add(Read(reader_id=reader_id, arm=st.arm, position=st.position, case_id=st.case_id,
                    shown_at=now, views=1))
         return dataclasses.replace(st, status="case", shown_at=now)
-      if st.status in ("case", "confidence"):
+      if st.status == "case":   # a reload of the viewer; the confidence step is not a view
         s.execute(sa.update(Read).where(Read.reader_id == reader_id, Read.arm == st.arm,
                                         Read.case_id == st.case_id)
                   .values(views=Read.views + 1))

@@ -142,9 +142,10 @@ def create_app(study_dir: str | os.PathLike, *, clock: Optional[clock_lib.Clock]
   return app
 
 
-def _view_windows(study: Study) -> dict[str, list[float]]:
+def _view_windows(study: Study) -> list[list]:
+  """[[name, level, width], …] in the study's order (a list: JSON objects lose key order)."""
   from ctjax.data.windows import PRESETS
-  return {name: list(PRESETS[name][0]) for name in study.meta.get("view_windows", ["brain"])}
+  return [[name, *PRESETS[name][0]] for name in study.meta.get("view_windows", ["brain"])]
 
 
 def _redact(path: str) -> str:

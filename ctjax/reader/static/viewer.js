@@ -7,8 +7,11 @@
   var el = document.getElementById("viewer");
   if (!el) { return; }
   var S = +el.dataset.slices, H = +el.dataset.height, W = +el.dataset.width;
-  var windows = JSON.parse(el.dataset.windows);
-  var names = Object.keys(windows);
+  var windows = {}, names = [];
+  JSON.parse(el.dataset.windows).forEach(function (w) {   // [[name, level, width], ...]
+    windows[w[0]] = [w[1], w[2]];
+    names.push(w[0]);
+  });
   var canvas = document.getElementById("slice-canvas");
   var ctx = canvas.getContext("2d");
   var image = ctx.createImageData(W, H);
