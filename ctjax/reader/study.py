@@ -283,6 +283,7 @@ def create_study(study_dir: str | os.PathLike, run_workdir: str | os.PathLike, *
   try:
     for k, (cid, src) in enumerate(zip(ids, picked)):
       cdir = root / "cases" / cid
+      cdir.mkdir(parents=True, exist_ok=True)
       folder = _link_folder(src, cdir / "dicom")
       if k == 0:   # compile the model once, so every case's time is the compiled model's
         with tempfile.TemporaryDirectory() as tmp:
