@@ -1,6 +1,6 @@
 """Screenshots of the reader study's viewer in both arms (docs/images/reader_*.png).
 
-  python docs/reader_screenshots.py --link http://127.0.0.1:8765/r/TOKEN/ --out docs/images
+  python docs/images/make_reader_screenshots.py --link http://127.0.0.1:8765/r/TOKEN/ --out docs/images
 
 Drives a running `python -m ctjax.reader serve` as the reader of LINK, in headless Chromium
 (Playwright with the system's chromium): screenshots the first case alone, answers every case
