@@ -157,9 +157,18 @@ def _redact(path: str) -> str:
 
 def serve(study_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765) -> None:
   """Runs the app until interrupted (werkzeug's threaded server; a study is a few readers)."""
-  from werkzeug.serving import run_simple
+  from werkzeug.serving import WSGIRequestHandler, run_simple
+
+  class _RedactingHandler(WSGIRequestHandler):
+    """Request log lines without the readers' tokens."""
+
+    def log_request(self, code="-", size="-"):
+      self.path = _redact(self.path)   # werkzeug logs self.path; the response is sent
+      super().log_request(code, size)
+
   app = create_app(study_dir)
   if host not in ("127.0.0.1", "localhost", "::1"):
     log.warning("serving on %s: anyone who can reach it and holds a reader link can answer; "
                 "the links are the only credential", host)
-  run_simple(host, int(port), app, threaded=True, use_reloader=False, use_debugger=False)
+  run_simple(host, int(port), app, threaded=True, use_reloader=False, use_debugger=False,
+             request_handler=_RedactingHandler)

@@ -156,15 +156,15 @@ def _truth(labels: np.ndarray) -> list[int]:
   return [int(v > 0.5) for v in np.asarray(labels).reshape(-1)]
 
 
-def test_split_scans(config: Any, run_workdir: str | os.PathLike, num: int, seed: int
-                     ) -> tuple[dict[str, Any], list[ScanSource]]:
+def test_split_scans(config: Any, run_workdir: str | os.PathLike, num: int, seed: int, *,
+                     progress: bool = True) -> tuple[dict[str, Any], list[ScanSource]]:
   """A seeded random sample of the run's test split, exactly the split the run held out.
 
   The split is `ctjax.data.datasets.split_indices` over the run's prepared cache (the scans it
   decoded, in its order), as `ctjax.data.pipeline.build_splits` makes it for training.
   """
   from ctjax.data import cache, datasets
-  path = cache.ensure_cache(config, os.fspath(run_workdir), progress=False)
+  path = cache.ensure_cache(config, os.fspath(run_workdir), progress=progress)
   scans = cache.CachedScans(path)
   idx = datasets.split_indices([s.patient_id for s in scans.scans],
                                num_folds=int(cache.data_option(config, "num_folds")),
@@ -241,14 +241,15 @@ def create_study(study_dir: str | os.PathLike, run_workdir: str | os.PathLike, *
                  scans: Optional[tuple[dict[str, Any], list[ScanSource]]] = None,
                  num_scans: int = DEFAULT_NUM_SCANS, seed: int = 0,
                  washout_days: float = DEFAULT_WASHOUT_DAYS, name: str = "",
-                 step: Optional[int] = None, view_size: int = 0, progress: bool = True,
-                 run: Any = None) -> Study:
+                 step: Optional[int] = None, view_size: int = 0,
+                 progress: Optional[bool] = None, run: Any = None) -> Study:
   """Makes the study folder: cases, images, the model's reports (once), the empty database.
 
   `scans` (from `dataset_scans` / `folder_scans`) overrides the default, a seeded sample of
   `num_scans` scans of the run's test split. `view_size` > 0 resizes the stored slices to that
   many pixels a side (the paper's readers saw 224 × 224); 0 keeps the source resolution.
-  `run` is an already opened `model_reports.Run` (tests share one).
+  `run` is an already opened `model_reports.Run` (tests share one). `progress` None follows
+  the run's config.log.progress_bar (default on).
   """
   from ctjax.data import cache, dicom
   from ctjax.reader import db, model_reports
@@ -263,8 +264,12 @@ def create_study(study_dir: str | os.PathLike, run_workdir: str | os.PathLike, *
     raise errors.StudyError(f"washout of {washout_days} days: must be >= 0")
   run = run if run is not None else model_reports.open_run(run_workdir, step=step)
   info = model_reports.run_info(run)
+  config = model_reports.run_config(run)
+  if progress is None:
+    log_cfg = config.get("log") if hasattr(config, "get") else None
+    progress = bool(log_cfg.get("progress_bar", True)) if log_cfg is not None else True
   if scans is None:
-    scans = test_split_scans(model_reports.run_config(run), run_workdir, num_scans, seed)
+    scans = test_split_scans(config, run_workdir, num_scans, seed, progress=progress)
   source, picked = scans
   if not picked:
     raise errors.StudyError(f"no scans to read ({source})")

@@ -311,6 +311,8 @@ def test_a_killed_server_loses_no_committed_answer(study_dir):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
   assert proc.returncode == -signal.SIGKILL
+  log = proc.stdout.read().decode()
+  assert "POST /r/…/case/" in log and token not in log     # request lines without the token
   proc = _start(study_dir, port)
   try:
     # Resumes where the reader was: the third case's confidence step.
