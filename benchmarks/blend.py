@@ -25,8 +25,8 @@ def blend_config(ctx: Context, *, dtype: str = "float32", batch_size: Optional[i
   s = ctx.settings["blend"]
   config = common.load_config(s.get("config", "blend_resnet50"), s.get("config_arg",
                                                                        "variant=wce_at"))
-  values = {"data.image_size": s["image_size"], "model.width": s["width"],
-            "model.backbone": s["backbone"], "model.pretrained": "", "model.dtype": dtype,
+  values = {"data.image_size": s["image_size"], "model.backbone_width": s["width"],
+            "model.backbone": s["backbone"], "model.backbone_weights": "", "model.dtype": dtype,
             "train.batch_size": batch_size or s["train_batch"],
             "data.augment.enabled": False}
   values.update(s.get("overrides", {}))
@@ -91,7 +91,7 @@ def infer(ctx: Context, dtype: str = "float32") -> list[Record]:
   return [common.speed_record(f"blend/infer/{tag}", seconds=t.median, items=bs,
                               unit="slices/s", torch_seconds=torch_s, flops=flops,
                               peak=ctx.peak(dtype), batch=bs, image_size=config.data.image_size,
-                              backbone=config.model.backbone, width=config.model.width,
+                              backbone=config.model.backbone, width=config.model.backbone_width,
                               timed_calls=t.n, compile_s=t.warmup_s)]
 
 
@@ -116,7 +116,7 @@ def train(ctx: Context, dtype: str = "float32") -> list[Record]:
     dev = common.torch_device()
     net = build_torch(config).train()
     oc = config.optimizer
-    opt = torch.optim.SGD(net.parameters(), lr=oc.learning_rate, momentum=oc.momentum,
+    opt = torch.optim.SGD(net.parameters(), lr=oc.lr, momentum=oc.momentum,
                           weight_decay=oc.weight_decay)
     hu = torch.from_numpy(host["hu"]).to(dev)
     label = torch.from_numpy(host["label"]).long().to(dev)
@@ -139,7 +139,7 @@ def train(ctx: Context, dtype: str = "float32") -> list[Record]:
   return [common.speed_record(f"blend/train/{tag}", seconds=t.median, items=bs,
                               unit="slices/s", torch_seconds=torch_s, flops=flops,
                               peak=ctx.peak(dtype), batch=bs, image_size=config.data.image_size,
-                              backbone=config.model.backbone, width=config.model.width,
+                              backbone=config.model.backbone, width=config.model.backbone_width,
                               step_s=t.median, timed_calls=t.n, compile_s=t.warmup_s)]
 
 

@@ -478,12 +478,14 @@ class CTJaxModel:
 def build_ctjax(config, *, steps_per_epoch: int = 100, seed: int = 0) -> CTJaxModel:
   """Model, state and jitted steps through the same code the trainer runs (Task protocol,
   ctjax.train.state / steps), so the benchmark measures what training and evaluation execute."""
+  from ctjax.train import optim
   from ctjax.train.state import create_state
   from ctjax.train.steps import make_train_step
   from ctjax.train.tasks import get_task
   task = get_task(config.task)
   model = task.build_model(config)
-  tx = task.make_optimizer(config, steps_per_epoch)
+  tx, _ = optim.make_optimizer(config, optim.total_steps(config, steps_per_epoch),
+                               steps_per_epoch, lambda p: task.param_groups(config, p))
   state = create_state(task, model, config, jax.random.PRNGKey(seed), tx)
   predict = jax.jit(lambda v, b: task.predict(model, v, b, config))
   train_step = jax.jit(make_train_step(task, model, config), donate_argnums=(0,))

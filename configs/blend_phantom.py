@@ -7,7 +7,7 @@
   python -m ctjax.distill --config configs/blend_phantom.py:variant=wce_at --workdir runs/abl_at
   python -m ctjax.distill --config configs/blend_phantom.py:variant=wce_at_skd --workdir runs/abl_skd
 
-The paper's configuration (configs/blend_resnet50.py) shrunk: ResNet-50 at 1/8 width, 96 px
+The paper's configuration (configs/blend_resnet50.py, `ctjax.configs.blend`) shrunk: ResNet-50 at 1/8 width, 96 px
 slices, a few hundred steps; every paper hyper-parameter (class weights, λ's, optimizer,
 schedule, augmentation, SKD) is unchanged. Arguments as blend_resnet50.py plus `size`,
 `num_scans`, `steps`.
@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import blend_resnet50, common
+from ctjax.configs import blend, common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, variant="wce_at_skd", backbone="resnet50", fold=0, rounds=1,
                        size=96, num_scans=60, steps=300, width=0.125)
-  c = blend_resnet50.get_config(
-      f"variant={a.variant},backbone={a.backbone},fold={a.fold},rounds={a.rounds}")
+  c = blend.blend_config(variant=a.variant, backbone=a.backbone, fold=a.fold, rounds=a.rounds)
   c.train.batch_size = 16
   c.train.num_epochs = 1000           # bounded by max_steps.
   c.train.max_steps = a.steps
@@ -39,9 +38,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.synth.seed = 0
   c.data.synth.size = a.size
 
-  c.model.width = a.width
+  c.model.backbone_width = a.width
   c.model.det_hidden = 32
-  c.model.pretrained = ""             # no downloads: trained from scratch on phantoms.
+  c.model.backbone_weights = ""       # no downloads: trained from scratch on phantoms.
 
   c.evals.every_steps = 100
   c.checkpoint.every_steps = 100

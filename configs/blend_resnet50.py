@@ -3,9 +3,9 @@
   python -m ctjax.train --config configs/blend_resnet50.py --workdir runs/blend_r50   # one model
   python -m ctjax.distill --config configs/blend_resnet50.py --workdir runs/blend_r50_skd
 
-Paper: /work/shared/papers/002_*.txt ("blend sign"): 50 epochs of batch 16 at 512×512 on one
+Paper ("Blend sign" detector; "Training details"): 50 epochs of batch 16 at 512×512 on one
 GTX 1080 Ti; on one modern GPU expect hours per fold per round. Needs ImageNet ResNet-50 weights
-converted once with `python -m ctjax.weights convert …` (set model.pretrained to the .npz).
+converted once with `python -m ctjax.weights convert …` (`--config.model.backbone_weights=FILE`).
 
 Arguments (`--config configs/blend_resnet50.py:variant=wce_at,fold=2`):
   variant   Table 3 ablation: "wce" (weighted CE only), "wce_at" (+ auxiliary detection task),
@@ -13,80 +13,18 @@ Arguments (`--config configs/blend_resnet50.py:variant=wce_at,fold=2`):
   backbone  resnet50 | vgg16 | inception_v3 (Table 4).
   fold      test fold of the 5-fold cross-validation.
   rounds    SKD rounds (students trained after the teacher) for variant wce_at_skd.
+  data_root the data set (blend layout: blend_labels.csv + scans/).
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from configs import common
-
-VARIANTS = ("wce", "wce_at", "wce_at_skd")
+from ctjax.configs import blend, common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, variant="wce_at_skd", backbone="resnet50", fold=0, rounds=1,
                        data_root="")
-  if a.variant not in VARIANTS:
-    raise ValueError(f"variant={a.variant!r}; expected one of {VARIANTS}")
-  c = common.base_config()
-  c.task = "blend"
-  c.seed = 0
-  c.variant = a.variant
-
-  c.train.num_epochs = 50      # paper, "Training details": "the training epoch number is 50".
-  c.train.batch_size = 16      # paper, "Training details": "The mini-batch size is 16".
-  c.train.log_every_steps = 50
-
-  c.data.layout = "blend"      # DIR/blend_labels.csv + DIR/scans/… (ctjax.data.datasets)
-  c.data.root = a.data_root
-  c.data.image_size = 512      # paper: "we reshape all CT slices to size 512×512".
-  c.data.windows = "blend3"    # paper: tissue 40/40 (R), brain 50/100 (G), blood 60/40 (B).
-  c.data.num_folds = 5         # paper, "Evaluation protocol": 5-fold cross-validation.
-  c.data.fold = a.fold
-  c.data.max_boxes = 8         # boxes per slice kept in the batch (padded with -1).
-  # Augmentation on the device inside the step (ctjax.train.tasks.blend.augment); paper, "Data
-  # pre-processing and augmentation": each operation randomly chosen per slice.
-  c.data.augment = ml_collections.ConfigDict()
-  c.data.augment.enabled = True
-  c.data.augment.on_device = True  # the Grain pipeline leaves blend slices un-augmented.
-  c.data.augment.prob = 0.5        # chance of each operation (the paper: "randomly choose").
-  c.data.augment.max_rotation = 10.0   # paper: "random rotations (up to 10 degrees)".
-  c.data.augment.scale = (0.9, 1.1)    # paper: "random scaling (0.9 to 1.1)".
-  c.data.augment.max_shift = 0.1       # paper: left-right / up-down shifting (amount unstated).
-
-  c.model.backbone = a.backbone    # paper: ResNet-50 (Table 3); VGG16 / Inception v3 (Table 4).
-  c.model.width = 1.0
-  c.model.num_classes = 3          # non-ICH, normal ICH, blend sign.
-  c.model.det_hidden = 256         # first of the detection branch's two convs (CenterNet head).
-  c.model.pretrained = ""          # ImageNet weights (.npz from `python -m ctjax.weights convert`).
-
-  c.loss = ml_collections.ConfigDict()
-  c.loss.class_weights = (1.0, 2.0, 20.0)  # paper, "Classification branch": w = 1, 2, 20.
-  c.loss.cls_weight = 1.0                  # paper, "Optimization": λ1 = 1.
-  # paper, "Optimization": λ2 = 10; 0 turns the auxiliary task off (Table 3 "WCE").
-  c.loss.det_weight = 0.0 if a.variant == "wce" else 10.0
-  c.loss.focal_alpha = 2.0         # CenterNet (Duan et al. 2019) penalty-reduced focal loss.
-  c.loss.focal_beta = 4.0
-  c.loss.min_overlap = 0.7         # CornerNet/CenterNet Gaussian radius rule.
-  c.loss.det_normalize = "pixels"  # paper: "N is the number of pixels in an input image".
-
-  c.optimizer.name = "sgd"
-  c.optimizer.learning_rate = 0.01  # paper, "Training details": base-lr 0.01.
-  c.optimizer.power = 0.9           # paper: "poly" decay, power 0.9.
-  c.optimizer.momentum = 0.9        # paper: SGD with momentum 0.9.
-  c.optimizer.weight_decay = 5e-4   # paper: weight decay 0.0005.
-
-  c.distill = ml_collections.ConfigDict()
-  # paper, "Self-knowledge distillation": teacher → soft labels → student → next teacher.
-  c.distill.rounds = a.rounds if a.variant == "wce_at_skd" else 0
-  c.distill.alpha = 0.5             # weight of KL(teacher‖student) vs the weighted CE (unstated).
-  c.distill.temperature = 1.0       # unstated in the paper; 1 = the teacher's own probabilities.
-  c.distill.soft_labels_path = ""   # set per round by ctjax.distill.
-
-  c.evals.split = "val"
-  c.evals.every_steps = 500
-  c.evals.det_top_k = 10
-  c.evals.det_score_threshold = 0.3
-  c.checkpoint.best_metric = "val/per_class/blend_sign/f1"
-  return c
+  return blend.blend_config(variant=a.variant, backbone=a.backbone, fold=a.fold,
+                            rounds=a.rounds, data_root=a.data_root)

@@ -8,9 +8,9 @@ drct2_phantom (`runlocal`, `num_scans`, `epochs`, `fold`).
 
 from __future__ import annotations
 
-from configs import drct2_phantom
+from ctjax.configs import common
 
 
 def get_config(arg: str | None = None):
   arg = f"{arg},drct1" if arg else "drct1"
-  return drct2_phantom.get_config(arg)
+  return common.sibling_config(__file__, "drct2_phantom.py", arg)

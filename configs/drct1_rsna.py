@@ -8,9 +8,9 @@ Same as `--config configs/drct2_rsna.py:drct1`; arguments as drct2_rsna (`runloc
 
 from __future__ import annotations
 
-from configs import drct2_rsna
+from ctjax.configs import common
 
 
 def get_config(arg: str | None = None):
   arg = f"{arg},drct1" if arg else "drct1"
-  return drct2_rsna.get_config(arg)
+  return common.sibling_config(__file__, "drct2_rsna.py", arg)

@@ -8,8 +8,8 @@ paper's 10-fold cross-validation: `:fold=k` or `python -m ctjax.crossval`.
 `:runlocal` is a tiny CPU variant (small widths, 64 px, 8 slices, a few steps) for smoke tests.
 """
 
-from configs import common
-from configs.drct_base import drct_config, runlocal_overrides
+from ctjax.configs import common
+from ctjax.configs.drct import drct_config, runlocal_overrides
 
 
 def get_config(arg=None):

@@ -15,7 +15,9 @@ cores — a 1/8-width VGG16 (64 features) at 128 px with the APS zoom 128 → 19
 GRU/FC widths, batch 32 (the paper's CQ500 value). The frozen backbone is
 `configs/pretrain_phantom.py`'s slice-pretrained VGG16 (the stand-in for ImageNet; a separately
 seeded phantom set; trained with BatchNorm and scale augmentation, shipped with BN folded into
-plain VGG16 convolutions), produced first if the file is absent. Learning is made fast by
+plain VGG16 convolutions), shipped as `ctjax/assets/vgg16_w0125_phantom.npz`; to rebuild it,
+run `python -m ctjax.train --config configs/pretrain_phantom.py --workdir runs/pretrain_phantom`
+and pass `--config.model.backbone_weights=runs/pretrain_phantom/backbone.npz`. Learning is made fast by
 honest means only: a warm-up + cosine learning-rate schedule and per-label positive weights
 (inverse-square-root of the phantom's label prevalence); the lesions are the generator's
 defaults (30% of positive scans "difficult": 1–3 slices).
@@ -28,10 +30,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
-from configs.drct_base import drct_config, runlocal_overrides
+from ctjax.configs import common
+from ctjax.configs.drct import drct_config, runlocal_overrides
+from ctjax.data.labels import RSNA_LABELS
 
-BACKBONE = "ctjax/assets/vgg16_w0125_phantom.npz"   # written by configs/pretrain_phantom.py
+# Shipped with the package (ctjax/assets); configs/pretrain_phantom.py's recipe made it.
+BACKBONE = "asset:vgg16_w0125_phantom.npz"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -46,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Input: phantom scans in the RSNA layout, generated into <workdir>/data on first use.
   c.data.layout = "phantom"
   c.data.root = ""
-  c.data.labels = common.RSNA_LABELS
+  c.data.labels = RSNA_LABELS
   c.data.num_slices = 28           # VI.A.1: m = 28 for RSNA
   c.data.image_size = 128          # shrunk from 224 for CPU
   c.data.num_folds = 5             # VI.A.1: 5-fold for RSNA
@@ -59,7 +63,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model.backbone_width = 0.125   # = pretrain_phantom's c.model.width
   c.model.backbone_weights = BACKBONE
-  c.model.backbone_pretrain_config = "configs/pretrain_phantom.py"   # run first if absent
   c.model.primary_size = 128       # paper 224
   c.model.aps_size = 192           # paper 512 (×2.3); ×1.5 here, the backbone's zoom size
   c.model.mkey = 16                # VI.A.3
@@ -72,9 +75,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.feature_norm = "batchnorm"
   c.model.feature_attention_rescale = True
   # The backbone is frozen: its per-slice outputs (primary, and the APS zoom of each slice) are
-  # computed once and the heads train on them exactly (ctjax.train.tasks.drct.FeatureCacheData;
-  # equality with the full model is tested). False: the end-to-end path, same results, slower.
-  c.model.feature_cache = True
+  # computed once and the heads train on them exactly (ctjax.train.features; equality with the
+  # full model is tested). False: the end-to-end path, same results, slower.
+  c.features.enabled = True
 
   # Positive weights ≈ sqrt(negatives / positives) of the generator's label prevalence
   # (35% positive scans; subtype shares iph .26, ivh .17, sdh .30, edh .05, sah .22):
@@ -84,9 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.schedule = "cosine"  # not in the paper: warm-up + cosine for a short run
   c.optimizer.warmup_epochs = 1.0
   c.optimizer.final_lr_fraction = 0.05
-  c.optimizer.lr_primary = 1e-3    # 2 × the paper's 5e-4 / 3e-4 (short schedule)
-  c.optimizer.lr_fusion = 1e-3
-  c.optimizer.lr_aps = 6e-4
+  c.optimizer.lr = 1e-3            # 2 × the paper's 5e-4 (short schedule); APS 0.6 × = 6e-4
 
   c.evals.val.every_epochs = 4
   # Held-out test fold, once at the end on the final state (never used for any choice).
@@ -104,8 +105,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.primary_size = 64
     c.model.aps_size = 96
     c.model.backbone_weights = ""
-    c.model.backbone_pretrain_config = ""
-    c.model.feature_cache = False
+    c.features.enabled = False
     c.evals.val.every_epochs = 0
     c.evals.test.every_steps = -1
   return c

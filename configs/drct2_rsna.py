@@ -9,8 +9,8 @@ paper's 5-fold cross-validation: `:fold=k` or `python -m ctjax.crossval`.
 `:drct1` drops the APS network (Table 3, F1 0.8650; also configs/drct1_rsna.py).
 """
 
-from configs import common
-from configs.drct_base import drct_config, runlocal_overrides
+from ctjax.configs import common
+from ctjax.configs.drct import drct_config, runlocal_overrides
 
 
 def get_config(arg=None):

@@ -20,7 +20,7 @@ def _flags(fv: flags.FlagValues) -> None:
   cli.distributed_flags(fv)
 
 
-def _crossval(fv, config) -> int:
+def _crossval(fv, config, _args) -> int:
   from ctjax.train import crossval, parallel
   parallel.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
   folds = None if not fv.folds else [int(f) for f in fv.folds.split(",") if f.strip()]
@@ -32,7 +32,8 @@ def _crossval(fv, config) -> int:
 
 
 def main(argv=None) -> int:
-  return cli.run(_crossval, argv, needs_config=True, extra_flags=_flags)
+  return cli.run(_crossval, argv, prog="ctjax.crossval", config=cli.REQUIRED,
+                 extra_flags=_flags)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
   python -m ctjax.distill --config configs/blend_phantom.py:variant=wce_at_skd --workdir DIR
 
-Paper (/work/shared/papers/002_*.txt, "Self-knowledge distillation", Figure 5): train a teacher
+Blend-sign paper ("Self-knowledge distillation", Figure 5): train a teacher
 on the labels; predict soft labels (class probabilities, no augmentation) for every training
 slice; train a student on KL(teacher ‖ student) together with the labels; the student is the
 next round's teacher. `config.distill.rounds` students follow the teacher (0 = plain training,
@@ -23,7 +23,6 @@ import os
 import sys
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -31,32 +30,15 @@ import numpy as np
 
 def predict_splits(workdir: str, split_names, config: ml_collections.ConfigDict | None = None
                    ) -> tuple[dict[str, dict[str, np.ndarray]], Any]:
-  """{split: concatenated `Task.predict` outputs + batch fields} of a trained workdir.
-
-  Padding examples are dropped. Returns (outputs, (config, task, model, variables)); runs on
-  this process's first device with one compiled predict for every split.
-  """
-  from ctjax.data import pipeline
-  from ctjax.train import checkpoint
-
-  cfg, task, model, variables = checkpoint.restore_for_inference(workdir)
-  if config is not None:
-    cfg = config
-  splits = pipeline.build_splits(cfg, _data_workdir(workdir))
-  step = jax.jit(lambda v, b: task.predict(model, v, b, cfg))
-  result = {}
-  for name in split_names:
-    parts: dict[str, list] = {}
-    for batch in pipeline.eval_batches(cfg, splits, name):
-      arrays = {k: v for k, v in batch.items()
-                if isinstance(v, np.ndarray) and v.dtype != object}
-      out = jax.device_get(step(variables, arrays))
-      for k, v in {**arrays, **out}.items():
-        parts.setdefault(k, []).append(np.asarray(v))
-    outputs = {k: np.concatenate(v) for k, v in parts.items()}
-    valid = outputs["valid"].astype(bool)
-    result[name] = {k: v[valid] for k, v in outputs.items()}
-  return result, (cfg, task, model, variables)
+  """{split: `Task.predict` outputs + batch fields} of a trained round (`ctjax.inference`),
+  padding rows dropped; also returns the restored run. `config` replaces the saved config's
+  data location (the rounds' shared data set)."""
+  from ctjax import inference
+  overrides = None if config is None else {"data.root": config.data.root}
+  run = inference.load_run(workdir, config_overrides=overrides)
+  data, splits = inference.split_data(run)
+  return ({name: inference.predict_split(run, name, data=data, splits=splits)
+           for name in split_names}, run)
 
 
 def _data_workdir(round_dir: str) -> str:
@@ -87,7 +69,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, figures: bool = True
                  round_dir)
     loop.train_and_evaluate(cfg, round_dir)
     need = ["test"] + (["train"] if r < rounds else [])
-    outs, (cfg_r, task, model, variables) = predict_splits(round_dir, need, cfg)
+    outs, run = predict_splits(round_dir, need, cfg)
+    cfg_r, task, model, variables = run.config, run.task, run.model, run.host_variables()
     report = task.summarize(outs["test"], cfg_r)
     report["round"] = r
     results.append(report)
@@ -96,7 +79,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, figures: bool = True
     if figures and r == rounds:
       fig_dir = os.path.join(workdir, "figures")
       blend.write_figures(outs["test"], report, fig_dir, title=cfg.get("variant", ""))
-      _grad_cam_examples(outs["test"], cfg_r, model, variables, round_dir, fig_dir)
+      _grad_cam_examples(cfg_r, model, variables, round_dir, fig_dir)
     if r < rounds:
       soft_path = os.path.join(round_dir, "soft_labels.npz")
       blend.save_soft_labels(soft_path, outs["train"]["example_index"], outs["train"]["probs"])
@@ -107,7 +90,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, figures: bool = True
   return summary
 
 
-def _grad_cam_examples(outputs, config, model, variables, round_dir, fig_dir, per_class=2):
+def _grad_cam_examples(config, model, variables, round_dir, fig_dir, per_class=2):
   """Grad-CAM panels for the first `per_class` test slices of each class."""
   from ctjax.data import pipeline
   from ctjax.train.tasks import blend
@@ -132,7 +115,7 @@ def _grad_cam_examples(outputs, config, model, variables, round_dir, fig_dir, pe
 
 def format_ablation(summaries: dict[str, dict]) -> str:
   """Table 3 style: per class sensitivity / specificity / F1 / AUC for each variant."""
-  from ctjax.train.tasks.blend import BLEND_CLASSES
+  from ctjax.data.labels import BLEND_CLASSES
   lines = [f"{'variant':<16}{'class':<12}{'sens':>8}{'spec':>8}{'F1':>8}{'AUC':>8}"]
   rows = []
   for name, summary in summaries.items():
@@ -151,25 +134,36 @@ def format_ablation(summaries: dict[str, dict]) -> str:
   return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-  """`python -m ctjax.distill --config C --workdir DIR` or `python -m ctjax.distill table DIR…`."""
-  argv = list(sys.argv if argv is None else argv)
-  if len(argv) > 1 and argv[1] == "table":
+def _main(flags, config, args) -> int:
+  from ctjax import cli
+  from ctjax.errors import CTJaxError
+  if args:
+    if args[0] != "table" or len(args) < 2:
+      raise cli.UsageError(f"unknown arguments {args}; usage: `python -m ctjax.distill --config "
+                           "C --workdir DIR` or `python -m ctjax.distill table DIR [DIR …]`")
     summaries = {}
-    for d in argv[2:]:
-      with open(os.path.join(d, "distill.json")) as f:
-        s = json.load(f)
+    for d in args[1:]:
+      path = os.path.join(d, "distill.json")
+      try:
+        with open(path) as f:
+          s = json.load(f)
+      except (OSError, ValueError) as e:
+        raise CTJaxError(f"{path}: cannot read a distill summary ({e})") from e
       summaries[s.get("variant") or os.path.basename(d.rstrip("/"))] = s
     print(format_ablation(summaries))
     return 0
+  if config is None or not flags.workdir:
+    raise cli.UsageError("--config C and --workdir DIR are required")
+  summary = run(config, flags.workdir)
+  print(format_ablation({summary["variant"] or "run": summary}))
+  return 0
+
+
+def main(argv=None) -> int:
+  """`python -m ctjax.distill --config C --workdir DIR` or `python -m ctjax.distill table DIR…`."""
   from ctjax import cli
-
-  def _run(flags, config) -> int:
-    summary = run(config, flags.workdir)
-    print(format_ablation({summary["variant"] or "run": summary}))
-    return 0
-
-  return cli.run(_run, argv, needs_config=True, workdir_help="output folder (round_<r>/ inside)")
+  return cli.run(_main, argv, prog="ctjax.distill", config=cli.OPTIONAL, workdir=cli.OPTIONAL,
+                 positional=True, workdir_help="output folder (round_<r>/ inside)")
 
 
 if __name__ == "__main__":

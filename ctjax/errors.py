@@ -80,6 +80,24 @@ class UnsupportedDicomError(CTDataError):
   """Valid DICOM that ctjax does not read (Enhanced multi-frame CT, colour images, oversized)."""
 
 
+class InvalidRescaleError(CTDataError):
+  """RescaleSlope / RescaleIntercept unparseable, not finite, non-positive (slope) or outside the
+  bounds of real CT images (`ctjax.data.dicom.RESCALE_SLOPE_RANGE`, `MAX_ABS_RESCALE_INTERCEPT`):
+  the slice's HU cannot be trusted."""
+
+
+class ForeignSliceError(CTDataError):
+  """A slice inside one series carries another PatientID or StudyInstanceUID than the rest."""
+
+
+class DuplicateSliceError(CTDataError):
+  """Two files at one slice position (or with one SOPInstanceUID) whose pixels differ."""
+
+
+class CorruptPixelDataError(InvalidDicomValueError):
+  """Pixel data present but undecodable (a broken JPEG / JPEG 2000 codestream)."""
+
+
 class StudyError(CTJaxError):
   """A reader-study folder is missing, incomplete or inconsistent (`ctjax.reader`)."""
 

@@ -1,7 +1,7 @@
 """`python -m ctjax.evaluate --workdir DIR [--split test] [--json OUT] [--step N]`.
 
-Restores the workdir's best (else latest) checkpoint, predicts the split and prints
-`task.summarize`'s report as a table (per class: precision, recall, specificity, F1, AUC;
+Restores the workdir's best (else latest) checkpoint (`ctjax.inference`), predicts the split and
+prints `task.summarize`'s report as a table (per class: precision, recall, specificity, F1, AUC;
 macro row); --json writes the full report. Data location and layout come from the workdir's
 config.json; --data_root / --data_layout point it at another data set in a public layout.
 """
@@ -27,19 +27,18 @@ def _flags(fv: flags.FlagValues) -> None:
   cli.distributed_flags(fv)
 
 
-def _evaluate(fv, _config) -> int:
+def _evaluate(fv, _config, _args) -> int:
+  from ctjax import inference
   from ctjax.eval.metrics import format_table
-  from ctjax.train import loop, parallel
-  from ctjax.train.checkpoint import saved_config_errors
+  from ctjax.jsonable import to_jsonable
+  from ctjax.train import parallel
   parallel.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
   overrides = {}
   if fv.data_root is not None:
     overrides["data.root"] = fv.data_root
   if fv.data_layout is not None:
     overrides["data.layout"] = fv.data_layout
-  with saved_config_errors(fv.workdir):   # an older config.json: one line, not a traceback
-    report = loop.evaluate_workdir(fv.workdir, fv.split, step=fv.step,
-                                   config_overrides=overrides)
+  report = inference.evaluate(fv.workdir, fv.split, step=fv.step, config_overrides=overrides)
   import jax
   if jax.process_index() == 0:
     print(f"{fv.workdir}: split {fv.split}, step {report.get('step')}")
@@ -47,12 +46,12 @@ def _evaluate(fv, _config) -> int:
     if fv.json:
       path = pathlib.Path(fv.json)
       path.parent.mkdir(parents=True, exist_ok=True)
-      path.write_text(json.dumps(loop._json_safe(report), indent=2))
+      path.write_text(json.dumps(to_jsonable(report), indent=2))
   return 0
 
 
 def main(argv=None) -> int:
-  return cli.run(_evaluate, argv, needs_config=False, extra_flags=_flags,
+  return cli.run(_evaluate, argv, prog="ctjax.evaluate", extra_flags=_flags,
                  workdir_help="a `python -m ctjax.train` workdir")
 
 

@@ -9,35 +9,26 @@ complete cache is reported and left alone. Training reads the cache, never DICOM
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
-
-from ctjax.errors import CTJaxError
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file",
-                                          lock_config=False)
-_WORKDIR = flags.DEFINE_string("workdir", None, "workdir (phantom data go to WORKDIR/data when "
-                               "config.data.root is empty)")
+from ctjax import cli
 
 
-def main(argv):
-  del argv
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  config = _CONFIG.value
-  try:
-    from ctjax.data import cache   # not pipeline: prepare needs no Grain/JAX
-    path = cache.ensure_cache(config, _WORKDIR.value)
-    manifest = json.loads((path / "manifest.json").read_text())
-  except CTJaxError as e:
-    print(f"ctjax.prepare: {e}", file=sys.stderr)
-    sys.exit(1)
+def _prepare(fv, config, _args) -> int:
+  from ctjax.data import cache   # not pipeline: prepare needs no Grain/JAX
+  path = cache.ensure_cache(config, fv.workdir)
+  manifest = json.loads((path / "manifest.json").read_text())
   print(f"cache {path}: {manifest['num_scans']} scans, {manifest['num_slices']} slices at "
         f"{manifest['image_size']} px, labels {manifest['labels']}"
         + (f", {len(manifest['failures'])} scan(s) failed" if manifest["failures"] else ""))
+  return 0
+
+
+def main(argv=None) -> int:
+  return cli.run(_prepare, argv, prog="ctjax.prepare", config=cli.REQUIRED,
+                 workdir=cli.OPTIONAL,
+                 workdir_help="phantom data go to WORKDIR/data when config.data.root is empty")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  sys.exit(main())

@@ -1,48 +1,80 @@
-"""`python -m ctjax.weights convert --arch vgg16 --src vgg16.pth --out vgg16.npz`.
+"""`python -m ctjax.weights convert|export …`: backbone weight files.
 
-Converts a torchvision checkpoint (.pth/.pt with torch installed, or .safetensors/.npz state
-dicts without it) into ctjax's variables .npz, which configs name as `model.backbone.weights`.
-`--no-fc` drops the ImageNet classifier (the backbones' default use). The written file is read
-back and shape-checked against the architecture before the command reports success.
+  python -m ctjax.weights convert --arch vgg16 --src vgg16.pth --out vgg16.npz [--nofc]
+  python -m ctjax.weights export --workdir runs/pretrain_phantom --out backbone.npz [--step N]
+
+`convert` turns a torchvision checkpoint (.pth/.pt with torch installed, or .safetensors/.npz
+state dicts without it) into ctjax's variables .npz, which configs name as
+`model.backbone_weights`; `--nofc` drops the ImageNet classifier (the backbones' default use).
+The written file is read back and shape-checked against the architecture before the command
+reports success. `export` writes the backbone of a finished phantom-pretraining run
+(configs/pretrain_phantom.py; BatchNorm folded into the convolutions), as the run itself does
+at its end.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from ctjax.errors import CTJaxError
+from absl import flags
+
+from ctjax import cli
+
+ARCHS = ("vgg16", "vgg16_bn", "resnet50", "inception_v3")
+
+
+def _flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_enum("arch", None, list(ARCHS), "convert: torchvision architecture",
+                    flag_values=fv)
+  flags.DEFINE_string("src", None, "convert: .pth/.pt, .safetensors or .npz state dict",
+                      flag_values=fv)
+  flags.DEFINE_string("out", None, "output .npz", flag_values=fv)
+  flags.DEFINE_boolean("fc", True, "convert: keep the classifier head(s) if the file has them "
+                       "(--nofc drops them)", flag_values=fv)
+  flags.DEFINE_integer("step", None, "export: checkpoint step (default: best, else latest)",
+                       flag_values=fv)
+
+
+def _convert(fv) -> int:
+  from ctjax.models import weights
+  if not fv.arch or not fv.src or not fv.out:
+    raise cli.UsageError("convert needs --arch, --src and --out")
+  sd = weights.read_state_dict(fv.src)
+  variables = weights.convert_torchvision(sd, fv.arch, include_fc=None if fv.fc else False)
+  has_fc = any(h in variables["params"] for h in weights.HEAD_SCOPES[fv.arch])
+  aux = {"aux_logits": True} if "AuxLogits" in variables["params"] else {}
+  weights.check_variables(variables, fv.arch, include_fc=has_fc, source=fv.src, **aux)
+  out = weights.save_variables(fv.out, variables)
+  n = weights.count_params(variables["params"])
+  print(f"wrote {out}: {fv.arch}, {n:,} parameters{' (with classifier)' if has_fc else ''}")
+  return 0
+
+
+def _export(fv) -> int:
+  from ctjax import inference
+  from ctjax.errors import ConfigError
+  from ctjax.train.tasks import pretrain
+  if not fv.workdir or not fv.out:
+    raise cli.UsageError("export needs --workdir and --out")
+  run = inference.load_run(fv.workdir, fv.step)
+  if run.config.task != "pretrain":
+    raise ConfigError(f"{fv.workdir}: task {run.config.task!r} is not a pretraining run")
+  out = pretrain.export_backbone(run.host_variables(), fv.out)
+  print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) from step {run.step}")
+  return 0
+
+
+def _main(fv, _config, args) -> int:
+  if args == ["convert"]:
+    return _convert(fv)
+  if args == ["export"]:
+    return _export(fv)
+  raise cli.UsageError(f"expected a sub-command: convert or export (got {args})")
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m ctjax.weights", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  sub = parser.add_subparsers(dest="command", required=True)
-  conv = sub.add_parser("convert", help="torchvision checkpoint → ctjax variables .npz")
-  conv.add_argument("--arch", required=True,
-                    choices=("vgg16", "vgg16_bn", "resnet50", "inception_v3"))
-  conv.add_argument("--src", required=True, help=".pth/.pt, .safetensors or .npz state dict")
-  conv.add_argument("--out", required=True, help="output .npz")
-  conv.add_argument("--no-fc", action="store_true", help="drop the classifier head(s)")
-  args = parser.parse_args(argv)
-
-  # Imported here so that `--help` and argument errors stay instant.
-  from ctjax.models import weights  # pylint: disable=g-import-not-at-top
-  try:
-    sd = weights.read_state_dict(args.src)
-    variables = weights.convert_torchvision(sd, args.arch,
-                                            include_fc=False if args.no_fc else None)
-    has_fc = any(h in variables["params"] for h in weights.HEAD_SCOPES[args.arch])
-    aux = {"aux_logits": True} if "AuxLogits" in variables["params"] else {}
-    weights.check_variables(variables, args.arch, include_fc=has_fc, source=args.src, **aux)
-    out = weights.save_variables(args.out, variables)
-    n = weights.count_params(variables["params"])
-  except CTJaxError as e:
-    print(f"ctjax.weights: {e}", file=sys.stderr)
-    return 1
-  print(f"wrote {out}: {args.arch}, {n:,} parameters"
-        f"{' (with classifier)' if has_fc else ''}")
-  return 0
+  return cli.run(_main, argv, prog="ctjax.weights", workdir=cli.OPTIONAL, extra_flags=_flags,
+                 positional=True, workdir_help="export: a finished pretraining run")
 
 
 if __name__ == "__main__":

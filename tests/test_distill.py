@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from configs import blend_phantom, blend_resnet50
+from ctjax.configs import blend as blend_config
 from ctjax import distill
 from ctjax.errors import ConfigError
 from ctjax.train.tasks import blend
@@ -25,7 +26,7 @@ def test_ablation_table_lists_every_round(tmp_path, capsys):
     os.makedirs(tmp_path / name)
     with open(tmp_path / name / "distill.json", "w") as f:
       json.dump({"variant": name, "rounds": rounds, "final": rounds[-1]}, f)
-  assert distill.main(["distill", "table", str(tmp_path / "wce"),
+  assert distill.main(["table", str(tmp_path / "wce"),
                        str(tmp_path / "wce_at_skd")]) == 0
   lines = capsys.readouterr().out.splitlines()
   blend_rows = [ln.split() for ln in lines if "blend_sign" in ln]
@@ -35,7 +36,7 @@ def test_ablation_table_lists_every_round(tmp_path, capsys):
 
 
 def test_ablation_variants_switch_the_paper_components():
-  wce, at, skd = (blend_resnet50.get_config(f"variant={v}") for v in blend_resnet50.VARIANTS)
+  wce, at, skd = (blend_resnet50.get_config(f"variant={v}") for v in blend_config.VARIANTS)
   assert (wce.loss.det_weight, at.loss.det_weight, skd.loss.det_weight) == (0.0, 10.0, 10.0)
   assert (wce.distill.rounds, at.distill.rounds, skd.distill.rounds) == (0, 0, 1)
   assert tuple(skd.loss.class_weights) == (1.0, 2.0, 20.0)

@@ -10,7 +10,7 @@ def test_old_config_is_one_line_error(tmp_path, capsys):
   config = json.loads(drct2_rsna.get_config("runlocal").to_json_best_effort())
   del config["model"]["feature_norm"]   # as if saved before the field existed
   (tmp_path / "config.json").write_text(json.dumps(config))
-  rc = evaluate.main(["evaluate", "--workdir", str(tmp_path)])
+  rc = evaluate.main(["--workdir", str(tmp_path)])
   err = capsys.readouterr().err.strip()
   assert rc == 1
   assert len(err.splitlines()) == 1 and err.startswith("error: ")

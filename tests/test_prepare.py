@@ -22,7 +22,7 @@ def test_prepare_cli(tmp_path):
   write_rsna_tree(tmp_path / "rsna", num_scans=3, slices=3, size=16)
   cfg = tmp_path / "cfg.py"
   cfg.write_text(
-      "from configs.common import base_config\n"
+      "from ctjax.configs.common import base_config\n"
       "def get_config():\n"
       "  c = base_config()\n"
       "  c.task = 'drct'\n"
@@ -48,4 +48,4 @@ def test_prepare_cli(tmp_path):
   r = _run(cfg, "--config.data.root=" + str(tmp_path / "missing"))
   assert r.returncode == 1
   lines = r.stderr.strip().splitlines()
-  assert lines[-1].startswith("ctjax.prepare: ") and "config.data.root" in lines[-1]
+  assert len(lines) == 1 and lines[0].startswith("error: ") and "config.data.root" in lines[0]

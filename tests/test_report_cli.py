@@ -11,35 +11,34 @@ import sys
 import numpy as np
 import pytest
 
+from ctjax import inference, reporting
 from ctjax import report as cli
-from ctjax.eval import report
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "data"))
-import ctdicom_helpers  # noqa: E402  (engineer A's DICOM writer for tests)
+import ctdicom_helpers  # noqa: E402  (the tests' DICOM writer)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-class _StandIn(report.LoadedModel):
+def _stand_in_predict(run, batch):
   """Attention peaks at the brightest sampled slice; probabilities fixed."""
-
-  def predict(self, batch):
-    hu = batch["hu"].astype(np.float32)
-    m = hu.shape[1]
-    score = hu.mean(axis=(2, 3))
-    att = np.exp(score - score.max(axis=1, keepdims=True))
-    att /= att.sum(axis=1, keepdims=True)
-    return {"probs": np.tile(np.linspace(0.1, 0.9, len(self.config.data.labels)), (1, 1)),
-            "slice_attention": att, "highlight": np.ones((1, m, 4, 4), np.float32)}
+  hu = batch["hu"].astype(np.float32)
+  m = hu.shape[1]
+  score = hu.mean(axis=(2, 3))
+  att = np.exp(score - score.max(axis=1, keepdims=True))
+  att /= att.sum(axis=1, keepdims=True)
+  return {"probs": np.tile(np.linspace(0.1, 0.9, len(run.config.data.labels)), (1, 1)),
+          "slice_attention": att, "highlight": np.ones((1, m, 4, 4), np.float32)}
 
 
 @pytest.fixture
 def stand_in(monkeypatch):
-  from configs.drct_base import drct_config, runlocal_overrides
+  from ctjax.configs.drct import drct_config, runlocal_overrides
   config = runlocal_overrides(drct_config(dataset="phantom", variant="drct2"))
-  lm = _StandIn(config, None, None, None, step=11, workdir="runs/x")
-  monkeypatch.setattr(report, "load_model", lambda workdir, step=None: lm)
-  return lm
+  run = inference.Run(pathlib.Path("runs/x"), config, None, None, None, 11, None, None)
+  monkeypatch.setattr(reporting, "load_run", lambda workdir, step=None: run)
+  monkeypatch.setattr(reporting.inference, "predict_batch", _stand_in_predict)
+  return run
 
 
 def _scan(folder, num=10, uid="1.2.3.77"):
@@ -101,7 +100,8 @@ def test_end_to_end_on_an_orbax_checkpoint(tmp_path, monkeypatch):
   """A random-initialised DrCT2 saved by the trainer's Checkpointer, reported by the command."""
   import jax
   from ctjax.models import weights
-  from configs.drct_base import drct_config, runlocal_overrides
+  from ctjax.configs.drct import drct_config, runlocal_overrides
+  from ctjax.train import optim
   from ctjax.train import state as state_lib
   from ctjax.train.checkpoint import Checkpointer
   from ctjax.train.tasks import get_task
@@ -113,7 +113,8 @@ def test_end_to_end_on_an_orbax_checkpoint(tmp_path, monkeypatch):
   x = jax.numpy.zeros((1, c.data.num_slices, 32, 32, 3), jax.numpy.float32)
   monkeypatch.setattr(task, "init_variables", lambda model, config, rng: dict(
       weights.random_variables(model.clone(aps_size=32), x)))
-  state = state_lib.create_state(task, model, c, jax.random.PRNGKey(0), task.make_optimizer(c, 1))
+  tx, _ = optim.make_optimizer(c, 1, 1, lambda p: task.param_groups(c, p))
+  state = state_lib.create_state(task, model, c, jax.random.PRNGKey(0), tx)
   wd = tmp_path / "run"
   ck = Checkpointer(wd, c)
   ck.save(3, state, None, force=True)

@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from configs.common import BLEND_CLASSES, CQ500_LABELS, RSNA_LABELS
+from ctjax.data.labels import BLEND_CLASSES, CQ500_LABELS, RSNA_LABELS
 from ctjax import synth
 from ctjax.data import phantom
 
@@ -129,7 +129,8 @@ def test_cli(tmp_path, capsys):
   assert "slices/s" in capsys.readouterr().out
   assert (tmp_path / "d" / "blend_labels.csv").exists()
   assert synth.main(["--layout", "rsna", "--scans", "0", "--out", str(tmp_path / "e")]) == 1
-  assert "ctjax.synth:" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and "num_scans" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("encoding", [0, 1, 2])

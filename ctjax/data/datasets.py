@@ -34,19 +34,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ctjax import errors
+from ctjax.data.labels import (BLEND_CLASSES, CQ500_COLUMNS, CQ500_LABELS, CQ500_READERS,
+                               RSNA_LABELS)
 
 log = logging.getLogger(__name__)
 
-# Same orders as configs/common.py (checked by tests; the library does not import configs/).
-RSNA_LABELS = ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid",
-               "subdural")
-CQ500_LABELS = ("ich", "iph", "ivh", "sdh", "edh", "sah", "fracture", "mass_effect",
-                "midline_shift")
-BLEND_CLASSES = ("non_ich", "normal_ich", "blend_sign")
-# reads.csv column stem per CQ500 label (reads.csv has `R1:ICH`, …, `R3:MidlineShift`).
-CQ500_COLUMNS = ("ICH", "IPH", "IVH", "SDH", "EDH", "SAH", "Fracture", "MassEffect",
-                 "MidlineShift")
-CQ500_READERS = ("R1", "R2", "R3")
 CQ500_SERIES_PREFERENCE = (r"PLAIN.*THIN", r"THIN", r"PLAIN")
 LAYOUTS = ("rsna", "cq500", "folder", "blend", "phantom")
 

@@ -16,14 +16,26 @@ DICOM into ctjax. What it does, and why:
   normal n = row × col of ImageOrientationPatient (projection of ImagePositionPatient on n), so
   gantry tilt, reversed orientation and InstanceNumber running against position come out right.
   Only when positions are missing does it fall back to InstanceNumber, then to file order, and
-  says so in `Volume.notes`. Duplicate positions keep the first slice and record the rest.
+  says so in `Volume.notes`.
+- A series is one patient's one study: a slice whose PatientID or StudyInstanceUID differs from
+  the series' majority raises `ForeignSliceError` (lenient: skipped and recorded).
+- Duplicates (same position along the normal, or same SOPInstanceUID) are compared by their HU:
+  identical → one kept, the others recorded in `skipped` and counted in `notes`; different →
+  `DuplicateSliceError` naming both files (lenient: every slice at that position is dropped and
+  recorded — which one is the series' own is unknown, and file names are no evidence).
 - HU = stored × RescaleSlope + RescaleIntercept on pydicom's `pixel_array` (which honours
-  PixelRepresentation and BitsStored), or pydicom's Modality LUT Sequence when present. The
+  PixelRepresentation and BitsStored), or pydicom's Modality LUT Sequence when present. Slope and
+  intercept are validated first (`check_rescale`: finite, slope in `RESCALE_SLOPE_RANGE`,
+  |intercept| <= `MAX_ABS_RESCALE_INTERCEPT`) → `InvalidRescaleError` (lenient: skipped); when
+  absent, identity is assumed and said in `notes`. The
   RSNA files with BitsStored 12 / PixelRepresentation 0 / intercept > -100 get the community fix
   (stored + 1000 wrapped at 4096, intercept -1000). HU is clipped to [-1024, 3071] by default,
   which also maps padding / out-of-field fill (-2000, -3024 HU) to air without matching the
   padding value exactly.
 - Memory is bounded from Rows × Columns × frames before any pixel is decoded.
+- pydicom's own warnings and log records (a decoder's traceback on a broken JPEG 2000 stream,
+  "End of file reached …") are silenced while ctjax reads: ctjax turns those failures into one
+  typed, one-line error itself.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import pathlib
 import re
@@ -58,6 +71,25 @@ HEADER_FIELDS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesDe
                  "StudyDate", "Manufacturer", "ManufacturerModelName", "ConvolutionKernel",
                  "KVP", "SliceThickness", "BodyPartExamined", "InstitutionName")
 _DECODER_PACKAGES = ("pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or python-gdcm)")
+# Bounds on the CT modality rescale HU = stored × RescaleSlope + RescaleIntercept (DICOM PS3.3
+# C.8.2.1, CT Image Module, Table C.8-3; both attributes Type 1). Values outside them come from
+# corrupt or hand-edited headers, not from scanners; every CT file in pydicom's and pydicom-data's
+# test sets (a CQ500 slice among them) has slope 1 and intercept -1024 or 0.
+# - Slope lower bound: CT pixels are 16-bit (PS3.3 C.8.2.1.1.4: Bits Allocated is 16), at most
+#   65,536 stored levels; a slope below 4096 / 65536 = 1/16 HU per level cannot span the 4096-HU
+#   range [HU_MIN, HU_MAX] that ctjax keeps (so 0, negative and 1e-30 slopes fail here).
+# - Slope upper bound: 10 HU per level leaves 8 grey levels in the 80-HU brain window and 4 in the
+#   40-HU tissue/blood windows (`ctjax.data.windows`); coarser than that the image is no
+#   diagnostic CT (and 1e30 fails).
+# - Intercept: 2**15 is the largest shift a 16-bit store needs (int16 HU re-stored as uint16 with
+#   intercept -32768); scanners use 0, -1000 or -1024.
+RESCALE_SLOPE_RANGE = (1.0 / 16.0, 10.0)
+MAX_ABS_RESCALE_INTERCEPT = 32768.0
+# Two slices closer than this along the slice normal (mm) are at the same position.
+SAME_POSITION_MM = 1e-3
+# Header fields that must agree across the slices of one series (DICOM's Patient → Study →
+# Series hierarchy, PS3.3 A.1.2: a series belongs to one study of one patient).
+SERIES_IDENTITY_FIELDS = ("PatientID", "StudyInstanceUID")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -84,13 +116,15 @@ class SliceHeader:
   orientation: Optional[np.ndarray]   # ImageOrientationPatient [6] or None
   instance_number: Optional[int]
   pixel_spacing: Optional[tuple[float, float]]
-  slope: float
-  intercept: float
+  slope: float                        # 1.0 when absent; NaN when present but not one number
+  intercept: float                    # 0.0 when absent; NaN when present but not one number
   is_localizer: bool
   series_description: str = ""
   sop_class: str = ""
   frames: int = 1
   samples: int = 1
+  slope_text: str = ""                # the header's RescaleSlope as written ("" when absent)
+  intercept_text: str = ""            # the header's RescaleIntercept as written
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,16 +161,31 @@ class Volume:
 
 @contextlib.contextmanager
 def _quiet_pydicom():
-  """No validation, no warnings: RSNA's non-UID identifiers are expected, not news."""
+  """No validation, no warnings, no pydicom log records: RSNA's non-UID identifiers are
+  expected, not news, and a decoder's traceback or "End of file reached" would be printed
+  before the one-line typed error ctjax raises for the same failure."""
   cfg = pydicom.config.settings
   old = cfg.reading_validation_mode
   cfg.reading_validation_mode = pydicom.config.IGNORE
+  # Children (pydicom.pixels.decoders.base, …) inherit the parent's level unless they set their
+  # own; those that do are disabled outright.
+  root = logging.getLogger("pydicom")
+  old_level = root.level
+  children = [lg for name, lg in logging.root.manager.loggerDict.items()
+              if name.startswith("pydicom.") and isinstance(lg, logging.Logger)
+              and lg.level != logging.NOTSET and not lg.disabled]
+  root.setLevel(logging.CRITICAL + 1)
+  for lg in children:
+    lg.disabled = True
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
       yield
   finally:
     cfg.reading_validation_mode = old
+    root.setLevel(old_level)
+    for lg in children:
+      lg.disabled = False
 
 
 def _raw(ds, keyword: str):
@@ -197,6 +246,19 @@ def _header_text(ds, keyword: str) -> str:
   return _text(_raw(ds, keyword))
 
 
+def _rescale_field(ds, keyword: str, default: float) -> tuple[float, str]:
+  """(value, text as written): `default` when absent or empty, NaN when not one number; NaN
+  and inf written in the header stay NaN and inf (for `check_rescale` to refuse)."""
+  text = _header_text(ds, keyword)
+  if not text:
+    return default, ""
+  parts = [p for p in text.split("\\") if p.strip()]
+  try:
+    return (float(parts[0]) if len(parts) == 1 else math.nan), text
+  except ValueError:
+    return math.nan, text
+
+
 def read_header(path: PathLike, *, max_pixels: int = MAX_PIXELS_PER_FILE,
                 check: bool = True) -> SliceHeader:
   """Reads one file (pixels stay encoded) and checks it can become a CT slice.
@@ -236,6 +298,10 @@ def _read_header(path: PathLike, *, max_pixels: int, check: bool) -> SliceHeader
       raise errors.NotDicomError(f"pydicom cannot parse it ({type(e).__name__}: {e})",
                                  path) from e
   if len(ds) == 0:
+    if _ends_inside_an_element(path):
+      raise errors.TruncatedDicomError(
+          "file ends inside an undefined-length element (e.g. encapsulated pixel data); "
+          "re-download or re-export it", path)
     raise errors.NotDicomError("DICOM preamble/meta but no data elements (preamble-only file)",
                                path)
   meta = getattr(ds, "file_meta", None)
@@ -286,6 +352,8 @@ def _read_header(path: PathLike, *, max_pixels: int, check: bool) -> SliceHeader
   modality = _header_text(ds, "Modality")
   image_type = _header_text(ds, "ImageType").upper()
   spacing = _floats(_raw(ds, "PixelSpacing"), 2)
+  slope, slope_text = _rescale_field(ds, "RescaleSlope", 1.0)
+  intercept, intercept_text = _rescale_field(ds, "RescaleIntercept", 0.0)
   h = SliceHeader(
       path=path, ds=ds, sop_uid=_header_text(ds, "SOPInstanceUID"),
       series_uid=_header_text(ds, "SeriesInstanceUID"), modality=modality,
@@ -294,14 +362,58 @@ def _read_header(path: PathLike, *, max_pixels: int, check: bool) -> SliceHeader
       orientation=_floats(_raw(ds, "ImageOrientationPatient"), 6),
       instance_number=_int(_raw(ds, "InstanceNumber")),
       pixel_spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
-      slope=_float(_raw(ds, "RescaleSlope"), 1.0),
-      intercept=_float(_raw(ds, "RescaleIntercept"), 0.0),
+      slope=slope, intercept=intercept, slope_text=slope_text, intercept_text=intercept_text,
       is_localizer="LOCALIZER" in image_type,
       series_description=_header_text(ds, "SeriesDescription"),
       sop_class=sop_class, frames=frames, samples=samples)
   if check:
     check_ct_image(h)
   return h
+
+
+def _ends_inside_an_element(path: str) -> bool:
+  """Whether pydicom, told to raise, hits the end of the file: with validation off it instead
+  returns an empty dataset when the file is cut inside encapsulated pixel data."""
+  cfg = pydicom.config.settings
+  old = cfg.reading_validation_mode
+  cfg.reading_validation_mode = pydicom.config.RAISE
+  try:
+    pydicom.dcmread(path)
+  except EOFError:
+    return True
+  except Exception:  # noqa: BLE001 — any other failure: not evidence of truncation
+    return False
+  finally:
+    cfg.reading_validation_mode = old
+  return False
+
+
+def check_rescale(h: SliceHeader) -> None:
+  """RescaleSlope/RescaleIntercept usable for HU (bounds and their source: RESCALE_SLOPE_RANGE).
+
+  Skipped when a Modality LUT Sequence maps stored values to HU instead (PS3.3 C.11.1: the two
+  are exclusive)."""
+  if "ModalityLUTSequence" in h.ds:
+    return
+  lo, hi = RESCALE_SLOPE_RANGE
+  tests = (
+      ("RescaleSlope", h.slope_text, not math.isfinite(h.slope), "is not a finite number"),
+      ("RescaleSlope", h.slope_text, h.slope <= 0,
+       "is not positive (HU = stored x slope + intercept needs slope > 0)"),
+      ("RescaleSlope", h.slope_text, not lo <= h.slope <= hi,
+       f"is outside [{lo:g}, {hi:g}], the range of real CT images (16-bit stored values "
+       "spanning the HU range at a usable resolution)"),
+      ("RescaleIntercept", h.intercept_text, not math.isfinite(h.intercept),
+       "is not a finite number"),
+      ("RescaleIntercept", h.intercept_text, abs(h.intercept) > MAX_ABS_RESCALE_INTERCEPT,
+       f"is outside [-{MAX_ABS_RESCALE_INTERCEPT:g}, {MAX_ABS_RESCALE_INTERCEPT:g}], the "
+       "largest shift a 16-bit CT store needs"),
+  )
+  for field, text, failed, why in tests:
+    if failed:
+      raise errors.InvalidRescaleError(
+          f"{field} {text!r} {why}; fix the header or remove the file (lenient=True skips the "
+          "slice)", h.path)
 
 
 def check_ct_image(h: SliceHeader) -> None:
@@ -318,6 +430,7 @@ def check_ct_image(h: SliceHeader) -> None:
   if samples != 1:
     raise errors.UnsupportedDicomError(f"{samples} samples per pixel, expected grayscale CT",
                                        path)
+  check_rescale(h)
 
 
 def needs_rsna_fix(h: SliceHeader) -> bool:
@@ -329,6 +442,7 @@ def needs_rsna_fix(h: SliceHeader) -> bool:
 
 def decode_hu(h: SliceHeader, *, clip: bool = True) -> np.ndarray:
   """float32 [H, W] HU of one slice (see the module docstring for the rules)."""
+  check_rescale(h)
   try:
     with _quiet_pydicom():
       arr = h.ds.pixel_array
@@ -347,14 +461,15 @@ def decode_hu(h: SliceHeader, *, clip: bool = True) -> np.ndarray:
   except errors.CTDataError:
     raise
   except Exception as e:  # noqa: BLE001
-    msg = str(e)
+    msg = " ".join(str(e).split())   # pydicom lists each plugin's failure on its own line
     if "missing" in msg.lower() and "plugin" in msg.lower():
       raise errors.UnsupportedTransferSyntaxError(
-          f"{msg.splitlines()[0]}; install one of: {_DECODER_PACKAGES}", h.path) from e
+          f"{str(e).splitlines()[0]}; install one of: {_DECODER_PACKAGES}", h.path) from e
     if "less than expected" in msg:
       raise errors.TruncatedDicomError(msg, h.path) from e
-    raise errors.InvalidDicomValueError(f"cannot decode pixels ({type(e).__name__}: {msg})",
-                                        h.path) from e
+    raise errors.CorruptPixelDataError(
+        f"PixelData cannot be decoded ({type(e).__name__}: {msg}); the image data is damaged — "
+        "re-export or re-download the file (lenient=True skips the slice)", h.path) from e
   if hu.shape != (h.rows, h.columns):
     raise errors.InconsistentSeriesError(
         f"decoded shape {hu.shape} != Rows x Columns {(h.rows, h.columns)}", h.path)
@@ -419,6 +534,127 @@ def _majority(items: list, key) -> tuple[Any, list, list, bool]:
   kept = ranked[0][1]
   rest = [it for k, v in ranked[1:] for it in v]
   return ranked[0][0], kept, rest, tie
+
+
+def _drop_foreign_slices(headers: list[SliceHeader], lenient: bool, skipped: list[Skip],
+                         label: str) -> list[SliceHeader]:
+  """Slices whose SERIES_IDENTITY_FIELDS differ from the series' majority: an error, or (lenient)
+  skipped. A tie has no majority and is an error either way."""
+  for field in SERIES_IDENTITY_FIELDS:
+    key = lambda h, f=field: _header_text(h.ds, f)  # noqa: E731
+    value, kept, rest, tie = _majority(headers, key)
+    if not rest:
+      continue
+    bad = rest[0]
+    if not lenient or tie:
+      fix = ("the two values are equally common, so which slices belong is unknown — pass the "
+             "series' own files" if tie else
+             "remove that file from the series (lenient=True skips it)")
+      raise errors.ForeignSliceError(
+          f"{field} {key(bad)!r} differs from {value!r} of {len(kept)} other slice(s) of series "
+          f"{bad.series_uid} (e.g. {kept[0].path}); a slice of another "
+          f"{'patient' if field == 'PatientID' else 'study'} — {fix}", bad.path)
+    skipped.extend(Skip(h.path, f"{field} {key(h)!r} differs from the series' {value!r}",
+                        "ForeignSliceError") for h in rest)
+    log.debug("%s: %d slice(s) of another %s skipped", label, len(rest), field)
+    headers = kept
+  return headers
+
+
+def _duplicate_field(h: SliceHeader, ref: SliceHeader) -> str:
+  """What `h` shares with `ref`, as '<field> <value>' for messages."""
+  if h.sop_uid and h.sop_uid == ref.sop_uid:
+    return f"SOPInstanceUID {h.sop_uid!r}"
+  if h.position is not None:
+    return "ImagePositionPatient [" + ", ".join(f"{v:g}" for v in h.position) + "]"
+  return "SOPInstanceUID / position"
+
+
+def _deduplicate(headers: list[SliceHeader], depth: Optional[np.ndarray], *, lenient: bool,
+                 clip: bool, skipped: list[Skip], notes: list[str],
+                 decoded: dict[int, np.ndarray]) -> list[int]:
+  """Indices of `headers` (sorted along the normal) to keep, one per position / SOPInstanceUID.
+
+  Files that share a position (closer than SAME_POSITION_MM along the normal) or a
+  SOPInstanceUID are decoded and compared by the HU the volume would hold (clipped when `clip`):
+  identical → the first in slice order is kept, the others recorded; different →
+  `DuplicateSliceError`, or (lenient) all of them dropped — the series' own slice cannot be told
+  from a stray, and a file name is no evidence. Decoded HU of kept slices are left in `decoded`
+  (keyed by id(header)) for the caller.
+  """
+  groups: list[list[int]] = []
+  group_of_uid: dict[str, int] = {}
+  for i, h in enumerate(headers):
+    g = group_of_uid.get(h.sop_uid) if h.sop_uid else None
+    if g is None and depth is not None and groups and \
+        abs(depth[i] - depth[groups[-1][0]]) < SAME_POSITION_MM:
+      g = len(groups) - 1
+    if g is None:
+      groups.append([i])
+      g = len(groups) - 1
+    else:
+      groups[g].append(i)
+    if h.sop_uid:
+      group_of_uid.setdefault(h.sop_uid, g)
+
+  keep: list[int] = []
+  identical = conflicts = dropped = 0
+  for group in groups:
+    if len(group) == 1:
+      keep.append(group[0])
+      continue
+    members = []
+    for i in group:
+      try:
+        decoded[id(headers[i])] = decode_hu(headers[i], clip=clip)
+        members.append(i)
+      except errors.CTDataError as e:
+        if not lenient:
+          raise
+        skipped.append(Skip(headers[i].path, str(e), type(e).__name__))
+    if not members:
+      continue
+    classes: list[list[int]] = []          # members with equal HU
+    for i in members:
+      for c in classes:
+        if np.array_equal(decoded[id(headers[c[0]])], decoded[id(headers[i])]):
+          c.append(i)
+          break
+      else:
+        classes.append([i])
+    first = headers[members[0]]
+    if len(classes) == 1:
+      keep.append(members[0])
+      for i in members[1:]:
+        h = headers[i]
+        skipped.append(Skip(h.path, f"duplicate {_duplicate_field(h, first)} of "
+                                    f"{os.path.basename(first.path)}, identical pixels (that "
+                                    "one kept)"))
+        decoded.pop(id(h))
+        identical += 1
+      continue
+    a, b = headers[classes[0][0]], headers[classes[1][0]]
+    if not lenient:
+      raise errors.DuplicateSliceError(
+          f"{_duplicate_field(b, a)} is also that of {b.path}, whose pixels differ "
+          f"({len(members)} files, {len(classes)} different images); which one belongs to the "
+          "series is unknown — remove the wrong file(s) (lenient=True drops all of them)", a.path)
+    names = ", ".join(os.path.basename(headers[i].path) for i in members)
+    for i in members:
+      h = headers[i]
+      skipped.append(Skip(h.path, f"duplicate {_duplicate_field(h, a if h is not a else b)} "
+                                  f"with different pixels among {names}: all dropped",
+                          "DuplicateSliceError"))
+      decoded.pop(id(h))
+    conflicts += 1
+    dropped += len(members)
+  if identical:
+    notes.append(f"{identical} duplicate slice(s) with identical pixels dropped (same "
+                 "SOPInstanceUID or position as a kept slice)")
+  if conflicts:
+    notes.append(f"{conflicts} position(s) held duplicates with different pixels: all "
+                 f"{dropped} slice(s) there dropped (which one belongs to the series is unknown)")
+  return keep
 
 
 def read_series(path_or_files: Union[PathLike, Iterable[PathLike]], *,
@@ -492,8 +728,10 @@ def _read_series(path_or_files, *, series_uid, lenient, clip_hu, max_pixels,
         raise
       skipped.append(Skip(h.path, str(e), type(e).__name__))
   if not checked:
-    raise errors.EmptySeriesError("no CT slice in the selected series", label)
-  headers = checked
+    raise errors.EmptySeriesError(
+        "no CT slice in the selected series"
+        + (f" (skipped: {skipped[-1].reason} …)" if skipped else ""), label)
+  headers = _drop_foreign_slices(checked, lenient, skipped, label)
 
   # Localizers, then orientation: keep the axial stack.
   if any(not h.is_localizer for h in headers):
@@ -552,20 +790,14 @@ def _read_series(path_or_files, *, series_uid, lenient, clip_hu, max_pixels,
     notes.append("positions and InstanceNumber missing: slices kept in file-name order")
   headers = [headers[i] for i in order]
   depth = None if depth is None else depth[order]
+  decoded: dict[int, np.ndarray] = {}    # id(header) → HU decoded while deduplicating
   if len(headers) > 1:
-    keep = [0]
-    seen_uids = {headers[0].sop_uid}
-    for i in range(1, len(headers)):
-      dup_uid = bool(headers[i].sop_uid) and headers[i].sop_uid in seen_uids
-      dup_pos = depth is not None and abs(depth[i] - depth[keep[-1]]) < 1e-3
-      if dup_uid or dup_pos:
-        skipped.append(Skip(headers[i].path,
-                            "duplicate SOPInstanceUID" if dup_uid else
-                            f"duplicate position {depth[i]:.3f} mm (kept "
-                            f"{os.path.basename(headers[keep[-1]].path)})"))
-        continue
-      keep.append(i)
-      seen_uids.add(headers[i].sop_uid)
+    keep = _deduplicate(headers, depth, lenient=lenient, clip=clip_hu, skipped=skipped,
+                        notes=notes, decoded=decoded)
+    if not keep:
+      raise errors.EmptySeriesError(
+          "every slice was dropped as a conflicting duplicate"
+          + (f" (skipped: {skipped[-1].reason} …)" if skipped else ""), label)
     headers = [headers[i] for i in keep]
     depth = None if depth is None else depth[keep]
 
@@ -600,7 +832,8 @@ def _read_series(path_or_files, *, series_uid, lenient, clip_hu, max_pixels,
   kept_headers: list[SliceHeader] = []
   for h in headers:
     try:
-      hu[len(kept_headers)] = decode_hu(h, clip=clip_hu)
+      done = decoded.pop(id(h), None)
+      hu[len(kept_headers)] = decode_hu(h, clip=clip_hu) if done is None else done
     except errors.CTDataError as e:
       if not lenient:
         raise
@@ -614,6 +847,11 @@ def _read_series(path_or_files, *, series_uid, lenient, clip_hu, max_pixels,
   num_fixed = sum(needs_rsna_fix(h) for h in headers)
   if num_fixed:
     notes.append(f"RSNA BitsStored-12 sign fix applied to {num_fixed} slice(s)")
+  no_rescale = [h for h in headers if "ModalityLUTSequence" not in h.ds
+                and not (h.slope_text and h.intercept_text)]
+  if no_rescale:
+    notes.append(f"RescaleSlope/RescaleIntercept missing in {len(no_rescale)} slice(s) (e.g. "
+                 f"{os.path.basename(no_rescale[0].path)}): slope 1 / intercept 0 assumed there")
   positions = np.asarray([h.position if h.position is not None else np.full(3, np.nan)
                           for h in headers], np.float64)
   for n in notes:

@@ -3,7 +3,7 @@
 `generate_scan` is the pure in-memory generator (HU int16 [S,H,W] + truth); `write_dataset` draws
 scans deterministically by (seed, scan index), writes real CT DICOM series in the layout of a
 public data set plus its label files, and a manifest.json with per-slice labels, boxes and
-centres of every lesion (contract: BRIEF interface 1).
+centres of every lesion.
 
 Speed (the README's main job generates its data on first use): scans are drawn in spawned worker
 processes (`num_workers`), only the in-plane box around the head is rendered, and each series'
@@ -21,12 +21,13 @@ import os
 import pathlib
 import struct
 import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from configs.common import BLEND_CLASSES, CQ500_LABELS, RSNA_LABELS
 from ctjax.data import phantom_anatomy as pa
+from ctjax.data.labels import (BLEND_CLASSES, CQ500_FINDINGS, CQ500_LABELS, RSNA_CSV_SUBTYPES,
+                               RSNA_LABELS)
 from ctjax.data import phantom_lesions as pl
 from ctjax.errors import ConfigError, PathLike
 
@@ -36,13 +37,9 @@ LAYOUTS = ("rsna", "cq500", "blend")
 FINDINGS = ("iph", "ivh", "sdh", "edh", "sah", "fracture", "mass_effect", "midline_shift", "blend")
 HU_MIN, HU_MAX = -1024, 3071
 DIFFICULT_MAX_SLICES = 5          # DrCT2 Sec. IV: "five or fewer images" = difficult condition
-RSNA_SUBTYPES = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural",
-                 "any")            # row order of RSNA's stage_2_train.csv
+RSNA_SUBTYPES = RSNA_CSV_SUBTYPES   # row order of stage_2_train.csv
 RSNA_NAME = {"edh": "epidural", "iph": "intraparenchymal", "ivh": "intraventricular",
              "sah": "subarachnoid", "sdh": "subdural"}
-CQ500_FINDINGS = ("ICH", "IPH", "IVH", "SDH", "EDH", "SAH", "BleedLocation-Left",
-                  "BleedLocation-Right", "ChronicBleed", "Fracture", "CalvarialFracture",
-                  "OtherFracture", "MassEffect", "MidlineShift")
 # Relative frequency of each subtype among positive scans (RSNA 2019 slice counts, rounded).
 SUBTYPE_WEIGHTS = {"iph": 0.26, "ivh": 0.17, "sdh": 0.3, "edh": 0.05, "sah": 0.22}
 

@@ -49,6 +49,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import functools
+import json
 import logging
 import math
 import sys
@@ -204,15 +205,29 @@ def _flip(hu: np.ndarray, rng: Optional[np.random.Generator], p: float) -> tuple
   return np.ascontiguousarray(hu[..., ::-1]), True
 
 
+def drct_example(read_slices, num_slices: int, labels: np.ndarray, slice_labels: np.ndarray,
+                 *, m: int, rng: Optional[np.random.Generator] = None, resample: bool = False,
+                 hflip: float = 0.0, example_index: int = 0) -> dict:
+  """One DrCT scan example: m slices sampled (uniformly without `rng`; re-drawn from the bins
+  with it and `resample`), read by `read_slices(indices) -> int16 [m, H, W]`.
+
+  The one builder of DrCT examples: the cache pipeline and single DICOM series (reports,
+  predictions) both go through it, so they sample and lay out scans identically.
+  """
+  train = rng is not None and resample
+  idx = sampling.sample_indices(num_slices, m, train=train, rng=rng)
+  hu, _ = _flip(read_slices(idx), rng, hflip)
+  return {"hu": hu, "labels": labels, "slice_labels": slice_labels[idx],
+          "slice_index": idx.astype(np.int32), "num_source_slices": np.int32(num_slices),
+          "valid": np.bool_(True), "example_index": np.int32(example_index)}
+
+
 def _drct_example(el, rng, *, scans: cache.CachedScans, m: int, resample: bool,
                   hflip: float) -> dict:
   meta = scans.scans[el["scan"]]
-  train = rng is not None and resample
-  idx = sampling.sample_indices(meta.num_slices, m, train=train, rng=rng)
-  hu, _ = _flip(scans.scan_hu(el["scan"], idx), rng, hflip)
-  return {"hu": hu, "labels": meta.labels, "slice_labels": meta.slice_labels[idx],
-          "slice_index": idx.astype(np.int32), "num_source_slices": np.int32(meta.num_slices),
-          "valid": np.bool_(True), "example_index": np.int32(el["example_index"])}
+  return drct_example(lambda idx: scans.scan_hu(el["scan"], idx), meta.num_slices, meta.labels,
+                      meta.slice_labels, m=m, rng=rng, resample=resample, hflip=hflip,
+                      example_index=el["example_index"])
 
 
 def _slice_example(el, rng, *, scans: cache.CachedScans, kind: str, max_boxes: int,
@@ -332,3 +347,54 @@ def eval_batches(config, splits: Splits, split: str, *, process_index: int = 0,
   ds = grain.MapDataset.range(num_batches * local).map(element)
   ds = ds.batch(local, drop_remainder=True, batch_fn=stack)
   return iter(_finish(ds, config))
+
+
+# ----------------------------------------------------------------------------- mapped data
+
+
+class _MappedIterator:
+  """A train iterator whose batches pass through `fn`: same order, same checkpointable state."""
+
+  def __init__(self, inner: Any, fn):
+    self._inner, self._fn = inner, fn
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    return self._fn(next(self._inner))
+
+  def get_state(self) -> bytes:   # bytes: grain's checkpoint handler for non-Grain iterators
+    state = self._inner.get_state()
+    return state if isinstance(state, bytes) else json.dumps(state).encode()
+
+  def set_state(self, state: bytes) -> None:
+    try:
+      self._inner.set_state(json.loads(state))
+    except (TypeError, ValueError, AttributeError):
+      self._inner.set_state(state)
+
+  def start_prefetch(self) -> None:
+    if hasattr(self._inner, "start_prefetch"):
+      self._inner.start_prefetch()
+
+
+class MappedData:
+  """A data module (this module, or a stand-in) whose batches pass through
+  `fn(batch, source) -> batch` on the host, `source` being the batch's split (its
+  `CacheSource`): DrCT's stored features in place of HU, a teacher's soft labels (SKD)."""
+
+  def __init__(self, inner: Any, fn):
+    self._inner, self._fn = inner, fn
+
+  def __getattr__(self, name: str) -> Any:   # build_splits, steps_per_epoch, …
+    return getattr(self._inner, name)
+
+  def train_iterator(self, config, splits, **kwargs):
+    source = splits["train"]
+    return _MappedIterator(self._inner.train_iterator(config, splits, **kwargs),
+                           lambda batch: self._fn(batch, source))
+
+  def eval_batches(self, config, splits, split, **kwargs):
+    for batch in self._inner.eval_batches(config, splits, split, **kwargs):
+      yield self._fn(batch, splits[split])

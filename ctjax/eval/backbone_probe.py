@@ -1,6 +1,6 @@
-"""How good can a frozen backbone make DrCT? A scan-level probe of a pretraining run.
+"""How good can a frozen backbone make DrCT? A scan-level probe of a pretraining run (host side).
 
-  python -m ctjax.eval.backbone_probe --workdir runs/pretrain_phantom \
+  python -m ctjax.backbone_probe --workdir runs/pretrain_phantom \
       --data runs/drct2_phantom/data [--size 192] [--num_slices 28]
 
 The pretraining task's slice classifier (backbone + linear head, `configs/pretrain_phantom.py`)
@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 from typing import Callable
 
 import numpy as np
-from absl import flags
 
-from ctjax import cli
 from ctjax.data import sampling
 from ctjax.errors import CTJaxError
 from ctjax.eval.metrics import binary_auc, multilabel_report
@@ -63,52 +60,3 @@ def find_cache(data_root: str | pathlib.Path) -> pathlib.Path:
                      f"({', '.join(f'{p.name}: {v}' for p, v in sorted(sizes.items()))}); "
                      "remove the ones not wanted")
   return max(found, key=lambda p: (p / "manifest.json").stat().st_mtime_ns)
-
-
-def _flags(fv: flags.FlagValues) -> None:
-  flags.DEFINE_string("data", None, "data root holding a prepared cache", flag_values=fv)
-  flags.DEFINE_integer("size", 0, "resize slices to this (0: as cached)", flag_values=fv)
-  flags.DEFINE_integer("num_slices", 28, "slices sampled per scan", flag_values=fv)
-
-
-def _probe(fv, _config) -> int:
-  if not fv.data:
-    raise CTJaxError("--data DIR is required")
-  import jax
-  import jax.numpy as jnp
-  from ctjax.data import cache
-  from ctjax.train.checkpoint import restore_for_inference
-  from ctjax.train.tasks import pretrain
-  scans = cache.CachedScans(find_cache(fv.data))   # before the (slower) model restore
-  config, _, model, variables = restore_for_inference(fv.workdir)
-  size = fv.size
-
-  @jax.jit
-  def probs(hu):
-    x = pretrain.preprocess(hu, config)
-    if size and size != x.shape[1]:
-      x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear")
-    return jax.nn.sigmoid(model.apply(variables, x, train=False))
-
-  pad_to = max(s.num_slices for s in scans.scans)   # one compiled shape
-
-  def slice_probs(hu):
-    n = len(hu)
-    padded = np.concatenate([hu, np.zeros((pad_to - n,) + hu.shape[1:], hu.dtype)])
-    return np.asarray(probs(jnp.asarray(padded)))[:n]
-
-  result = scan_probe(slice_probs, scans, fv.num_slices)
-  print(f"{'label':18s} {'pos':>4s} {'auc_all':>8s} {'auc_m':>8s} {'f1@.5':>7s} {'oracle':>7s}")
-  for name, r in result.items():
-    print(f"{name:18s} {r['positives']:4d} {r['auc_all_slices']:8.3f} {r['auc_sampled']:8.3f} "
-          f"{r['f1_at_0.5']:7.3f} {r['oracle_recall']:7.3f}")
-  return 0
-
-
-def main(argv=None) -> int:
-  return cli.run(_probe, argv, needs_config=False, extra_flags=_flags,
-                 workdir_help="a configs/pretrain_phantom.py workdir")
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -257,18 +257,12 @@ def from_metrics(metrics: Mapping[str, Any], prefix: str = "keyslice/"
   return tasks, per
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  """`python -m ctjax.eval.keyslice DrCT2=eval2.json [DrCT1=eval1.json]`: the paper comparison.
-
-  Each JSON is a `python -m ctjax.evaluate --json` output (flat `keyslice/…` scalars).
-  """
+def _compare(_flags, _config, args) -> int:
   import json
-  import sys
-  args = list(sys.argv[1:] if argv is None else argv)
+  from ctjax import cli
+  from ctjax.errors import CTJaxError
   if not args or any("=" not in a for a in args):
-    print("usage: python -m ctjax.eval.keyslice NAME=EVAL.json [NAME=EVAL.json …]",
-          file=sys.stderr)
-    return 2
+    raise cli.UsageError("usage: python -m ctjax.eval.keyslice NAME=EVAL.json [NAME=EVAL.json …]")
   measured, per = {}, {}
   for arg in args:
     name, path = arg.split("=", 1)
@@ -276,15 +270,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       with open(path, encoding="utf-8") as f:
         tasks, diseases = from_metrics(json.load(f))
     except (OSError, ValueError) as e:
-      print(f"ctjax.eval.keyslice: error: {path}: {e}", file=sys.stderr)
-      return 1
+      raise CTJaxError(f"{path}: {e}") from e
     if not tasks:
-      print(f"ctjax.eval.keyslice: error: {path}: no keyslice/… metrics (a data set without "
-            "per-slice labels?)", file=sys.stderr)
-      return 1
+      raise CTJaxError(f"{path}: no keyslice/… metrics (a data set without per-slice labels?)")
     measured[name], per[name] = tasks, diseases
   print(format_paper_comparison(measured, per))
   return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """`python -m ctjax.eval.keyslice DrCT2=eval2.json [DrCT1=eval1.json]`: the paper comparison.
+
+  Each JSON is a `python -m ctjax.evaluate --json` output (flat `keyslice/…` scalars).
+  """
+  from ctjax import cli
+  return cli.run(_compare, argv, prog="ctjax.eval.keyslice", workdir=None, positional=True)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,8 @@ Two halves, kept apart so the page can be tested without a trained model:
   function of arrays and small records → one self-contained HTML string (images inline as
   base64 PNG, the attention histogram as inline SVG, a few lines of plain JS; no external
   asset, no network).
-* `report_for_scan` / `report_for_folder` glue it to the rest of ctjax: read the DICOM folder
-  (`ctjax.data.dicom.read_series`), sample and resize as the run's config says, run the restored
-  model (`ctjax.train.checkpoint.restore_for_inference`, `Task.predict`), render, write.
+* `ctjax.reporting` glues it to the rest of ctjax: read the DICOM folder, sample and resize as
+  the run's config says, predict with the restored run (`ctjax.inference`), render, write.
 
 The five key slices are the five most attended sampled slices, ranked exactly as the key-slice
 tasks rank them (`ctjax.eval.keyslice.top_k_indices`: ties → lower slice first).
@@ -18,13 +17,11 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import datetime as _dt
 import html
 import io
 import logging
 import os
 import pathlib
-import time
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -357,68 +354,6 @@ min="0" max="100" value="100"></label></div>
 """
 
 
-# ---------------------------------------------------------------------------------------------
-# Glue: DICOM folder + trained run → report file.
-
-@dataclasses.dataclass
-class LoadedModel:
-  """A restored run, ready to predict one scan at a time."""
-  config: Any
-  task: Any
-  model: Any
-  variables: Any
-  step: Optional[int]
-  workdir: str
-  _predict: Any = None
-
-  def predict(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import jax
-    if self._predict is None:   # compiled once per run, reused over a batch of scans
-      self._predict = jax.jit(
-          lambda variables, b: self.task.predict(self.model, variables, b, self.config))
-    out = self._predict(self.variables, dict(batch))
-    return {k: np.asarray(v) for k, v in out.items()}
-
-
-@dataclasses.dataclass
-class ReportResult:
-  """What one report run produced (for logs, the batch index page and tests)."""
-  scan_path: str
-  out_path: str
-  series_uid: str
-  seconds: float
-  key_slices: list[int]            # sampled indices, rank order
-  predictions: list[Prediction]
-  num_source_slices: int
-
-
-_VARIANTS = {"drct1": "DrCT1", "drct2": "DrCT2"}
-
-
-def checkpoint_step(workdir: str | os.PathLike, step: Optional[int] = None) -> Optional[int]:
-  """The step `restore_for_inference` takes: `step`, else best if saved, else latest."""
-  if step is not None:
-    return int(step)
-  root = pathlib.Path(workdir) / "checkpoints"
-  for name in ("best", "latest"):
-    steps = [int(p.name) for p in (root / name).glob("*") if p.is_dir() and p.name.isdigit()]
-    if steps:
-      return max(steps)
-  return None
-
-
-def load_model(workdir: str | os.PathLike, step: Optional[int] = None) -> LoadedModel:
-  """Restores a `python -m ctjax.train` run (config, task, model, variables) for reports."""
-  from ctjax.errors import ConfigError
-  from ctjax.train.checkpoint import restore_for_inference
-  config, task, model, variables = restore_for_inference(workdir, step=step)
-  if config.task != "drct":
-    raise ConfigError(f"{workdir}: config.task={config.task!r}; the key-slice report needs a "
-                      "DrCT run (task 'drct')")
-  return LoadedModel(config, task, model, variables, checkpoint_step(workdir, step),
-                     os.fspath(workdir))
-
-
 def describe_windows(spec: Any) -> str:
   """'rsna3: brain 40/80, subdural 80/200, bone 40/380' for a preset or (level, width) list."""
   from ctjax.data.windows import PRESETS, resolve_windows
@@ -429,49 +364,7 @@ def describe_windows(spec: Any) -> str:
   return (f"{spec}: " if isinstance(spec, str) else "") + ", ".join(parts)
 
 
-def read_scan(scan_dir: str | os.PathLike, series_uid: Any = None):
-  """`read_series` with one clear message when the folder is not a usable CT series."""
-  from ctjax.data.dicom import read_series
-  from ctjax.errors import CTDataError
-  try:
-    return read_series(scan_dir, series_uid=series_uid)
-  except CTDataError as e:
-    detail = str(e)
-    where = os.fspath(scan_dir)
-    if detail.startswith(where):
-      detail = detail[len(where):].lstrip(": ")
-    raise type(e)(f"not a usable CT series ({detail})", where) from e
-
-
-def scan_batch(volume: Any, config: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
-  """A DICOM volume → (a one-scan model batch as the data pipeline makes it, display images).
-
-  Evaluation sampling (`ctjax.data.sampling.uniform_indices`, config.data.num_slices), resize
-  to config.data.image_size with the cache's `resize_hu`; display images are the sampled source
-  slices in the brain window.
-  """
-  from ctjax.data.cache import resize_hu   # the cache's resize: same pixels as training saw
-  from ctjax.data.sampling import uniform_indices
-  from ctjax.data.windows import apply_windows
-  m = int(config.data.num_slices)
-  idx = uniform_indices(volume.num_slices, m)
-  sampled = volume.hu[idx]
-  hu = resize_hu(sampled, int(config.data.image_size))
-  labels = list(config.data.labels)
-  batch = {
-      "hu": hu[None],
-      "labels": np.zeros((1, len(labels)), np.float32),
-      "slice_labels": np.zeros((1, m, len(labels)), np.uint8),
-      "slice_index": idx[None].astype(np.int32),
-      "num_source_slices": np.array([volume.num_slices], np.int32),
-      "valid": np.ones((1,), bool),
-      "example_index": np.zeros((1,), np.int32),
-  }
-  display = apply_windows(sampled, "brain")[..., 0]
-  return batch, display
-
-
-def _thresholds(config: Any, n: int) -> list[float]:
+def thresholds(config: Any, n: int) -> list[float]:
   thr = config.get("evals", {}).get("threshold", 0.5) if hasattr(config, "get") else 0.5
   if isinstance(thr, (int, float)):
     return [float(thr)] * n
@@ -479,130 +372,12 @@ def _thresholds(config: Any, n: int) -> list[float]:
   return thr if len(thr) == n else [thr[0]] * n
 
 
-def report_for_scan(lm: LoadedModel, scan_dir: str | os.PathLike, out_path: str | os.PathLike,
-                    *, series_uid: Any = None) -> ReportResult:
-  """Reads `scan_dir`, runs the model, writes one self-contained HTML report to `out_path`."""
-  t0 = time.perf_counter()
-  volume = read_scan(scan_dir, series_uid)
-  batch, display = scan_batch(volume, lm.config)
-  out = lm.predict(batch)
-  names = list(lm.config.data.labels)
-  probs = out["probs"][0]
-  preds = [Prediction(n, float(p), t) for n, p, t in zip(names, probs,
-                                                        _thresholds(lm.config, len(names)))]
-  attention = out["slice_attention"][0]
-  highlight = out["highlight"][0]
-  cfg = lm.config
-  size = int(cfg.data.image_size)
-  extra = {}
-  if "key_indices" in out:
-    extra["APS key slices (sampled, m_key)"] = ", ".join(
-        str(int(i) + 1) for i in sorted(out["key_indices"][0]))
-  if volume.notes:
-    extra["Reader notes"] = "; ".join(volume.notes)
-  skipped = [k for k in volume.skipped if not k.reason.startswith("other series")]
-  if skipped:   # files of the other series of a flat folder are not news
-    extra["Skipped files"] = f"{len(skipped)} (e.g. {skipped[0].path}: {skipped[0].reason})"
-  prov = Provenance(
-      scan_path=os.fspath(scan_dir), series_uid=volume.series_uid,
-      study_uid=volume.header.get("StudyInstanceUID", ""), num_source_slices=volume.num_slices,
-      slice_index=[int(i) for i in batch["slice_index"][0]], spacing_mm=volume.spacing,
-      source_shape=volume.hu.shape, model_windows=describe_windows(cfg.data.windows),
-      display_window=describe_windows("brain"),
-      model_input=f"{cfg.data.num_slices} × {size} × {size} HU → {cfg.model.primary_size} px",
-      config_name=str(cfg.get("name", "") or pathlib.Path(lm.workdir, "config.json")),
-      model_name=f"{_VARIANTS.get(cfg.model.variant, cfg.model.variant)} "
-                 f"({cfg.model.backbone} backbone)",
-      checkpoint_step=lm.step, workdir=os.fspath(lm.workdir),
-      created=_dt.datetime.now().isoformat(timespec="seconds"), extra=extra)
-  # The page shows the analysis time (read, sample, model); the caller prints the total.
-  prov.report_seconds = time.perf_counter() - t0
-  page = render_report_html(display, attention, highlight, preds, prov)
-  out_path = pathlib.Path(out_path)
-  out_path.parent.mkdir(parents=True, exist_ok=True)
-  out_path.write_text(page, encoding="utf-8")
-  seconds = time.perf_counter() - t0
-  return ReportResult(os.fspath(scan_dir), os.fspath(out_path), volume.series_uid, seconds,
-                      [int(i) for i in keyslice.top_k_indices(attention)], preds,
-                      volume.num_slices)
-
-
-@dataclasses.dataclass
-class ReportFailure:
-  scan_path: str
-  series_uid: str
-  message: str
-
-
-def find_series(folder: str | os.PathLike, exclude: Optional[str | os.PathLike] = None
-                ) -> list[tuple[str, Optional[str]]]:
-  """(folder, series UID or None) for every folder under `folder` that directly holds files.
-
-  A folder with several series (RSNA's flat layout) gives one entry per series; a leaf folder
-  with files but no DICOM series gives (folder, None), which reports as a failure naming it; a
-  folder with subfolders and no series of its own (a data set root with its CSV) is skipped.
-  """
-  from ctjax.data.dicom import list_series
-  from ctjax.errors import CTDataError
-  root = pathlib.Path(folder).absolute()
-  exclude = None if exclude is None else pathlib.Path(exclude).absolute()
-  if not root.is_dir():
-    raise CTDataError("not a folder of scans", folder)
-  out = []
-  for d in sorted([root] + [p for p in root.rglob("*") if p.is_dir()]):
-    if any(part.startswith(".") for part in d.relative_to(root).parts) or (
-        exclude is not None and (d == exclude or exclude in d.parents)):
-      continue
-    if not any(f.is_file() and not f.name.startswith(".") for f in d.iterdir()):
-      continue
-    try:
-      series = list_series(d)
-    except CTDataError:
-      series = []
-    if len(series) > 1:
-      out += [(os.fspath(d), s.series_uid) for s in series]
-    elif series or not any(p.is_dir() and not p.name.startswith(".") for p in d.iterdir()):
-      out.append((os.fspath(d), None))
-    # else: a container folder whose files are metadata (manifest.json, labels CSV): skipped.
-  return out
-
-
-def _slug(text: str) -> str:
-  keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_")
-  return keep[-80:] or "scan"
-
-
-def report_for_folder(lm: LoadedModel, folder: str | os.PathLike, out_dir: str | os.PathLike,
-                      ) -> list[ReportResult | ReportFailure]:
-  """One report per series under `folder` into `out_dir`, plus `out_dir/index.html`."""
-  from ctjax.errors import CTDataError
-  out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  root = pathlib.Path(folder).absolute()
-  results: list[ReportResult | ReportFailure] = []
-  used: set[str] = set()
-  for path, uid in find_series(folder, exclude=out_dir):
-    rel = os.path.relpath(path, root)
-    name = _slug(rel if rel != "." else root.name) + (f"_{_slug(uid)[-24:]}" if uid else "")
-    while name in used:
-      name += "_"
-    used.add(name)
-    try:
-      results.append(report_for_scan(lm, path, out_dir / f"{name}.html", series_uid=uid))
-      log.info("%s: %.2f s", path, results[-1].seconds)
-    except CTDataError as e:
-      results.append(ReportFailure(path, uid or "", str(e)))
-  (out_dir / "index.html").write_text(render_index_html(results, out_dir), encoding="utf-8")
-  return results
-
-
-def render_index_html(results: Sequence[ReportResult | ReportFailure],
-                      out_dir: str | os.PathLike) -> str:
+def render_index_html(results: Sequence[Any], out_dir: str | os.PathLike) -> str:
   """The batch index: one row per scan with a link to its report, failures with their reason."""
   esc = html.escape
   rows = []
   for r in results:
-    if isinstance(r, ReportFailure):
+    if getattr(r, "message", None) is not None:   # ctjax.reporting.ReportFailure
       rows.append(f'<tr class="failed"><td class="path">{esc(r.scan_path)}</td>'
                   f'<td class="uid">{esc(r.series_uid) or "—"}'
                   f'</td><td colspan="4">not reported: {esc(r.message)}</td></tr>')
@@ -616,7 +391,7 @@ def render_index_html(results: Sequence[ReportResult | ReportFailure],
         f'<td>{esc(", ".join(above)) or "none"}</td>'
         f'<td>{esc(", ".join(str(i + 1) for i in r.key_slices))}</td>'
         f'<td class="num">{r.seconds:.2f} s</td></tr>')
-  ok = sum(isinstance(r, ReportResult) for r in results)
+  ok = sum(getattr(r, "message", None) is None for r in results)
   return _INDEX.format(css=_CSS, disclaimer=esc(DISCLAIMER), rows="".join(rows), ok=ok,
                        failed=len(results) - ok)
 

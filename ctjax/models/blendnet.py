@@ -1,7 +1,6 @@
 """Blend-sign network: a backbone's last block feeding a classifier and a centre-heatmap detector.
 
-Figure 4 of the blend-sign paper (/work/shared/papers/002_*.txt, "Overview of the proposed
-method"): an ImageNet backbone (ResNet-50 by default; VGG16 or Inception v3 in Table 4) gives the
+Figure 4 of the blend-sign paper ("Overview of the proposed method"): an ImageNet backbone (ResNet-50 by default; VGG16 or Inception v3 in Table 4) gives the
 feature maps of its last convolutional block ("Block L"); the classification branch is global
 average pooling + one linear layer (3 classes: non-ICH, normal ICH, blend sign); the detection
 branch is two convolutional layers giving 5 channels per feature-map cell: the centre logit and
@@ -19,7 +18,7 @@ import jax.numpy as jnp
 
 from ctjax.errors import ConfigError
 
-# name → (module, class) of engineer C's backbones; each returns {"feature_map", "pooled", ...}.
+# name → (module, class) of the backbones; each returns {"feature_map", "pooled", ...}.
 BACKBONES: Mapping[str, tuple[str, str]] = {
     "resnet50": ("ctjax.models.resnet", "ResNet50"),
     "vgg16": ("ctjax.models.vgg", "VGG16"),
@@ -33,7 +32,7 @@ CENTRE_PRIOR = 0.01
 
 def make_backbone(name: str, *, width: float = 1.0, dtype: Any = jnp.float32,
                   param_dtype: Any = jnp.float32) -> nn.Module:
-  """Engineer C's backbone `name` ("resnet50" | "vgg16" | "inception_v3")."""
+  """The backbone `name` ("resnet50" | "vgg16" | "inception_v3")."""
   if name not in BACKBONES:
     raise ConfigError(f"config.model.backbone={name!r}; expected one of {sorted(BACKBONES)}")
   module_name, cls_name = BACKBONES[name]
@@ -81,10 +80,11 @@ def _det_bias_init(key, shape, dtype=jnp.float32):
 
 
 def build_blendnet(model_config) -> BlendNet:
-  """BlendNet from `config.model` (backbone, width, det_hidden, dtype, param_dtype)."""
+  """BlendNet from `config.model`: the backbone from `backbone` / `backbone_width`, the other
+  keys (num_classes, det_hidden, dtype, param_dtype) are BlendNet's own field names."""
   dtype = jnp.dtype(model_config.get("dtype", "float32"))
   param_dtype = jnp.dtype(model_config.get("param_dtype", "float32"))
-  backbone = make_backbone(model_config.backbone, width=model_config.get("width", 1.0),
+  backbone = make_backbone(model_config.backbone, width=model_config.get("backbone_width", 1.0),
                            dtype=dtype, param_dtype=param_dtype)
   return BlendNet(backbone=backbone, num_classes=model_config.get("num_classes", 3),
                   det_hidden=model_config.get("det_hidden", 256), dtype=dtype,
@@ -121,3 +121,26 @@ def strip_perturbations(variables: Mapping[str, Any]) -> dict[str, Any]:
   """Drops the "perturbations" collection that `init` creates for Grad-CAM."""
   return {k: v for k, v in variables.items() if k != "perturbations"}
 
+
+def decode(centre_probs: jax.Array, distances: jax.Array, stride: float, *,
+           top_k: int = 10) -> dict[str, jax.Array]:
+  """CenterNet decoding: 3×3 max-pool peaks, top-k, boxes from the distances at each peak.
+
+  centre_probs [B, h, w] (sigmoid of the centre channel), distances [B, h, w, 4] in cells.
+  Cells follow ctjax.train.tasks.blend_losses's conventions. Returns "scores" [B, k], "centres" [B, k, 2] (x, y input pixels) and "boxes" [B, k, 4]
+  (x0, y0, x1, y1 input pixels), best first. Keep those above a score threshold.
+  """
+  b, h, w = centre_probs.shape
+  pooled = jax.lax.reduce_window(centre_probs, -jnp.inf, jax.lax.max, (1, 3, 3), (1, 1, 1),
+                                 "SAME")
+  peaks = jnp.where(centre_probs >= pooled, centre_probs, 0.0).reshape(b, h * w)
+  k = min(top_k, h * w)
+  scores, idx = jax.lax.top_k(peaks, k)
+  ys = (idx // w).astype(jnp.float32)
+  xs = (idx % w).astype(jnp.float32)
+  d = jnp.take_along_axis(distances.reshape(b, h * w, 4), idx[..., None], axis=1)
+  ref_x = (xs + 0.5) * stride
+  ref_y = (ys + 0.5) * stride
+  boxes = jnp.stack([ref_x - d[..., 0] * stride, ref_y - d[..., 2] * stride,
+                     ref_x + d[..., 1] * stride, ref_y + d[..., 3] * stride], axis=-1)
+  return {"scores": scores, "centres": jnp.stack([ref_x, ref_y], axis=-1), "boxes": boxes}

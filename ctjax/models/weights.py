@@ -307,6 +307,51 @@ def load_backbone(path: os.PathLike | str, arch: str, *, include_fc: bool = Fals
   return check_variables(variables, arch, include_fc=include_fc, source=str(path))
 
 
+ASSET_PREFIX = "asset:"
+
+
+def resolve_weights_path(spec: str) -> pathlib.Path:
+  """A weights file named in a config: "asset:<name>" is a file shipped in the package's
+  assets (read through importlib.resources, so it works from any install); anything else is
+  a path (relative to the working directory)."""
+  spec = str(spec)
+  if spec.startswith(ASSET_PREFIX):
+    import importlib.resources
+    name = spec[len(ASSET_PREFIX):]
+    ref = importlib.resources.files("ctjax").joinpath("assets", name)
+    if not ref.is_file():
+      raise WeightsError(f"{spec}: no such asset in the installed ctjax package")
+    return pathlib.Path(str(ref))
+  return pathlib.Path(spec)
+
+
+def load_backbone_like(spec: str, arch: str, like: Mapping[str, Any], *,
+                       full_width: bool) -> dict:
+  """Pretrained backbone variables shaped exactly like `like` ({"params": …, maybe
+  "batch_stats": …} of an initialised backbone), as numpy arrays.
+
+  Full-width files may be torchvision state dicts (converted on load); reduced-width ones
+  (ctjax's phantom pretraining) must be ctjax .npz variables. A missing collection or any
+  shape difference is a WeightsError naming the file.
+  """
+  path = resolve_weights_path(spec)
+  if not path.is_file():
+    hint = ("; " + _CONVERT_HINT.format(arch=arch, path=path)) if full_width else ""
+    raise WeightsError(f"{path}: backbone weights not found{hint}")
+  loaded = load_backbone(path, arch) if full_width else load_variables(path)
+  out = {}
+  for collection, tree in like.items():
+    if collection not in loaded:
+      raise WeightsError(f"{path}: has no {collection!r} for the {arch} backbone")
+    want = jax.tree.map(np.shape, dict(tree))
+    got = jax.tree.map(np.shape, dict(loaded[collection]))
+    if want != got:
+      raise WeightsError(f"{path}: {collection} do not match the configured {arch} backbone "
+                         "(check config.model.backbone_width)")
+    out[collection] = jax.tree.map(np.asarray, dict(loaded[collection]))
+  return out
+
+
 def count_params(params: Mapping) -> int:
   """Number of scalars in a params tree (arrays or ShapeDtypeStructs)."""
   return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))

@@ -6,14 +6,13 @@ Layout under the workdir:
   checkpoints/best/<step>/state            the state with the best `config.checkpoint.best_metric`
                                             (e.g. "val/macro_f1", higher is better; a name ending
                                             in "loss" is minimised); only when that is set.
-`restore_for_inference` reads config.json and the best (else latest) state for evaluate/report;
+`load_config` reads a workdir's config.json (older field names upgraded, ctjax.configs.upgrade);
 `saved_config_errors` turns a field missing from an older config.json into one ConfigError line.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import logging
 import math
@@ -107,6 +106,11 @@ class Checkpointer:
     restored = self.latest.restore(step, args=ocp.args.Composite(**args))
     return serialization.from_state_dict(state, restored.state)
 
+  def restore_iterator(self, iterator: Any, step: int) -> None:
+    """Sets `iterator` to its position saved at `step` (after `restore` of the state)."""
+    self.latest.restore(step, args=ocp.args.Composite(
+        data=grain.checkpoint.CheckpointRestore(iterator)))
+
   def wait(self) -> None:
     self.latest.wait_until_finished()
     if self.best is not None:
@@ -128,7 +132,12 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   path = pathlib.Path(workdir) / "config.json"
   if not path.exists():
     raise CheckpointError(f"{path}: no config.json; is this a `python -m ctjax.train` workdir?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  from ctjax.configs.upgrade import upgrade
+  try:
+    saved = json.loads(path.read_text())
+  except ValueError as e:
+    raise CheckpointError(f"{path}: not valid JSON ({e}); restore it from a copy") from e
+  return ml_collections.ConfigDict(upgrade(saved))
 
 
 def restore_state(workdir: str | os.PathLike, state: Any, step: Optional[int] = None,
@@ -158,32 +167,6 @@ def restore_state(workdir: str | os.PathLike, state: Any, step: Optional[int] = 
   raise CheckpointError(f"{root}: {what} not found; train first with `python -m ctjax.train`")
 
 
-def restore_for_inference(workdir: str | os.PathLike, step: Optional[int] = None
-                          ) -> tuple[ml_collections.ConfigDict, Any, Any, dict]:
-  """(config, task, model, variables) of a trained workdir, on this process's first device.
-
-  Takes the best checkpoint when one was kept, else the latest; `step` picks one explicitly.
-  """
-  from ctjax.train import state as state_lib
-  from ctjax.train.tasks import get_task
-
-  config = load_config(workdir)
-  with saved_config_errors(workdir):
-    task = get_task(config.task)
-    model = task.build_model(config)
-    tx = task.make_optimizer(config, 1)
-    shapes = jax.eval_shape(lambda rng: state_lib.create_state(task, model, config, rng, tx),
-                            jax.random.PRNGKey(0))
-  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                          shapes)
-  state, _ = restore_state(workdir, template, step=step)
-  return config, task, model, state.variables()
-
-
-_REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
 def _missing_field_name(error: BaseException) -> Optional[str]:
   """The field name when `error` is ml_collections' "no such field" error, else None.
 
@@ -209,22 +192,15 @@ def _leaf_paths(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _current_defaults(task: str) -> list[dict[str, Any]]:
-  """Dotted fields → values of every config file in configs/ for `task` (as plain JSON)."""
-  out = []
-  for path in sorted((_REPO_ROOT / "configs").glob("*.py")):
-    try:
-      spec = importlib.util.spec_from_file_location(f"_ctjax_defaults_{path.stem}", path)
-      module = importlib.util.module_from_spec(spec)
-      spec.loader.exec_module(module)
-      if not hasattr(module, "get_config"):
-        continue
-      config = json.loads(module.get_config(None).to_json_best_effort())
-    except Exception as e:   # noqa: BLE001 — a broken config file only loses a hint here
-      log.debug("defaults of %s unavailable: %s", path, e)
-      continue
-    if config.get("task") == task:
-      out.append(_leaf_paths(config))
-  return out
+  """Dotted fields → values of the library's config builders for `task` (as plain JSON)."""
+  from ctjax.configs import blend, common, drct
+  if task == "drct":
+    configs = [drct.drct_config(dataset=d, variant="drct2") for d in ("rsna", "cq500")]
+  elif task == "blend":
+    configs = [blend.blend_config()]
+  else:
+    configs = [common.base_config()]
+  return [_leaf_paths(json.loads(c.to_json_best_effort())) for c in configs]
 
 
 def missing_field_error(workdir: str | os.PathLike, error: BaseException

@@ -18,8 +18,10 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import ml_collections
 
+from ctjax import inference
 from ctjax.errors import ConfigError
 from ctjax.eval.metrics import flatten_scalars
+from ctjax.jsonable import to_jsonable
 from ctjax.train import loop
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ def run_crossval(config: ml_collections.ConfigDict, workdir: str | os.PathLike, 
     fold_dir = workdir / f"fold_{f}"
     log.info("cross-validation fold %d of %d → %s", f, k, fold_dir)
     loop.train_and_evaluate(cfg, fold_dir, task=task, data=data)
-    report = loop.evaluate_workdir(fold_dir, split, task=task, data=data)
+    report = inference.evaluate(fold_dir, split, task=task, data=data)
     reports[f] = report
   summary = summarize_folds({f: flatten_scalars(r) for f, r in reports.items()})
   out = {"split": split, "num_folds": k, "folds": {str(f): r for f, r in reports.items()},
@@ -57,7 +59,7 @@ def run_crossval(config: ml_collections.ConfigDict, workdir: str | os.PathLike, 
   import jax
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "crossval.json").write_text(json.dumps(loop._json_safe(out), indent=2))
+    (workdir / "crossval.json").write_text(json.dumps(to_jsonable(out), indent=2))
   return out
 
 

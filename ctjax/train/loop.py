@@ -1,8 +1,13 @@
 """The generic training loop: `train_and_evaluate(config, workdir) -> dict`.
 
-It knows only the `Task` protocol (ctjax.train.tasks) and the data contract of
-ctjax.data.pipeline (`build_splits`, `train_iterator`, `eval_batches`), so DrCT, the blend-sign
-classifier and backbone pretraining share it unchanged.
+It knows only the `Task` base class (ctjax.train.tasks) and the data contract of
+ctjax.data.pipeline (`build_splits`, `steps_per_epoch`, `train_iterator`, `eval_batches`), so
+DrCT, the blend-sign classifier and backbone pretraining share it unchanged.
+
+Start-up order (big_vision's): build the model (pure) → resume from the latest checkpoint, or
+else initialise (jitted), load pretrained weights on the host (`Task.load_pretrained`) and
+place them with the state's sharding → wrap the data (`Task.wrap_data`) → restore the data
+iterator's position when resuming → compile the steps.
 
 Workdir: config.json (resolved config), checkpoints/ (Orbax: latest + best), metrics.jsonl (one
 JSON object per logged step or eval), tensorboard/ (tensorboardX), final_metrics.json. A run that
@@ -20,37 +25,25 @@ import math
 import os
 import pathlib
 import time
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ctjax import inference
 from ctjax.errors import CheckpointError, CTJaxError, ConfigError
 from ctjax.eval import metrics as metrics_lib
-from ctjax.train import parallel
+from ctjax.jsonable import to_jsonable
+from ctjax.train import optim, parallel
 from ctjax.train import state as state_lib
 from ctjax.train import steps as steps_lib
 from ctjax.train.checkpoint import Checkpointer, restore_state
+from ctjax.train.tasks import Task, default_data_module, get_task
 
 log = logging.getLogger(__name__)
 
-# Batch entries that stay on device during evaluation (images); everything else (labels, ids,
-# valid, boxes, slice maps) comes back to the host next to the predictions for `summarize`.
-IMAGE_KEYS = ("hu", "image", "images", "feat_pooled", "feat_map", "feat_aps")
 _DTYPES = ("float32", "bfloat16", "float16")
-
-
-def get_data_module(data: Any = None) -> Any:
-  """The data provider: `data` if given (tests, stand-ins), else ctjax.data.pipeline."""
-  if data is not None:
-    return data
-  try:
-    from ctjax.data import pipeline
-  except ImportError as e:
-    raise CTJaxError(f"ctjax.data.pipeline is not available ({e})") from e
-  return pipeline
 
 
 def evaluators(config: ml_collections.ConfigDict, steps_per_epoch: int = 1
@@ -198,53 +191,61 @@ class _Writer:
 def evaluate_split(eval_step, state, task, config: ml_collections.ConfigDict, data: Any,
                    splits: Any, split: str, mesh) -> dict[str, Any]:
   """`task.summarize` of the predictions on one split (every process gets the same report)."""
-  chunks = []
-  batches: Iterable = data.eval_batches(config, splits, split,
-                                        process_index=jax.process_index(),
-                                        process_count=jax.process_count())
-  for batch in batches:
-    device_batch = parallel.host_to_global(batch, mesh)
-    preds = eval_step(state, device_batch)
-    keep = {k: v for k, v in device_batch.items() if k not in IMAGE_KEYS}
-    chunks.append(parallel.to_host({**keep, **preds}))
-  if not chunks:
-    raise CTJaxError(f"split {split!r} is empty; nothing to evaluate")
-  outputs = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-  if "valid" in outputs:
-    valid = outputs.pop("valid").astype(bool)
-    outputs = {k: v[valid] for k, v in outputs.items()}
+  batches = data.eval_batches(config, splits, split, process_index=jax.process_index(),
+                              process_count=jax.process_count())
+  try:
+    outputs = inference.collect_outputs(eval_step, state, batches, mesh)
+  except CTJaxError as e:
+    raise CTJaxError(f"split {split!r}: {e}") from e
   return task.summarize(outputs, config)
 
 
-def _setup(config, workdir, task, data, mesh):
-  """Task, model, splits, optimizer, initial state on the mesh and the compiled steps."""
-  from ctjax.train.tasks import get_task
-  task = task if task is not None else get_task(config.task)
-  validate_config(config, task)
-  data = get_data_module(data)
-  splits = data.build_splits(config, str(workdir))
-  model = task.build_model(config)
-  num_train = len(splits["train"])
-  global_batch = int(config.train.batch_size)
-  parallel.local_batch_size(global_batch, mesh)   # divisibility check
-  if hasattr(data, "steps_per_epoch"):   # the pipeline knows its per-process sharding.
-    steps_per_epoch = max(1, int(data.steps_per_epoch(config, splits, jax.process_count())))
-  else:
-    steps_per_epoch = max(1, num_train // global_batch)
-  tx = task.make_optimizer(config, steps_per_epoch)
-  repl = parallel.replicated(mesh)
+class _Setup:
+  """Everything `train_and_evaluate` builds before the first step."""
 
-  def init(rng):
-    return state_lib.create_state(task, model, config, rng, tx)
+  def __init__(self, config, workdir: pathlib.Path, task, data, mesh, ckpt: Checkpointer):
+    self.task = task if task is not None else get_task(config.task)
+    validate_config(config, self.task)
+    data = default_data_module(data)
+    self.splits = data.build_splits(config, str(workdir))
+    self.model = self.task.build_model(config)
+    parallel.local_batch_size(int(config.train.batch_size), mesh)   # divisibility check
+    if hasattr(data, "steps_per_epoch"):   # the pipeline knows its per-process sharding.
+      spe = int(data.steps_per_epoch(config, self.splits, jax.process_count()))
+    else:
+      spe = len(self.splits["train"]) // int(config.train.batch_size)
+    self.steps_per_epoch = max(1, spe)
+    self.num_steps = optim.total_steps(config, self.steps_per_epoch)
+    self.tx, self.schedule = optim.make_optimizer(
+        config, self.num_steps, self.steps_per_epoch,
+        lambda params: self.task.param_groups(config, params))
+    template, self.state_sharding = inference.abstract_state(self.task, self.model, config,
+                                                             mesh, self.tx)
+    self.resume_step = ckpt.latest_step()
+    if self.resume_step is not None:
+      self.state = ckpt.restore(template, None, step=int(self.resume_step))
+      log.info("resumed from %s at step %d", workdir / "checkpoints", self.resume_step)
+    else:
+      self.state = self._initial_state(config, mesh)
+    self.data = self.task.wrap_data(config, data, self.splits, self.model,
+                                    parallel.replicated_to_host(self.state.variables()),
+                                    workdir=workdir)
+    self.train_step, self.eval_step = steps_lib.compile_steps(
+        self.task, self.model, config, mesh, self.state_sharding)
 
-  shapes = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
-  state_sharding = jax.tree.map(lambda _: repl, shapes)
-  state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(config.seed))
-  if hasattr(task, "wrap_data"):   # e.g. DrCT's frozen-backbone feature cache
-    data = task.wrap_data(config, data, splits, model,
-                          parallel.replicated_to_host(state.variables()), workdir=workdir)
-  train_step, eval_step = steps_lib.compile_steps(task, model, config, mesh, state_sharding)
-  return task, data, splits, model, steps_per_epoch, state, train_step, eval_step
+  def _initial_state(self, config, mesh) -> state_lib.TrainState:
+    """init (jitted, random) → pretrained weights loaded on the host → state on the mesh."""
+    task, model, repl = self.task, self.model, parallel.replicated(mesh)
+    init_rng, state_rng = state_lib.split_init_rng(jax.random.PRNGKey(int(config.seed)))
+    variables = jax.jit(lambda r: task.init_variables(model, config, r),
+                        out_shardings=repl)(init_rng)
+    host = parallel.replicated_to_host(variables)
+    loaded = task.load_pretrained(config, host)
+    if loaded is not host:
+      variables = parallel.put_replicated(loaded, mesh)
+    make = jax.jit(lambda v, r: state_lib.state_from_variables(task, config, v, r, self.tx),
+                   out_shardings=self.state_sharding)
+    return make(variables, state_rng)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
@@ -258,14 +259,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   check_resumable(config, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = parallel.make_mesh(config)
-  task, data, splits, model, steps_per_epoch, state, train_step, eval_step = _setup(
-      config, workdir, task, data, mesh)
+  ckpt = Checkpointer(workdir, config)
+  setup = _Setup(config, workdir, task, data, mesh, ckpt)
+  task, data, splits, state = setup.task, setup.data, setup.splits, setup.state
+  train_step, eval_step = setup.train_step, setup.eval_step
+  steps_per_epoch, num_steps = setup.steps_per_epoch, setup.num_steps
   if jax.process_index() == 0:
     _write_config(config, workdir)
-  num_steps = steps_per_epoch * int(config.train.num_epochs)
-  if int(config.train.max_steps) > 0:
-    num_steps = min(num_steps, int(config.train.max_steps)) if int(
-        config.train.num_epochs) > 0 else int(config.train.max_steps)
   log.info("task %s: %d trainable / %d frozen parameters, %d steps (%d per epoch), %d devices",
            task.name, state_lib.param_count(state.params), state_lib.param_count(state.frozen),
            num_steps, steps_per_epoch, mesh.devices.size)
@@ -273,12 +273,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   iterator = data.train_iterator(config, splits, seed=int(config.seed),
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count())
-  ckpt = Checkpointer(workdir, config)
   start = 0
-  if ckpt.latest_step() is not None:
-    start = int(ckpt.latest_step())
-    state = ckpt.restore(state, iterator, step=start)
-    log.info("resumed from %s at step %d", workdir / "checkpoints", start)
+  if setup.resume_step is not None:
+    start = int(setup.resume_step)
+    ckpt.restore_iterator(iterator, step=start)
 
   evals = evaluators(config, steps_per_epoch)
   writer = _Writer(workdir, config)
@@ -328,6 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         scalars = {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[0]}
         scalars["train/scans_per_s"] = window_steps * global_batch / elapsed
         scalars["train/epoch"] = step / steps_per_epoch
+        scalars["train/lr"] = float(setup.schedule(step - 1))   # the rate of this step's update
         writer.write(step, scalars)
         final.update(scalars)
         if bar is not None:
@@ -346,7 +345,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       ckpt.save(num_steps, state, iterator, force=True)
     run_evals(max(step, start), at_end=True)
     ckpt.wait()
-    if hasattr(task, "after_training"):   # e.g. export weights: the best state when kept.
+    if type(task).after_training is not Task.after_training:   # e.g. export the backbone
       chosen = state
       if ckpt.best_value is not None:
         chosen, best_step = restore_state(workdir, state, which="best")
@@ -360,46 +359,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   final["step"] = float(max(num_steps, start))
   if jax.process_index() == 0:
     (workdir / "final_metrics.json").write_text(json.dumps(
-        {"step": int(final["step"]), "metrics": _json_safe(final),
-         "reports": _json_safe(reports)}, indent=2))
+        {"step": int(final["step"]), "metrics": to_jsonable(final),
+         "reports": to_jsonable(reports)}, indent=2))
   return final
-
-
-def evaluate_workdir(workdir: str | os.PathLike, split: str = "test", *,
-                     step: Optional[int] = None, data: Any = None,
-                     config_overrides: Optional[Mapping[str, Any]] = None,
-                     task: Any = None) -> dict[str, Any]:
-  """`task.summarize` report of a trained workdir's best (else latest) state on `split`."""
-  from ctjax.train.checkpoint import load_config
-  workdir = pathlib.Path(workdir)
-  config = load_config(workdir)
-  for key, value in (config_overrides or {}).items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  mesh = parallel.make_mesh(config)
-  task, data, splits, model, _, state, _, eval_step = _setup(config, workdir, task, data, mesh)
-  state, restored_step = restore_state(workdir, state, step=step)
-  report = evaluate_split(eval_step, state, task, config, data, splits, split, mesh)
-  report = dict(report)
-  report.setdefault("step", restored_step)
-  report.setdefault("split", split)
-  return report
-
-
-def _json_safe(obj: Any) -> Any:
-  if isinstance(obj, Mapping):
-    return {str(k): _json_safe(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_json_safe(v) for v in obj]
-  if isinstance(obj, np.ndarray):
-    return _json_safe(obj.tolist())
-  if isinstance(obj, (np.integer,)):
-    return int(obj)
-  if isinstance(obj, (float, np.floating)):
-    return None if math.isnan(float(obj)) else float(obj)
-  if isinstance(obj, jnp.ndarray):
-    return _json_safe(np.asarray(obj))
-  return obj

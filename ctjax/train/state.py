@@ -67,15 +67,28 @@ def merge_params(trainable: Any, frozen: Any) -> dict:
   return traverse_util.unflatten_dict(flat)
 
 
-def create_state(task, model, config: ml_collections.ConfigDict, rng: jax.Array,
-                 tx: optax.GradientTransformation) -> TrainState:
-  """Initial state (jit it with replicated out_shardings to build it on the mesh)."""
-  init_rng, state_rng = jax.random.split(rng)
-  variables = _to_dict(task.init_variables(model, config, init_rng))
-  params = variables.pop("params")
+def state_from_variables(task, config: ml_collections.ConfigDict, variables: Any,
+                         rng: jax.Array, tx: optax.GradientTransformation) -> TrainState:
+  """The initial TrainState of `variables` (jit it with the state's out_shardings)."""
+  variables = _to_dict(variables)
+  params = _to_dict(variables.pop("params"))
   trainable, frozen = partition_params(params, task.trainable_mask(config, params))
   return TrainState(step=jnp.zeros((), jnp.int32), params=trainable, frozen=frozen,
-                    extra=variables, opt_state=tx.init(trainable), rng=state_rng, tx=tx)
+                    extra=variables, opt_state=tx.init(trainable), rng=rng, tx=tx)
+
+
+def split_init_rng(rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(key for `Task.init_variables`, the state's base key) from the run's seed key."""
+  init_rng, state_rng = jax.random.split(rng)
+  return init_rng, state_rng
+
+
+def create_state(task, model, config: ml_collections.ConfigDict, rng: jax.Array,
+                 tx: optax.GradientTransformation) -> TrainState:
+  """Random initial state without pretrained weights (for shapes: `jax.eval_shape` it)."""
+  init_rng, state_rng = split_init_rng(rng)
+  variables = task.init_variables(model, config, init_rng)
+  return state_from_variables(task, config, variables, state_rng, tx)
 
 
 def param_count(tree: Any) -> int:

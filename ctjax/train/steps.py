@@ -10,7 +10,7 @@ cross-device reductions).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -38,9 +38,13 @@ def make_train_step(task, model, config: ml_collections.ConfigDict) -> Callable:
   return train_step
 
 
-def make_eval_step(task, model, config: ml_collections.ConfigDict) -> Callable:
+def make_eval_step(task, model, config: ml_collections.ConfigDict,
+                   fn: Optional[Callable] = None) -> Callable:
+  """`eval_step(state, batch)`: `fn(model, variables, batch, config)`, default `task.predict`."""
+  predict = fn if fn is not None else task.predict
+
   def eval_step(state: TrainState, batch: dict) -> dict:
-    return dict(task.predict(model, state.variables(), batch, config))
+    return dict(predict(model, state.variables(), batch, config))
 
   return eval_step
 
@@ -61,7 +65,13 @@ def compile_steps(task, model, config: ml_collections.ConfigDict, mesh: Mesh,
                   in_shardings=(state_sharding, data, repl),
                   out_shardings=(state_sharding, repl),
                   donate_argnums=(0,))
-  evaluate = jax.jit(make_eval_step(task, model, config),
-                     in_shardings=(state_sharding, data),
-                     out_shardings=data)
-  return train, evaluate
+  return train, compile_eval_step(task, model, config, mesh, state_sharding)
+
+
+def compile_eval_step(task, model, config: ml_collections.ConfigDict, mesh: Mesh,
+                      state_sharding: Any, fn: Optional[Callable] = None) -> Callable:
+  """The eval step jitted with explicit shardings: state replicated, batch and outputs split
+  on the data axis."""
+  data = parallel.data_sharding(mesh)
+  return jax.jit(make_eval_step(task, model, config, fn), in_shardings=(state_sharding, data),
+                 out_shardings=data)

@@ -18,7 +18,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from configs.common import RSNA_LABELS  # noqa: E402
+from ctjax.data.labels import RSNA_LABELS  # noqa: E402
 from ctjax.data import phantom  # noqa: E402
 from ctjax.data.sampling import uniform_indices  # noqa: E402
 from ctjax.data.windows import apply_windows  # noqa: E402

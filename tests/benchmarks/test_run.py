@@ -108,7 +108,7 @@ def test_torch_reference_does_the_same_work(tmp_path):
   out = net(torch.from_numpy(np.array(batch["hu"])))
   ft = torch_flops(net, torch.from_numpy(np.array(batch["hu"])))
   assert 0.8 < fx / ft < 1.25, (fx, ft)
-  # Same output structure and shapes as ctjax's predict (BRIEF interface 4).
+  # Same output structure and shapes as ctjax's predict (the drct task's outputs).
   ref = m.predict(m.variables, batch)
   for key in ("probs", "probs_primary", "probs_aps", "slice_attention", "key_indices",
               "highlight", "feature_attention"):

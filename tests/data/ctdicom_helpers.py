@@ -19,8 +19,11 @@ def write_slice(path, hu: np.ndarray, *, position: Optional[Sequence[float]] = (
                 series_uid: str = "1.2.3.4", study_uid: str = "1.2.3", patient_id: str = "P0",
                 slope: float = 1.0, intercept: float = -1024.0, modality: str = "CT",
                 pixel_spacing=(0.5, 0.5), thickness: float = 5.0, description: str = "AXIAL",
-                **extra) -> pathlib.Path:
-  """One CT slice; HU are stored as int16 (hu - intercept) / slope."""
+                header_slope=None, header_intercept=None, **extra) -> pathlib.Path:
+  """One CT slice; HU are stored as int16 (hu - intercept) / slope.
+
+  `header_slope` / `header_intercept` (any DS value, e.g. float("nan"), "inf", 0) replace what
+  the header says without changing the stored pixels: a corrupt header over sane pixels."""
   cfg = pydicom.config.settings
   old = cfg.writing_validation_mode, cfg.reading_validation_mode
   cfg.writing_validation_mode = cfg.reading_validation_mode = pydicom.config.IGNORE
@@ -29,14 +32,15 @@ def write_slice(path, hu: np.ndarray, *, position: Optional[Sequence[float]] = (
                         sop_uid=sop_uid, series_uid=series_uid, study_uid=study_uid,
                         patient_id=patient_id, slope=slope, intercept=intercept,
                         modality=modality, pixel_spacing=pixel_spacing, thickness=thickness,
-                        description=description, **extra)
+                        description=description, header_slope=header_slope,
+                        header_intercept=header_intercept, **extra)
   finally:
     cfg.writing_validation_mode, cfg.reading_validation_mode = old
 
 
 def _write_slice(path, hu, *, position, orientation, instance, sop_uid, series_uid, study_uid,
                  patient_id, slope, intercept, modality, pixel_spacing, thickness, description,
-                 **extra):
+                 header_slope, header_intercept, **extra):
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   sop_uid = sop_uid or generate_uid()
@@ -62,8 +66,8 @@ def _write_slice(path, hu, *, position, orientation, instance, sop_uid, series_u
     ds.InstanceNumber = int(instance)
   ds.PixelSpacing = [float(v) for v in pixel_spacing]
   ds.SliceThickness = thickness
-  ds.RescaleSlope = slope
-  ds.RescaleIntercept = intercept
+  ds.RescaleSlope = slope if header_slope is None else header_slope
+  ds.RescaleIntercept = intercept if header_intercept is None else header_intercept
   stored = np.round((np.asarray(hu, np.float64) - intercept) / slope).astype(np.int16)
   ds.Rows, ds.Columns = stored.shape
   ds.SamplesPerPixel = 1

@@ -4,25 +4,19 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from configs import common
 from ctjax import errors
+from ctjax.data import labels
 from ctjax.data import datasets, dicom
 from ctdicom_helpers import (write_blend_tree, write_cq500_tree, write_rsna_tree, write_series,
                              ramp_volume)
 
 
-def test_label_orders_match_configs_common():
-  assert datasets.RSNA_LABELS == common.RSNA_LABELS
-  assert datasets.CQ500_LABELS == common.CQ500_LABELS
-  assert datasets.BLEND_CLASSES == common.BLEND_CLASSES
-
-
 def test_rsna_layout(tmp_path):
   truth = write_rsna_tree(tmp_path, num_scans=3, slices=4)
   ds = datasets.load("rsna", tmp_path)
-  assert ds.labels == common.RSNA_LABELS and ds.has_slice_labels
+  assert ds.labels == labels.RSNA_LABELS and ds.has_slice_labels
   assert [s.scan_id for s in ds.scans] == sorted(truth)
-  sdh = common.RSNA_LABELS.index("subdural")
+  sdh = labels.RSNA_LABELS.index("subdural")
   for rec in ds.scans:
     assert len(rec.files) == 4 and rec.patient_id.startswith("ID_pat")
     want = [x for _, x in truth[rec.scan_id]]
@@ -46,9 +40,9 @@ def test_cq500_layout_majority_and_series_choice(tmp_path):
            {"MidlineShift": (1, 1, 1), "MassEffect": (0, 0, 1)}]
   write_cq500_tree(tmp_path, votes)
   ds = datasets.load("cq500", tmp_path)
-  assert ds.labels == common.CQ500_LABELS and not ds.has_slice_labels
+  assert ds.labels == labels.CQ500_LABELS and not ds.has_slice_labels
   lab = {s.scan_id: s.labels for s in ds.scans}
-  names = list(common.CQ500_LABELS)
+  names = list(labels.CQ500_LABELS)
   np.testing.assert_array_equal(
       lab["CQ500-CT-0"], [n in ("ich", "fracture") for n in names])
   np.testing.assert_array_equal(lab["CQ500-CT-1"], [n == "midline_shift" for n in names])
@@ -67,7 +61,7 @@ def test_cq500_missing_columns(tmp_path):
 def test_blend_layout(tmp_path):
   write_blend_tree(tmp_path, num_scans=2, slices=3)
   ds = datasets.load("blend", tmp_path)
-  assert ds.labels == common.BLEND_CLASSES and len(ds.scans) == 2
+  assert ds.labels == labels.BLEND_CLASSES and len(ds.scans) == 2
   rec = ds.scans[1]
   classes = [rec.slice_class[f] for f in sorted(rec.files)]
   assert classes == [1, 2, 0]

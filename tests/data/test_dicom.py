@@ -1,8 +1,10 @@
 """ctjax.data.dicom on pydicom's real files and on series built here."""
 
+import logging
 import os
 import pathlib
 import shutil
+import sys
 import warnings
 
 import numpy as np
@@ -181,12 +183,18 @@ def test_missing_slice_and_duplicates(tmp_path):
   paths = write_series(tmp_path, ref)
   os.remove(paths[3])
   shutil.copy(paths[1], tmp_path / "copy_of_1.dcm")               # same SOPInstanceUID
-  write_slice(tmp_path / "other_at_2.dcm", ref[2] + 7, position=(0, 0, 10.0), instance=99)
   vol = dicom.read_series(tmp_path)
   np.testing.assert_array_equal(vol.hu, ref[[0, 1, 2, 4, 5]].astype(np.float32))
   assert vol.spacing[0] == 5.0 and any("uneven" in n for n in vol.notes)
+  assert [s.reason.split(" ")[1] for s in vol.skipped] == ["SOPInstanceUID"]
+  # Another image at slice 2's position: neither file is picked by its name.
+  write_slice(tmp_path / "other_at_2.dcm", ref[2] + 7, position=(0, 0, 10.0), instance=99)
+  with pytest.raises(errors.DuplicateSliceError):
+    dicom.read_series(tmp_path)
+  vol = dicom.read_series(tmp_path, lenient=True)
+  np.testing.assert_array_equal(vol.hu, ref[[0, 1, 4, 5]].astype(np.float32))
   reasons = sorted(s.reason.split(" ")[1] for s in vol.skipped)
-  assert reasons == ["SOPInstanceUID", "position"]
+  assert reasons == ["ImagePositionPatient", "ImagePositionPatient", "SOPInstanceUID"]
 
 
 def test_two_series_need_a_selector(tmp_path):
@@ -240,7 +248,7 @@ def test_rsna_ids_and_sign_fix_without_warnings(tmp_path, caplog):
   assert not [r for r in caplog.records if r.name.startswith("pydicom")]   # no log flood
   assert vol.sop_uids == ["ID_0a1b2c"] and vol.series_uid == "ID_ser1"
   np.testing.assert_array_equal(vol.hu[0], hu.astype(np.float32))
-  assert any("RSNA" in n for n in vol.notes)
+  assert "RSNA BitsStored-12 sign fix applied to 1 slice(s)" in vol.notes
 
 
 def test_unparseable_ds_value_is_tolerated(tmp_path):
@@ -336,4 +344,234 @@ def test_duplicate_sop_without_positions(tmp_path):
               sop_uid="1.2.9.1")
   vol = dicom.read_series(tmp_path)
   np.testing.assert_array_equal(vol.hu, ref.astype(np.float32))
-  assert [s.reason for s in vol.skipped] == ["duplicate SOPInstanceUID"]
+  assert [s.reason.split(" ")[:2] for s in vol.skipped] == [["duplicate", "SOPInstanceUID"]]
+  assert any("identical pixels" in n for n in vol.notes)
+
+
+# ------------------------------------------------- headers that would give silently wrong HU
+
+# Every real CT file of pydicom's and pydicom-data's test sets that read before header
+# validation (measured by walking both folders): each must still read, with pydicom's HU.
+REAL_CT_FILES = (
+    "CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm",
+    "693_J2KR.dcm", "693_UNCI.dcm", "693_UNCR.dcm", "explicit_VR-UN.dcm",
+    *(f"dicomdirtests/77654033/CT2/{n}" for n in ("17106", "17136", "17166", "17196")),
+    *(f"dicomdirtests/98892001/CT2N/{n}" for n in ("6293", "6924")),
+    *(f"dicomdirtests/98892001/CT5N/{n}" for n in ("2062", "2392", "2693", "3023", "3353")),
+)
+
+
+@pytest.mark.parametrize("name", REAL_CT_FILES)
+def test_every_real_ct_file_still_reads(name):
+  path = get_testdata_file(name)
+  vol = dicom.read_series([path], clip_hu=False)
+  np.testing.assert_array_equal(vol.hu[0], _reference_hu(path, clip=False).astype(np.float32))
+  assert vol.skipped == [] and vol.notes == ["single slice"]
+
+
+SLOPE, INTERCEPT = 0.5, -1000.0     # the good slices' rescale: exercises the float path
+
+
+def _true_hu(path) -> np.ndarray:
+  """stored × slope + intercept from pydicom's own reading of the header, then clipped."""
+  ds = pydicom.dcmread(path)
+  hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+  return np.clip(hu, -1024, 3071).astype(np.float32)
+
+
+def _series_with_one_bad_slice(folder, bad=2, **bad_kw):
+  """Four slices; slice `bad` gets `bad_kw` (header overrides, another PatientID, …)."""
+  ref = ramp_volume(4)
+  paths = []
+  for k in range(4):
+    kw = dict(bad_kw) if k == bad else {}
+    paths.append(write_slice(folder / f"IM{k:04d}.dcm", ref[k], position=(0, 0, 5.0 * k),
+                             instance=k + 1, slope=SLOPE, intercept=INTERCEPT, **kw))
+  return ref, paths
+
+
+def _assert_true_hu(vol, expected_files, ref=None):
+  assert vol.files == [str(p) for p in expected_files]
+  for f, hu in zip(vol.files, vol.hu):
+    np.testing.assert_array_equal(hu, _true_hu(f))
+  if ref is not None:
+    np.testing.assert_array_equal(vol.hu, ref.astype(np.float32))
+
+
+def _one_line_naming(e, path, *words):
+  msg = str(e)
+  assert "\n" not in msg and e.path == str(path) and msg.startswith(f"{path}: ")
+  for w in words:
+    assert w in msg, (w, msg)
+
+
+@pytest.mark.parametrize("field,value,shown", [
+    ("slope", float("nan"), "nan"), ("slope", float("inf"), "inf"), ("slope", 0.0, "0.0"),
+    ("slope", -1.0, "-1.0"), ("slope", 1e30, "1e+30"), ("slope", 1e-3, "0.001"),
+    ("intercept", float("nan"), "nan"), ("intercept", float("inf"), "inf"),
+    ("intercept", float("-inf"), "-inf"), ("intercept", 1e6, "1000000.0"),
+])
+def test_bad_rescale_is_refused_or_skipped(tmp_path, field, value, shown):
+  ref, paths = _series_with_one_bad_slice(tmp_path, **{f"header_{field}": value})
+  keyword = "RescaleSlope" if field == "slope" else "RescaleIntercept"
+  with pytest.raises(errors.InvalidRescaleError) as e:
+    dicom.read_series(tmp_path)
+  _one_line_naming(e.value, paths[2], f"{keyword} '{shown}'", "lenient=True")
+  vol = dicom.read_series(tmp_path, lenient=True)
+  _assert_true_hu(vol, [paths[0], paths[1], paths[3]], ref[[0, 1, 3]])
+  assert [(s.path, s.error) for s in vol.skipped] == [(str(paths[2]), "InvalidRescaleError")]
+  assert keyword in vol.skipped[0].reason
+  with pytest.raises(errors.InvalidRescaleError):     # the per-slice door refuses it too
+    dicom.decode_hu(dicom.read_header(paths[2], check=False))
+
+
+def test_unparseable_rescale_slope(tmp_path):
+  ref, paths = _series_with_one_bad_slice(tmp_path)
+  raw = paths[2].read_bytes()
+  slope = b"\x28\x00\x53\x10DS\x04\x000.5 "
+  assert slope in raw
+  paths[2].write_bytes(raw.replace(slope, slope[:8] + b"1A  "))
+  with pytest.raises(errors.InvalidRescaleError) as e:
+    dicom.read_series(tmp_path)
+  _one_line_naming(e.value, paths[2], "RescaleSlope '1A'")
+  _assert_true_hu(dicom.read_series(tmp_path, lenient=True), [paths[0], paths[1], paths[3]])
+
+
+def test_rescale_bounds_admit_real_ct_conventions(tmp_path):
+  """Slopes and intercepts real stores use read as written (uint16 with intercept -32768)."""
+  hu = ramp_volume(1)[0] - 1000
+  for name, slope, intercept in (("a", 1.0, -1024.0), ("b", 1.0, 0.0), ("c", 1 / 16, -1024.0),
+                                 ("d", 10.0, -1000.0), ("e", 1.0, -32768.0)):
+    p = write_slice(tmp_path / f"{name}.dcm", hu, slope=slope, intercept=intercept)
+    if name == "e":
+      ds = pydicom.dcmread(p)
+      ds.PixelRepresentation = 0
+      ds.PixelData = (hu + 32768).astype(np.uint16).tobytes()
+      ds.save_as(p)
+    vol = dicom.read_series([p])
+    np.testing.assert_array_equal(vol.hu[0], _true_hu(p))
+
+
+def test_missing_rescale_is_noted(tmp_path):
+  p = write_slice(tmp_path / "a.dcm", np.zeros((32, 32)), intercept=0.0)
+  ds = pydicom.dcmread(p)
+  del ds.RescaleSlope, ds.RescaleIntercept
+  ds.save_as(p)
+  vol = dicom.read_series([p])
+  assert vol.hu.max() == 0 and any("RescaleSlope/RescaleIntercept missing" in n
+                                   for n in vol.notes)
+
+
+@pytest.mark.parametrize("field,kw,value", [
+    ("PatientID", {"patient_id": "P9"}, "'P9'"),
+    ("StudyInstanceUID", {"study_uid": "1.2.99"}, "'1.2.99'"),
+])
+def test_foreign_slice_in_series(tmp_path, field, kw, value):
+  ref, paths = _series_with_one_bad_slice(tmp_path, bad=1, **kw)
+  with pytest.raises(errors.ForeignSliceError) as e:
+    dicom.read_series(tmp_path)
+  theirs = "'P0'" if field == "PatientID" else "'1.2.3'"
+  _one_line_naming(e.value, paths[1], f"{field} {value}", theirs, "lenient=True")
+  vol = dicom.read_series(tmp_path, lenient=True)
+  _assert_true_hu(vol, [paths[0], paths[2], paths[3]], ref[[0, 2, 3]])
+  assert [(s.path, s.error) for s in vol.skipped] == [(str(paths[1]), "ForeignSliceError")]
+  assert field in vol.skipped[0].reason and value in vol.skipped[0].reason
+
+
+def test_foreign_slice_tie_has_no_majority(tmp_path):
+  write_slice(tmp_path / "a.dcm", np.zeros((32, 32)), position=(0, 0, 0), patient_id="P0")
+  write_slice(tmp_path / "b.dcm", np.zeros((32, 32)), position=(0, 0, 5), patient_id="P1")
+  with pytest.raises(errors.ForeignSliceError, match="equally common"):
+    dicom.read_series(tmp_path, lenient=True)
+
+
+def test_identical_duplicate_kept_once_with_a_note(tmp_path):
+  ref, paths = _series_with_one_bad_slice(tmp_path)
+  # Same HU at slice 2's position, stored differently (slope 1, intercept -1024), another UID.
+  dup = write_slice(tmp_path / "A_dup.dcm", ref[2], position=(0, 0, 10.0), instance=3)
+  for lenient in (False, True):
+    vol = dicom.read_series(tmp_path, lenient=lenient)
+    assert vol.num_slices == 4
+    for f, hu in zip(vol.files, vol.hu):
+      np.testing.assert_array_equal(hu, _true_hu(f))
+    np.testing.assert_array_equal(vol.hu, ref.astype(np.float32))
+    assert len(vol.skipped) == 1 and vol.skipped[0].path in (str(dup), str(paths[2]))
+    assert "identical pixels" in vol.skipped[0].reason
+    assert "1 duplicate slice(s) with identical pixels dropped" in " ".join(vol.notes)
+
+
+def test_conflicting_duplicate_is_refused_or_all_dropped(tmp_path):
+  ref, paths = _series_with_one_bad_slice(tmp_path)
+  # Sorts first by name and by InstanceNumber: the old reader kept it and dropped the real slice.
+  stray = write_slice(tmp_path / "A_stray.dcm", ref[2] + 7, position=(0, 0, 10.0), instance=1)
+  with pytest.raises(errors.DuplicateSliceError) as e:
+    dicom.read_series(tmp_path)
+  msg = str(e.value)
+  assert "\n" not in msg and "ImagePositionPatient [0, 0, 10]" in msg
+  assert {e.value.path, str(stray), str(paths[2])} == {str(stray), str(paths[2])}
+  assert str(stray) in msg and str(paths[2]) in msg
+  vol = dicom.read_series(tmp_path, lenient=True)
+  _assert_true_hu(vol, [paths[0], paths[1], paths[3]], ref[[0, 1, 3]])
+  assert sorted((s.path, s.error) for s in vol.skipped) == sorted(
+      [(str(stray), "DuplicateSliceError"), (str(paths[2]), "DuplicateSliceError")])
+  assert any("different pixels" in n for n in vol.notes)
+  assert any("uneven" in n for n in vol.notes)      # the gap it leaves is said, too
+
+
+# --------------------------------------------------- a corrupt JPEG 2000 slice, said once
+
+
+def _j2k_series(folder, n=3):
+  """n copies of pydicom's JPEG 2000 CT slice (693_J2KI) at 5 mm steps, pixels untouched."""
+  src = get_testdata_file("693_J2KI.dcm")
+  paths = []
+  for k in range(n):
+    ds = pydicom.dcmread(src)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.9.{k}"
+    ds.ImagePositionPatient = [0.0, 0.0, 5.0 * k]
+    ds.InstanceNumber = k + 1
+    p = pathlib.Path(folder) / f"J{k}.dcm"
+    ds.save_as(p)
+    paths.append(p)
+  return src, paths
+
+
+def _break_codestream(path):
+  from pydicom.encaps import encapsulate, generate_frames
+  ds = pydicom.dcmread(path)
+  frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+  ds.PixelData = encapsulate([frame[:len(frame) // 2]])
+  ds.save_as(path)
+
+
+@pytest.mark.parametrize("damage,err", [
+    ("codestream", errors.CorruptPixelDataError),   # valid DICOM, half a JPEG 2000 stream
+    ("truncated", errors.TruncatedDicomError),      # the file cut inside its pixel data
+])
+def test_corrupt_jpeg2000_slice_is_one_quiet_line(tmp_path, caplog, capfd, damage, err):
+  src, paths = _j2k_series(tmp_path)
+  if damage == "codestream":
+    _break_codestream(paths[1])
+  else:
+    paths[1].write_bytes(paths[1].read_bytes()[:-500])
+  handler = logging.StreamHandler(sys.stderr)    # as an entry point's logging would print
+  logging.getLogger().addHandler(handler)
+  caplog.set_level(logging.DEBUG)
+  try:
+    capfd.readouterr()
+    with pytest.raises(err) as e:
+      dicom.read_series(tmp_path)
+    vol = dicom.read_series(tmp_path, lenient=True)
+    out, errtext = capfd.readouterr()
+  finally:
+    logging.getLogger().removeHandler(handler)
+  assert not [r for r in caplog.records if r.name.startswith("pydicom")]
+  assert "pydicom" not in out + errtext and "Traceback" not in out + errtext
+  _one_line_naming(e.value, paths[1], "re-")
+  if damage == "codestream":
+    assert "PixelData" in str(e.value)
+  assert [(s.path, s.error) for s in vol.skipped] == [(str(paths[1]), err.__name__)]
+  reference = _reference_hu(src).astype(np.float32)
+  assert vol.files == [str(paths[0]), str(paths[2])]
+  for hu in vol.hu:
+    np.testing.assert_array_equal(hu, reference)

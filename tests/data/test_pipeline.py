@@ -8,8 +8,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import common
-from configs.common import base_config
+from ctjax.data import labels
+from ctjax.configs.common import base_config
 from ctjax import errors
 from ctjax.data import pipeline, sampling
 from ctdicom_helpers import write_blend_tree, write_rsna_tree
@@ -224,8 +224,8 @@ def test_config_errors(rsna):
   config.data.labels = ("any", "subdural")
   with pytest.raises(errors.ConfigError, match="labels"):
     pipeline.build_splits(config)
-  config.data.labels = common.RSNA_LABELS
-  assert pipeline.build_splits(config).labels == common.RSNA_LABELS
+  config.data.labels = labels.RSNA_LABELS
+  assert pipeline.build_splits(config).labels == labels.RSNA_LABELS
   config.data.balance_share = 0.1   # repeats positive slices: meaningless for scan records
   with pytest.raises(errors.ConfigError, match=r"balance_share=0.1 needs slice records"):
     pipeline.build_splits(config)

@@ -8,6 +8,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 from ctjax import cli
 from ctjax.data import cache, sampling
+from ctjax import backbone_probe as probe_cli
 from ctjax.eval import backbone_probe
 from ctjax.eval.backbone_probe import scan_probe
 
@@ -60,16 +61,16 @@ def _fake_cache(root, name, size):
 
 def test_cache_choice_and_errors_name_the_folder(tmp_path, capsys):
   """No cache, or caches of two sizes: one line naming the data root, before any model load."""
-  argv = ["probe", "--workdir", str(tmp_path / "no_run"), "--data", str(tmp_path)]
-  assert backbone_probe.main(argv) == cli.EXIT_ERROR
+  argv = ["--workdir", str(tmp_path / "no_run"), "--data", str(tmp_path)]
+  assert probe_cli.main(argv) == cli.EXIT_ERROR
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: ") and "no prepared cache" in err and str(tmp_path) in err
   assert "\n" not in err
   first = _fake_cache(tmp_path, "phantom_128_a", 128)
   assert backbone_probe.find_cache(tmp_path) == first
   _fake_cache(tmp_path, "phantom_64_b", 64)
-  assert backbone_probe.main(argv) == cli.EXIT_ERROR
+  assert probe_cli.main(argv) == cli.EXIT_ERROR
   err = capsys.readouterr().err
   assert "several image sizes" in err and "phantom_64_b: 64" in err
-  assert backbone_probe.main(["probe", "--workdir", str(tmp_path)]) == cli.EXIT_ERROR
+  assert probe_cli.main(["--workdir", str(tmp_path)]) == cli.EXIT_USAGE
   assert "--data DIR is required" in capsys.readouterr().err

@@ -27,7 +27,7 @@ def _config(backbone="resnet50", width=1 / 32):
 
 
 @pytest.mark.parametrize("backbone,size,grid", [("resnet50", 64, 2), ("vgg16", 64, 2)])
-def test_branch_shapes_on_engineer_c_backbones(backbone, size, grid):
+def test_branch_shapes_on_each_backbone(backbone, size, grid):
   model = blendnet.build_blendnet(_config(backbone))
   x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)   # shapes only: fast on 2 cores.
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)

@@ -1,5 +1,5 @@
 """Small in-memory stand-ins for the trainer tests: a data provider following the contract of
-ctjax.data.pipeline (BRIEF interface 2) and a blend-like Task (BatchNorm, dropout, SGD + poly
+ctjax.data.pipeline (`ctjax.train.tasks.DataModule`) and a blend-like Task (BatchNorm, dropout, SGD + poly
 schedule, weighted cross-entropy, a frozen stem), so the loop is tested without the real data
 layer or backbones.
 """
@@ -7,6 +7,7 @@ layer or backbones.
 from __future__ import annotations
 
 import functools
+import json
 import time
 
 import flax.linen as nn
@@ -17,8 +18,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from configs import common
+from ctjax.configs import common
+from ctjax.data import labels
 from ctjax.eval import metrics
+from ctjax.train.tasks import Task
 
 SIZE = 16
 NAMES = ("non_ich", "normal_ich", "blend_sign")
@@ -53,13 +56,37 @@ def _sleep(seconds, batch):
   return batch
 
 
+class _Interrupting:
+  """A train iterator that raises KeyboardInterrupt when batch `at` is asked for (a Ctrl-C at a
+  known step), with the inner iterator's checkpointable state."""
+
+  def __init__(self, inner, at: int):
+    self._inner, self._at, self._n = inner, at, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    self._n += 1
+    if self._n == self._at:
+      raise KeyboardInterrupt
+    return next(self._inner)
+
+  def get_state(self) -> bytes:   # bytes: grain's checkpoint handler for other iterators
+    return json.dumps(self._inner.get_state()).encode()
+
+  def set_state(self, state: bytes):
+    self._inner.set_state(json.loads(state))
+
+
 class MemoryData:
   """build_splits / train_iterator / eval_batches over MemorySource (grain, resumable)."""
 
   def __init__(self, num_train: int = 48, num_val: int = 20, num_test: int = 20,
-               delay: float = 0.0):
+               delay: float = 0.0, interrupt_at: int = 0):
     self.sizes = {"train": num_train, "val": num_val, "test": num_test}
     self.delay = delay   # seconds per training batch (to kill a run mid-way in tests)
+    self.interrupt_at = interrupt_at   # > 0: Ctrl-C while fetching this (1-based) train batch
 
   def build_splits(self, config, workdir):
     seed = int(config.data.fold) * 10
@@ -75,7 +102,8 @@ class MemoryData:
           .map(lambda b: {k: v[lo:lo + local] for k, v in b.items()}))
     if self.delay:
       ds = ds.map(functools.partial(_sleep, self.delay))
-    return iter(ds.to_iter_dataset())
+    it = iter(ds.to_iter_dataset())
+    return _Interrupting(it, self.interrupt_at) if self.interrupt_at else it
 
   def eval_batches(self, config, splits, split, *, process_index=0, process_count=1):
     src = splits[split]
@@ -108,7 +136,7 @@ class TinyNet(nn.Module):
     return nn.Dense(self.num_classes, name="head", dtype=self.dtype)(x).astype(jnp.float32)
 
 
-class TinyTask:
+class TinyTask(Task):
   name = "tiny"
 
   def build_model(self, config):
@@ -120,12 +148,6 @@ class TinyTask:
   def trainable_mask(self, config, params):
     frozen = set(config.model.get("frozen", ()))
     return {k: jax.tree.map(lambda _: k not in frozen, v) for k, v in params.items()}
-
-  def make_optimizer(self, config, steps_per_epoch):
-    total = steps_per_epoch * int(config.train.num_epochs)
-    lr = optax.polynomial_schedule(config.optimizer.lr, 0.0, 0.9, total)
-    return optax.chain(optax.add_decayed_weights(5e-4),
-                       optax.sgd(lr, momentum=0.9))
 
   def _images(self, batch):
     return (batch["hu"].astype(jnp.float32) / 1000.0)[..., None]
@@ -155,7 +177,12 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   c.train.batch_size = 8
   c.train.num_epochs = 2
   c.train.log_every_steps = 1
+  c.optimizer.name = "sgd"
   c.optimizer.lr = 0.05
+  c.optimizer.schedule = "poly"
+  c.optimizer.power = 0.9
+  c.optimizer.momentum = 0.9
+  c.optimizer.weight_decay = 5e-4
   c.model.frozen = ("stem",)
   c.evals.val = ml_collections.ConfigDict({"split": "val", "every_steps": 4})
   c.checkpoint.every_steps = 3
@@ -189,7 +216,7 @@ class TinySliceTask(TinyTask):
   name = "tiny_slices"
 
   def build_model(self, config):
-    return TinyNet(num_classes=len(common.RSNA_LABELS), dtype=jnp.dtype(config.model.dtype))
+    return TinyNet(num_classes=len(labels.RSNA_LABELS), dtype=jnp.dtype(config.model.dtype))
 
   def loss_fn(self, model, params, extra, batch, rng, config, train):
     logits, updates = model.apply({"params": params, **extra}, self._images(batch), train=train,

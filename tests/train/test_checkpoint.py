@@ -1,5 +1,6 @@
 """ctjax.train.checkpoint: a workdir whose config.json predates a config field fails with one
-ConfigError line naming the workdir and the field (not ml_collections' bare AttributeError)."""
+ConfigError line naming the workdir and the field (not ml_collections' bare AttributeError);
+config.json files of the earlier field names load under the current ones."""
 
 import json
 
@@ -25,10 +26,11 @@ def old_workdir(tmp_path, *dotted):
   return workdir
 
 
-def test_restore_for_inference_names_missing_field(tmp_path):
+def test_load_run_names_missing_field(tmp_path):
+  from ctjax import inference
   workdir = old_workdir(tmp_path, "model.feature_norm")
   with pytest.raises(ConfigError) as info:
-    checkpoint.restore_for_inference(workdir)
+    inference.load_run(workdir)
   text = str(info.value)
   assert "\n" not in text
   assert str(workdir / "config.json") in text and "config.model.feature_norm" in text
@@ -61,3 +63,31 @@ def test_unknown_field_still_named(tmp_path):
   with pytest.raises(ConfigError, match=r"config field 'gone_field'"):
     with checkpoint.saved_config_errors(workdir):
       ml_collections.ConfigDict({"a": 1}).gone_field
+
+
+def test_earlier_field_names_load_as_current(tmp_path):
+  """A DrCT config.json written before the renames (variant, dropout, lr_primary/…,
+  feature_cache, backbone_pretrain_config, the asset path) reads as today's config."""
+  from configs import drct2_phantom
+  current = json.loads(drct2_phantom.get_config().to_json_best_effort())
+  old = json.loads(json.dumps(current))
+  m, o = old["model"], old["optimizer"]
+  m["variant"] = "drct2" if m.pop("aps") else "drct1"
+  m["dropout"] = m.pop("dropout_rate")
+  m["feature_cache"] = old.pop("features")["enabled"]
+  m["backbone_pretrain_config"] = "configs/pretrain_phantom.py"
+  m["backbone_weights"] = "ctjax/assets/vgg16_w0125_phantom.npz"
+  lr = o.pop("lr")
+  mults = o.pop("lr_mults")
+  for group in ("primary", "aps", "fusion", "backbone"):
+    o[f"lr_{group}"] = lr * mults[group]
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  loaded = json.loads(checkpoint.load_config(tmp_path).to_json_best_effort())
+  assert loaded["model"]["aps"] is True and loaded["model"]["dropout_rate"] == 0.5
+  assert loaded["features"] == {"enabled": True}
+  assert "backbone_pretrain_config" not in loaded["model"]
+  assert loaded["model"]["backbone_weights"] == "asset:vgg16_w0125_phantom.npz"
+  assert loaded["optimizer"]["lr"] == lr
+  assert loaded["optimizer"]["lr_mults"] == pytest.approx(mults)
+  for section in ("model", "data", "train", "loss"):
+    assert loaded[section] == current[section], section

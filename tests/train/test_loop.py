@@ -26,12 +26,12 @@ def test_workdir_contents(reference_run):
 
 
 def test_resume_after_stop_matches_uninterrupted(reference_run, tmp_path):
-  """Stop after step 3 (max_steps), restart: steps 4-6 repeat the uninterrupted losses."""
+  """Ctrl-C while step 4's batch is fetched (checkpoints at 2, 4, 6), restart: steps 3-6
+  repeat the uninterrupted losses (the poly schedule, momentum and data order resume)."""
   ref_dir, config, _ = reference_run
-  stopped = config.copy_and_resolve_references()
-  stopped.train.max_steps = 3
-  loop.train_and_evaluate(stopped, tmp_path, task=stand_ins.TinyTask(),
-                          data=stand_ins.MemoryData())
+  with pytest.raises(KeyboardInterrupt):
+    loop.train_and_evaluate(config, tmp_path, task=stand_ins.TinyTask(),
+                            data=stand_ins.MemoryData(interrupt_at=4))
   assert sorted(stand_ins.read_losses(tmp_path)) == [1, 2, 3]
   loop.train_and_evaluate(config, tmp_path, task=stand_ins.TinyTask(),
                           data=stand_ins.MemoryData())
@@ -57,11 +57,12 @@ def test_resume_refuses_another_configs_checkpoints(reference_run, tmp_path):
   loop.check_resumable(config, tmp_path)      # longer schedule, same experiment: allowed
 
 
-def test_evaluate_workdir_restores_best(reference_run):
+def test_evaluate_restores_best(reference_run):
+  from ctjax import inference
   workdir, _, _ = reference_run
   best = json.loads((workdir / "checkpoints" / "best" / "best.json").read_text())
-  report = loop.evaluate_workdir(workdir, "val", task=stand_ins.TinyTask(),
-                                 data=stand_ins.MemoryData())
+  report = inference.evaluate(workdir, "val", task=stand_ins.TinyTask(),
+                              data=stand_ins.MemoryData())
   assert report["step"] == best["step"]
   assert report["macro_f1"] == pytest.approx(best["value"], abs=1e-9)
   assert report["num_examples"] == 20   # padding of the last eval batch dropped
@@ -73,7 +74,8 @@ def test_frozen_params_unchanged_and_trainable_moved(reference_run):
   task, model = stand_ins.TinyTask(), stand_ins.TinyNet()
   import jax
   from ctjax.train import state as state_lib
-  tx = task.make_optimizer(config, 6)
+  from ctjax.train import optim
+  tx, _ = optim.make_optimizer(config, 6, 3, lambda p: task.param_groups(config, p))
   init = jax.jit(lambda r: state_lib.create_state(task, model, config, r, tx))(
       jax.random.PRNGKey(config.seed))
   trained, step = checkpoint.restore_state(workdir, init, which="latest")

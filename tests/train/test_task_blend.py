@@ -13,13 +13,14 @@ from sklearn import metrics as skm
 
 from configs import blend_phantom
 from ctjax.models import blendnet
+from ctjax.train import optim
 from ctjax.train.tasks import blend
 
 SIZE = 32
 
 
 class TinyBackbone(nn.Module):
-  """Stand-in for engineer C's backbones: two strided convs + BN, "feature_map" at stride 8."""
+  """Stand-in for the backbones: two strided convs + BN, "feature_map" at stride 8."""
 
   @nn.compact
   def __call__(self, x, *, train=False):
@@ -182,30 +183,50 @@ def test_loss_parts_weights_and_padding(model_and_vars):
   assert float(got) == pytest.approx(float(at), rel=1e-5)
 
 
-def test_skd_soft_labels_from_batch_and_from_file(model_and_vars, tmp_path):
+class _Data:
+  """A data module of fixed batches (train and val) to see what wrap_data adds."""
+
+  def __init__(self, batch):
+    self.batch = batch
+
+  def train_iterator(self, config, splits, **kwargs):
+    return iter([dict(self.batch)])
+
+  def eval_batches(self, config, splits, split, **kwargs):
+    yield dict(self.batch)
+
+
+def test_skd_soft_labels_are_added_on_the_host_to_train_batches(model_and_vars, tmp_path):
   model, v = model_and_vars
-  batch = _batch()
-  soft = np.random.default_rng(0).dirichlet(np.ones(3), size=4).astype(np.float32)
+  batch = {**_batch(), "example_index": np.array([0, 1, 2, -1], np.int32)}   # last: padding
+  soft = np.random.default_rng(0).dirichlet(np.ones(3), size=3).astype(np.float32)
   path = os.path.join(tmp_path, "soft.npz")
-  blend.save_soft_labels(path, batch["example_index"][::-1], soft[::-1])
+  blend.save_soft_labels(path, np.array([2, 1, 0]), soft[::-1])
   cfg = _config("wce_at_skd")
   cfg.distill.soft_labels_path = path
-  from_file, (m, _) = _loss(model, v, batch, cfg)
-  cfg2 = _config("wce_at_skd")
-  from_batch, (m2, _) = _loss(model, v, {**batch, "soft_labels": soft}, cfg2)
-  assert float(from_file) == pytest.approx(float(from_batch), rel=1e-6)
+  splits = {"train": object(), "val": object()}
+  data = blend.TASK.wrap_data(cfg, _Data(batch), splits, model, v)
+  train = next(data.train_iterator(cfg, splits, seed=0))
+  np.testing.assert_array_equal(train["soft_labels"][:3], soft)
+  np.testing.assert_array_equal(train["soft_labels"][3], 0.0)   # no teacher row: left out
+  assert "soft_labels" not in next(data.eval_batches(cfg, splits, "val"))   # train only
+  with_soft, (m, _) = _loss(model, v, train, cfg)
   logits = model.apply(v, blend.preprocess(batch["hu"], cfg))["logits"]
-  kl = float(blend.distillation_kl(logits, soft, jnp.ones(4)))
+  kl = float(blend.distillation_kl(logits[:3], soft, jnp.ones(3)))
   assert float(m["kl"]) == pytest.approx(kl, rel=1e-5)
   want = 0.5 * float(m["wce"]) + 0.5 * kl + 10.0 * float(m["det_loss"])
-  assert float(from_file) == pytest.approx(want, rel=1e-5)
+  assert float(with_soft) == pytest.approx(want, rel=1e-5)
+  # Without soft labels in the batch the loss has no KL term (nothing read from files in jit).
+  _, (plain, _) = _loss(model, v, batch, cfg)
+  assert "kl" not in plain
 
 
 def test_a_few_sgd_steps_reduce_the_loss(model_and_vars):
   model, v = model_and_vars
   cfg = _config("wce_at", **{"data.augment.enabled": False})
   batch = jax.tree.map(jnp.asarray, _batch(6))
-  tx = blend.TASK.make_optimizer(cfg, steps_per_epoch=100)
+  tx, _ = optim.make_optimizer(cfg, optim.total_steps(cfg, 100), 100,
+                               lambda p: blend.TASK.param_groups(cfg, p))
   params, extra = v["params"], {"batch_stats": v["batch_stats"]}
   opt = tx.init(params)
 
@@ -226,7 +247,8 @@ def test_a_few_sgd_steps_reduce_the_loss(model_and_vars):
 
 def test_optimizer_is_torch_sgd_with_poly_decay():
   cfg = _config("wce", **{"train.max_steps": 10})
-  tx = blend.TASK.make_optimizer(cfg, steps_per_epoch=5)
+  tx, _ = optim.make_optimizer(cfg, optim.total_steps(cfg, 5), 5,
+                               lambda p: blend.TASK.param_groups(cfg, p))
   w0 = np.array([1.0, -2.0, 0.5], np.float32)
   grads = [np.array([0.3, -0.1, 0.2], np.float32) * (i + 1) for i in range(4)]
   params, state = jnp.asarray(w0), None

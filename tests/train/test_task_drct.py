@@ -1,5 +1,6 @@
 """ctjax.train.tasks.drct on random batches: losses, per-module learning rates, frozen backbone,
-predict outputs (BRIEF interface 4) and summarize against scikit-learn."""
+predict outputs and summarize against scikit-learn; the frozen-feature store
+(ctjax.train.features)."""
 
 import jax
 import jax.numpy as jnp
@@ -9,11 +10,12 @@ import pytest
 from sklearn.metrics import f1_score
 
 from configs import drct2_rsna, drct2_cq500
+from ctjax.train import features as FEAT
+from ctjax.train import optim
 from ctjax.errors import ConfigError
 from ctjax.models import weights
 from ctjax.train.state import partition_params
 from ctjax.train.tasks import get_task
-from ctjax.train.tasks import drct as TASK_MOD
 from ctjax.train.tasks.drct import TASK, check_config
 
 
@@ -123,7 +125,7 @@ def test_frozen_backbone_out_of_optimizer_and_per_module_lrs(setup):
   mask = TASK.trainable_mask(config, variables["params"])
   trainable, frozen = partition_params(variables["params"], mask)
   assert set(frozen) == {"backbone"} and set(trainable) == {"primary", "aps", "fusion"}
-  tx = TASK.make_optimizer(config, steps_per_epoch=10)
+  tx, _ = optim.make_optimizer(config, 10, 10, lambda p: TASK.param_groups(config, p))
   opt_state = tx.init(trainable)
   # No optimizer state for the frozen backbone.
   n_state = sum(x.size for x in jax.tree.leaves(opt_state))
@@ -144,7 +146,7 @@ def test_train_step_updates_only_trainable(setup, monkeypatch):
   from ctjax.train.steps import make_train_step
   # The fixture already ran (and checked) init_variables: reuse its variables, not a 2nd compile.
   monkeypatch.setattr(TASK, "init_variables", lambda *args: variables)
-  tx = TASK.make_optimizer(config, steps_per_epoch=10)
+  tx, _ = optim.make_optimizer(config, 10, 10, lambda p: TASK.param_groups(config, p))
   state = create_state(TASK, model, config, jax.random.key(0), tx)
   step = jax.jit(make_train_step(TASK, model, config))
   new, metrics = step(state, make_batch(config), jax.random.key(3))
@@ -177,7 +179,7 @@ def test_summarize_matches_sklearn(setup):
   assert "keyslice/easy" in rep and "keyslice/comprehensive" in rep
 
 
-@pytest.mark.parametrize("field,value", [("model.mkey", 40), ("model.variant", "drct3"),
+@pytest.mark.parametrize("field,value", [("model.mkey", 40), ("model.backbone", "resnet50"),
                                          ("loss.fusion", "hinge"), ("data.windows", "brain"),
                                          ("model.selection", "best")])
 def test_bad_config_fails_with_config_error(field, value):
@@ -210,7 +212,7 @@ def test_feature_cache_gives_full_model_outputs_and_loss(setup):
   s, m = config.data.image_size, config.data.num_slices
   scans = _Scans([rng.integers(-1024, 1500, (n, s, s)).astype(np.int16) for n in (7, 5, 9)])
   splits = {"train": _Source(scans, [2, 0]), "test": _Source(scans, [1])}
-  cache = TASK_MOD.build_feature_cache(config, splits, model, variables, chunk=8)
+  cache = FEAT.build_feature_cache(config, splits, model, variables, chunk=8)
   assert cache["pooled"].shape[0] == 21 and list(cache["offsets"]) == [0, 7, 12]
   # A train batch: example 0 = scan 2 (9 slices), example 1 = scan 0 (7 slices), example 2
   # padding; slices drawn at random as the pipeline's resampling does.
@@ -220,7 +222,7 @@ def test_feature_cache_gives_full_model_outputs_and_loss(setup):
   batch = {"hu": hu, "labels": (rng.random((3, 6)) < 0.5).astype(np.float32),
            "slice_index": idx, "valid": np.array([True, True, False]),
            "example_index": np.array([0, 1, -1], np.int32)}
-  fbatch = TASK_MOD._add_features(batch, splits["train"], cache)
+  fbatch = FEAT.add_features(batch, splits["train"], cache)
   assert "hu" not in fbatch and fbatch["feat_aps"].shape[:2] == (3, m)
   want = TASK.predict(model, variables, batch, config)
   got = TASK.predict(model, variables, fbatch, config)
@@ -236,9 +238,9 @@ def test_feature_cache_gives_full_model_outputs_and_loss(setup):
 
 def test_feature_cache_needs_frozen_backbone():
   config = drct2_rsna.get_config("runlocal")
-  config.model.feature_cache = True
+  config.features.enabled = True
   config.model.freeze_backbone = False
-  with pytest.raises(ConfigError, match="feature_cache"):
+  with pytest.raises(ConfigError, match="features.enabled"):
     check_config(config)
 
 
@@ -253,18 +255,18 @@ def test_feature_cache_persists_and_is_keyed(setup, tmp_path, monkeypatch):
   config, model, variables = setup
   splits = _small_splits(config)
   calls = []
-  compute = TASK_MOD._compute_feature_cache
+  compute = FEAT._compute_feature_cache
 
   def counting(*args, **kwargs):
     calls.append(1)
     return compute(*args, **kwargs)
 
-  monkeypatch.setattr(TASK_MOD, "_compute_feature_cache", counting)
-  first = TASK_MOD.build_feature_cache(config, splits, model, variables, chunk=8,
+  monkeypatch.setattr(FEAT, "_compute_feature_cache", counting)
+  first = FEAT.build_feature_cache(config, splits, model, variables, chunk=8,
                                        cache_dir=tmp_path)
   files = sorted(p.name for p in tmp_path.iterdir())
   assert len(calls) == 1 and len(files) == 1 and files[0].endswith(".npz")
-  second = TASK_MOD.build_feature_cache(config, splits, model, variables, chunk=8,
+  second = FEAT.build_feature_cache(config, splits, model, variables, chunk=8,
                                         cache_dir=tmp_path)
   assert len(calls) == 1   # read back: no backbone pass
   assert sorted(first) == sorted(second) == ["aps_pooled", "feature_map", "offsets", "pooled"]
@@ -273,7 +275,7 @@ def test_feature_cache_persists_and_is_keyed(setup, tmp_path, monkeypatch):
   # Another APS zoom is another key: recomputed, stored beside the first.
   other = config.copy_and_resolve_references()
   other.model.aps_size = 32
-  third = TASK_MOD.build_feature_cache(other, splits, model.clone(aps_size=32), variables,
+  third = FEAT.build_feature_cache(other, splits, model.clone(aps_size=32), variables,
                                        chunk=8, cache_dir=tmp_path)
   assert len(calls) == 2 and len(list(tmp_path.iterdir())) == 2
   np.testing.assert_array_equal(third["pooled"], first["pooled"])   # primary path unchanged
@@ -285,24 +287,24 @@ def test_feature_cache_key_follows_inputs(setup, monkeypatch):
   splits = _small_splits(config)
   backbone = variables["params"]["backbone"]
   scans = splits["train"].scans
-  key = TASK_MOD.feature_cache_key(config, scans, model, backbone)[0]
-  assert key == TASK_MOD.feature_cache_key(config, _small_splits(config)["train"].scans,
+  key = FEAT.feature_cache_key(config, scans, model, backbone)[0]
+  assert key == FEAT.feature_cache_key(config, _small_splits(config)["train"].scans,
                                            model, backbone)[0]
-  assert key != TASK_MOD.feature_cache_key(config, _small_splits(config, seed=6)["train"].scans,
+  assert key != FEAT.feature_cache_key(config, _small_splits(config, seed=6)["train"].scans,
                                            model, backbone)[0]
   bumped = jax.tree.map(lambda a: a, backbone)
   first = sorted(bumped)[0]
   bumped[first] = dict(bumped[first], kernel=np.asarray(bumped[first]["kernel"]) + 1e-3)
-  assert key != TASK_MOD.feature_cache_key(config, scans, model, bumped)[0]
+  assert key != FEAT.feature_cache_key(config, scans, model, bumped)[0]
   for field, value in (("primary_size", 48), ("aps_source", "native"), ("dtype", "bfloat16")):
     other = config.copy_and_resolve_references()
     other.model[field] = value
-    assert key != TASK_MOD.feature_cache_key(other, scans, model, backbone)[0], field
+    assert key != FEAT.feature_cache_key(other, scans, model, backbone)[0], field
   # The split assignment is not part of the key: the rows cover every scan of the cache.
-  assert key == TASK_MOD.feature_cache_key(config, _Source(scans, [1]).scans, model,
+  assert key == FEAT.feature_cache_key(config, _Source(scans, [1]).scans, model,
                                            backbone)[0]
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert key != TASK_MOD.feature_cache_key(config, scans, model, backbone)[0]
+  assert key != FEAT.feature_cache_key(config, scans, model, backbone)[0]
 
 
 def test_feature_cache_write_is_atomic(tmp_path, monkeypatch):
@@ -314,15 +316,15 @@ def test_feature_cache_write_is_atomic(tmp_path, monkeypatch):
     f.write(b"PK\x03\x04 partial")
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(TASK_MOD.np, "savez", dies)
+  monkeypatch.setattr(FEAT.np, "savez", dies)
   with pytest.raises(KeyboardInterrupt):
-    TASK_MOD._save_feature_cache(path, cache, desc)
+    FEAT._save_feature_cache(path, cache, desc)
   assert list(tmp_path.iterdir()) == []
   monkeypatch.undo()
   # A truncated or foreign file under the final name is never trusted.
   path.write_bytes(b"PK\x03\x04 partial")
-  assert TASK_MOD._load_feature_cache(path, desc) is None
-  TASK_MOD._save_feature_cache(path, cache, desc)
-  got = TASK_MOD._load_feature_cache(path, desc)
+  assert FEAT._load_feature_cache(path, desc) is None
+  FEAT._save_feature_cache(path, cache, desc)
+  got = FEAT._load_feature_cache(path, desc)
   np.testing.assert_array_equal(got["pooled"], cache["pooled"])
-  assert TASK_MOD._load_feature_cache(path, {"k": 2}) is None
+  assert FEAT._load_feature_cache(path, {"k": 2}) is None

@@ -42,7 +42,7 @@ def _config(**kw):
   c.train.batch_size = 8
   c.train.max_steps = 2
   c.train.log_every_steps = 1
-  c.model.width = 0.0625
+  c.model.backbone_width = 0.0625
   c.evals.val.every_steps = 0
   c.checkpoint.best_metric = ""
   c.log.progress_bar = False
@@ -86,9 +86,9 @@ def test_loss_is_torch_weighted_bce():
   np.testing.assert_allclose(probs, jax.nn.sigmoid(logits), rtol=1e-6)
 
 
-def test_pretrain_loop_exports_backbone(tmp_path, monkeypatch):
-  out = tmp_path / "vgg.npz"
-  config = _config(**{"pretrain.export_path": str(out)})
+def test_pretrain_loop_exports_backbone(tmp_path, monkeypatch, capsys):
+  out = tmp_path / "w" / "backbone.npz"   # the default export path: inside the workdir
+  config = _config()
   # Numpy weights of init's shapes (test_loss_is_torch_weighted_bce checks the structure): the
   # jitted Flax init would add ~10 s of compiling to the train + eval steps' ~20 s.
   monkeypatch.setattr(pretrain.TASK, "init_variables", lambda model, config, rng: (
@@ -100,14 +100,21 @@ def test_pretrain_loop_exports_backbone(tmp_path, monkeypatch):
   assert kernels == sorted(f"conv{i}" for i in range(13))
   assert saved["params"]["conv0"]["kernel"].shape == (3, 3, 3, 4)   # 64 * 1/16 channels
   # The exported file equals the trained backbone restored from the checkpoint.
-  from ctjax.train import checkpoint
+  from ctjax import inference
+  from ctjax import weights as weights_cli
   from ctjax.models.vgg import fold_batch_norm
-  _, _, _, variables = checkpoint.restore_for_inference(tmp_path / "w")
+  variables = inference.load_run(tmp_path / "w", task=pretrain.TASK).host_variables()
   assert config.model.batch_norm   # the config's default: written with BN folded in
   folded = fold_batch_norm({"params": variables["params"]["backbone"],
                             "batch_stats": variables["batch_stats"]["backbone"]})
   np.testing.assert_array_equal(saved["params"]["conv12"]["kernel"],
                                 folded["params"]["conv12"]["kernel"])
+  # `python -m ctjax.weights export` writes the same file from the finished run.
+  again = tmp_path / "again.npz"
+  assert weights_cli.main(["export", "--workdir", str(tmp_path / "w"), "--out", str(again)]) == 0
+  assert "from step 2" in capsys.readouterr().out
+  np.testing.assert_array_equal(weights.load_variables(again)["params"]["conv12"]["kernel"],
+                                saved["params"]["conv12"]["kernel"])
 
 
 def test_batch_norm_backbone_exports_as_plain_vgg16(tmp_path):

@@ -1,6 +1,6 @@
 """Task "blend": the blend-sign detector (classification + centre-heatmap detection + SKD).
 
-Paper: /work/shared/papers/002_*.txt. Per step, on device: int16 HU → random affine
+Blend-sign paper ("Methods", "Training details"). Per step, on device: int16 HU → random affine
 augmentation (left-right flip, shifts, rotation ±10°, scaling 0.9–1.1; image AND boxes, pure in
 (batch, rng)) → `blend3` windows (tissue 40/40, brain 50/100, blood 60/40) → ImageNet
 normalisation → BlendNet → weighted CE (weights 1, 2, 20) [+ KL to the teacher's soft labels
@@ -9,12 +9,12 @@ targets + smooth-L1 on the box distances at centres).
 
 Batch (ARCHITECTURE.md): hu int16 [B, H, W], label int32 [B], boxes float32 [B, K, 4] (padded
 with -1), num_boxes int32 [B], valid bool [B], example_index int32 [B]; optional soft_labels
-float32 [B, 3] (SKD; otherwise looked up by example_index in `config.distill.soft_labels_path`).
+float32 [B, 3] under self-knowledge distillation (added on the host by `wrap_data` from
+`config.distill.soft_labels_path`).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -25,14 +25,18 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from ctjax.data import windows as windows_lib
+from ctjax.data.labels import BLEND_CLASSES
 from ctjax.errors import ConfigError
 from ctjax.eval import detection
 from ctjax.models import blendnet
+from ctjax.train.tasks import Task
+from ctjax.train.tasks.blend_losses import (detection_loss, distillation_kl,
+                                            weighted_cross_entropy)
 
-BLEND_CLASSES = ("non_ich", "normal_ich", "blend_sign")
+log = logging.getLogger(__name__)
+
 AIR_HU = -1024.0   # fill value of pixels that augmentation brings in from outside the image.
 
 
@@ -93,67 +97,28 @@ def augment(hu: jax.Array, boxes: jax.Array, rng: jax.Array,
   return hu_out, boxes_out
 
 
-# ----------------------------------------------------------------------------- losses
-
-
-def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, class_weights: jax.Array,
-                           mask: jax.Array) -> jax.Array:
-  """PyTorch's CrossEntropyLoss(weight=w): sum_i w[y_i]·CE_i / sum_i w[y_i] over masked i."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
-  wy = class_weights[labels] * mask
-  return jnp.sum(wy * nll) / jnp.maximum(jnp.sum(wy), 1e-12)
-
-
-def distillation_kl(logits: jax.Array, teacher_probs: jax.Array, mask: jax.Array,
-                    temperature: float = 1.0) -> jax.Array:
-  """Mean over masked examples of KL(teacher ‖ student) at `temperature` (× T², Hinton)."""
-  logq = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
-  t = teacher_probs.astype(jnp.float32)
-  if temperature != 1.0:
-    t = jax.nn.softmax(jnp.log(jnp.clip(t, 1e-8, 1.0)) / temperature, axis=-1)
-  kl = jnp.sum(jnp.where(t > 0, t * (jnp.log(jnp.clip(t, 1e-12, 1.0)) - logq), 0.0), axis=-1)
-  return temperature ** 2 * jnp.sum(kl * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-def detection_loss(det: jax.Array, boxes: jax.Array, num_boxes: jax.Array, stride: float,
-                   mask: jax.Array, loss_cfg: Mapping[str, Any]) -> tuple[jax.Array, dict]:
-  """Paper's L_det: centre log/focal loss on Gaussian targets + smooth-L1 on the distances.
-
-  `loss_cfg["det_normalize"]`: "pixels" divides by the number of map cells of the masked
-  examples (paper: "N is the number of pixels"); "centres" by the number of centres (CenterNet).
-  """
-  targets = detection.render_targets(boxes, num_boxes, det.shape[1:3], stride,
-                                     loss_cfg["min_overlap"])
-  centre = targets["centre_mask"] * mask[:, None, None]
-  focal = detection.centre_focal_loss(det[..., 0], targets["heatmap"], targets["centre_mask"],
-                                      loss_cfg["focal_alpha"], loss_cfg["focal_beta"])
-  reg = detection.distance_loss(det[..., 1:], targets["distances"], targets["centre_mask"])
-  if loss_cfg["det_normalize"] == "pixels":
-    norm = jnp.maximum(jnp.sum(mask) * det.shape[1] * det.shape[2], 1.0)
-  elif loss_cfg["det_normalize"] == "centres":
-    norm = jnp.maximum(jnp.sum(centre), 1.0)
-  else:
-    raise ConfigError(f"config.loss.det_normalize={loss_cfg['det_normalize']!r}; "
-                      "expected 'pixels' or 'centres'")
-  l_cls = jnp.sum(focal * mask) / norm
-  l_reg = jnp.sum(reg * mask) / norm
-  return l_cls + l_reg, {"det_centre_loss": l_cls, "det_box_loss": l_reg}
-
-
-@functools.lru_cache(maxsize=4)
 def load_soft_labels(path: str) -> tuple[np.ndarray, np.ndarray]:
   """A teacher's soft labels (.npz with example_index [N], probs [N, 3]) → dense table
   (probs [M, 3], present bool [M]) indexed by example_index (M = max index + 1)."""
   if not os.path.exists(path):
     raise ConfigError(f"config.distill.soft_labels_path={path!r} does not exist; run "
                       "`python -m ctjax.distill` to produce it")
-  with np.load(path) as f:
+  with np.load(path, allow_pickle=False) as f:
     idx, probs = f["example_index"].astype(np.int64), f["probs"].astype(np.float32)
   table = np.zeros((int(idx.max(initial=-1)) + 1, probs.shape[1]), np.float32)
   present = np.zeros(table.shape[0], bool)
   table[idx], present[idx] = probs, True
   return table, present
+
+
+def add_soft_labels(batch: dict, table: np.ndarray, present: np.ndarray) -> dict:
+  """Host side: `soft_labels` float32 [B, 3] by `example_index` (zeros where the teacher has
+  none and on padding rows, which the loss then leaves out)."""
+  idx = np.asarray(batch["example_index"]).astype(np.int64)
+  inside = (idx >= 0) & (idx < len(table))
+  safe = np.where(inside, idx, 0)
+  keep = (inside & present[safe])[:, None]
+  return {**batch, "soft_labels": np.where(keep, table[safe], 0.0).astype(np.float32)}
 
 
 def save_soft_labels(path: str, example_index: np.ndarray, probs: np.ndarray) -> None:
@@ -175,7 +140,7 @@ def _stride(image_hw, det_hw) -> float:
   return float(image_hw[0]) / float(det_hw[0])
 
 
-class BlendTask:
+class BlendTask(Task):
   name = "blend"
 
   def validate_config(self, config: ml_collections.ConfigDict) -> None:
@@ -200,32 +165,34 @@ class BlendTask:
   def init_variables(self, model, config, rng):
     size = config.data.image_size
     x = jnp.zeros((1, size, size, 3), jnp.dtype(config.model.dtype))
-    variables = blendnet.strip_perturbations(model.init(rng, x, train=False))
-    path = config.model.get("pretrained", "")
-    if path:
-      from ctjax.models import weights  # engineer C: raises WeightsError naming the command.
-      loaded = weights.load_backbone(path, config.model.backbone)
-      variables = dict(variables)
-      for col, tree in loaded.items():
-        if col in variables:
-          merged = dict(variables[col])
-          merged["backbone"] = tree
-          variables[col] = merged
-      logging.info("loaded pretrained %s backbone from %s", config.model.backbone, path)
-    return variables
+    return blendnet.strip_perturbations(model.init(rng, x, train=False))
 
-  def trainable_mask(self, config, params):
-    return jax.tree.map(lambda _: True, params)   # paper: fine-tune everything.
+  def load_pretrained(self, config, variables):
+    """The backbone from `config.model.backbone_weights` (host side, when a run starts)."""
+    spec = config.model.get("backbone_weights", "")
+    if not spec:
+      return variables
+    from ctjax.models import weights
+    like = {col: tree["backbone"] for col, tree in variables.items() if "backbone" in tree}
+    loaded = weights.load_backbone_like(spec, config.model.backbone, like,
+                                        full_width=float(config.model.backbone_width) == 1.0)
+    out = dict(variables)
+    for col, tree in loaded.items():
+      out[col] = {**dict(variables[col]), "backbone": tree}
+    log.info("loaded pretrained %s backbone from %s", config.model.backbone, spec)
+    return out
 
-  def make_optimizer(self, config, steps_per_epoch):
-    opt = config.optimizer
-    total = config.train.max_steps if config.train.max_steps > 0 else (
-        config.train.num_epochs * steps_per_epoch)
-    # Paper, "Training details": poly decay lr = base · (1 - iter/max_iter)^power.
-    schedule = optax.polynomial_schedule(init_value=opt.learning_rate, end_value=0.0,
-                                         power=opt.power, transition_steps=max(int(total), 1))
-    return optax.chain(optax.add_decayed_weights(opt.weight_decay),   # torch SGD weight_decay
-                       optax.sgd(schedule, momentum=opt.momentum))
+  def wrap_data(self, config, data, splits, model, variables, *, workdir=None):
+    """Under self-knowledge distillation, training batches carry the teacher's `soft_labels`
+    (looked up on the host by example_index; the jitted loss gets them as batch data)."""
+    path = config.get("distill", {}).get("soft_labels_path", "")
+    if not path:
+      return data
+    from ctjax.data.pipeline import MappedData
+    table, present = load_soft_labels(path)
+    train = splits["train"]
+    return MappedData(data, lambda batch, source: (
+        add_soft_labels(batch, table, present) if source is train else batch))
 
   def loss_fn(self, model, params, extra, batch, rng, config, train):
     hu, boxes = batch["hu"], batch["boxes"].astype(jnp.float32)
@@ -264,23 +231,16 @@ class BlendTask:
 
   def _teacher_probs(self, batch, config):
     """(teacher probs [B, 3], present float [B]) under SKD, else None."""
-    if "soft_labels" in batch:
-      probs = batch["soft_labels"].astype(jnp.float32)
-      return probs, (jnp.sum(probs, -1) > 0).astype(jnp.float32)
-    path = config.get("distill", {}).get("soft_labels_path", "")
-    if not path:
+    if "soft_labels" not in batch:
       return None
-    table, present = load_soft_labels(path)
-    raw = batch["example_index"].astype(jnp.int32)     # -1 on padding examples
-    idx = jnp.clip(raw, 0, table.shape[0] - 1)
-    inside = ((raw >= 0) & (raw < table.shape[0])).astype(jnp.float32)
-    return jnp.asarray(table)[idx], jnp.asarray(present, jnp.float32)[idx] * inside
+    probs = batch["soft_labels"].astype(jnp.float32)
+    return probs, (jnp.sum(probs, -1) > 0).astype(jnp.float32)
 
   def predict(self, model, variables, batch, config):
     x = preprocess(batch["hu"], config)
     out = model.apply(blendnet.strip_perturbations(variables), x, train=False)
     stride = _stride(x.shape[1:3], out["det"].shape[1:3])
-    dec = detection.decode(jax.nn.sigmoid(out["det"][..., 0]), out["det"][..., 1:], stride,
+    dec = blendnet.decode(jax.nn.sigmoid(out["det"][..., 0]), out["det"][..., 1:], stride,
                            top_k=config.evals.get("det_top_k", 10))
     result = {"probs": jax.nn.softmax(out["logits"], -1), "logits": out["logits"],
               "det_scores": dec["scores"], "det_centres": dec["centres"],
@@ -292,7 +252,7 @@ class BlendTask:
 
   def summarize(self, outputs, config):
     """Per-class sensitivity/specificity/F1/AUC + confusion matrix, and detection quality."""
-    from ctjax.eval import metrics as metrics_lib   # engineer D2
+    from ctjax.eval import metrics as metrics_lib
     valid = np.asarray(outputs.get("valid", np.ones(len(outputs["probs"]), bool)), bool)
     pick = lambda k: np.asarray(outputs[k])[valid]  # noqa: E731
     report = metrics_lib.multiclass_report(pick("label"), pick("probs"), BLEND_CLASSES)

@@ -4,10 +4,9 @@ DrCT2's design is a pretrained, frozen VGG16. No ImageNet weights can be downloa
 `configs/pretrain_phantom.py` trains the small-width VGG16 (ctjax.models.vgg) with a linear
 multi-label head on single phantom slices and their slice-level truth (a separately seeded
 phantom set, never DrCT2's evaluation data), then writes the backbone's variables with
-`ctjax.models.weights.save_variables` to `config.pretrain.export_path` (a small .npz shipped in
-the repo). Re-export from a finished workdir:
-
-  python -m ctjax.train.tasks.pretrain --workdir DIR --out ctjax/assets/vgg16_w0125_phantom.npz
+`ctjax.models.weights.save_variables` to `config.pretrain.export_path` (default
+`<workdir>/backbone.npz`; the shipped ctjax/assets/vgg16_w0125_phantom.npz is such a file).
+Re-export from a finished workdir: `python -m ctjax.weights export --workdir DIR --out FILE`.
 
 Batch (pipeline record type "pretrain"): hu int16 [B, H, W], labels float32 [B, L],
 valid bool [B] (eval padding), example_index int32 [B].
@@ -16,8 +15,8 @@ valid bool [B] (eval padding), example_index int32 [B].
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
-import sys
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -28,17 +27,18 @@ import numpy as np
 import optax
 
 from ctjax.errors import ConfigError
+from ctjax.train.tasks import Task
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
+EXPORT_NAME = "backbone.npz"   # written into the workdir when config.pretrain.export_path is ""
 
 
 class BackboneClassifier(nn.Module):
   """VGG16 conv stack → pooled features → linear multi-label logits."""
   num_labels: int
-  width: float = 0.125
+  backbone_width: float = 0.125
   batch_norm: bool = False
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
@@ -47,7 +47,7 @@ class BackboneClassifier(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     from ctjax.models.vgg import VGG16
-    feats = VGG16(width=self.width, batch_norm=self.batch_norm, dtype=self.dtype,
+    feats = VGG16(width=self.backbone_width, batch_norm=self.batch_norm, dtype=self.dtype,
                   param_dtype=self.param_dtype, name="backbone")(x, train=train)["pooled"]
     feats = nn.Dropout(self.dropout_rate, deterministic=not train)(feats)
     logits = nn.Dense(self.num_labels, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -82,25 +82,27 @@ def _names(config) -> tuple:
   return tuple(config.data.labels)
 
 
-class PretrainTask:
+class PretrainTask(Task):
   name = "pretrain"
 
   def validate_config(self, config: ml_collections.ConfigDict) -> None:
     if not config.data.get("labels"):
       raise ConfigError("config.data.labels must list the slice label names")
-    if float(config.model.width) <= 0:
-      raise ConfigError(f"config.model.width={config.model.width} must be > 0")
-    if float(config.optimizer.lr) <= 0:
-      raise ConfigError(f"config.optimizer.lr={config.optimizer.lr} must be > 0")
+    if config.model.get("backbone", "vgg16") != "vgg16":
+      raise ConfigError(f"config.model.backbone={config.model.backbone!r}; the pretraining task "
+                        "trains 'vgg16'")
+    if float(config.model.backbone_width) <= 0:
+      raise ConfigError(f"config.model.backbone_width={config.model.backbone_width} must be > 0")
     pw = tuple(config.loss.pos_weight)
     if pw and len(pw) != len(_names(config)):
       raise ConfigError(f"config.loss.pos_weight has {len(pw)} values for "
                         f"{len(_names(config))} labels")
 
   def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
-    return BackboneClassifier(num_labels=len(_names(config)), width=float(config.model.width),
+    return BackboneClassifier(num_labels=len(_names(config)),
+                              backbone_width=float(config.model.backbone_width),
                               batch_norm=bool(config.model.get("batch_norm", False)),
-                              dropout_rate=float(config.model.dropout),
+                              dropout_rate=float(config.model.dropout_rate),
                               dtype=_DTYPES[config.model.dtype],
                               param_dtype=_DTYPES[config.model.param_dtype])
 
@@ -108,21 +110,6 @@ class PretrainTask:
     # Parameter shapes do not depend on the image size: initialise on 32 px.
     variables = model.init({"params": rng}, jnp.zeros((1, 32, 32, 3)), train=False)
     return {k: v for k, v in variables.items()}
-
-  def trainable_mask(self, config, params) -> Any:
-    return jax.tree.map(lambda _: True, params)
-
-  def make_optimizer(self, config, steps_per_epoch: int) -> optax.GradientTransformation:
-    oc = config.optimizer
-    total = steps_per_epoch * int(config.train.num_epochs)
-    if int(config.train.max_steps) > 0:   # the schedule ends where training stops.
-      total = min(total, int(config.train.max_steps))
-    total = max(2, total)
-    warmup = min(int(oc.warmup_steps), total - 1)
-    lr = optax.warmup_cosine_decay_schedule(0.0, float(oc.lr), max(warmup, 1), total,
-                                            end_value=float(oc.lr) * 0.01)
-    return optax.chain(optax.clip_by_global_norm(float(oc.grad_clip)),
-                       optax.adamw(lr, weight_decay=float(oc.weight_decay)))
 
   def loss_fn(self, model, params, extra, batch, rng, config, train):
     aug_rng, drop_rng = jax.random.split(rng)
@@ -159,9 +146,11 @@ class PretrainTask:
                              threshold=float(config.evals.get("threshold", 0.5)))
 
   def after_training(self, config, workdir: str, variables: Mapping[str, Any]) -> None:
-    """Writes the backbone variables to config.pretrain.export_path (process 0)."""
-    path = str(config.pretrain.get("export_path", "") or "")
-    if path and jax.process_index() == 0:
+    """Writes the backbone variables to config.pretrain.export_path, default
+    `<workdir>/backbone.npz` (process 0)."""
+    path = str(config.get("pretrain", {}).get("export_path", "") or "")
+    path = path or os.path.join(workdir, EXPORT_NAME)
+    if jax.process_index() == 0:
       out = export_backbone(variables, path)
       log.info("backbone variables written to %s (%.2f MB)", out, out.stat().st_size / 1e6)
 
@@ -183,29 +172,3 @@ def export_backbone(variables: Mapping[str, Any], path: str) -> pathlib.Path:
 
 
 TASK = PretrainTask()
-
-
-def main(argv=None) -> int:
-  import argparse
-  from ctjax.errors import CTJaxError
-  parser = argparse.ArgumentParser(description="Export a pretrained backbone from a workdir.")
-  parser.add_argument("--workdir", required=True)
-  parser.add_argument("--out", required=True)
-  parser.add_argument("--step", type=int, default=None)
-  args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO)
-  try:
-    from ctjax.train.checkpoint import restore_for_inference
-    config, task, _, variables = restore_for_inference(args.workdir, step=args.step)
-    if config.task != "pretrain":
-      raise ConfigError(f"{args.workdir}: task {config.task!r} is not a pretraining run")
-    out = export_backbone(variables, args.out)
-  except CTJaxError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -1,17 +1,24 @@
-"""Shared DrCT1/DrCT2 defaults (DrCT2 paper, sections V and VI.A.1); not an experiment itself.
+"""DrCT1/DrCT2 defaults (DrCT2 paper, sections V and VI.A.1): the builder every DrCT config uses.
 
-`configs/drct1_rsna.py`, `drct2_rsna.py`, `drct2_cq500.py`, `drct2_phantom.py` and
+`configs/drct2_rsna.py`, `drct1_rsna.py`, `drct2_cq500.py`, `drct2_phantom.py` and
 `drct1_phantom.py` call `drct_config(...)` and change only what their data set needs.
+`config.model`'s keys are `ctjax.models.drct.DrCT`'s field names (plus the backbone's name,
+width and weights file, and the primary input size), so the model is built from it directly.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from ctjax.configs import common
+from ctjax.data.labels import CQ500_LABELS, RSNA_LABELS
+from ctjax.errors import ConfigError
 
 
 def drct_config(*, dataset: str, variant: str) -> ml_collections.ConfigDict:
+  """`dataset` rsna | cq500 | phantom; `variant` drct2 (with the APS network) | drct1."""
+  if variant not in ("drct1", "drct2"):
+    raise ConfigError(f"variant={variant!r}; expected 'drct1' or 'drct2'")
   c = common.base_config()
   c.task = "drct"
   c.seed = 0
@@ -23,7 +30,7 @@ def drct_config(*, dataset: str, variant: str) -> ml_collections.ConfigDict:
 
   # Input.
   c.data.layout = dataset
-  c.data.labels = common.RSNA_LABELS if dataset in ("rsna", "phantom") else common.CQ500_LABELS
+  c.data.labels = RSNA_LABELS if dataset in ("rsna", "phantom") else CQ500_LABELS
   c.data.num_slices = 28 if dataset in ("rsna", "phantom") else 32   # VI.A.1 / Table 1: m
   c.data.image_size = 224          # V.A: VGG16 input 224 (the cache resolution)
   c.data.windows = "rsna3"         # brain / subdural / bone windows as RGB
@@ -33,11 +40,12 @@ def drct_config(*, dataset: str, variant: str) -> ml_collections.ConfigDict:
   c.data.augment.resample_slices = True   # VI.A.1: unsampled slices give new CT sets
 
   # Model (section V).
-  c.model.variant = variant        # "drct2" (V.A-C) | "drct1" (V.A only; Table 3 ablation)
+  c.model.aps = variant == "drct2"   # True: DrCT2 (V.A-C); False: DrCT1 (V.A only; Table 3)
   c.model.backbone = "vgg16"       # V.A: VGG16 pre-trained on ImageNet, conv layers frozen
   c.model.backbone_width = 1.0
-  c.model.backbone_weights = ""    # .npz from `python -m ctjax.weights convert …`
-  c.model.backbone_pretrain_config = ""   # config that writes backbone_weights when absent
+  # .npz from `python -m ctjax.weights convert …` (or "asset:<name>" for a file shipped in
+  # ctjax/assets); loaded after init when a run starts, never when it resumes.
+  c.model.backbone_weights = ""
   c.model.freeze_backbone = True   # V.A "We froze the convolutional layers"
   c.model.primary_size = 224       # V.B: key images zoomed "from 224 × 224 …"
   c.model.aps_size = 512           # V.B: "… to 512 × 512" (Figure/Table of VI.A.3: 224|512)
@@ -51,8 +59,13 @@ def drct_config(*, dataset: str, variant: str) -> ml_collections.ConfigDict:
   c.model.seq_activation = "tanh"  # g of eq. (4); not given in the paper
   c.model.fc_widths = (256, 128)   # hidden widths of the three FC layers; not given
   c.model.aps_fc_dim = 256         # V.B: the FC after BatchNorm; width not given
-  c.model.dropout = 0.5            # V.A.3 "the dropout rate is 0.5"
-  c.model.feature_cache = False    # True: train the heads on cached frozen-backbone features
+  c.model.dropout_rate = 0.5       # V.A.3 "the dropout rate is 0.5"
+
+  # True: train the heads on the frozen backbone's per-slice outputs, computed once
+  # (ctjax.train.features; exact: equality with the end-to-end model is tested).
+  c.features = ml_collections.ConfigDict()
+  c.features.enabled = False
+  c.features.chunk = 128           # slices per backbone call while building the store
 
   # Losses (V.D, Table 2): MSE primary + MSE APS + BCE fusion; "bce" everywhere for Table 2.
   c.loss = ml_collections.ConfigDict()
@@ -61,19 +74,17 @@ def drct_config(*, dataset: str, variant: str) -> ml_collections.ConfigDict:
   c.loss.fusion = "bce"
   c.loss.pos_weight = ()           # per-label weight of positive examples; () = unweighted
 
-  # Optimizer (VI.A.1): Adam; APS 3e-4, primary and fusion 5e-4.
+  # Optimizer (VI.A.1): Adam; APS 3e-4, primary and fusion 5e-4, as multipliers of `lr` over
+  # the model's parameter groups (backbone, primary, aps, fusion).
   c.optimizer.name = "adam"
-  c.optimizer.lr_primary = 5e-4    # VI.A.1
-  c.optimizer.lr_aps = 3e-4        # VI.A.1
-  c.optimizer.lr_fusion = 5e-4     # VI.A.1
-  c.optimizer.lr_backbone = 1e-5   # only used with freeze_backbone=False (not in the paper)
+  c.optimizer.lr = 5e-4            # VI.A.1: primary and fusion networks
+  c.optimizer.lr_mults = ml_collections.ConfigDict(dict(
+      primary=1.0, fusion=1.0,     # VI.A.1: 5e-4
+      aps=0.6,                     # VI.A.1: 3e-4 = 0.6 × 5e-4
+      backbone=0.02))              # 1e-5, only with freeze_backbone=False (not in the paper)
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.999
   c.optimizer.schedule = "constant"   # the paper names no schedule
-  c.optimizer.warmup_epochs = 0.0
-  c.optimizer.final_lr_fraction = 0.0
-  c.optimizer.weight_decay = 0.0
-  c.optimizer.grad_clip = 0.0
 
   # Evaluation (VI.A.1): Macro-F1 is the metric; best checkpoint by validation macro-F1.
   c.evals.threshold = 0.5
@@ -100,5 +111,6 @@ def runlocal_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   c.model.seq_dim = 16
   c.model.fc_widths = (16, 16)
   c.model.aps_fc_dim = 16
+  c.features.chunk = 16
   c.checkpoint.every_steps = 2
   return c

@@ -1,0 +1,26 @@
+"""`to_jsonable`: metrics reports (numpy / jax scalars and arrays, NaN) → plain JSON values."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+
+def to_jsonable(obj: Any) -> Any:
+  """Nested mappings/sequences of numbers and arrays → dicts, lists, int, float (NaN → None)."""
+  if isinstance(obj, Mapping):
+    return {str(k): to_jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [to_jsonable(v) for v in obj]
+  if hasattr(obj, "__array__") and not isinstance(obj, (str, bytes)):
+    arr = np.asarray(obj)
+    return to_jsonable(arr.tolist()) if arr.ndim else to_jsonable(arr.item())
+  if isinstance(obj, (bool, np.bool_)):
+    return bool(obj)
+  if isinstance(obj, (int, np.integer)):
+    return int(obj)
+  if isinstance(obj, (float, np.floating)):
+    return None if math.isnan(float(obj)) else float(obj)
+  return obj

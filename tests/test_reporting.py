@@ -1,0 +1,121 @@
+"""ctjax.reporting: DICOM folder + a (tiny, random-initialised) DrCT2 run → report files."""
+
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+from ctjax import reporting
+from ctjax.eval import keyslice
+from html_parse import parse as _parse
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "data"))
+import ctdicom_helpers  # noqa: E402  (the tests' DICOM writer)
+
+
+def tiny_config():
+  from ctjax.configs.drct import drct_config, runlocal_overrides
+  c = runlocal_overrides(drct_config(dataset="phantom", variant="drct2"))
+  c.data.num_slices = 8
+  c.data.image_size = 32
+  c.model.primary_size = 32
+  c.model.aps_size = 32
+  c.model.mkey = 3
+  return c
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+  import jax
+  from ctjax.models import weights
+  from ctjax.train.tasks import get_task
+  config = tiny_config()
+  task = get_task("drct")
+  model = task.build_model(config)
+  # Random He-scaled numpy weights of init's shapes: the jitted Flax init of the VGG16 would
+  # compile for ~15 s on 2 busy cores, and no assertion depends on the initialiser.
+  x = jax.numpy.zeros((1, config.data.num_slices, 32, 32, 3), jax.numpy.float32)
+  variables = weights.random_variables(model, x)
+  from ctjax import inference
+  return inference.make_run(config, variables, task=task, model=model, step=7,
+                            workdir="runs/tiny")
+
+
+def _write_scan(folder, num=13, size=40, uid="1.2.826.0.1.99"):
+  rng = np.random.default_rng(num)
+  hu = rng.normal(30, 40, size=(num, size, size))
+  hu[:, 10:20, 22:30] += 60      # a bright "lesion" block on every slice
+  ctdicom_helpers.write_series(folder, hu, series_uid=uid)
+  return hu
+
+
+def test_report_for_scan_shows_what_the_model_predicts(tiny_model, tmp_path):
+  from ctjax.data.cache import resize_hu
+  from ctjax.data.sampling import uniform_indices
+  hu = _write_scan(tmp_path / "scan")
+  r = reporting.report_for_scan(tiny_model, tmp_path / "scan", tmp_path / "out" / "r.html")
+  page = pathlib.Path(r.out_path).read_text(encoding="utf-8")
+  # Independently: the same sampling and resize, straight through Task.predict.
+  idx = uniform_indices(13, 8)
+  np.testing.assert_array_equal(idx, np.floor((np.arange(8) + 0.5) * 13 / 8).astype(int))
+  batch = {"hu": resize_hu(np.clip(np.round(hu[idx]), -1024, 3071), 32)[None],
+           "slice_index": idx[None].astype(np.int32), "valid": np.ones(1, bool)}
+  out = tiny_model.task.predict(tiny_model.model, tiny_model.host_variables(), batch,
+                                tiny_model.config)
+  probs = np.asarray(out["probs"][0])
+  assert [p.name for p in r.predictions] == list(tiny_model.config.data.labels)
+  np.testing.assert_allclose([p.probability for p in r.predictions], probs, atol=1e-5)
+  want_top = [int(i) for i in keyslice.top_k_indices(np.asarray(out["slice_attention"][0]))]
+  assert r.key_slices == want_top
+  doc = _parse(page)
+  got = [int(a["data-slice"]) for t, a in doc.tags if t == "figure" and "key-slice" in
+         a.get("class", "")]
+  assert got == want_top
+  text = " ".join(doc.text)
+  for s in ("1.2.826.0.1.99", "Checkpoint step", "7", "brain 40/80", "13",
+            "5 × 0.5 × 0.5 mm", "DrCT2"):
+    assert s in text, s
+  assert f"source slices {', '.join(str(i + 1) for i in idx)}" in text
+  assert r.seconds > 0 and r.num_source_slices == 13
+
+
+def test_not_a_ct_series_is_one_clear_error(tmp_path):
+  from ctjax.errors import CTDataError
+  bad = tmp_path / "notes"
+  bad.mkdir()
+  (bad / "readme.txt").write_text("not DICOM")
+  with pytest.raises(CTDataError, match="not a usable CT series") as e:
+    reporting.read_scan(bad)
+  assert str(e.value).startswith(str(bad))
+  assert "\n" not in str(e.value)
+
+
+def test_batch_mode_writes_index_and_records_failures(tiny_model, tmp_path):
+  _write_scan(tmp_path / "scans" / "a", num=9, uid="1.2.3.9.1")
+  _write_scan(tmp_path / "scans" / "b" / "series", num=11, uid="1.2.3.9.2")
+  (tmp_path / "scans" / "junk").mkdir()
+  (tmp_path / "scans" / "junk" / "x.txt").write_text("hello")
+  results = reporting.report_for_folder(tiny_model, tmp_path / "scans", tmp_path / "out")
+  ok = [r for r in results if isinstance(r, reporting.ReportResult)]
+  bad = [r for r in results if isinstance(r, reporting.ReportFailure)]
+  assert sorted(r.series_uid for r in ok) == ["1.2.3.9.1", "1.2.3.9.2"]
+  assert len(bad) == 1 and bad[0].scan_path.endswith("junk")
+  assert "not a usable CT series" in bad[0].message
+  index = (tmp_path / "out" / "index.html").read_text()
+  links = [a["href"] for t, a in _parse(index).tags if t == "a"]
+  assert len(links) == 2 and all((tmp_path / "out" / h).exists() for h in links)
+  assert "1 failed" in index
+
+
+def test_find_series_splits_flat_folders_and_skips_container_files(tmp_path):
+  ctdicom_helpers.write_series(tmp_path / "root" / "flat", np.zeros((3, 8, 8)), series_uid="1.1",
+                               names=["a1.dcm", "a2.dcm", "a3.dcm"])
+  ctdicom_helpers.write_series(tmp_path / "root" / "flat", np.zeros((2, 8, 8)), series_uid="1.2",
+                               names=["b1.dcm", "b2.dcm"])
+  (tmp_path / "root" / "labels.csv").write_text("id,label\n")
+  (tmp_path / "root" / "leaf").mkdir()
+  (tmp_path / "root" / "leaf" / "notes.txt").write_text("x")
+  found = reporting.find_series(tmp_path / "root")
+  names = [(pathlib.Path(p).name, uid) for p, uid in found]
+  assert sorted(names, key=str) == sorted([("flat", "1.1"), ("flat", "1.2"), ("leaf", None)],
+                                          key=str)
