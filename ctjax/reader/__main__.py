@@ -10,7 +10,8 @@
   analyze     --workdir STUDY [--out STUDY/analysis --n_resamples 9999 --seed 0]
 
 `--workdir` is the study folder; `create --run` is the trained `python -m ctjax.train` DrCT
-workdir whose reports the assisted arm shows. Errors are one line on stderr, exit status 1.
+workdir whose reports the assisted arm shows. Every command goes through `ctjax.cli.run`:
+errors are one line `error: …` on stderr, exit status 1 (2: a missing flag or command).
 """
 
 from __future__ import annotations
@@ -60,17 +61,16 @@ def _create_flags(fv: flags.FlagValues) -> None:
   _link_flags(fv)
 
 
-def _create(fv, _config) -> int:
-  from ctjax import errors
+def _create(fv: flags.FlagValues) -> int:
   from ctjax.reader import db, study
   if not fv.run:
-    raise errors.StudyError("--run RUN (the trained DrCT workdir) is required")
+    raise cli.UsageError("--run RUN (the trained DrCT workdir) is required")
   scans = None
   if fv.scans and fv.data_layout:
-    raise errors.StudyError("give --scans or --data_layout/--data_root, not both")
+    raise cli.UsageError("give --scans or --data_layout/--data_root, not both")
   if fv.data_layout or fv.data_root:
     if not (fv.data_layout and fv.data_root):
-      raise errors.StudyError("--data_layout and --data_root go together")
+      raise cli.UsageError("--data_layout and --data_root go together")
     scans = study.dataset_scans(fv.data_layout, fv.data_root, fv.num_scans, fv.seed)
   elif fv.scans:
     scans = study.folder_scans(fv.scans, fv.num_scans, fv.seed)
@@ -93,11 +93,10 @@ def _name_flags(fv: flags.FlagValues) -> None:
   _link_flags(fv)
 
 
-def _add_reader(fv, _config) -> int:
-  from ctjax import errors
+def _add_reader(fv: flags.FlagValues) -> int:
   from ctjax.reader import db, study
   if not fv.name:
-    raise errors.StudyError("--name NAME is required")
+    raise cli.UsageError("--name NAME is required")
   d = db.StudyDB(study.Study(fv.workdir))
   reader, token = d.add_reader(fv.name)
   d.close()
@@ -106,11 +105,10 @@ def _add_reader(fv, _config) -> int:
   return 0
 
 
-def _new_token(fv, _config) -> int:
-  from ctjax import errors
+def _new_token(fv: flags.FlagValues) -> int:
   from ctjax.reader import db, study
   if not fv.name:
-    raise errors.StudyError("--name NAME is required")
+    raise cli.UsageError("--name NAME is required")
   d = db.StudyDB(study.Study(fv.workdir))
   token = d.new_token(fv.name)
   d.close()
@@ -118,7 +116,7 @@ def _new_token(fv, _config) -> int:
   return 0
 
 
-def _readers(fv, _config) -> int:
+def _readers(fv: flags.FlagValues) -> int:
   from ctjax.reader import clock, db, study
   d = db.StudyDB(study.Study(fv.workdir))
   for r in d.readers():
@@ -137,7 +135,7 @@ def _serve_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer("port", 8765, "port", flag_values=fv)
 
 
-def _serve(fv, _config) -> int:
+def _serve(fv: flags.FlagValues) -> int:
   from ctjax.reader import server, study
   s = study.Study(fv.workdir)   # a missing study is one line before the server starts
   print(f"serving study {s.name!r} ({len(s.cases)} cases) on http://{fv.host}:{fv.port}/ — "
@@ -156,7 +154,7 @@ def _export_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("out", None, "CSV path (default STUDY/reads.csv)", flag_values=fv)
 
 
-def _export(fv, _config) -> int:
+def _export(fv: flags.FlagValues) -> int:
   import pathlib
   from ctjax.reader import analysis, db, study
   s = study.Study(fv.workdir)
@@ -178,7 +176,7 @@ def _analyze_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer("seed", 0, "bootstrap seed (reader k uses seed + k)", flag_values=fv)
 
 
-def _analyze(fv, _config) -> int:
+def _analyze(fv: flags.FlagValues) -> int:
   import pathlib
   from ctjax.reader import analysis, db, study
   s = study.Study(fv.workdir)
@@ -203,16 +201,32 @@ COMMANDS = {
 }
 
 
+def _dispatch(fv: flags.FlagValues, _config, args: list[str]) -> int:
+  """`cli.run`'s function: the sub-command is the one positional argument."""
+  if len(args) > 1:
+    raise cli.UsageError(f"{args[0]}: unexpected arguments {args[1:]}")
+  return COMMANDS[args[0]][0](fv)
+
+
+def _no_command(_fv, _config, args: list[str]) -> int:
+  if args and args[0] in COMMANDS:
+    raise cli.UsageError(f"put the command before its flags: python -m ctjax.reader {args[0]} "
+                         "--workdir STUDY …")
+  got = f" (got {args[0]!r})" if args else ""
+  raise cli.UsageError(f"give a command{got}: {' | '.join(COMMANDS)}; e.g. python -m "
+                       "ctjax.reader create --workdir STUDY --run RUN")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  argv = list(sys.argv if argv is None else argv)
-  if len(argv) < 2 or argv[1] not in COMMANDS:
-    got = f" (got {argv[1]!r})" if len(argv) > 1 else ""
-    print(f"error: give a command{got}: {' | '.join(COMMANDS)}; e.g. python -m ctjax.reader "
-          "create --workdir STUDY --run RUN", file=sys.stderr)
-    return cli.EXIT_USAGE
-  fn, extra = COMMANDS[argv[1]]
-  return cli.run(fn, [f"{argv[0]} {argv[1]}"] + argv[2:], needs_config=False,
-                 extra_flags=extra, workdir_help=STUDY_HELP)
+  """`argv` without the program name; its first element is the sub-command, whose flags are
+  the only ones defined (so `--help` and unknown-flag errors are the command's own)."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  name = argv[0] if argv and argv[0] in COMMANDS else None
+  if name is None:   # no command, or not first: one usage line (exit 2) through cli.run
+    return cli.run(_no_command, argv, prog="ctjax.reader", workdir=cli.OPTIONAL,
+                   workdir_help=STUDY_HELP, positional=True)
+  return cli.run(_dispatch, argv, prog=f"ctjax.reader {name}", workdir=cli.REQUIRED,
+                 extra_flags=COMMANDS[name][1], workdir_help=STUDY_HELP, positional=True)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,14 @@ the confidence step is not counted (VI.B). The model's row uses the same scans, 
 the run, and the time `create` measured per report (read, sample, model, render; compiled).
 
 Paired statistics per reader, assisted vs alone, on the scans the reader read in both arms:
-* the F1 difference (assisted − alone) with a percentile bootstrap CI over scans (both arms
-  resampled with the same scan indices; draws `rng.integers(0, n, (n_resamples, n))` from
-  `numpy.random.default_rng(seed)`, as `scipy.stats.bootstrap(method="percentile")` does);
-* the Wilcoxon signed-rank test on the per-scan reading times (two-sided, zeros dropped; exact
-  null distribution without ties or zeros up to 50 scans, exact sign-flip enumeration with ties
-  up to 13, else the normal approximation with the tie correction — `scipy.stats.wilcoxon`'s
-  defaults).
+* the F1 difference (assisted − alone) with a percentile bootstrap CI over scans,
+  `ctjax.eval.stats.paired_bootstrap` (both arms resampled with the same scan indices, drawn
+  from `numpy.random.default_rng(seed)` as `scipy.stats.bootstrap(method="percentile")` draws
+  them; every resample kept, since macro-F1 with zero_division = 0 is defined on each);
+* the Wilcoxon signed-rank test on the per-scan reading times, `scipy.stats.wilcoxon`
+  (two-sided, zeros dropped) with the method its "auto" picks, named in the output: exact null
+  distribution without ties or zeros up to 50 scans, exact sign-flip enumeration with ties or
+  zeros up to 13, else the normal approximation with the tie correction.
 """
 
 from __future__ import annotations
@@ -27,16 +28,15 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import itertools
 import logging
-import math
 import pathlib
 from typing import Optional, Sequence
 
 import numpy as np
-from scipy.stats import norm, rankdata
+from scipy import stats as sps
 
 from ctjax.eval.metrics import multilabel_report
+from ctjax.eval.stats import PairedBootstrapCI, paired_bootstrap
 from ctjax.reader import clock as clock_lib
 from ctjax.reader.db import ReadInfo
 from ctjax.reader.study import Study
@@ -59,49 +59,33 @@ def macro_prf(truth: np.ndarray, pred: np.ndarray, labels: Sequence[str]
   return rep["macro_precision"], rep["macro_recall"], rep["macro_f1"]
 
 
-def _macro_f1_resampled(truth: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> np.ndarray:
-  """Macro F1 of each resample: idx [R, n] scan indices → [R] (zero_division = 0)."""
-  t = np.asarray(truth, bool)
-  p = np.asarray(pred, bool)
-  tp = (t & p).astype(np.int32)[idx].sum(axis=1)        # [R, L]
-  fp = (~t & p).astype(np.int32)[idx].sum(axis=1)
-  fn = (t & ~p).astype(np.int32)[idx].sum(axis=1)
-  den = 2 * tp + fp + fn
-  f1 = np.where(den > 0, 2 * tp / np.maximum(den, 1), 0.0)
-  return f1.mean(axis=1)
-
-
-@dataclasses.dataclass(frozen=True)
-class BootstrapCI:
-  estimate: float
-  low: float
-  high: float
-  n_resamples: int
-  seed: int
-  level: float
+def _macro_f1(truth: np.ndarray, pred: np.ndarray) -> float:
+  """Macro F1 of binary answers [n, L] (zero_division = 0): the bootstrap's metric, from counts
+  (`macro_prf`'s value, without its per-label report on each of thousands of resamples)."""
+  t = np.asarray(truth) > 0
+  p = np.asarray(pred) > 0
+  tp = np.sum(t & p, axis=0)
+  den = 2 * tp + np.sum(~t & p, axis=0) + np.sum(t & ~p, axis=0)
+  return float(np.mean(np.where(den > 0, 2 * tp / np.maximum(den, 1), 0.0)))
 
 
 def paired_bootstrap_f1_difference(truth, pred_alone, pred_assisted, *,
                                    n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-                                   level: float = CONFIDENCE_LEVEL) -> BootstrapCI:
+                                   level: float = CONFIDENCE_LEVEL) -> PairedBootstrapCI:
   """Macro-F1(assisted) − macro-F1(alone) with a percentile bootstrap CI over scans."""
   truth = np.asarray(truth)
-  n = truth.shape[0]
-  if n == 0:
-    raise ValueError("no paired scans")
-  rng = np.random.default_rng(seed)
-  idx = rng.integers(0, n, (int(n_resamples), n))
-  dist = np.empty(idx.shape[0], np.float64)
-  for lo in range(0, idx.shape[0], 2048):       # chunks bound the [R, n, L] temporaries
-    chunk = idx[lo:lo + 2048]
-    dist[lo:lo + 2048] = (_macro_f1_resampled(truth, pred_assisted, chunk)
-                          - _macro_f1_resampled(truth, pred_alone, chunk))
-  alpha = (1.0 - level) / 2.0
-  low, high = np.quantile(dist, [alpha, 1.0 - alpha])
-  ident = np.arange(n)[None]
-  est = float(_macro_f1_resampled(truth, pred_assisted, ident)[0]
-              - _macro_f1_resampled(truth, pred_alone, ident)[0])
-  return BootstrapCI(est, float(low), float(high), int(n_resamples), int(seed), float(level))
+  if truth.ndim != 2 or truth.shape[0] == 0:
+    raise ValueError(f"no paired scans (truth of shape {truth.shape})")
+  return paired_bootstrap(_macro_f1, truth, np.asarray(pred_assisted), np.asarray(pred_alone),
+                          n_boot=int(n_resamples), seed=int(seed), alpha=1.0 - float(level),
+                          method="percentile", skip_degenerate=False)
+
+
+def no_bootstrap(level: float = CONFIDENCE_LEVEL) -> PairedBootstrapCI:
+  """The CI of a study without truth: no accuracy, so nothing to resample."""
+  nan = float("nan")
+  return PairedBootstrapCI(value=nan, lo=nan, hi=nan, alpha=1.0 - float(level),
+                           method="percentile", n_boot=0, n_valid=0, samples=np.zeros(0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,50 +96,32 @@ class WilcoxonResult:
   method: str           # exact | permutation | asymptotic | none
 
 
-def _signed_rank_null(n: int) -> np.ndarray:
-  """Counts of W+ = 0 … n(n+1)/2 over the 2^n sign patterns (no ties), by dynamic programming."""
-  top = n * (n + 1) // 2
-  c = np.zeros(top + 1, np.float64)
-  c[0] = 1.0
-  for r in range(1, n + 1):
-    c[r:] = c[r:] + c[:-r].copy()
-  return c
+# scipy.stats.wilcoxon's "auto": exact up to this many pairs without ties or zeros; with them,
+# enumerate every sign pattern up to this many (2**13 < its 9999 permutation resamples).
+EXACT_MAX_PAIRS = 50
+PERMUTATION_MAX_PAIRS = 13
 
 
 def wilcoxon_signed_rank(x, y) -> WilcoxonResult:
   """Two-sided Wilcoxon signed-rank test of the paired differences x − y (zeros dropped)."""
-  d = np.asarray(x, np.float64) - np.asarray(y, np.float64)
-  if d.ndim != 1:
-    raise ValueError(f"paired samples must be 1-D, got {d.shape}")
-  n_total = d.size
-  nz = d[d != 0]
-  n = nz.size
+  x = np.asarray(x, np.float64)
+  y = np.asarray(y, np.float64)
+  if x.ndim != 1 or x.shape != y.shape:
+    raise ValueError(f"paired samples must be 1-D of one length, got {x.shape} and {y.shape}")
+  d = x - y
+  n = int(np.count_nonzero(d))
   if n == 0:
     return WilcoxonResult(0.0, float("nan"), 0, "none")
-  mag = np.abs(nz)
-  r = rankdata(mag)
-  w_plus = float(r[nz > 0].sum())
-  w_minus = float(r[nz < 0].sum())
-  _, counts = np.unique(mag, return_counts=True)
-  ties = bool(np.any(counts > 1))
-  stat = min(w_plus, w_minus)
-  if n_total <= 50 and not ties and n == n_total:
-    c = _signed_rank_null(n)
-    pmf = c / c.sum()
-    k = int(round(w_plus))
-    p = 2.0 * min(pmf[k:].sum(), pmf[:k + 1].sum())
-    return WilcoxonResult(stat, float(min(p, 1.0)), n, "exact")
-  if n_total <= 13:
-    # Every sign pattern of the non-zero differences (zeros cannot change sign).
-    signs = np.array(list(itertools.product((0.0, 1.0), repeat=n)))
-    null = signs @ r
-    eps = 1e-14 * abs(w_plus)
-    p = 2.0 * min(np.mean(null >= w_plus - eps), np.mean(null <= w_plus + eps))
-    return WilcoxonResult(stat, float(min(p, 1.0)), n, "permutation")
-  mean = n * (n + 1) / 4.0
-  var = n * (n + 1) * (2 * n + 1) / 24.0 - float(np.sum(counts ** 3 - counts)) / 48.0
-  z = (w_plus - mean) / math.sqrt(var) if var > 0 else 0.0
-  return WilcoxonResult(stat, float(min(2.0 * norm.sf(abs(z)), 1.0)), n, "asymptotic")
+  ties = np.unique(np.abs(d[d != 0])).size < n
+  if d.size <= EXACT_MAX_PAIRS and not ties and n == d.size:
+    method, arg = "exact", "exact"
+  elif d.size <= PERMUTATION_MAX_PAIRS:
+    method, arg = "permutation", sps.PermutationMethod()
+  else:
+    method, arg = "asymptotic", "asymptotic"
+  res = sps.wilcoxon(x, y, zero_method="wilcox", correction=False, alternative="two-sided",
+                     method=arg)
+  return WilcoxonResult(float(res.statistic), float(res.pvalue), n, method)
 
 
 # ----------------------------------------------------------------------------- the table
@@ -183,7 +149,8 @@ class PairedRow:
   num_paired: int
   f1_alone: float
   f1_assisted: float
-  f1_difference: BootstrapCI
+  f1_difference: PairedBootstrapCI   # value = F1(assisted) − F1(alone), lo / hi, p_value
+  bootstrap_seed: int
   median_seconds_alone: float
   median_seconds_assisted: float
   mean_seconds_difference: float
@@ -269,8 +236,8 @@ def paired(study: Study, reads: Sequence[ReadInfo], *, n_resamples: int = DEFAUL
                                           seed=seed + number, level=level)
     else:
       f1a = f1b = nan
-      ci = BootstrapCI(nan, nan, nan, 0, seed + number, level)
-    out.append(PairedRow(name, len(both), f1a, f1b, ci, float(np.median(ta)),
+      ci = no_bootstrap(level)
+    out.append(PairedRow(name, len(both), f1a, f1b, ci, seed + number, float(np.median(ta)),
                          float(np.median(tb)), float(np.mean(tb - ta)),
                          wilcoxon_signed_rank(tb, ta)))
   return out
@@ -325,8 +292,8 @@ def table8_markdown(study: Study, rows: Sequence[ArmRow], pairs: Sequence[Paired
   if pairs:
     ci = pairs[0].f1_difference
     lines += ["", f"Assisted vs alone per reader, on the scans read in both arms: ΔF1 = "
-              f"F1(assisted) − F1(alone) with a {ci.level:.0%} percentile bootstrap CI over "
-              f"scans ({ci.n_resamples} resamples, seed {pairs[0].f1_difference.seed} for the "
+              f"F1(assisted) − F1(alone) with a {1 - ci.alpha:.0%} percentile bootstrap CI over "
+              f"scans ({ci.n_boot} resamples, seed {pairs[0].bootstrap_seed} for the "
               "first reader, +1 per reader); Wilcoxon signed-rank test (two-sided) on the "
               "per-scan reading times.", "",
               "| reader | paired scans | F1 alone | F1 assisted | ΔF1 | CI low | CI high | "
@@ -336,8 +303,8 @@ def table8_markdown(study: Study, rows: Sequence[ArmRow], pairs: Sequence[Paired
       w = p.wilcoxon
       lines.append(
           f"| {p.reader} | {p.num_paired} | {_f(p.f1_alone)} | {_f(p.f1_assisted)} | "
-          f"{_f(p.f1_difference.estimate)} | {_f(p.f1_difference.low)} | "
-          f"{_f(p.f1_difference.high)} | {p.median_seconds_alone:.2f} | "
+          f"{_f(p.f1_difference.value)} | {_f(p.f1_difference.lo)} | "
+          f"{_f(p.f1_difference.hi)} | {p.median_seconds_alone:.2f} | "
           f"{p.median_seconds_assisted:.2f} | {p.mean_seconds_difference:+.2f} | "
           f"{w.statistic:g} | {_f(w.pvalue)} | {w.method} |")
   if not study.has_truth:
@@ -368,8 +335,8 @@ def paired_csv(pairs: Sequence[PairedRow]) -> str:
   w.writerow(PAIRED_FIELDS)
   for p in pairs:
     c, t = p.f1_difference, p.wilcoxon
-    w.writerow([p.reader, p.num_paired, p.f1_alone, p.f1_assisted, c.estimate, c.low, c.high,
-                c.level, c.n_resamples, c.seed, p.median_seconds_alone,
+    w.writerow([p.reader, p.num_paired, p.f1_alone, p.f1_assisted, c.value, c.lo, c.hi,
+                round(1.0 - c.alpha, 12), c.n_boot, p.bootstrap_seed, p.median_seconds_alone,
                 p.median_seconds_assisted, p.mean_seconds_difference, t.statistic, t.pvalue, t.n,
                 t.method])
   return buf.getvalue()

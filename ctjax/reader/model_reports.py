@@ -3,29 +3,24 @@
 Everything the study needs from a trained DrCT run goes through the functions here, so
 that the model side can change without touching the study:
 
-* `open_run(workdir, step)` → `ctjax.eval.report.load_model` (config, labels, step, predict);
+* `open_run(workdir, step)` → `ctjax.reporting.load_run` (a `ctjax.inference.Run`);
 * `run_config(run)` → the run's config (its data split, for the default sample of scans);
 * `run_info(run)` → what the study records about the run (labels, model, step);
-* `report_case(run, scan_dir, series_uid, out_html)` → `ctjax.eval.report.report_for_scan`
-  (the HTML report of DrCT2 paper, Figure 2) plus the model's outputs as data.
-
-`ReportResult` carries predictions and key slices but not the slice attention or the
-sampled→source slice map, so `report_case` keeps the one output dict and batch of the
-`LoadedModel.predict` call that `report_for_scan` makes (keys `probs`, `slice_attention`, batch
-key `slice_index`).
+* `report_case(run, scan_dir, series_uid, out_html)` → `ctjax.reporting.report_for_scan`
+  (the HTML report of DrCT2 paper, Figure 2) plus the model's outputs as data, from the same
+  single model call (`ReportResult` carries the probabilities, the slice attention and the
+  sampled→source slice map).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import pathlib
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import numpy as np
-
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:   # jax is imported only when a run is opened
+  from ctjax.inference import Run
 
 
 @dataclasses.dataclass
@@ -48,36 +43,25 @@ class CaseOutput:
     return {**dataclasses.asdict(self), "predicted": self.predicted}
 
 
-@dataclasses.dataclass
-class Run:
-  """A restored run (opaque to the study)."""
-  loaded: Any
-  workdir: str
-
-
 def open_run(workdir: str | os.PathLike, step: Optional[int] = None) -> Run:
   """Restores a `python -m ctjax.train` DrCT workdir (best checkpoint, else latest)."""
-  from ctjax.eval import report
-  return Run(report.load_model(workdir, step=step), os.fspath(workdir))
+  from ctjax import reporting
+  return reporting.load_run(workdir, step=step)
 
 
 def run_config(run: Run) -> Any:
   """The run's resolved config (for its data split and label order)."""
-  return run.loaded.config
-
-
-_VARIANTS = {"drct1": "DrCT1", "drct2": "DrCT2"}
+  return run.config
 
 
 def run_info(run: Run) -> dict[str, Any]:
   """What the study records about the run; thresholds come with each case's report."""
-  cfg = run.loaded.config
-  variant = str(cfg.model.variant)
+  cfg = run.config
   return {
       "workdir": str(pathlib.Path(run.workdir).absolute()),
-      "step": run.loaded.step,
+      "step": int(run.step),
       "labels": [str(n) for n in cfg.data.labels],
-      "model": f"{_VARIANTS.get(variant, variant)} ({cfg.model.backbone} backbone)",
+      "model": f"{'DrCT2' if cfg.model.aps else 'DrCT1'} ({cfg.model.backbone} backbone)",
       "config_name": str(cfg.get("name", "") or ""),
   }
 
@@ -85,27 +69,12 @@ def run_info(run: Run) -> dict[str, Any]:
 def report_case(run: Run, scan_dir: str | os.PathLike, series_uid: Optional[str],
                 out_html: str | os.PathLike) -> CaseOutput:
   """Writes the case's HTML report to `out_html` and returns the model's outputs."""
-  from ctjax.eval import report
-  lm = run.loaded
-  seen: list[tuple[dict, dict]] = []
-  predict = type(lm).predict
-
-  def keep(batch):
-    out = predict(lm, batch)
-    seen.append((batch, out))
-    return out
-
-  lm.predict = keep   # an instance attribute: this call only, removed below
-  try:
-    r = report.report_for_scan(lm, scan_dir, out_html, series_uid=series_uid)
-  finally:
-    del lm.predict
-  if len(seen) != 1:
-    raise RuntimeError(f"report_for_scan made {len(seen)} predict calls, expected 1")
-  batch, out = seen[0]
+  from ctjax import reporting
+  r = reporting.report_for_scan(run, scan_dir, out_html, series_uid=series_uid)
   return CaseOutput(
-      probabilities=[float(p.probability) for p in r.predictions], thresholds=[float(p.threshold) for p in r.predictions],
-      slice_attention=[float(a) for a in np.asarray(out["slice_attention"][0])],
-      slice_index=[int(i) for i in np.asarray(batch["slice_index"][0])],
+      probabilities=[float(p.probability) for p in r.predictions],
+      thresholds=[float(p.threshold) for p in r.predictions],
+      slice_attention=[float(a) for a in r.slice_attention],
+      slice_index=[int(i) for i in r.slice_index],
       key_slices=[int(i) for i in r.key_slices], seconds=float(r.seconds),
       num_source_slices=int(r.num_source_slices), series_uid=str(r.series_uid))

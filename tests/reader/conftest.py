@@ -12,7 +12,7 @@ import pytest
 
 
 def tiny_config(data_root: str):
-  from configs.drct_base import drct_config, runlocal_overrides
+  from ctjax.configs.drct import drct_config, runlocal_overrides
   c = runlocal_overrides(drct_config(dataset="phantom", variant="drct2"))
   c.data.root = data_root
   c.data.num_slices = 8
@@ -31,6 +31,7 @@ def tiny_run(tmp_path_factory) -> pathlib.Path:
   import jax
   from ctjax.data import phantom
   from ctjax.models import weights
+  from ctjax.train import optim
   from ctjax.train import state as state_lib
   from ctjax.train.checkpoint import Checkpointer
   from ctjax.train.tasks import get_task
@@ -43,13 +44,8 @@ def tiny_run(tmp_path_factory) -> pathlib.Path:
   # Numpy weights of init's shapes: the jitted Flax init of the VGG16 compiles for ~10 s.
   x = jax.numpy.zeros((1, c.data.num_slices, 32, 32, 3), jax.numpy.float32)
   variables = dict(weights.random_variables(model, x))
-  orig = task.init_variables
-  task.init_variables = lambda model, config, rng: variables
-  try:
-    state = state_lib.create_state(task, model, c, jax.random.PRNGKey(0),
-                                   task.make_optimizer(c, 1))
-  finally:
-    task.init_variables = orig
+  tx, _ = optim.make_optimizer(c, 1, 1, lambda p: task.param_groups(c, p))
+  state = state_lib.state_from_variables(task, c, variables, jax.random.PRNGKey(0), tx)
   ck = Checkpointer(wd, c)
   ck.save(3, state, None, force=True)
   ck.close()

@@ -27,7 +27,7 @@ def test_macro_prf_equals_scikit_learn():
   rng = np.random.default_rng(1)
   for n in (3, 10, 57):
     truth, pred = _random_answers(rng, n)
-    pred[:, 3] = 0   # a label never answered: precision 0/0 → 0, as scikit-learn's zero_division=0
+    pred[:, 3] = 0   # never answered: precision 0/0 → 0, as scikit-learn's zero_division=0
     p, r, f1 = analysis.macro_prf(truth, pred, LABELS)
     kw = dict(average="macro", zero_division=0)
     assert p == pytest.approx(precision_score(truth, pred, **kw), abs=1e-12)
@@ -70,10 +70,22 @@ def test_paired_bootstrap_equals_scipy_percentile_bootstrap(n, seed):
 
   want = stats.bootstrap((np.arange(n),), diff, vectorized=True, n_resamples=199,
                          method="percentile", rng=np.random.default_rng(seed + 10))
-  assert got.low == pytest.approx(want.confidence_interval.low, abs=1e-12)
-  assert got.high == pytest.approx(want.confidence_interval.high, abs=1e-12)
-  assert got.estimate == pytest.approx(diff(np.arange(n))[0], abs=1e-12)
-  assert got.low <= got.estimate <= got.high
+  assert got.lo == pytest.approx(want.confidence_interval.low, abs=1e-12)
+  assert got.hi == pytest.approx(want.confidence_interval.high, abs=1e-12)
+  assert got.value == pytest.approx(diff(np.arange(n))[0], abs=1e-12)
+  assert got.lo <= got.value <= got.hi
+  assert got.n_valid == got.n_boot == 199       # macro-F1 is defined on every resample
+
+
+def _sign_flip_pvalue(d):
+  """Two-sided P of W+ over all 2^n sign patterns of the non-zero differences' ranks."""
+  import itertools
+  nz = d[d != 0]
+  r = stats.rankdata(np.abs(nz))
+  w = r[nz > 0].sum()
+  null = np.array(list(itertools.product((0.0, 1.0), repeat=nz.size))) @ r
+  eps = 1e-9
+  return min(1.0, 2 * min(np.mean(null >= w - eps), np.mean(null <= w + eps)))
 
 
 @pytest.mark.parametrize("case", ["exact", "large", "ties_small", "zeros_small", "ties_mid",
@@ -90,9 +102,11 @@ def test_wilcoxon_equals_scipy(case):
   if case.startswith("zeros"):
     y[:3] = x[:3]
   got = analysis.wilcoxon_signed_rank(x, y)
-  want = stats.wilcoxon(x, y)
+  want = stats.wilcoxon(x, y)     # scipy's defaults: method "auto"
   assert got.statistic == pytest.approx(float(want.statistic), abs=1e-9)
   assert got.pvalue == pytest.approx(float(want.pvalue), rel=1e-9, abs=1e-12)
+  if x.size <= 15:                # and by hand, over every sign pattern of the ranks
+    assert got.pvalue == pytest.approx(_sign_flip_pvalue(x - y), rel=1e-9, abs=1e-12)
   assert got.method == {"exact": "exact", "all_one_side": "exact", "one": "exact",
                         "large": "asymptotic", "ties_mid": "asymptotic",
                         "zeros_mid": "asymptotic"}.get(case, "permutation")
@@ -145,7 +159,8 @@ def test_table8_and_export_from_hand_made_reads(study_dir, tmp_path):
                                             **kw))
   assert model.total_seconds == pytest.approx(sum(o["seconds"] for o in outs))
   (pair,) = analysis.paired(s, reads, n_resamples=200, seed=0)
-  assert pair.num_paired == 3 and pair.f1_difference.estimate == pytest.approx(present)
+  assert pair.num_paired == 3 and pair.f1_difference.value == pytest.approx(present)
+  assert pair.bootstrap_seed == 1 and pair.f1_difference.n_boot == 200
   assert pair.mean_seconds_difference == pytest.approx(5.0 - 20.0)
   want = stats.wilcoxon([5.0] * 3, [10.0, 20.0, 30.0])
   assert pair.wilcoxon.pvalue == pytest.approx(want.pvalue)

@@ -179,7 +179,7 @@ def test_a_scripted_reader_gives_table_8(live, browser, study_dir, tmp_path):
 
   # analyze, through the command, against the figures computed from the script.
   out = tmp_path / "analysis"
-  assert cli.main(["ctjax.reader", "analyze", "--workdir", str(study_dir), "--out", str(out),
+  assert cli.main(["analyze", "--workdir", str(study_dir), "--out", str(out),
                    "--n_resamples", "500"]) == 0
   rows = {(r["reader"], r["arm"]): r for r in csv.DictReader(io.StringIO(
       (out / "table8.csv").read_text()))}
