@@ -96,3 +96,18 @@ class DuplicateSliceError(CTDataError):
 
 class CorruptPixelDataError(InvalidDicomValueError):
   """Pixel data present but undecodable (a broken JPEG / JPEG 2000 codestream)."""
+
+
+class StudyError(CTJaxError):
+  """A reader-study folder is missing, incomplete or inconsistent (`ctjax.reader`)."""
+
+
+class ReadRefusedError(StudyError):
+  """A reader's request is refused (unknown link, wrong case, second answer, washout, bad input).
+
+  `status` is the HTTP status the study server answers with.
+  """
+
+  def __init__(self, message: str, status: int = 400):
+    self.status = int(status)
+    super().__init__(message)

@@ -40,6 +40,8 @@ class ReportResult:
   key_slices: list[int]            # sampled indices, rank order
   predictions: list[Prediction]
   num_source_slices: int
+  slice_index: list[int] = dataclasses.field(default_factory=list)       # [m] sampled → source
+  slice_attention: list[float] = dataclasses.field(default_factory=list)  # [m] sampled order
 
 
 
@@ -131,7 +133,8 @@ def report_for_scan(run: inference.Run, scan_dir: str | os.PathLike, out_path: s
   seconds = time.perf_counter() - t0
   return ReportResult(os.fspath(scan_dir), os.fspath(out_path), volume.series_uid, seconds,
                       [int(i) for i in keyslice.top_k_indices(attention)], preds,
-                      volume.num_slices)
+                      volume.num_slices, prov.slice_index,
+                      [float(a) for a in np.asarray(attention)])
 
 
 @dataclasses.dataclass

@@ -77,6 +77,12 @@ def test_report_for_scan_shows_what_the_model_predicts(tiny_model, tmp_path):
     assert s in text, s
   assert f"source slices {', '.join(str(i + 1) for i in idx)}" in text
   assert r.seconds > 0 and r.num_source_slices == 13
+  # The model's view as data: the sampled → source map and the slice attention.
+  assert r.slice_index == [int(i) for i in idx]
+  assert len(r.slice_attention) == 8 and all(isinstance(a, float) for a in r.slice_attention)
+  np.testing.assert_allclose(r.slice_attention, np.asarray(out["slice_attention"][0]),
+                             atol=1e-5)
+  assert r.key_slices == [int(i) for i in keyslice.top_k_indices(np.asarray(r.slice_attention))]
 
 
 def test_not_a_ct_series_is_one_clear_error(tmp_path):
