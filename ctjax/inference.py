@@ -144,7 +144,8 @@ def split_data(run: Run, data: Any = None) -> tuple[Any, Any]:
   """(data module as the steps read it, splits) for `run` (its prepared cache; DrCT's stored
   features from `<workdir>/feature_cache` when the run trained on them)."""
   data = default_data_module(data)
-  splits = data.build_splits(run.config, str(run.workdir))
+  splits = parallel.process_zero_first(lambda: data.build_splits(run.config, str(run.workdir)),
+                                       "ctjax_build_splits")
   data = run.task.wrap_data(run.config, data, splits, run.model, run.host_variables(),
                             workdir=run.workdir)
   return data, splits

@@ -61,11 +61,19 @@ def drct_config(*, dataset: str, variant: str) -> ml_collections.ConfigDict:
   c.model.aps_fc_dim = 256         # V.B: the FC after BatchNorm; width not given
   c.model.dropout_rate = 0.5       # V.A.3 "the dropout rate is 0.5"
 
-  # True: train the heads on the frozen backbone's per-slice outputs, computed once
-  # (ctjax.train.features; exact: equality with the end-to-end model is tested).
+  c.model.backbone_chunk = 64      # slices per backbone pass inside the step (memory ∝ chunk)
+  # Compute dtype: bfloat16 on GPU/TPU, float32 on CPU (params, softmax, BN statistics and
+  # losses stay float32 either way).
+  c.model.dtype = "auto"
+
+  # True: train the heads on the frozen backbone's per-slice outputs, computed once into a
+  # sharded store beside the HU cache (ctjax.train.features; exact: equality with the
+  # end-to-end model is tested).
   c.features = ml_collections.ConfigDict()
   c.features.enabled = False
-  c.features.chunk = 128           # slices per backbone call while building the store
+  c.features.chunk = 128           # slices per device per call while building the store
+  c.features.dtype = "auto"        # stored rows: bfloat16 on GPU/TPU, float32 on CPU
+  c.features.store_maps = False    # also store the last conv block (only the report needs it)
 
   # Losses (V.D, Table 2): MSE primary + MSE APS + BCE fusion; "bce" everywhere for Table 2.
   c.loss = ml_collections.ConfigDict()

@@ -209,25 +209,34 @@ def drct_example(read_slices, num_slices: int, labels: np.ndarray, slice_labels:
                  *, m: int, rng: Optional[np.random.Generator] = None, resample: bool = False,
                  hflip: float = 0.0, example_index: int = 0) -> dict:
   """One DrCT scan example: m slices sampled (uniformly without `rng`; re-drawn from the bins
-  with it and `resample`), read by `read_slices(indices) -> int16 [m, H, W]`.
+  with it and `resample`), read by `read_slices(indices)`: int16 HU [m, H, W] (→ "hu", maybe
+  flipped), or a dict of per-slice arrays (a feature store's rows, e.g. "feat_pooled").
 
-  The one builder of DrCT examples: the cache pipeline and single DICOM series (reports,
-  predictions) both go through it, so they sample and lay out scans identically.
+  The one builder of DrCT examples: the cache pipeline, the feature store and single DICOM
+  series (reports, predictions) all go through it, so they sample and lay out scans
+  identically.
   """
   train = rng is not None and resample
   idx = sampling.sample_indices(num_slices, m, train=train, rng=rng)
-  hu, _ = _flip(read_slices(idx), rng, hflip)
-  return {"hu": hu, "labels": labels, "slice_labels": slice_labels[idx],
+  read = read_slices(idx)
+  if isinstance(read, dict):
+    arrays = read
+  else:
+    arrays = {"hu": _flip(read, rng, hflip)[0]}
+  return {**arrays, "labels": labels, "slice_labels": slice_labels[idx],
           "slice_index": idx.astype(np.int32), "num_source_slices": np.int32(num_slices),
           "valid": np.bool_(True), "example_index": np.int32(example_index)}
 
 
 def _drct_example(el, rng, *, scans: cache.CachedScans, m: int, resample: bool,
-                  hflip: float) -> dict:
+                  hflip: float, features: Any = None) -> dict:
   meta = scans.scans[el["scan"]]
-  return drct_example(lambda idx: scans.scan_hu(el["scan"], idx), meta.num_slices, meta.labels,
-                      meta.slice_labels, m=m, rng=rng, resample=resample, hflip=hflip,
-                      example_index=el["example_index"])
+  if features is not None:   # stored backbone rows in place of HU: no HU read
+    read = functools.partial(features.rows, el["scan"])
+  else:
+    read = functools.partial(scans.scan_hu, el["scan"])
+  return drct_example(read, meta.num_slices, meta.labels, meta.slice_labels, m=m, rng=rng,
+                      resample=resample, hflip=hflip, example_index=el["example_index"])
 
 
 def _slice_example(el, rng, *, scans: cache.CachedScans, kind: str, max_boxes: int,
@@ -252,13 +261,16 @@ def _slice_example(el, rng, *, scans: cache.CachedScans, kind: str, max_boxes: i
   return out
 
 
-def _example_fn(config, splits: Splits, *, train: bool):
+def _example_fn(config, splits: Splits, *, train: bool, features: Any = None):
   kind = splits.info["task"]
   scans = next(iter(splits.sources.values())).scans
   hflip = float(_augment(config, "hflip")) if train else 0.0
   if kind == "drct":
     return functools.partial(_drct_example, scans=scans, m=int(data_option(config, "num_slices")),
-                             resample=bool(_augment(config, "resample_slices")), hflip=hflip)
+                             resample=bool(_augment(config, "resample_slices")), hflip=hflip,
+                             features=features)
+  if features is not None:
+    raise errors.ConfigError("a feature store is only read for DrCT scan records")
   return functools.partial(_slice_example, scans=scans, kind=kind,
                            max_boxes=int(data_option(config, "max_boxes")), hflip=hflip)
 
@@ -292,8 +304,9 @@ def _finish(ds: grain.MapDataset, config) -> grain.IterDataset:
 
 
 def train_iterator(config, splits: Splits, *, seed: int, process_index: int = 0,
-                   process_count: int = 1) -> grain.DatasetIterator:
-  """Endless iterator of local training batches; `get_state()`/`set_state()` for checkpoints."""
+                   process_count: int = 1, features: Any = None) -> grain.DatasetIterator:
+  """Endless iterator of local training batches; `get_state()`/`set_state()` for checkpoints.
+  `features` (a `ctjax.train.features.FeatureStore`): DrCT examples carry its rows, not HU."""
   src = splits["train"]
   local = _local_batch(int(config.train.batch_size), process_count)
   n_even = (len(src) // process_count) * process_count
@@ -306,7 +319,7 @@ def train_iterator(config, splits: Splits, *, seed: int, process_index: int = 0,
   # function of the global position) and takes its rows of each global batch: so P processes
   # together see exactly the batches of one process, and losses agree across topologies.
   ds = EpochShuffle(grain.MapDataset.source(src), seed=seed)
-  ds = ds.random_map(_example_fn(config, splits, train=True), seed=seed)
+  ds = ds.random_map(_example_fn(config, splits, train=True, features=features), seed=seed)
   ds = ProcessRows(ds, global_batch=int(config.train.batch_size), local_batch=local,
                    process_index=process_index)
   ds = ds.batch(local, drop_remainder=True, batch_fn=stack)
@@ -331,7 +344,8 @@ def _eval_element(j: int, *, src, n: int, global_batch: int, local: int, process
 
 
 def eval_batches(config, splits: Splits, split: str, *, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+                 process_count: int = 1, features: Any = None
+                 ) -> Iterator[dict[str, np.ndarray]]:
   """Local batches covering `split` once (uniform slice sampling, no augmentation); the last
   global batch is padded with `valid=False` examples (`example_index` -1)."""
   src = splits[split]
@@ -343,7 +357,8 @@ def eval_batches(config, splits: Splits, split: str, *, process_index: int = 0,
   num_batches = math.ceil(n / global_batch)
   element = functools.partial(_eval_element, src=src, n=n, global_batch=global_batch,
                               local=local, process_index=process_index,
-                              example=_example_fn(config, splits, train=False))
+                              example=_example_fn(config, splits, train=False,
+                                                  features=features))
   ds = grain.MapDataset.range(num_batches * local).map(element)
   ds = ds.batch(local, drop_remainder=True, batch_fn=stack)
   return iter(_finish(ds, config))

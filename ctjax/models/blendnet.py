@@ -82,8 +82,9 @@ def _det_bias_init(key, shape, dtype=jnp.float32):
 def build_blendnet(model_config) -> BlendNet:
   """BlendNet from `config.model`: the backbone from `backbone` / `backbone_width`, the other
   keys (num_classes, det_hidden, dtype, param_dtype) are BlendNet's own field names."""
-  dtype = jnp.dtype(model_config.get("dtype", "float32"))
-  param_dtype = jnp.dtype(model_config.get("param_dtype", "float32"))
+  from ctjax.models import compute_dtype
+  dtype = compute_dtype(model_config.get("dtype", "float32"))
+  param_dtype = compute_dtype(model_config.get("param_dtype", "float32"))
   backbone = make_backbone(model_config.backbone, width=model_config.get("backbone_width", 1.0),
                            dtype=dtype, param_dtype=param_dtype)
   return BlendNet(backbone=backbone, num_classes=model_config.get("num_classes", 3),

@@ -1,8 +1,16 @@
 """DrCT1 and DrCT2 (DrCT2 paper, section V; Figure 4).
 
 Axes: B scans, m sampled slices, S×S primary input, C backbone channels, D sequence feature dim,
-L labels. Input: windowed, ImageNet-normalised slices `x [B, m, S, S, 3]` (the task does the
-windowing on device); optional `native [B, m, Hn, Wn, 3]` for the APS native-resolution option.
+L labels. Input: windowed, ImageNet-normalised slices `x [B, m, S, S, 3]`, optionally `native
+[B, m, Hn, Wn, 3]` for the APS native-resolution option; or, with `slice_preprocess` set, the
+raw slices `x [B, m, H, W]` (HU), windowed and resized chunk by chunk inside the backbone pass
+(`slice_preprocess(slices [n, H, W], size) -> [n, size, size, 3]`, size None = native).
+
+Memory: the backbone runs over `backbone_chunk` slices per device at a time (`nn.scan` over
+chunks laid out along the `data_shards` device blocks of the batch, so no chunk crosses
+devices; each chunk preprocessed, zoomed and passed through the backbone inside the loop body,
+behind `nn.remat` when the backbone is trained), so peak activation memory scales with the
+chunk, not with B × m (DrCT2 at batch 256: 28 slices at 224² + 16 zoomed to 512² per scan).
 
 - Primary network (DrCT1, V.A): frozen backbone per slice → pooled C-d vector (adaptive max pool)
   → feature attention (eq. 3) → BiGRU + Dense (eq. 4) → slice attention (eqs. 5-6) →
@@ -22,7 +30,7 @@ Parameter groups (top-level names, used for per-module learning rates and freezi
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -113,6 +121,15 @@ class APSNetwork(nn.Module):
     return {"feature": feature, "logits": logits}
 
 
+def chunk_size(num_slices: int, shards: int, per_device: int) -> int:
+  """Slices per device per backbone pass: the largest divisor of num_slices / shards that is
+  at most `per_device` (so chunks tile every device's rows exactly); 0 = one pass."""
+  if per_device <= 0 or num_slices % shards or num_slices // shards <= per_device:
+    return 0
+  local = num_slices // shards
+  return max(c for c in range(1, per_device + 1) if local % c == 0)
+
+
 def select_key_slices(scores: jax.Array, mkey: int) -> jax.Array:
   """Indices of the mkey highest scores per row, re-sorted ascending (anatomical order).
 
@@ -145,50 +162,110 @@ class DrCT(nn.Module):
   aps_size: int = 512
   aps_source: str = "zoom"
   aps_fc_dim: int = 256
+  primary_size: int = 0          # with slice_preprocess: the primary input size (V.A: 224)
+  backbone_chunk: int = 0        # slices per device per backbone pass; 0 = all at once
+  data_shards: int = 1           # devices the batch is split over (the chunks follow them)
+  slice_preprocess: Optional[Callable] = None   # (slices [n, H, W], size) → [n, s, s, 3]
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  def _features(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """images [B, k, H, W, 3] → (pooled [B, k, C], feature_map [B, k, h, w, C])."""
-    b, k = images.shape[:2]
-    out = self.backbone(images.reshape((b * k,) + images.shape[2:]).astype(self.dtype),
-                        train=False)
-    pooled, fmap = out["pooled"], out["feature_map"]
+  def _run_backbone(self, slices: jax.Array, prep: Callable[[jax.Array], jax.Array],
+                    want_map: bool = True) -> tuple[jax.Array, Optional[jax.Array]]:
+    """slices [N, ...] → (pooled [N, C], feature_map [N, h, w, C] or None): `prep` turns a
+    chunk of slices into backbone images; `backbone_chunk` slices per pass (0: all at once)."""
+    def one(mdl, chunk):
+      out = mdl(prep(chunk).astype(self.dtype), train=False)
+      return out["pooled"], (out["feature_map"] if want_map else None)
+
+    n, d = slices.shape[0], max(1, int(self.data_shards))
+    c = chunk_size(n, d, int(self.backbone_chunk))
+    if c == 0:
+      pooled, fmap = one(self.backbone, slices)
+    else:
+      # [N] = d device blocks of N/d slices → [N/(d·c), d, c]: pass k takes the k-th c slices
+      # of every block, so each device only ever processes its own rows (no communication).
+      rest = slices.shape[1:]
+      chunks = jnp.swapaxes(slices.reshape((d, n // (d * c), c) + rest), 0, 1)
+      chunks = chunks.reshape((n // (d * c), d * c) + rest)
+
+      def body(mdl, carry, chunk):
+        return carry, one(mdl, chunk)
+
+      if not self.freeze_backbone:   # recompute each chunk in the backward pass
+        body = nn.remat(body, prevent_cse=False)
+      scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
+                     in_axes=0, out_axes=0)
+      _, (pooled, fmap) = scan(self.backbone, None, chunks)
+
+      def unchunk(a):
+        a = a.reshape((n // (d * c), d, c) + a.shape[2:])
+        return jnp.swapaxes(a, 0, 1).reshape((n,) + a.shape[3:])
+
+      pooled = unchunk(pooled)
+      fmap = unchunk(fmap) if want_map else None
     if self.freeze_backbone:
-      pooled, fmap = jax.lax.stop_gradient(pooled), jax.lax.stop_gradient(fmap)
+      pooled = jax.lax.stop_gradient(pooled)
+      fmap = None if fmap is None else jax.lax.stop_gradient(fmap)
+    return pooled, fmap
+
+  def _primary_prep(self, chunk: jax.Array) -> jax.Array:
+    if self.slice_preprocess is None:
+      return chunk
+    return self.slice_preprocess(chunk, self.primary_size or None)
+
+  def _aps_prep(self, chunk: jax.Array) -> jax.Array:
+    """A chunk of key slices → the APS input, zoomed to aps_size (eq. 8), bilinear."""
+    if self.slice_preprocess is not None:
+      size = None if self.aps_source == "native" else (self.primary_size or None)
+      chunk = self.slice_preprocess(chunk, size)
+    if chunk.shape[1:3] != (self.aps_size, self.aps_size):
+      chunk = jax.image.resize(chunk.astype(jnp.float32),
+                               (chunk.shape[0], self.aps_size, self.aps_size, chunk.shape[-1]),
+                               method="bilinear", precision=jax.lax.Precision.DEFAULT)
+    return chunk
+
+  def _features(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """images (or raw slices) [B, k, …] → (pooled [B, k, C], feature_map [B, k, h, w, C])."""
+    b, k = images.shape[:2]
+    pooled, fmap = self._run_backbone(images.reshape((b * k,) + images.shape[2:]),
+                                      self._primary_prep)
     return (pooled.reshape((b, k) + pooled.shape[1:]),
             fmap.reshape((b, k) + fmap.shape[1:]))
 
-  def backbone_features(self, images: jax.Array, aps_images: Optional[jax.Array] = None
-                        ) -> dict[str, jax.Array]:
-    """Per-slice frozen-backbone features for the feature cache (`features=` of __call__).
+  def backbone_features(self, images: jax.Array, aps_images: Optional[jax.Array] = None, *,
+                        want_map: bool = True) -> dict[str, jax.Array]:
+    """Per-slice frozen-backbone features for the feature store (`features=` of __call__).
 
-    images [N, S, S, 3] (primary input) → {"pooled" [N, C], "feature_map" [N, h, w, C]} and,
-    with `aps_images` [N, S', S', 3] (the APS source of the same slices), "aps_pooled" [N, C]
-    of those zoomed to aps_size. Every output row depends on its own slice only (per-slice
-    backbone, per-slice bilinear zoom), so rows cached once equal the full model's values.
+    images [N, …] (the primary input, or raw slices with `slice_preprocess`) → {"pooled"
+    [N, C], "feature_map" [N, h, w, C] (unless `want_map` is False)}; with `aps_images` (the
+    APS source of the same slices: the same raw slices with `slice_preprocess`),
+    "aps_pooled" [N, C] of those zoomed to aps_size. Every output row depends on its own slice
+    only (per-slice backbone, per-slice zoom), so rows stored once equal the full model's.
     Call with `method=DrCT.backbone_features` and the full variables.
     """
-    out = self.backbone(images.astype(self.dtype), train=False)
-    res = {"pooled": out["pooled"], "feature_map": out["feature_map"]}
+    pooled, fmap = self._run_backbone(images, self._primary_prep, want_map)
+    res = {"pooled": pooled}
+    if want_map:
+      res["feature_map"] = fmap
     if aps_images is not None:
-      if aps_images.shape[1:3] != (self.aps_size, self.aps_size):
-        aps_images = jax.image.resize(aps_images.astype(jnp.float32),
-                                      (aps_images.shape[0], self.aps_size, self.aps_size,
-                                       aps_images.shape[-1]), method="bilinear")
-      res["aps_pooled"] = self.backbone(aps_images.astype(self.dtype), train=False)["pooled"]
+      res["aps_pooled"], _ = self._run_backbone(aps_images, self._aps_prep, want_map=False)
     return res
 
   @nn.compact
   def __call__(self, x: Optional[jax.Array], *, native: Optional[jax.Array] = None,
                features: Optional[dict[str, jax.Array]] = None,
                train: bool = False) -> dict[str, jax.Array]:
-    """x [B, m, S, S, 3], or `features` (a frozen backbone's cached per-slice outputs, see
-    `backbone_features`): {"pooled" [B, m, C], "feature_map" [B, m, h, w, C], and for DrCT2
-    "aps_pooled" [B, m, C] = the APS backbone output of every sampled slice, of which the
-    key slices are gathered}. Both give the same outputs (tests/models/test_drct.py)."""
+    """x [B, m, S, S, 3] (or raw slices [B, m, H, W] with `slice_preprocess`), or `features`
+    (a frozen backbone's stored per-slice outputs, see `backbone_features`): {"pooled"
+    [B, m, C], optionally "feature_map" [B, m, h, w, C] (without it no "highlight" is
+    output), and for DrCT2 "aps_pooled" [B, m, C] = the APS backbone output of every sampled
+    slice, of which the key slices are gathered}. Both give the same outputs
+    (tests/models/test_drct.py)."""
     if features is None:
-      assert x.ndim == 5 and x.shape[-1] == 3, f"DrCT expects [B, m, S, S, 3], got {x.shape}"
+      want = 4 if self.slice_preprocess is not None else 5
+      assert x.ndim == want and (want == 4 or x.shape[-1] == 3), (
+          "DrCT expects [B, m, S, S, 3] images (or [B, m, H, W] slices with "
+          f"slice_preprocess), got {x.shape}")
     elif not self.freeze_backbone:
       raise ValueError("cached backbone features need freeze_backbone=True")
     if self.selection not in SELECTIONS:
@@ -199,7 +276,7 @@ class DrCT(nn.Module):
       b, m = x.shape[:2]
       pooled, fmap = self._features(x)
     else:
-      pooled, fmap = features["pooled"], features["feature_map"]
+      pooled, fmap = features["pooled"], features.get("feature_map")
       b, m = pooled.shape[:2]
     seq = dict(gru_hidden=self.gru_hidden, seq_dim=self.seq_dim,
                seq_activation=self.seq_activation, fc_widths=tuple(self.fc_widths),
@@ -209,12 +286,13 @@ class DrCT(nn.Module):
                              feature_norm=self.feature_norm,
                              name="primary", **seq)(pooled, train=train)
     fw, sw = primary["feature_attention"], primary["slice_attention"]
-    # The "highlighted area": feature-attention-weighted sum of the last conv block, ReLU,
-    # scaled to [0, 1] per slice.
-    hl = nn.relu(jnp.einsum("bmhwc,bmc->bmhw", fmap.astype(jnp.float32), fw))
-    hl = hl / jnp.maximum(hl.max(axis=(2, 3), keepdims=True), 1e-12)
     out = {"logits_primary": primary["logits"], "slice_attention": sw,
-           "feature_attention": fw, "highlight": hl}
+           "feature_attention": fw}
+    if fmap is not None:
+      # The "highlighted area": feature-attention-weighted sum of the last conv block, ReLU,
+      # scaled to [0, 1] per slice.
+      hl = nn.relu(jnp.einsum("bmhwc,bmc->bmhw", fmap.astype(jnp.float32), fw))
+      out["highlight"] = hl / jnp.maximum(hl.max(axis=(2, 3), keepdims=True), 1e-12)
     if not self.aps:
       out["logits"] = primary["logits"]
       return out
@@ -244,10 +322,8 @@ class DrCT(nn.Module):
     """The key slices zoomed to aps_size (eq. 8) through the frozen backbone (eq. 9)."""
     b = x.shape[0]
     src = native if (self.aps_source == "native" and native is not None) else x
-    keys = jnp.take_along_axis(src, key_idx[:, :, None, None, None], axis=1)
-    if keys.shape[2:4] != (self.aps_size, self.aps_size):
-      keys = jax.image.resize(keys.astype(jnp.float32),
-                              (b, self.mkey, self.aps_size, self.aps_size, keys.shape[-1]),
-                              method="bilinear")
-    aps_pooled, _ = self._features(keys)
-    return aps_pooled
+    idx = key_idx.reshape(key_idx.shape + (1,) * (src.ndim - 2))
+    keys = jnp.take_along_axis(src, idx, axis=1)
+    pooled, _ = self._run_backbone(keys.reshape((b * self.mkey,) + keys.shape[2:]),
+                                   self._aps_prep, want_map=False)
+    return pooled.reshape((b, self.mkey) + pooled.shape[1:])

@@ -1,12 +1,26 @@
 """DrCT's frozen-backbone feature store: the backbone's per-slice outputs, computed once.
 
-With the backbone frozen, a slice's pooled vector and feature map (primary input) and its APS
-vector (the same slice zoomed to aps_size: a per-slice, deterministic operation) do not depend
-on training, so DrCT's heads train on stored rows exactly (the model's `features=` path;
-equality with the end-to-end model is tested). Enabled by `config.features.enabled`; stored as
-`<workdir>/feature_cache/<key>.npz` and reused while `feature_cache_key` (data, backbone
-weights, sizes, windows, dtype, backend) is unchanged, by later starts, other folds of the same
-data and `python -m ctjax.evaluate`.
+With the backbone frozen, a slice's pooled vector (primary input) and its APS vector (the same
+slice zoomed to aps_size: a per-slice, deterministic operation) do not depend on training, so
+DrCT's heads train on stored rows exactly (the model's `features=` path; equality with the
+end-to-end model is tested). Enabled by `config.features.enabled`.
+
+The store is a prepared, sharded stage beside the HU cache: `<cache>/features/<key>/`, one
+feature shard per HU shard (same scans, same row order: scan i's slice k is row
+`offset_i + k` of shard `shard_i`), each array a memory-mappable `.npy` per shard, in
+`config.features.dtype` ("auto": bfloat16 on GPU/TPU, float32 on CPU; bfloat16 is stored as
+its uint16 bit pattern). The key hashes what the rows depend on: the cache's manifest and
+shard files, the backbone's parameter bytes and module settings, sizes, windows, dtypes and the
+JAX backend. Feature maps (`feature_map`, for the report's highlight) are stored only with
+`config.features.store_maps`; the report computes its own from the checkpoint's backbone.
+
+Building (`build_store`) is data-parallel over every device of every process: each process
+takes its own disjoint shards, feeds `config.features.chunk` slices per device per call
+through one jitted, mesh-sharded program (global batches via the mesh), and writes each shard
+atomically as soon as its rows are done — host memory O(chunk + shard), never O(data set);
+a killed build resumes from the finished shards. Process 0 writes the manifest last.
+Training reads rows from the mapped store through the same Grain pipeline (`FeatureData` →
+`ctjax.data.pipeline`'s `features=`): no HU is read on that path.
 """
 
 from __future__ import annotations
@@ -16,29 +30,44 @@ import json
 import logging
 import os
 import pathlib
-import tempfile
-import zipfile
+import time
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ctjax.errors import CTDataError
+
 log = logging.getLogger(__name__)
 
-# Batch keys of the feature cache: pooled [B,m,C], feature map [B,m,h,w,C], APS pooled [B,m,C].
+STORE_DIR = "features"
+STORE_VERSION = 2
+# Batch keys of the store's arrays (what DrCT's `features=` path reads).
 FEATURE_KEYS = ("feat_pooled", "feat_map", "feat_aps")
-
-
-CACHE_DIR = "feature_cache"
+ARRAYS = {"pooled": "feat_pooled", "feature_map": "feat_map", "aps_pooled": "feat_aps"}
 
 
 def enabled(config: ml_collections.ConfigDict) -> bool:
   features = config.get("features")
   return bool(features is not None and features.get("enabled", False))
-_FEATURE_CACHE_VERSION = 1
+
+
+def _option(config, name: str, default: Any) -> Any:
+  features = config.get("features")
+  return features.get(name, default) if features is not None else default
+
+
+def store_dtype(config: ml_collections.ConfigDict) -> str:
+  """"float32" | "bfloat16": `config.features.dtype` ("auto": bfloat16 on GPU/TPU)."""
+  name = str(_option(config, "dtype", "auto"))
+  if name == "auto":
+    return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
+  if name not in ("float32", "bfloat16"):
+    from ctjax.errors import ConfigError
+    raise ConfigError(f"config.features.dtype={name!r}; expected auto, float32 or bfloat16")
+  return name
 
 
 def _sha256_file(path: pathlib.Path) -> str:
@@ -50,28 +79,15 @@ def _sha256_file(path: pathlib.Path) -> str:
 
 
 def _data_identity(scans: Any) -> dict[str, Any]:
-  """What fixes the HU rows: a prepared cache's manifest.json (its bytes) and the size and
-  mtime of its shard files (a rebuilt cache gets new ones); without a manifest (in-memory
-  stand-ins), the HU bytes themselves."""
-  counts = [int(s.num_slices) for s in scans.scans]
-  out: dict[str, Any] = {"num_slices": counts,
-                         "scan_ids": [str(getattr(s, "scan_id", "")) for s in scans.scans]}
-  path = getattr(scans, "path", None)
-  manifest = None if path is None else pathlib.Path(path) / "manifest.json"
-  if manifest is not None and manifest.is_file():
-    out["manifest_sha256"] = _sha256_file(manifest)
-    shards = []
-    for shard in json.loads(manifest.read_text()).get("shards", []):
-      st = (pathlib.Path(path) / shard["file"]).stat()
-      shards.append([shard["file"], st.st_size, st.st_mtime_ns])
-    out["shards"] = shards
-  else:
-    h = hashlib.sha256()
-    for i in range(len(scans.scans)):
-      hu = np.ascontiguousarray(scans.scan_hu(i))
-      h.update(f"{hu.dtype}{hu.shape}".encode())
-      h.update(hu.tobytes())
-    out["hu_sha256"] = h.hexdigest()
+  """What fixes the HU rows: the prepared cache's manifest.json (its bytes) and the size and
+  mtime of its shard files (a rebuilt cache gets new ones)."""
+  path = pathlib.Path(scans.path)
+  out: dict[str, Any] = {"manifest_sha256": _sha256_file(path / "manifest.json")}
+  shards = []
+  for shard in scans.manifest.get("shards", []):
+    st = (path / shard["file"]).stat()
+    shards.append([shard["file"], st.st_size, st.st_mtime_ns])
+  out["shards"] = shards
   return out
 
 
@@ -86,156 +102,268 @@ def _tree_sha256(tree: Any) -> str:
   return h.hexdigest()
 
 
-def feature_cache_key(config: ml_collections.ConfigDict, scans: Any, model: nn.Module,
-                      backbone_params: Any) -> tuple[str, dict[str, Any]]:
-  """(hex key, the description it hashes) of everything the cached rows depend on.
+def store_key(config: ml_collections.ConfigDict, scans: Any, model: nn.Module,
+              backbone_params: Any) -> tuple[str, dict[str, Any]]:
+  """(hex key, the description it hashes) of everything the stored rows depend on.
 
   The rows cover every scan of the cache (all splits), so the split indices are not part of
   the key: another fold of the same data and backbone reuses them. The backbone is hashed by
-  its parameter values (whichever file or seed they came from) plus the module's settings
-  (width, dtypes), and the JAX backend that computed the rows.
+  its parameter values (whichever file or seed they came from) plus the module's settings.
   """
   mc = config.model
   want_aps = bool(mc.aps)
   windows = config.data.get("windows", "rsna3")
-  desc = {"version": _FEATURE_CACHE_VERSION,
+  desc = {"version": STORE_VERSION,
           "data": _data_identity(scans),
           "backbone_sha256": _tree_sha256(backbone_params),
           "backbone_module": repr(getattr(model, "backbone", None)),
-          "backbone_weights": str(mc.get("backbone_weights", "")),
-          "backbone_width": float(mc.backbone_width),
           "windows": windows if isinstance(windows, str) else [list(w) for w in windows],
           "primary_size": int(mc.primary_size),
           "aps": want_aps,
           "aps_size": int(getattr(model, "aps_size", mc.aps_size)) if want_aps else None,
           "aps_source": str(mc.aps_source) if want_aps else None,
-          "dtype": str(mc.dtype), "param_dtype": str(mc.param_dtype),
           "model_dtype": str(getattr(model, "dtype", None)),
+          "param_dtype": str(mc.param_dtype),
+          "store_dtype": store_dtype(config),
+          "store_maps": bool(_option(config, "store_maps", False)),
           # CPU and GPU convolutions round differently: rows from one are not the other's.
           "backend": jax.default_backend()}
   blob = json.dumps(desc, sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:24], desc
 
 
-def _load_feature_cache(path: pathlib.Path, desc: Mapping[str, Any]
-                        ) -> Optional[dict[str, np.ndarray]]:
-  """The stored arrays if `path` holds a complete file written for `desc`, else None."""
-  if not path.is_file():
-    return None
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      stored = json.loads(str(f["__key__"]))
-      if stored != json.loads(json.dumps(desc, sort_keys=True, default=str)):
-        log.warning("feature cache %s was written for other inputs; recomputing", path)
-        return None
-      return {k: np.asarray(f[k]) for k in f.files if k != "__key__"}
-  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:   # never trusted
-    log.warning("feature cache %s is unreadable (%s); recomputing", path, e)
-    return None
+def _to_storage(a: np.ndarray, dtype: str) -> np.ndarray:
+  if dtype == "bfloat16":
+    import ml_dtypes
+    return np.asarray(a).astype(ml_dtypes.bfloat16).view(np.uint16)
+  return np.asarray(a, np.float32)
 
 
-def _save_feature_cache(path: pathlib.Path, cache: Mapping[str, np.ndarray],
-                        desc: Mapping[str, Any]) -> None:
-  """Writes to a private temporary file in the same folder, then renames it over `path`: a
-  run killed mid-write leaves only a `.tmp` file, never a partial `<key>.npz`."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, __key__=np.asarray(json.dumps(desc, sort_keys=True, default=str)), **cache)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)   # mkstemp's 0600 would hide the cache from other users of the run
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+def _from_storage(a: np.ndarray, dtype: str) -> np.ndarray:
+  if dtype == "bfloat16":
+    import ml_dtypes
+    return a.view(ml_dtypes.bfloat16)
+  return a
 
 
-def build_feature_cache(config: ml_collections.ConfigDict, splits: Any, model: nn.Module,
-                        variables: Mapping[str, Any], chunk: int = 128,
-                        cache_dir: Optional[str | os.PathLike] = None) -> dict[str, Any]:
-  """Host side: the frozen backbone's outputs for every slice of every cached scan, once.
+def _shard_stem(path: pathlib.Path, index: int) -> pathlib.Path:
+  return path / f"shard_{index:05d}"
 
-  With the backbone frozen, a slice's pooled vector and feature map (primary input) and its
-  APS vector (the same slice zoomed to aps_size: a per-slice, deterministic operation) do not
-  depend on training, so DrCT's heads can be trained on these rows exactly (the model's
-  `features=` path; equality with the full model is tested). Returns {"offsets" int64 [scans],
-  "pooled", "feature_map", "aps_pooled" (DrCT2) float32 [rows, ...]}.
 
-  With `cache_dir` (the trainer passes `<workdir>/feature_cache`), the arrays are stored as
-  `<cache_dir>/<key>.npz` and reused while `feature_cache_key` (data, backbone weights, sizes,
-  windows, dtype) is unchanged; any change gives a new key and a recomputation.
+def _shard_done(path: pathlib.Path, index: int) -> bool:
+  return _shard_stem(path, index).with_suffix(".done.json").is_file()
+
+
+def _write_shard(path: pathlib.Path, index: int, arrays: Mapping[str, np.ndarray],
+                 dtype: str) -> None:
+  """Each array to a temporary name then renamed; the `.done.json` marker is written last, so
+  a killed build never leaves a shard that looks finished."""
+  stem = _shard_stem(path, index)
+  sizes = {}
+  for name, value in arrays.items():
+    final = stem.with_name(f"{stem.name}.{name}.npy")
+    tmp = stem.with_name(f"{stem.name}.{name}.tmp.npy")
+    np.save(tmp, _to_storage(value, dtype))
+    os.replace(tmp, final)
+    sizes[name] = final.stat().st_size
+  marker = stem.with_suffix(".tmp.json")
+  marker.write_text(json.dumps({"index": index, "rows": int(len(next(iter(arrays.values())))),
+                                "bytes": sizes}))
+  os.replace(marker, stem.with_suffix(".done.json"))
+
+
+class FeatureStore:
+  """A complete store, memory-mapped per shard (lazily, per process)."""
+
+  def __init__(self, path: str | os.PathLike, scans: Any):
+    self.path = pathlib.Path(path)
+    manifest = self.path / "manifest.json"
+    if not manifest.is_file():
+      raise CTDataError("no complete feature store here; it is built by `python -m "
+                        "ctjax.train` (config.features.enabled)", manifest)
+    self.manifest = json.loads(manifest.read_text())
+    self.dtype = self.manifest["dtype"]
+    self.names = tuple(self.manifest["arrays"])
+    self.scans = scans
+    self._maps: dict[tuple[int, str], np.ndarray] = {}
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_maps"] = {}      # memory maps are reopened in each worker process
+    return state
+
+  def array(self, shard: int, name: str) -> np.ndarray:
+    key = (shard, name)
+    arr = self._maps.get(key)
+    if arr is None:
+      file = _shard_stem(self.path, shard).with_name(f"shard_{shard:05d}.{name}.npy")
+      try:
+        arr = _from_storage(np.load(file, mmap_mode="r"), self.dtype)
+      except (OSError, ValueError) as e:
+        raise CTDataError(f"unreadable feature shard ({e}); delete {self.path} to rebuild it",
+                          file) from e
+      self._maps[key] = arr
+    return arr
+
+  def rows(self, scan: int, slices: np.ndarray) -> dict[str, np.ndarray]:
+    """{batch key: [len(slices), …]} of scan `scan` (an index into the cache's scans)."""
+    meta = self.scans.scans[scan]
+    idx = meta.offset + np.asarray(slices, np.int64)
+    return {ARRAYS[name]: np.asarray(self.array(meta.shard, name)[idx]) for name in self.names}
+
+
+def store_path(scans: Any, key: str) -> pathlib.Path:
+  return pathlib.Path(scans.path) / STORE_DIR / key
+
+
+def build_store(config: ml_collections.ConfigDict, scans: Any, model: nn.Module,
+                variables: Mapping[str, Any], *, progress: Optional[bool] = None
+                ) -> FeatureStore:
+  """The complete store for (config, scans, backbone), built now where shards are missing.
+
+  Every process of the run must call this (it runs sharded over the global mesh). `scans` is
+  the HU cache (`ctjax.data.cache.CachedScans`); `variables` the full DrCT variables (host).
   """
-  scans = splits["train"].scans   # every split's CacheSource shares the CachedScans
-  path = None
-  if cache_dir is not None:
-    key, desc = feature_cache_key(config, scans, model, variables["params"]["backbone"])
-    path = pathlib.Path(cache_dir) / f"{key}.npz"
-    stored = _load_feature_cache(path, desc)
-    if stored is not None:
-      log.info("feature cache: reusing %s (%d slices)", path, len(stored["pooled"]))
-      return stored
-  cache = _compute_feature_cache(config, scans, model, variables, chunk)
-  if path is not None:
-    _save_feature_cache(path, cache, desc)
-    log.info("feature cache: stored in %s", path)
-  return cache
-
-
-def _compute_feature_cache(config: ml_collections.ConfigDict, scans: Any, model: nn.Module,
-                           variables: Mapping[str, Any], chunk: int) -> dict[str, Any]:
-  """The backbone pass over all slices, `chunk` slices per call (one compiled shape)."""
-  mc = config.model
-  want_aps = bool(mc.aps)
-  native = want_aps and mc.aps_source == "native"
   from ctjax.models.drct import DrCT
-  from ctjax.train.tasks.drct import preprocess
-  params = {"params": {"backbone": variables["params"]["backbone"]}}
+  from ctjax.train import parallel
+  key, desc = store_key(config, scans, model, variables["params"]["backbone"])
+  path = store_path(scans, key)
+  if (path / "manifest.json").is_file():
+    log.info("feature store: reusing %s", path)
+    return FeatureStore(path, scans)
+  if progress is None:
+    progress = bool(config.get("log", {}).get("progress_bar", True))
+  dtype = store_dtype(config)
+  want_aps = bool(config.model.aps)
+  want_map = bool(_option(config, "store_maps", False))
+  path.mkdir(parents=True, exist_ok=True)
+  parallel.barrier("ctjax_features_start")
+  num_shards = len(scans.manifest["shards"])
+  todo = [j for j in range(num_shards) if not _shard_done(path, j)]
+  pcount, pid = jax.process_count(), jax.process_index()
+  rows = _shard_rows(scans)
+  assigned = [todo[p::pcount] for p in range(pcount)]   # disjoint shards per process
+  mesh = parallel.make_mesh(config)
+  per_device = max(1, int(_option(config, "chunk", 128)))
+  local_chunk = per_device * len(mesh.local_devices)
+  calls = max((-(-sum(rows[j] for j in a) // local_chunk) for a in assigned), default=0)
+  log.info("feature store %s: %d of %d shards to build (%d slices), %d calls of %d slices "
+           "per process", path, len(todo), num_shards, sum(rows[j] for j in todo), calls,
+           local_chunk)
+  if calls:
+    bb = model.clone(backbone_chunk=0)   # one call = one chunk
+    params = parallel.put_replicated({"params": {"backbone": variables["params"]["backbone"]}},
+                                     mesh)
+    run = jax.jit(
+        lambda p, hu: bb.apply(p, hu, hu if want_aps else None, want_map=want_map,
+                               method=DrCT.backbone_features),
+        in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
+        out_shardings=parallel.data_sharding(mesh))
+    _build_local(run, params, scans, assigned[pid], rows, calls, local_chunk, mesh, path,
+                 dtype, progress and pid == 0, sum(rows[j] for j in todo))
+  parallel.barrier("ctjax_features_built")
+  if pid == 0:
+    names = ["pooled"] + (["feature_map"] if want_map else []) + (["aps_pooled"] if want_aps
+                                                                  else [])
+    manifest = {"version": STORE_VERSION, "complete": True, "key": key, "desc": desc,
+                "dtype": dtype, "arrays": names,
+                "shards": [{"index": j, "rows": rows[j]} for j in range(num_shards)]}
+    tmp = path / "manifest.tmp.json"
+    tmp.write_text(json.dumps(manifest, indent=1, default=str))
+    os.replace(tmp, path / "manifest.json")
+  parallel.barrier("ctjax_features_manifest")
+  return FeatureStore(path, scans)
 
-  @jax.jit
-  def run(hu):
-    x = preprocess(hu[None], config, mc.primary_size)[0]
-    aps_src = None
-    if want_aps:
-      aps_src = preprocess(hu[None], config, hu.shape[-1])[0] if native else x
-    return model.apply(params, x, aps_src, method=DrCT.backbone_features)
 
-  counts = np.asarray([s.num_slices for s in scans.scans], np.int64)
-  offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-  total = int(counts.sum())
-  out: dict[str, list] = {}
-  rows = [np.asarray(scans.scan_hu(i)) for i in range(len(scans.scans))]
-  flat = np.concatenate(rows) if rows else np.zeros((0, 1, 1), np.int16)
-  for start in range(0, total, chunk):
-    part = flat[start:start + chunk]
-    n = len(part)
-    if n < chunk:   # one compiled shape
-      part = np.concatenate([part, np.zeros((chunk - n,) + part.shape[1:], part.dtype)])
-    res = jax.device_get(run(jnp.asarray(part)))
-    for k, v in res.items():
-      out.setdefault(k, []).append(np.asarray(v, np.float32)[:n])
-  cache = {k: np.concatenate(v) for k, v in out.items()}
-  cache["offsets"] = offsets
-  log.info("feature cache: %d slices of %d scans (%s)", total, len(counts),
-           ", ".join(f"{k} {v.shape[1:]}" for k, v in cache.items() if k != "offsets"))
-  return cache
+def _shard_rows(scans: Any) -> list[int]:
+  rows = [0] * len(scans.manifest["shards"])
+  for meta in scans.scans:
+    rows[meta.shard] = max(rows[meta.shard], meta.offset + meta.num_slices)
+  return rows
 
 
-def add_features(batch: dict, source: Any, cache: Mapping[str, Any]) -> dict:
-  """Replaces a DrCT batch's HU by the cached features of its (scan, slice) pairs."""
-  ex = np.asarray(batch["example_index"]).astype(np.int64)
-  scan = np.asarray(source.indices)[np.maximum(ex, 0)]
-  rows = cache["offsets"][scan][:, None] + np.asarray(batch["slice_index"], np.int64)
-  out = {k: v for k, v in batch.items() if k != "hu"}
-  for key, name in zip(FEATURE_KEYS, ("pooled", "feature_map", "aps_pooled")):
-    if name in cache:
-      out[key] = cache[name][rows]
-  return out
+def _build_local(run, params, scans, shards, rows, calls, local_chunk, mesh, path, dtype,
+                 show_bar: bool, total_slices: int) -> None:
+  """This process's part: its shards' slices streamed in `local_chunk` windows (padded to
+  the same number of calls on every process), each shard written when its rows are done."""
+  from ctjax.train import parallel
+
+  def stream():
+    for j in shards:
+      hu = scans.hu(j)
+      for start in range(0, rows[j], local_chunk):
+        yield j, start, np.asarray(hu[start:start + local_chunk])
+
+  source = stream()
+  pending: list[tuple[int, int, np.ndarray]] = []   # (shard, start, hu) not yet fed
+  buffers: dict[int, dict[str, np.ndarray]] = {}
+  filled: dict[int, int] = {}
+  size = int(scans.image_size)
+  bar = None
+  if show_bar:
+    from tqdm import tqdm
+    bar = tqdm(total=total_slices, unit="slice", desc="feature store", dynamic_ncols=True)
+  t0 = time.perf_counter()
+  try:
+    for _ in range(calls):
+      parts, need = [], local_chunk
+      while need > 0:
+        if not pending:
+          nxt = next(source, None)
+          if nxt is None:
+            break
+          pending.append(nxt)
+        j, start, hu = pending[0]
+        take = hu[:need]
+        parts.append((j, start, take))
+        if len(take) < len(hu):
+          pending[0] = (j, start + len(take), hu[len(take):])
+        else:
+          pending.pop(0)
+        need -= len(take)
+      fed = sum(len(t) for _, _, t in parts)
+      chunk = np.zeros((local_chunk, size, size), np.int16)
+      if fed:
+        chunk[:fed] = np.concatenate([t for _, _, t in parts])
+      out = run(params, parallel.host_to_global({"hu": chunk}, mesh)["hu"])
+      local = {k: _local_rows(v) for k, v in out.items()}
+      at = 0
+      for j, start, take in parts:
+        buf = buffers.setdefault(j, {k: np.empty((rows[j],) + v.shape[1:], v.dtype)
+                                     for k, v in local.items()})
+        for k, v in local.items():
+          buf[k][start:start + len(take)] = v[at:at + len(take)]
+        at += len(take)
+        filled[j] = filled.get(j, 0) + len(take)
+        if filled[j] == rows[j]:
+          _write_shard(path, j, buffers.pop(j), dtype)
+      if bar is not None:
+        bar.update(fed * jax.process_count())
+  finally:
+    if bar is not None:
+      bar.close()
+  log.info("feature store: %d slices in %.1f s on this process", sum(rows[j] for j in shards),
+           time.perf_counter() - t0)
 
 
-def feature_data(data: Any, cache: Mapping[str, Any]) -> Any:
-  """`data` with each batch's HU replaced by the stored features of its (scan, slice) pairs."""
-  from ctjax.data.pipeline import MappedData
-  return MappedData(data, lambda batch, source: add_features(batch, source, cache))
+def _local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, in order."""
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  return np.concatenate([np.asarray(s.data) for s in shards])
+
+
+class FeatureData:
+  """The trainer's data module with stored backbone features in place of HU (DrCT only):
+  the pipeline reads each example's rows from the memory-mapped store."""
+
+  def __init__(self, inner: Any, store: FeatureStore):
+    self._inner, self.store = inner, store
+
+  def __getattr__(self, name: str) -> Any:   # build_splits, steps_per_epoch, …
+    return getattr(self._inner, name)
+
+  def train_iterator(self, config, splits, **kwargs):
+    return self._inner.train_iterator(config, splits, features=self.store, **kwargs)
+
+  def eval_batches(self, config, splits, split, **kwargs):
+    return self._inner.eval_batches(config, splits, split, features=self.store, **kwargs)

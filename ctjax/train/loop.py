@@ -43,7 +43,7 @@ from ctjax.train.tasks import Task, default_data_module, get_task
 
 log = logging.getLogger(__name__)
 
-_DTYPES = ("float32", "bfloat16", "float16")
+from ctjax.models import DTYPES as _DTYPES  # noqa: E402
 
 
 def evaluators(config: ml_collections.ConfigDict, steps_per_epoch: int = 1
@@ -207,7 +207,9 @@ class _Setup:
     self.task = task if task is not None else get_task(config.task)
     validate_config(config, self.task)
     data = default_data_module(data)
-    self.splits = data.build_splits(config, str(workdir))
+    # Generated / prepared once, by process 0, while the others wait (then only read it).
+    self.splits = parallel.process_zero_first(
+        lambda: data.build_splits(config, str(workdir)), "ctjax_build_splits")
     self.model = self.task.build_model(config)
     parallel.local_batch_size(int(config.train.batch_size), mesh)   # divisibility check
     if hasattr(data, "steps_per_epoch"):   # the pipeline knows its per-process sharding.

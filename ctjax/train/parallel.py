@@ -69,6 +69,32 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
   return True
 
 
+def barrier(name: str) -> None:
+  """All processes wait here (no-op with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def process_zero_first(fn, name: str):
+  """`fn()` on process 0 first (e.g. generating or preparing a data set once), then on the
+  others once it finished (they find its output and only read it)."""
+  if jax.process_count() == 1:
+    return fn()
+  if jax.process_index() == 0:
+    out = fn()
+    barrier(name)
+    return out
+  barrier(name)
+  return fn()
+
+
+def mesh_size(config: ml_collections.ConfigDict) -> int:
+  """Devices of `make_mesh(config)` (without building it)."""
+  n = int(config.get("parallel", {}).get("num_devices", -1))
+  return jax.device_count() if n == -1 else n
+
+
 def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
   """A 1-D data-parallel mesh over `config.parallel.num_devices` (-1: all) devices."""
   n = int(config.parallel.num_devices)

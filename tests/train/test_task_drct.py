@@ -1,16 +1,13 @@
 """ctjax.train.tasks.drct on random batches: losses, per-module learning rates, frozen backbone,
-predict outputs and summarize against scikit-learn; the frozen-feature store
-(ctjax.train.features)."""
+predict outputs and summarize against scikit-learn."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from sklearn.metrics import f1_score
 
 from configs import drct2_rsna, drct2_cq500
-from ctjax.train import features as FEAT
 from ctjax.train import optim
 from ctjax.errors import ConfigError
 from ctjax.models import weights
@@ -44,8 +41,8 @@ def setup():
   model = TASK.build_model(config)
   # He-scaled numpy weights of init's shapes: init_variables' jitted Flax init of the VGG16
   # compiles for ~15 s on 2 busy cores (its output structure is checked below, untraced).
-  x = jnp.zeros((1, config.data.num_slices, 32, 32, 3), jnp.float32)
-  variables = weights.random_variables(model.clone(aps_size=32), x)
+  hu = jnp.zeros((1, config.data.num_slices, 32, 32), jnp.int16)
+  variables = weights.random_variables(model.clone(aps_size=32, primary_size=32), hu)
   return config, model, variables
 
 
@@ -188,143 +185,3 @@ def test_bad_config_fails_with_config_error(field, value):
   config[section][name] = value
   with pytest.raises(ConfigError, match=name):
     check_config(config)
-
-
-class _Scans:
-  """Stand-in for ctjax.data.cache.CachedScans: scans of varying slice counts."""
-
-  def __init__(self, hus):
-    self.hus = hus
-    self.scans = [type("Meta", (), {"num_slices": len(h)})() for h in hus]
-
-  def scan_hu(self, i):
-    return self.hus[i]
-
-
-class _Source:
-  def __init__(self, scans, indices):
-    self.scans, self.indices = scans, np.asarray(indices)
-
-
-def test_feature_cache_gives_full_model_outputs_and_loss(setup):
-  config, model, variables = setup
-  rng = np.random.default_rng(3)
-  s, m = config.data.image_size, config.data.num_slices
-  scans = _Scans([rng.integers(-1024, 1500, (n, s, s)).astype(np.int16) for n in (7, 5, 9)])
-  splits = {"train": _Source(scans, [2, 0]), "test": _Source(scans, [1])}
-  cache = FEAT.build_feature_cache(config, splits, model, variables, chunk=8)
-  assert cache["pooled"].shape[0] == 21 and list(cache["offsets"]) == [0, 7, 12]
-  # A train batch: example 0 = scan 2 (9 slices), example 1 = scan 0 (7 slices), example 2
-  # padding; slices drawn at random as the pipeline's resampling does.
-  idx = np.stack([np.sort(rng.choice(9, m, replace=False)), np.sort(rng.choice(7, m, False)),
-                  np.arange(m)]).astype(np.int32)
-  hu = np.stack([scans.hus[2][idx[0]], scans.hus[0][idx[1]], scans.hus[2][idx[2]]])
-  batch = {"hu": hu, "labels": (rng.random((3, 6)) < 0.5).astype(np.float32),
-           "slice_index": idx, "valid": np.array([True, True, False]),
-           "example_index": np.array([0, 1, -1], np.int32)}
-  fbatch = FEAT.add_features(batch, splits["train"], cache)
-  assert "hu" not in fbatch and fbatch["feat_aps"].shape[:2] == (3, m)
-  want = TASK.predict(model, variables, batch, config)
-  got = TASK.predict(model, variables, fbatch, config)
-  for k in want:
-    np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=1e-4, atol=1e-5,
-                               err_msg=k)
-  params = variables["params"]
-  extra = {k: v for k, v in variables.items() if k != "params"}
-  l1, _ = TASK.loss_fn(model, params, extra, batch, jax.random.key(1), config, True)
-  l2, _ = TASK.loss_fn(model, params, extra, fbatch, jax.random.key(1), config, True)
-  np.testing.assert_allclose(float(l2), float(l1), rtol=1e-5)
-
-
-def test_feature_cache_needs_frozen_backbone():
-  config = drct2_rsna.get_config("runlocal")
-  config.features.enabled = True
-  config.model.freeze_backbone = False
-  with pytest.raises(ConfigError, match="features.enabled"):
-    check_config(config)
-
-
-def _small_splits(config, seed=5):
-  rng = np.random.default_rng(seed)
-  s = config.data.image_size
-  scans = _Scans([rng.integers(-1024, 1500, (n, s, s)).astype(np.int16) for n in (3, 2, 4)])
-  return {"train": _Source(scans, [0, 2]), "test": _Source(scans, [1])}
-
-
-def test_feature_cache_persists_and_is_keyed(setup, tmp_path, monkeypatch):
-  config, model, variables = setup
-  splits = _small_splits(config)
-  calls = []
-  compute = FEAT._compute_feature_cache
-
-  def counting(*args, **kwargs):
-    calls.append(1)
-    return compute(*args, **kwargs)
-
-  monkeypatch.setattr(FEAT, "_compute_feature_cache", counting)
-  first = FEAT.build_feature_cache(config, splits, model, variables, chunk=8,
-                                       cache_dir=tmp_path)
-  files = sorted(p.name for p in tmp_path.iterdir())
-  assert len(calls) == 1 and len(files) == 1 and files[0].endswith(".npz")
-  second = FEAT.build_feature_cache(config, splits, model, variables, chunk=8,
-                                        cache_dir=tmp_path)
-  assert len(calls) == 1   # read back: no backbone pass
-  assert sorted(first) == sorted(second) == ["aps_pooled", "feature_map", "offsets", "pooled"]
-  for k in first:
-    np.testing.assert_array_equal(second[k], first[k], err_msg=k)
-  # Another APS zoom is another key: recomputed, stored beside the first.
-  other = config.copy_and_resolve_references()
-  other.model.aps_size = 32
-  third = FEAT.build_feature_cache(other, splits, model.clone(aps_size=32), variables,
-                                       chunk=8, cache_dir=tmp_path)
-  assert len(calls) == 2 and len(list(tmp_path.iterdir())) == 2
-  np.testing.assert_array_equal(third["pooled"], first["pooled"])   # primary path unchanged
-  assert not np.allclose(third["aps_pooled"], first["aps_pooled"])
-
-
-def test_feature_cache_key_follows_inputs(setup, monkeypatch):
-  config, model, variables = setup
-  splits = _small_splits(config)
-  backbone = variables["params"]["backbone"]
-  scans = splits["train"].scans
-  key = FEAT.feature_cache_key(config, scans, model, backbone)[0]
-  assert key == FEAT.feature_cache_key(config, _small_splits(config)["train"].scans,
-                                           model, backbone)[0]
-  assert key != FEAT.feature_cache_key(config, _small_splits(config, seed=6)["train"].scans,
-                                           model, backbone)[0]
-  bumped = jax.tree.map(lambda a: a, backbone)
-  first = sorted(bumped)[0]
-  bumped[first] = dict(bumped[first], kernel=np.asarray(bumped[first]["kernel"]) + 1e-3)
-  assert key != FEAT.feature_cache_key(config, scans, model, bumped)[0]
-  for field, value in (("primary_size", 48), ("aps_source", "native"), ("dtype", "bfloat16")):
-    other = config.copy_and_resolve_references()
-    other.model[field] = value
-    assert key != FEAT.feature_cache_key(other, scans, model, backbone)[0], field
-  # The split assignment is not part of the key: the rows cover every scan of the cache.
-  assert key == FEAT.feature_cache_key(config, _Source(scans, [1]).scans, model,
-                                           backbone)[0]
-  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert key != FEAT.feature_cache_key(config, scans, model, backbone)[0]
-
-
-def test_feature_cache_write_is_atomic(tmp_path, monkeypatch):
-  cache = {"offsets": np.arange(3), "pooled": np.ones((5, 4), np.float32)}
-  desc = {"k": 1}
-  path = tmp_path / "abc.npz"
-
-  def dies(f, **arrays):   # killed half-way through the write
-    f.write(b"PK\x03\x04 partial")
-    raise KeyboardInterrupt
-
-  monkeypatch.setattr(FEAT.np, "savez", dies)
-  with pytest.raises(KeyboardInterrupt):
-    FEAT._save_feature_cache(path, cache, desc)
-  assert list(tmp_path.iterdir()) == []
-  monkeypatch.undo()
-  # A truncated or foreign file under the final name is never trusted.
-  path.write_bytes(b"PK\x03\x04 partial")
-  assert FEAT._load_feature_cache(path, desc) is None
-  FEAT._save_feature_cache(path, cache, desc)
-  got = FEAT._load_feature_cache(path, desc)
-  np.testing.assert_array_equal(got["pooled"], cache["pooled"])
-  assert FEAT._load_feature_cache(path, {"k": 2}) is None

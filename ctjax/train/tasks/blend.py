@@ -30,7 +30,7 @@ from ctjax.data import windows as windows_lib
 from ctjax.data.labels import BLEND_CLASSES
 from ctjax.errors import ConfigError
 from ctjax.eval import detection
-from ctjax.models import blendnet
+from ctjax.models import blendnet, compute_dtype
 from ctjax.train.tasks import Task
 from ctjax.train.tasks.blend_losses import (detection_loss, distillation_kl,
                                             weighted_cross_entropy)
@@ -133,7 +133,7 @@ def save_soft_labels(path: str, example_index: np.ndarray, probs: np.ndarray) ->
 def preprocess(hu: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
   """int16/float HU [B, H, W] → ImageNet-normalised `blend3` RGB [B, H, W, 3] (dtype of model)."""
   x = windows_lib.apply_windows(jnp.asarray(hu), config.data.get("windows", "blend3"))
-  return windows_lib.imagenet_normalize(x).astype(jnp.dtype(config.model.dtype))
+  return windows_lib.imagenet_normalize(x).astype(compute_dtype(config.model.dtype))
 
 
 def _stride(image_hw, det_hw) -> float:
@@ -164,7 +164,7 @@ class BlendTask(Task):
 
   def init_variables(self, model, config, rng):
     size = config.data.image_size
-    x = jnp.zeros((1, size, size, 3), jnp.dtype(config.model.dtype))
+    x = jnp.zeros((1, size, size, 3), compute_dtype(config.model.dtype))
     return blendnet.strip_perturbations(model.init(rng, x, train=False))
 
   def load_pretrained(self, config, variables):

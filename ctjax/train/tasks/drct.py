@@ -1,8 +1,9 @@
 """The `drct` task: DrCT1 / DrCT2 on scan records (DrCT2 paper, sections V and VI.A.1).
 
-On device, inside the jitted step: HU int16 [B, m, H, W] → windows (`config.data.windows`,
-default "rsna3") → ImageNet normalisation → bilinear resize to `config.model.primary_size`
-(224 in the paper) → `ctjax.models.drct.DrCT`. Losses (eq. 11): primary + APS + fusion, MSE /
+On device, inside the jitted step: HU int16 [B, m, H, W] → `ctjax.models.drct.DrCT`, which
+windows (`config.data.windows`, default "rsna3"), ImageNet-normalises and resizes the slices to
+`config.model.primary_size` (224 in the paper) chunk by chunk inside its backbone pass
+(`preprocess_slices`, `config.model.backbone_chunk` slices at a time). Losses (eq. 11): primary + APS + fusion, MSE /
 MSE / BCE by default (Table 2's switch: `config.loss.{primary,aps,fusion}`), optional per-label
 positive weights. Adam with per-module learning rates (VI.A.1: APS 3e-4, primary and fusion
 5e-4) over the parameter groups `backbone`, `primary`, `aps`, `fusion` (`param_groups`, fed to
@@ -14,9 +15,9 @@ heads train on the frozen backbone's stored per-slice outputs (`ctjax.train.feat
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-import pathlib
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -26,6 +27,7 @@ import numpy as np
 import optax
 
 from ctjax.errors import ConfigError
+from ctjax.models import compute_dtype
 from ctjax.models.drct import APS_SOURCES, SELECTIONS, DrCT
 from ctjax.train import features as features_lib
 from ctjax.train.tasks import Task
@@ -35,12 +37,12 @@ log = logging.getLogger(__name__)
 LOSSES = ("mse", "bce")
 GROUPS = ("backbone", "primary", "aps", "fusion")
 # Module fields set from the config or by the task itself (not config.model keys).
-_BUILT_FIELDS = ("backbone", "num_labels", "parent", "name")
+_BUILT_FIELDS = ("backbone", "num_labels", "slice_preprocess", "data_shards", "parent", "name")
 
 
 def _dtype(name: str):
   try:
-    return jnp.dtype(name)
+    return compute_dtype(name)
   except TypeError as e:
     raise ConfigError(f"config.model dtype {name!r} is not a dtype (float32, bfloat16)") from e
 
@@ -89,21 +91,23 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                         "(flipped slices are not in the feature store)")
 
 
-def preprocess(hu: jax.Array, config: ml_collections.ConfigDict, size: int) -> jax.Array:
-  """HU [B, m, H, W] → windowed, ImageNet-normalised float32 [B, m, size, size, 3] (jit-able)."""
+def preprocess_slices(hu: jax.Array, size: Optional[int], *, windows: Any) -> jax.Array:
+  """HU slices [n, H, W] → windowed, ImageNet-normalised float32 [n, size, size, 3], resized
+  bilinearly to `size` (None: native) — the model's per-chunk input (DrCT.slice_preprocess)."""
   from ctjax.data.windows import apply_windows, imagenet_normalize
-  x = imagenet_normalize(apply_windows(hu, config.data.windows))
-  if x.shape[2:4] != (size, size):
-    x = jax.image.resize(x, x.shape[:2] + (size, size, x.shape[-1]), method="bilinear")
+  x = imagenet_normalize(apply_windows(hu, windows))
+  if size and x.shape[1:3] != (size, size):
+    x = jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), method="bilinear",
+                         precision=jax.lax.Precision.DEFAULT)
   return x
 
 
-def _model_inputs(batch, config):
-  x = preprocess(batch["hu"], config, config.model.primary_size)
-  native = None
-  if config.model.aps and config.model.aps_source == "native":
-    native = preprocess(batch["hu"], config, batch["hu"].shape[-1])
-  return x, native
+def slice_preprocess(config: ml_collections.ConfigDict):
+  """`preprocess_slices` bound to the config's windows (a hashable, static model field)."""
+  windows = config.data.windows
+  if not isinstance(windows, str):
+    windows = tuple(tuple(float(v) for v in w) for w in windows)
+  return functools.partial(preprocess_slices, windows=windows)
 
 
 def _per_example_loss(kind: str, logits: jax.Array, labels: jax.Array,
@@ -139,15 +143,18 @@ class DrCTTask(Task):
     from ctjax.models.vgg import VGG16
     backbone = VGG16(width=mc.backbone_width, dtype=_dtype(mc.dtype),
                      param_dtype=_dtype(mc.param_dtype))
-    return DrCT(backbone=backbone, num_labels=len(config.data.labels), **model_kwargs(config))
+    from ctjax.train import parallel
+    return DrCT(backbone=backbone, num_labels=len(config.data.labels),
+                slice_preprocess=slice_preprocess(config),
+                data_shards=parallel.mesh_size(config), **model_kwargs(config))
 
   def init_variables(self, model: nn.Module, config: ml_collections.ConfigDict,
                      rng: jax.Array) -> dict:
     # Parameter shapes do not depend on the image size (pooled features), so initialise on
     # 32 px images: a full-size forward pass of a VGG16 would cost seconds to minutes on CPU.
     m = config.data.num_slices
-    small = model.clone(aps_size=32) if isinstance(model, DrCT) else model
-    x = jnp.zeros((1, m, 32, 32, 3), jnp.float32)
+    small = model.clone(aps_size=32, primary_size=32) if isinstance(model, DrCT) else model
+    x = jnp.zeros((1, m, 32, 32), jnp.int16)
     p_rng, d_rng, a_rng = jax.random.split(rng, 3)
     return small.init({"params": p_rng, "dropout": d_rng, "aps": a_rng}, x)
 
@@ -184,22 +191,18 @@ class DrCTTask(Task):
                                            features_lib.FEATURE_KEYS) if f in batch}
       return model.apply(variables, None, features=feats, train=train, rngs=rngs,
                          mutable=mutable)
-    x, native = _model_inputs(batch, config)
-    return model.apply(variables, x, native=native, train=train, rngs=rngs, mutable=mutable)
+    return model.apply(variables, batch["hu"], train=train, rngs=rngs, mutable=mutable)
 
   def wrap_data(self, config: ml_collections.ConfigDict, data: Any, splits: Any,
                 model: nn.Module, variables: Mapping[str, Any], *, workdir: Any = None) -> Any:
     """Host side, once the state exists: with `config.features.enabled`, the data module whose
-    batches carry the frozen backbone's per-slice features instead of HU; otherwise `data`.
-    With `workdir`, the features are kept in `<workdir>/feature_cache/` and reused by later
-    starts and by `python -m ctjax.evaluate` (`ctjax.train.features.build_feature_cache`)."""
+    batches carry the frozen backbone's stored per-slice features instead of HU (the store is
+    built beside the HU cache, sharded over every device of every process, when missing —
+    `ctjax.train.features.build_store`); otherwise `data`."""
     if not features_lib.enabled(config):
       return data
-    cache_dir = None if workdir is None else pathlib.Path(workdir) / features_lib.CACHE_DIR
-    cache = features_lib.build_feature_cache(config, splits, model, variables,
-                                             chunk=int(config.features.get("chunk", 128)),
-                                             cache_dir=cache_dir)
-    return features_lib.feature_data(data, cache)
+    store = features_lib.build_store(config, splits["train"].scans, model, variables)
+    return features_lib.FeatureData(data, store)
 
   def loss_fn(self, model: nn.Module, params: Any, extra: Mapping[str, Any], batch,
               rng: jax.Array, config: ml_collections.ConfigDict, train: bool):
@@ -233,14 +236,15 @@ class DrCTTask(Task):
 
   def predict(self, model: nn.Module, variables: Mapping[str, Any], batch,
               config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
-    """probs, probs_primary, slice/feature attention, highlight; DrCT2 also probs_aps and
-    key_indices."""
+    """probs, probs_primary, slice/feature attention, highlight (unless the batch carries
+    stored features without maps); DrCT2 also probs_aps and key_indices."""
     out = self._apply(model, variables, batch, config, train=False)
     res = {"probs": jax.nn.sigmoid(out["logits"]),
            "probs_primary": jax.nn.sigmoid(out["logits_primary"]),
            "slice_attention": out["slice_attention"].astype(jnp.float32),
-           "feature_attention": out["feature_attention"].astype(jnp.float32),
-           "highlight": out["highlight"].astype(jnp.float32)}
+           "feature_attention": out["feature_attention"].astype(jnp.float32)}
+    if "highlight" in out:   # not on stored features without feature maps
+      res["highlight"] = out["highlight"].astype(jnp.float32)
     if "logits_aps" in out:
       res["probs_aps"] = jax.nn.sigmoid(out["logits_aps"])
       res["key_indices"] = out["key_indices"].astype(jnp.int32)

@@ -27,11 +27,11 @@ import numpy as np
 import optax
 
 from ctjax.errors import ConfigError
+from ctjax.models import compute_dtype
 from ctjax.train.tasks import Task
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 EXPORT_NAME = "backbone.npz"   # written into the workdir when config.pretrain.export_path is ""
 
 
@@ -103,8 +103,8 @@ class PretrainTask(Task):
                               backbone_width=float(config.model.backbone_width),
                               batch_norm=bool(config.model.get("batch_norm", False)),
                               dropout_rate=float(config.model.dropout_rate),
-                              dtype=_DTYPES[config.model.dtype],
-                              param_dtype=_DTYPES[config.model.param_dtype])
+                              dtype=compute_dtype(config.model.dtype),
+                              param_dtype=compute_dtype(config.model.param_dtype))
 
   def init_variables(self, model, config, rng) -> dict:
     # Parameter shapes do not depend on the image size: initialise on 32 px.

@@ -1,0 +1,116 @@
+"""How much device memory does a DrCT train step need? XLA's own answer, without running it.
+
+  python -m benchmarks.memory                       # the paper's RSNA config, batch 256
+  python -m benchmarks.memory --batches 8,32,256 --small   # small widths, the chunking check
+
+Compiles the jitted train step (end to end: the frozen VGG16 over every slice inside the step,
+`config.model.backbone_chunk` slices per pass) for abstract inputs — shapes only, nothing is
+executed or allocated — and prints `compiled.memory_analysis()`: argument, output and
+temporary bytes. With the backbone chunked, temporaries scale with the chunk, not with
+batch × slices (the unchunked paper step needs ~275 GB of activations in bfloat16). On the CPU
+the compile runs in float32; `--dtype bfloat16` compiles the accelerator dtypes.
+Writes JSON under benchmarks/results/ with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def paper_config(batch: int = 256, dtype: str = "auto", chunk: int = 64):
+  """configs/drct2_rsna.py (28 slices at 224², 16 zoomed to 512², full-width VGG16)."""
+  from ctjax.configs.common import load_config_file
+  c = load_config_file(pathlib.Path(__file__).resolve().parents[1] / "configs" / "drct2_rsna.py")
+  c.train.batch_size = batch
+  c.model.dtype = dtype
+  c.model.backbone_chunk = chunk
+  return c
+
+
+def small_config(batch: int, chunk: int, *, size: int = 32, aps: int = 48, m: int = 8,
+                 width: float = 0.0625):
+  """The same model at small widths and sizes (seconds to compile on a CPU)."""
+  from ctjax.configs.common import load_config_file
+  root = pathlib.Path(__file__).resolve().parents[1] / "configs"
+  c = load_config_file(root / "drct2_rsna.py", "runlocal")
+  c.train.batch_size = batch
+  c.data.num_slices, c.data.image_size = m, size
+  c.model.primary_size, c.model.aps_size, c.model.mkey = size, aps, 4
+  c.model.backbone_width, c.model.backbone_chunk = width, chunk
+  return c
+
+
+def train_step_memory(config) -> dict:
+  """{argument, output, temp, total bytes, compile_s} of the config's jitted train step."""
+  from ctjax import inference
+  from ctjax.train import optim, parallel, steps
+  from ctjax.train.tasks import get_task
+  task = get_task(config.task)
+  task.validate_config(config)
+  model = task.build_model(config)
+  mesh = parallel.make_mesh(config)
+  tx, _ = optim.make_optimizer(config, 10, 10, lambda p: task.param_groups(config, p))
+  state, sharding = inference.abstract_state(task, model, config, mesh, tx)
+  b, m, s = int(config.train.batch_size), int(config.data.num_slices), int(config.data.image_size)
+  data = parallel.data_sharding(mesh)
+  repl = parallel.replicated(mesh)
+
+  def spec(shape, dtype):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=data)
+
+  batch = {"hu": spec((b, m, s, s), jnp.int16),
+           "labels": spec((b, len(config.data.labels)), jnp.float32),
+           "valid": spec((b,), jnp.bool_)}
+  rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=repl)
+  step = jax.jit(steps.make_train_step(task, model, config), in_shardings=(sharding, data, repl),
+                 out_shardings=(sharding, repl), donate_argnums=(0,))
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch, rng).compile()
+  seconds = time.perf_counter() - t0
+  ma = compiled.memory_analysis()
+  out = {"argument_bytes": int(ma.argument_size_in_bytes),
+         "output_bytes": int(ma.output_size_in_bytes),
+         "temp_bytes": int(ma.temp_size_in_bytes), "compile_s": round(seconds, 2),
+         "batch": b, "slices": m, "image_size": s,
+         "aps_size": int(config.model.aps_size), "backbone_chunk":
+         int(config.model.backbone_chunk), "dtype": str(config.model.dtype),
+         "devices": int(mesh.devices.size), "backend": jax.default_backend()}
+  out["total_bytes"] = out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
+  return out
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=__doc__)
+  p.add_argument("--batches", default="256", help="comma-separated global batch sizes")
+  p.add_argument("--chunks", default="64", help="comma-separated backbone_chunk values")
+  p.add_argument("--small", action="store_true", help="small widths and sizes")
+  p.add_argument("--dtype", default="auto")
+  p.add_argument("--json", default="")
+  args = p.parse_args(argv)
+  rows = []
+  print(f"{'batch':>6} {'chunk':>6} {'args GB':>9} {'temp GB':>9} {'total GB':>9} {'compile s':>10}")
+  for chunk in (int(x) for x in args.chunks.split(",")):
+    for batch in (int(x) for x in args.batches.split(",")):
+      c = small_config(batch, chunk) if args.small else paper_config(batch, args.dtype, chunk)
+      r = train_step_memory(c)
+      rows.append(r)
+      print(f"{batch:6d} {chunk:6d} {r['argument_bytes'] / 1e9:9.3f} {r['temp_bytes'] / 1e9:9.3f}"
+            f" {r['total_bytes'] / 1e9:9.3f} {r['compile_s']:10.1f}", flush=True)
+  if args.json:
+    path = pathlib.Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"rows": rows}, indent=1))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
