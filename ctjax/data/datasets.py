@@ -190,7 +190,7 @@ def _coverage(report: dict, opts: LoadOptions, path: pathlib.Path, *, labelled: 
                  f"{', '.join(report['labels_without_dicom_examples'][:3])})")
   if no_label:
     parts.append(f"{no_label} of {files} DICOM file(s) have no label row (e.g. "
-                 f"{', '.join(report['unlabelled_examples'][:3])})")
+                 f"{', '.join(report['unlabelled_files_examples'][:3])})")
   text = "; ".join(parts)
   share = max(no_dicom / max(labelled, 1), no_label / max(files, 1))
   if opts.strict_labels or share > opts.max_unlabelled:

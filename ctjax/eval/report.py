@@ -64,7 +64,7 @@ class Provenance:
   slice_index: Sequence[int] = ()          # sampled → source slice map, [m]
   spacing_mm: Sequence[float] = ()         # (z, y, x)
   source_shape: Sequence[int] = ()         # (S, H, W)
-  model_windows: str = ""                  # e.g. "rsna3: brain 40/80, subdural 80/200, bone 40/380"
+  model_windows: str = ""                  # e.g. "rsna3: brain 40/80, subdural 80/200, soft_tissue 40/380"
   display_window: str = "brain 40/80"
   model_input: str = ""                    # e.g. "28 × 224 × 224 × 3"
   config_name: str = ""
@@ -355,7 +355,7 @@ min="0" max="100" value="100"></label></div>
 
 
 def describe_windows(spec: Any) -> str:
-  """'rsna3: brain 40/80, subdural 80/200, bone 40/380' for a preset or (level, width) list."""
+  """'rsna3: brain 40/80, subdural 80/200, soft_tissue 40/380' for a preset or (level, width) list."""
   from ctjax.data.windows import PRESETS, resolve_windows
   names = {v[0]: k for k, v in PRESETS.items() if len(v) == 1}
   parts = [f"{names.get(w, 'window')} {w[0]:g}/{w[1]:g}" for w in resolve_windows(spec)]
