@@ -66,6 +66,14 @@ def _prepare(fv, config, _args) -> int:
   for line in lines[1:]:
     print("  " + line)
   rows = qa.read(path)
+  flagged = [r for r in rows if r.get("flags")]
+  if flagged:
+    counts = {f: sum(f in r["flags"].split(";") for r in rows) for f in qa.FLAGS}
+    fixed = sum(r.get("intercept_fixed") or 0 for r in rows)
+    print(f"  QA: {len(flagged)} of {len(rows)} series flagged: "
+          + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+          + (f" (RSNA 12-bit intercept fix on {fixed} slices)" if fixed else "")
+          + f"; table: {path / 'qa.csv'} (--qa prints it)")
   if fv.qa:
     print(qa.format_table(rows))
   if fv.qa_csv:
