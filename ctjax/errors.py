@@ -98,6 +98,26 @@ class CorruptPixelDataError(InvalidDicomValueError):
   """Pixel data present but undecodable (a broken JPEG / JPEG 2000 codestream)."""
 
 
+class LabelError(DatasetLayoutError):
+  """A label file's value, cell, column or row is missing, not a value the layout defines, or in
+  conflict with another row; the message names the file, the row and the column."""
+
+
+class LabelCoverageError(DatasetLayoutError):
+  """Too many DICOM files without labels, or labelled names without DICOM (or any of them, with
+  `config.data.strict_labels`)."""
+
+
+class StaleCacheError(CTDataError):
+  """The prepared cache was built from other label files or DICOM files than the data root holds
+  now, and `config.data.stale_cache` says not to rebuild it."""
+
+
+class CacheCorruptError(CTDataError):
+  """A prepared cache shard is missing, truncated or altered (size or checksum differs from the
+  manifest): re-run `python -m ctjax.prepare` with the same config to rebuild it."""
+
+
 class StudyError(CTJaxError):
   """A reader-study folder is missing, incomplete or inconsistent (`ctjax.reader`)."""
 

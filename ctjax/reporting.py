@@ -113,9 +113,13 @@ def report_for_scan(run: inference.Run, scan_dir: str | os.PathLike, out_path: s
   skipped = [k for k in volume.skipped if not k.reason.startswith("other series")]
   if skipped:   # files of the other series of a flat folder are not news
     extra["Skipped files"] = f"{len(skipped)} (e.g. {skipped[0].path}: {skipped[0].reason})"
+  hdr = volume.header
   prov = Provenance(
       scan_path=os.fspath(scan_dir), series_uid=volume.series_uid,
-      study_uid=volume.header.get("StudyInstanceUID", ""), num_source_slices=volume.num_slices,
+      study_uid=hdr.get("StudyInstanceUID", ""),
+      series_description=hdr.get("SeriesDescription", ""),
+      kernel=hdr.get("ConvolutionKernel", ""), slice_thickness=hdr.get("SliceThickness", ""),
+      study_date=hdr.get("StudyDate", ""), num_source_slices=volume.num_slices,
       slice_index=[int(i) for i in batch["slice_index"][0]], spacing_mm=volume.spacing,
       source_shape=volume.hu.shape, model_windows=describe_windows(cfg.data.windows),
       display_window=describe_windows("brain"),
@@ -142,6 +146,47 @@ class ReportFailure:
   scan_path: str
   series_uid: str
   message: str
+
+
+@dataclasses.dataclass
+class ReportSkipped:
+  """A series the run's series policy leaves out (as training does): not reported."""
+  scan_path: str
+  series_uid: str
+  reason: str
+
+
+def select_series(found: list[tuple[str, Optional[str]]], config: Any
+                  ) -> tuple[list[tuple[str, Optional[str]]], list[ReportSkipped]]:
+  """`found` (from `find_series`) split by the run's series policy (`config.data.series`, the
+  rule its training data were chosen by; `ctjax.data.series_policy`): (series to report,
+  series left out with the reason). Series are grouped into studies by StudyInstanceUID (for
+  `one_per_study`); a folder without a readable series stays in the first list, so that its
+  report fails with the reader's message."""
+  from ctjax.data import series_policy
+  from ctjax.data.cache import series_options
+  opts = series_options(config)
+  described: dict[str, list] = {}
+  studies: dict[str, list] = {}
+  key_of: dict[tuple[str, Optional[str]], Any] = {}
+  for path, uid in found:
+    if path not in described:
+      described[path] = series_policy.describe_folder(path)
+    match = [s for s in described[path] if s.series_uid and (uid is None or s.series_uid == uid)]
+    if len(match) == 1:
+      s = match[0]
+      studies.setdefault(s.study_uid or path, []).append(s)
+      key_of[(path, uid)] = s
+  decided = {id(d.series): d for d in series_policy.select(studies, opts)}
+  keep, skipped = [], []
+  for path, uid in found:
+    s = key_of.get((path, uid))
+    d = decided.get(id(s)) if s is not None else None
+    if d is None or d.kept:
+      keep.append((path, uid))
+    else:
+      skipped.append(ReportSkipped(path, uid or s.series_uid, d.reason))
+  return keep, skipped
 
 
 def find_series(folder: str | os.PathLike, exclude: Optional[str | os.PathLike] = None
@@ -184,14 +229,21 @@ def _slug(text: str) -> str:
 
 def report_for_folder(run: inference.Run, folder: str | os.PathLike, out_dir: str | os.PathLike,
                       ) -> list[ReportResult | ReportFailure]:
-  """One report per series under `folder` into `out_dir`, plus `out_dir/index.html`."""
+  """One report per series under `folder` into `out_dir`, plus `out_dir/index.html`.
+
+  The series are chosen by the run's series policy (`select_series`: the training rule, so a
+  bone or localizer series of a CQ500 study is not reported); those left out are logged and
+  listed on the index page with the reason."""
   from ctjax.errors import CTDataError
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   root = pathlib.Path(folder).absolute()
   results: list[ReportResult | ReportFailure] = []
   used: set[str] = set()
-  for path, uid in find_series(folder, exclude=out_dir):
+  found, skipped = select_series(find_series(folder, exclude=out_dir), run.config)
+  for s in skipped:
+    log.info("%s: not reported (series policy): %s", s.scan_path, s.reason)
+  for path, uid in found:
     rel = os.path.relpath(path, root)
     name = _slug(rel if rel != "." else root.name) + (f"_{_slug(uid)[-24:]}" if uid else "")
     while name in used:
@@ -202,5 +254,6 @@ def report_for_folder(run: inference.Run, folder: str | os.PathLike, out_dir: st
       log.info("%s: %.2f s", path, results[-1].seconds)
     except CTDataError as e:
       results.append(ReportFailure(path, uid or "", str(e)))
-  (out_dir / "index.html").write_text(render_index_html(results, out_dir), encoding="utf-8")
+  (out_dir / "index.html").write_text(render_index_html(results, out_dir, skipped),
+                                      encoding="utf-8")
   return results

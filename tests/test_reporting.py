@@ -125,3 +125,31 @@ def test_find_series_splits_flat_folders_and_skips_container_files(tmp_path):
   names = [(pathlib.Path(p).name, uid) for p, uid in found]
   assert sorted(names, key=str) == sorted([("flat", "1.1"), ("flat", "1.2"), ("leaf", None)],
                                           key=str)
+
+
+def test_provenance_names_the_series_read(tiny_model, tmp_path):
+  ctdicom_helpers.write_series(tmp_path / "scan", np.zeros((9, 16, 16)), series_uid="1.2.9",
+                               description="PLAIN THIN", thickness=0.625,
+                               ConvolutionKernel="STANDARD", StudyDate="20170412")
+  r = reporting.report_for_scan(tiny_model, tmp_path / "scan", tmp_path / "r.html")
+  doc = _parse(pathlib.Path(r.out_path).read_text(encoding="utf-8"))
+  cells = dict(zip(doc.text[::1], doc.text[1::1]))
+  for key, value in (("Series description", "PLAIN THIN"), ("Reconstruction kernel", "STANDARD"),
+                     ("Slice thickness", "0.625 mm"), ("Study date", "2017-04-12"),
+                     ("Slices in series", "9")):
+    assert cells.get(key) == value, (key, cells.get(key))
+
+
+def test_batch_mode_follows_the_series_policy(tiny_model, tmp_path):
+  """A CQ500 study: the thin soft-tissue series is reported, its bone and localizer series are
+  not (the training rule), and the index says why."""
+  keep = [s for s in ctdicom_helpers.CQ500_SERIES if s[0] in ("CT PLAIN THIN", "CT BONE",
+                                                              "CT SCOUT")]
+  ctdicom_helpers.write_cq500_download(tmp_path / "cq500", [{}], series_of=lambda n: keep)
+  results = reporting.report_for_folder(tiny_model, tmp_path / "cq500", tmp_path / "out")
+  assert [pathlib.Path(r.scan_path).name for r in results] == ["CT PLAIN THIN"]
+  assert isinstance(results[0], reporting.ReportResult)
+  index = (tmp_path / "out" / "index.html").read_text()
+  assert "1 reported, 0 failed,\n2 left out by the series policy" in index
+  assert "bone kernel (ConvolutionKernel &#x27;BONE&#x27;)" in index
+  assert "localizer (ImageType LOCALIZER)" in index

@@ -88,8 +88,28 @@ def test_layout_files_manifest_and_hu_roundtrip(tmp_path, layout):
     assert list(rows[0])[:4] == ["name", "Category", "R1:ICH", "R1:IPH"]
     assert len(rows[0]) == 2 + 3 * 14
     assert [r["name"] for r in rows] == [s["scan_id"] for s in m["scans"]]
-    assert all(f.startswith(f"{s['scan_id']}/Unknown Study/CT PLAIN THIN/CT")
-               for s in m["scans"] for f in s["files"])
+    for s in m["scans"]:       # the download's folders: `CQ500CT<n> CQ500CT<n>/Unknown Study/`
+      n = s["scan_id"].rsplit("-", 1)[1]
+      study = f"CQ500CT{n} CQ500CT{n}/Unknown Study"
+      assert all(f.startswith(f"{study}/CT PLAIN THIN/CT") for f in s["files"])
+      extra = {e["kind"]: e for e in s["extra_series"]}
+      assert sorted(extra) == ["bone", "localizer", "thick"]
+      assert [e["folder"] for e in s["extra_series"]] == ["CT Plain", "CT BONE", "CT SCOUT"]
+      S = len(s["files"])
+      assert extra["thick"]["num_slices"] == S // 2 and extra["bone"]["num_slices"] == S
+      assert extra["localizer"]["num_slices"] == 1
+      for e in s["extra_series"]:
+        ds = pydicom.dcmread(tmp_path / e["files"][0])
+        assert ds.StudyInstanceUID == s["study_uid"] and ds.ConvolutionKernel == e["kernel"]
+        assert ds.SeriesDescription == e["description"]
+        assert all(f.startswith(f"{study}/{e['folder']}/CT") for f in e["files"])
+      assert "LOCALIZER" in pydicom.dcmread(tmp_path / extra["localizer"]["files"][0]).ImageType
+      thin = np.stack([r[1] for r in _read_pydicom(tmp_path, s["files"])])
+      thick = np.stack([r[1] for r in _read_pydicom(tmp_path, extra["thick"]["files"])])
+      np.testing.assert_array_equal(thick, np.rint(thin[:2 * (S // 2)].reshape(
+          S // 2, 2, *thin.shape[1:]).mean(1)))
+      np.testing.assert_array_equal(
+          np.stack([r[1] for r in _read_pydicom(tmp_path, extra["bone"]["files"])]), thin)
   else:
     rows = list(csv.DictReader(open(tmp_path / "blend_labels.csv")))
     assert list(rows[0]) == ["scan_id", "patient_id", "sop_uid", "file", "label", "boxes"]

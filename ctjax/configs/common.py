@@ -91,7 +91,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_slices = 28      # m, slices sampled per scan (DrCT2 VI.A.1: 28 RSNA, 32 CQ500).
   c.data.windows = "rsna3"    # ctjax.data.windows.PRESETS name or a list of (level, width).
   c.data.labels = ()          # expected label order; () = the data set's own.
-  c.data.lenient = False      # skip (and record) bad slices instead of failing.
+  c.data.lenient = False      # skip (and record) bad slices and unreadable files, counted.
+  # Folds: patients (every series of a patient in one fold) dealt round-robin (False), or also
+  # stratified over the scan labels by iterative stratification (True; Sechidis et al., "On the
+  # stratification of multi-label data", ECML PKDD 2011; ctjax.data.stratify).
+  c.data.stratify = False
+  c.data.strict_labels = False   # any DICOM without labels / label without DICOM is an error
+  c.data.max_unlabelled = 0.01   # else: a share above this of either is an error (warned below)
+  c.data.stale_cache = "rebuild"   # cache built from other label/DICOM files: rebuild | error
+  # Which series of a study are scans (CQ500; also the report's batch mode): policy
+  # soft_tissue_axial | one_per_study | all, and the exclusions' options
+  # (ctjax.data.series_policy).
+  c.data.series = ml_collections.ConfigDict(dict(
+      policy="soft_tissue_axial", min_slices=0, exclude_contrast=True))
+  c.data.reader_rule = "majority"  # CQ500 labels from R1–R3: majority | any | R1 | R2 | R3
   c.data.max_boxes = 8        # blend: boxes per slice, padded with -1.
   c.data.eval_batch_size = 0  # 0 = train.batch_size.
   c.data.augment = ml_collections.ConfigDict()

@@ -15,10 +15,12 @@ RSNA_CSV_SUBTYPES = ("epidural", "intraparenchymal", "intraventricular", "subara
                      "subdural", "any")
 
 # CQ500: the 9 labels of DrCT2's Table 1, in the order of reads.csv; `CQ500_COLUMNS` is the
-# reads.csv column stem of each (`R1:ICH` … `R3:MidlineShift`).
+# reads.csv column stem of each (`R1:ICH` … `R3:MidlineShift`). The paper's fracture label is
+# "Calvarial fracture" (Table 1: 181 scans), reads.csv's `CalvarialFracture` column — not its
+# `Fracture` column, which also counts the other (facial, skull-base) fractures.
 CQ500_LABELS = ("ich", "iph", "ivh", "sdh", "edh", "sah", "fracture", "mass_effect",
                 "midline_shift")
-CQ500_COLUMNS = ("ICH", "IPH", "IVH", "SDH", "EDH", "SAH", "Fracture", "MassEffect",
+CQ500_COLUMNS = ("ICH", "IPH", "IVH", "SDH", "EDH", "SAH", "CalvarialFracture", "MassEffect",
                  "MidlineShift")
 CQ500_READERS = ("R1", "R2", "R3")
 # Every finding column of the real reads.csv (per reader), as the download has them.

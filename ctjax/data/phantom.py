@@ -53,7 +53,12 @@ DEFAULTS = dict(
     mimic_rate=0.5,             # blend layout: share of normal-ICH scans whose clot is a mimic
     noise_sigma=None,           # None: per-scan, from voxel size
     blend_fraction=None,        # blend layout: (non_ich, normal_ich, blend) scan shares
+    # CQ500 layout: reconstructions written besides "CT PLAIN THIN" (kernel STANDARD), as the
+    # real studies have: "thick" (CT Plain, pairs of slices averaged, 2× thickness), "bone"
+    # (CT BONE, kernel BONE), "localizer" (CT SCOUT, one coronal LOCALIZER image).
+    cq500_series=("thick", "bone", "localizer"),
 )
+CQ500_EXTRA_SERIES = ("thick", "bone", "localizer")
 
 
 # --------------------------------------------------------------------------- in-memory generator
@@ -347,7 +352,10 @@ class SeriesWriter:
   """
 
   def __init__(self, *, size: int, truth: dict, patient_id: str, study_uid: str, series_uid: str,
-               encoding: int, descending_instances: bool, description: str):
+               encoding: int, descending_instances: bool, description: str,
+               kernel: Optional[str] = None, image_type: Sequence[str] = ("ORIGINAL", "PRIMARY",
+                                                                         "AXIAL"),
+               orientation: Sequence[float] = (1, 0, 0, 0, 1, 0), series_number: int = 2):
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
@@ -360,21 +368,23 @@ class SeriesWriter:
     ds.file_meta = fm
     ds.SOPClassUID = CTImageStorage
     ds.Modality = "CT"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.ImageType = list(image_type)
     ds.Manufacturer = "ctjax phantom"
     ds.PatientID = patient_id
     ds.PatientName = patient_id
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.FrameOfReferenceUID = series_uid if series_uid.startswith("ID_") else series_uid + ".1"
-    ds.SeriesNumber = 2
+    ds.SeriesNumber = series_number
     ds.SeriesDescription = description
+    if kernel is not None:
+      ds.ConvolutionKernel = kernel
     ds.BodyPartExamined = "HEAD"
     ds.KVP = 120
     ds.Rows = ds.Columns = size
     ds.PixelSpacing = [f"{truth['pixel_spacing']:.6f}"] * 2
     ds.SliceThickness = f"{truth['thickness']:.6f}"
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImageOrientationPatient = [v if v % 1 else int(v) for v in orientation]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated = 16
@@ -527,6 +537,10 @@ def _make_scan(job: tuple) -> tuple[dict, list, float, float]:
   t1 = time.process_time()
   rows: list = []
   entry = _write_scan(pathlib.Path(out), layout, i, rng, hu, truth, case, opts, rows)
+  if layout == "cq500" and opts["cq500_series"]:
+    # Own rng stream: the thin series and its reads are the same with or without these.
+    entry["extra_series"] = _write_cq500_extra(pathlib.Path(out), entry, hu, truth, opts,
+                                               np.random.default_rng([seed, i, 1]))
   return entry, rows, t1 - t0, time.process_time() - t1
 
 
@@ -610,7 +624,7 @@ def _write_scan(out: pathlib.Path, layout: str, i: int, rng: np.random.Generator
     scan_id = patient = f"CQ500-CT-{i}"
     study, series = _uid(rng), _uid(rng)
     sops = [_uid(rng) for _ in range(S)]
-    folder = f"{scan_id}/Unknown Study/CT PLAIN THIN"
+    folder = f"{_cq500_study(scan_id)}/CT PLAIN THIN"
     numbers = rng.permutation(S)      # real CQ500 file numbers do not follow slice order
     rel = [f"{folder}/CT{n:06d}.dcm" for n in numbers]
     (out / folder).mkdir(parents=True, exist_ok=True)
@@ -620,10 +634,12 @@ def _write_scan(out: pathlib.Path, layout: str, i: int, rng: np.random.Generator
     sops = [_uid(rng) for _ in range(S)]
     rel = [f"scans/{scan_id}/IM{k:04d}.dcm" for k in range(S)]
     (out / "scans" / scan_id).mkdir(parents=True, exist_ok=True)
+  cq500 = layout == "cq500"
   writer = SeriesWriter(size=hu.shape[1], truth=truth, patient_id=patient, study_uid=study,
                         series_uid=series, encoding=int(rng.integers(0, 3)),
                         descending_instances=bool(rng.random() < 0.5),
-                        description=f"ctjax phantom {layout}")
+                        description="PLAIN THIN" if cq500 else f"ctjax phantom {layout}",
+                        kernel="STANDARD" if cq500 else None)
   stored = writer.stored(hu)
   for k in range(S):
     with open(out / rel[k], "wb") as f:
@@ -646,6 +662,65 @@ def _write_scan(out: pathlib.Path, layout: str, i: int, rng: np.random.Generator
       rows.append([scan_id, patient, sops[k], rel[k], truth["slice_class"][k],
                    ";".join(" ".join(str(v) for v in b) for b in boxes)])
   return entry
+
+
+def _cq500_study(scan_id: str) -> str:
+  """The download's study folder of CQ500-CT-<n>: `CQ500CT<n> CQ500CT<n>/Unknown Study`."""
+  n = scan_id.rsplit("-", 1)[-1]
+  return f"CQ500CT{n} CQ500CT{n}/Unknown Study"
+
+
+def _write_cq500_extra(out: pathlib.Path, entry: dict, hu: np.ndarray, truth: dict, opts: dict,
+                       rng: np.random.Generator) -> list[dict]:
+  """The other reconstructions of a CQ500 study (DEFAULTS["cq500_series"]); their manifest
+  entries (files, per-slice truth, what a series policy should do with them)."""
+  unknown = set(opts["cq500_series"]) - set(CQ500_EXTRA_SERIES)
+  if unknown:
+    raise ConfigError(f"unknown cq500_series {sorted(unknown)}; known: {CQ500_EXTRA_SERIES}")
+  study = _cq500_study(entry["scan_id"])
+  per = np.asarray(entry["slice_labels"], np.int64)
+  S = hu.shape[0]
+  out_entries = []
+  for number, kind in enumerate(opts["cq500_series"], start=3):
+    if kind == "thick" and S < 2:
+      continue
+    if kind == "thick":           # pairs of slices averaged: one slab of twice the thickness
+      n = S // 2
+      data = np.rint(hu[:2 * n].astype(np.float32).reshape(n, 2, *hu.shape[1:]).mean(1))
+      data = data.astype(np.int16)
+      z = [0.5 * (truth["z"][2 * k] + truth["z"][2 * k + 1]) for k in range(n)]
+      labels = per[:2 * n].reshape(n, 2, -1).max(1).tolist()
+      t = dict(truth, num_slices=n, z=z, thickness=2 * truth["thickness"])
+      desc, kernel, folder = "Plain", "STANDARD", "CT Plain"
+      kw = {}
+    elif kind == "bone":
+      data, t, labels = hu, truth, per.tolist()
+      desc, kernel, folder = "BONE", "BONE", "CT BONE"
+      kw = {}
+    else:                          # a coronal projection image of the head
+      proj = hu.astype(np.float32).max(axis=1)[::-1]          # [S, W], superior row first
+      rows = np.linspace(0, proj.shape[0] - 1, hu.shape[1]).round().astype(int)
+      data = proj[rows][None].astype(np.int16)
+      t = dict(truth, num_slices=1, z=[truth["z"][-1]])
+      labels = [[0] * per.shape[1]]
+      desc, kernel, folder = "SCOUT", "STANDARD", "CT SCOUT"
+      kw = dict(image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), orientation=(1, 0, 0, 0, 0, -1))
+    series = _uid(rng)
+    writer = SeriesWriter(size=hu.shape[1], truth=t, patient_id=entry["patient_id"],
+                          study_uid=entry["study_uid"], series_uid=series,
+                          encoding=int(rng.integers(0, 3)), descending_instances=False,
+                          description=desc, kernel=kernel, series_number=number, **kw)
+    (out / study / folder).mkdir(parents=True, exist_ok=True)
+    stored = writer.stored(data)
+    rel = []
+    for k in range(data.shape[0]):
+      rel.append(f"{study}/{folder}/CT{k + 1:06d}.dcm")
+      with open(out / rel[-1], "wb") as f:
+        f.write(writer.encode(k, stored[k], _uid(rng)))
+    out_entries.append({"kind": kind, "description": desc, "kernel": kernel, "folder": folder,
+                        "series_uid": series, "files": rel, "slice_labels": labels,
+                        "num_slices": len(rel), "thickness": t["thickness"]})
+  return out_entries
 
 
 def _write_labels(out: pathlib.Path, layout: str, scans: list, rows: list) -> None:

@@ -8,7 +8,8 @@ Config fields read (defaults used when a field is absent; configs/common.py hold
   data.layout ("phantom"), data.root (""), data.cache_dir (""), data.image_size (256),
   data.num_slices (28; DrCT scans are sampled to this many slices), data.windows ("rsna3";
   recorded in `Splits.info`, applied on device by the task), data.num_folds (5), data.fold (0),
-  data.split_seed (0), data.labels (optional: must equal the data set's label names and order,
+  data.split_seed (0), data.stratify (False: patients dealt round-robin; True: folds also
+  stratified over the scan labels, `ctjax.data.stratify`), data.labels (optional: must equal the data set's label names and order,
   checked for drct/pretrain), data.num_workers (0: in-process; >0: Grain `mp_prefetch` worker processes,
   also the `prepare` process count), data.prefetch (2: batches buffered per worker / prefetch
   thread), data.lenient (False: a broken slice aborts prepare; True: skipped and recorded),
@@ -108,7 +109,9 @@ def build_splits(config, workdir: Optional[str] = None) -> Splits:
   idx = datasets.split_indices([s.patient_id for s in scans.scans],
                                num_folds=int(data_option(config, "num_folds")),
                                fold=int(data_option(config, "fold")),
-                               seed=int(data_option(config, "split_seed")))
+                               seed=int(data_option(config, "split_seed")),
+                               labels=np.stack([s.labels for s in scans.scans]),
+                               stratify=bool(data_option(config, "stratify")))
   data = config.get("data")
   if kind != "blend" and data is not None and data.get("labels") and \
       tuple(data.labels) != tuple(scans.labels):

@@ -5,11 +5,21 @@ so every function here takes numpy or jax arrays and returns the same kind: nump
 out, jax in (traced or not) → jax out. A window (level L, width W) maps HU h to
 clip((h - (L - W/2)) / W, 0, 1).
 
-Presets (channel order = tuple order):
-- `rsna3`: brain 40/80, subdural 80/200, bone 40/380 (the RSNA-2019-winning convention, DrCT's
-  default input).
-- `blend3`: tissue 40/40, brain 50/100, blood 60/40 (the blend-sign paper).
-- single windows `brain`, `subdural`, `bone`, `tissue`, `blood`.
+Presets (level/width in HU; channel order = tuple order):
+
+| name | windows | source |
+|---|---|---|
+| `rsna3` | brain 40/80, subdural 80/200, soft_tissue 40/380 | the RSNA 2019 challenge's common three-window input; DrCT's default (the DrCT2 paper names no windows) |
+| `drct_cq500` | brain 40/80, subdural 80/200, bone 600/2800 | `rsna3` with its soft-tissue channel replaced by the bone window, for CQ500's calvarial-fracture label (a fracture line is invisible at 40/380, where all bone saturates) |
+| `blend3` | tissue 40/40, brain 50/100, blood 60/40 | the blend-sign paper |
+| `brain` | 40/80 | Radiopaedia, "Windowing (CT)": brain W:80 L:40 |
+| `subdural` | 80/200 | Radiopaedia: subdural W:130–300 L:50–100 |
+| `soft_tissue` | 40/380 | Radiopaedia: soft tissues W:350–400 L:20–60 |
+| `bone` | 600/2800 | Radiopaedia, "Windowing (CT)": temporal bones W:2800 L:600 (the skull window) |
+| `tissue`, `blood` | 40/40, 60/40 | the blend-sign paper's channels |
+
+`rsna3`'s third channel was called "bone" here before; it is the soft-tissue window, and `bone`
+is now the 600/2800 skull window.
 """
 
 from __future__ import annotations
@@ -22,10 +32,12 @@ Window = tuple[float, float]   # (level, width) in HU
 
 PRESETS: dict[str, tuple[Window, ...]] = {
     "rsna3": ((40.0, 80.0), (80.0, 200.0), (40.0, 380.0)),
+    "drct_cq500": ((40.0, 80.0), (80.0, 200.0), (600.0, 2800.0)),
     "blend3": ((40.0, 40.0), (50.0, 100.0), (60.0, 40.0)),
     "brain": ((40.0, 80.0),),
     "subdural": ((80.0, 200.0),),
-    "bone": ((40.0, 380.0),),
+    "soft_tissue": ((40.0, 380.0),),
+    "bone": ((600.0, 2800.0),),
     "tissue": ((40.0, 40.0),),
     "blood": ((60.0, 40.0),),
 }

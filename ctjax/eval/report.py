@@ -60,11 +60,15 @@ class Provenance:
   scan_path: str = ""
   series_uid: str = ""
   study_uid: str = ""
+  series_description: str = ""             # which reconstruction was read (DICOM header)
+  kernel: str = ""                         # ConvolutionKernel
+  slice_thickness: str = ""                # SliceThickness, mm
+  study_date: str = ""                     # StudyDate (YYYYMMDD)
   num_source_slices: int = 0
   slice_index: Sequence[int] = ()          # sampled → source slice map, [m]
   spacing_mm: Sequence[float] = ()         # (z, y, x)
   source_shape: Sequence[int] = ()         # (S, H, W)
-  model_windows: str = ""                  # e.g. "rsna3: brain 40/80, subdural 80/200, bone 40/380"
+  model_windows: str = ""                  # e.g. "rsna3: brain 40/80, subdural 80/200, soft_tissue 40/380"
   display_window: str = "brain 40/80"
   model_input: str = ""                    # e.g. "28 × 224 × 224 × 3"
   config_name: str = ""
@@ -214,7 +218,10 @@ def render_report_html(images: np.ndarray, attention: np.ndarray, highlight: np.
       else "—"
   scan_rows = [
       ("Scan folder", pv.scan_path), ("Series instance UID", pv.series_uid),
-      ("Study instance UID", pv.study_uid),
+      ("Study instance UID", pv.study_uid), ("Series description", pv.series_description),
+      ("Reconstruction kernel", pv.kernel),
+      ("Slice thickness", f"{pv.slice_thickness} mm" if pv.slice_thickness else ""),
+      ("Study date", _date(pv.study_date)),
       ("Slices in series", str(pv.num_source_slices) if pv.num_source_slices else "—"),
       ("Sampled slices", f"{m} (source slices {', '.join(str(int(s) + 1) for s in src)})"),
       ("Voxel spacing (z × y × x)", spacing),
@@ -354,8 +361,14 @@ min="0" max="100" value="100"></label></div>
 """
 
 
+def _date(text: str) -> str:
+  """DICOM DA 'YYYYMMDD' → 'YYYY-MM-DD' (anything else as given)."""
+  t = (text or "").strip()
+  return f"{t[:4]}-{t[4:6]}-{t[6:]}" if len(t) == 8 and t.isdigit() else t
+
+
 def describe_windows(spec: Any) -> str:
-  """'rsna3: brain 40/80, subdural 80/200, bone 40/380' for a preset or (level, width) list."""
+  """'rsna3: brain 40/80, subdural 80/200, soft_tissue 40/380' for a preset or (level, width) list."""
   from ctjax.data.windows import PRESETS, resolve_windows
   names = {v[0]: k for k, v in PRESETS.items() if len(v) == 1}
   parts = [f"{names.get(w, 'window')} {w[0]:g}/{w[1]:g}" for w in resolve_windows(spec)]
@@ -372,8 +385,11 @@ def thresholds(config: Any, n: int) -> list[float]:
   return thr if len(thr) == n else [thr[0]] * n
 
 
-def render_index_html(results: Sequence[Any], out_dir: str | os.PathLike) -> str:
-  """The batch index: one row per scan with a link to its report, failures with their reason."""
+def render_index_html(results: Sequence[Any], out_dir: str | os.PathLike,
+                      skipped: Sequence[Any] = ()) -> str:
+  """The batch index: one row per scan with a link to its report, failures with their reason,
+  and the series the series policy left out (`skipped`: objects with scan_path, series_uid,
+  reason)."""
   esc = html.escape
   rows = []
   for r in results:
@@ -391,9 +407,13 @@ def render_index_html(results: Sequence[Any], out_dir: str | os.PathLike) -> str
         f'<td>{esc(", ".join(above)) or "none"}</td>'
         f'<td>{esc(", ".join(str(i + 1) for i in r.key_slices))}</td>'
         f'<td class="num">{r.seconds:.2f} s</td></tr>')
+  for r in skipped:
+    rows.append(f'<tr class="skipped"><td class="path">{esc(r.scan_path)}</td>'
+                f'<td class="uid">{esc(r.series_uid) or "—"}</td>'
+                f'<td colspan="4">not reported (series policy): {esc(r.reason)}</td></tr>')
   ok = sum(getattr(r, "message", None) is None for r in results)
   return _INDEX.format(css=_CSS, disclaimer=esc(DISCLAIMER), rows="".join(rows), ok=ok,
-                       failed=len(results) - ok)
+                       failed=len(results) - ok, skipped=len(skipped))
 
 
 _INDEX = """<!DOCTYPE html>
@@ -403,8 +423,9 @@ _INDEX = """<!DOCTYPE html>
 .index .uid{{width:24%;font-size:12px;color:#5b6475}}
 .index div.path{{font-size:11.5px;color:#5b6475}}
 .index th{{font-size:12px;color:#5b6475;font-weight:600}} tr.failed td{{color:#b02a1a}}
-td.num{{text-align:right;white-space:nowrap}}</style></head><body>
-<header><h1>Head CT key-slice reports</h1><div class="sub">{ok} reported, {failed} failed</div>
+td.num{{text-align:right;white-space:nowrap}} tr.skipped td{{color:#5b6475}}</style></head><body>
+<header><h1>Head CT key-slice reports</h1><div class="sub">{ok} reported, {failed} failed,
+{skipped} left out by the series policy</div>
 </header><main><div class="disclaimer"><b>{disclaimer}</b></div>
 <section><table class="index"><thead><tr><th>scan</th><th>series UID</th><th>slices</th>
 <th>labels above threshold</th><th>key slices (sampled)</th><th>time</th></tr></thead>

@@ -178,3 +178,56 @@ def write_blend_tree(root, *, num_scans=2, slices=3, size=16):
       boxes = "" if label == 0 else f"1 2 5 6;{k} 0 {k + 3} 4" if label == 2 else "0 0 8 8"
       lines.append(f"S{s},P{s // 2},{sop},{rel},{label},{boxes}")
   (root / "blend_labels.csv").write_text("\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------ the CQ500 download's structure
+
+# (folder, SeriesDescription, ConvolutionKernel, thickness mm, slices, extra header, soft-tissue
+# axial?) — the kinds of reconstruction a real CQ500 study holds.
+CQ500_SERIES = (
+    ("CT PLAIN THIN", "PLAIN THIN", "STANDARD", 0.625, 8, {}, True),
+    ("CT Plain", "Plain", "STANDARD", 5.0, 4, {}, True),
+    ("CT BONE", "BONE", "BONE", 0.625, 8, {}, False),
+    ("CT Thin Bone", "Thin Bone", "H70h", 0.625, 8, {}, False),
+    ("CT SCOUT", "SCOUT", "STANDARD", 1.0, 1,
+     {"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]}, False),
+    ("CT 0.625mm", "0.625mm", "SOFT", 0.625, 6, {}, True),
+    ("CT COR", "COR", "STANDARD", 2.0, 4,
+     {"ImageType": ["DERIVED", "SECONDARY", "REFORMATTED"]}, False),
+    ("CT POST CONTRAST", "POST CONTRAST", "STANDARD", 5.0, 4, {"ContrastBolusAgent": "IODINE"},
+     False),
+)
+
+
+def write_cq500_download(root, votes, *, series_of=None, size=8):
+  """ROOT/reads.csv (every real column, R1–R3) + `CQ500CT<n> CQ500CT<n>/Unknown Study/<series>/
+  CT*.dcm` per study n; votes[n] = {column: (r1, r2, r3)} (missing columns 0); series_of(n) →
+  the CQ500_SERIES entries of study n (default: all). Slice k of a series holds HU 10·k, so
+  slice order is visible. Returns {study name: [(folder, soft_tissue_axial)]}."""
+  root = pathlib.Path(root)
+  header = ["name", "Category"] + [f"{r}:{c}" for r in ("R1", "R2", "R3") for c in CQ500_COLS]
+  lines = [",".join(header)]
+  layout = {}
+  for n, v in enumerate(votes):
+    name = f"CQ500-CT-{n}"
+    vals = [name, "B1" if n % 2 else "B2"]
+    for r in range(3):
+      vals += [str(v.get(c, (0, 0, 0))[r]) for c in CQ500_COLS]
+    lines.append(",".join(vals))
+    study = root / f"CQ500CT{n} CQ500CT{n}" / "Unknown Study"
+    study_uid = f"1.2.840.99.{n}"
+    layout[name] = []
+    series = CQ500_SERIES if series_of is None else series_of(n)
+    for j, (folder, desc, kernel, thick, count, extra, keep) in enumerate(series):
+      coronal = "LOCALIZER" in extra.get("ImageType", []) or folder == "CT COR"
+      orientation = (1, 0, 0, 0, 0, -1) if coronal else (1, 0, 0, 0, 1, 0)
+      numbers = np.random.default_rng([n, j]).permutation(count)   # names unrelated to order
+      for k in range(count):
+        position = (0, thick * k, 0) if coronal else (0, 0, thick * k)
+        write_slice(study / folder / f"CT{numbers[k]:06d}.dcm", np.full((size, size), 10.0 * k),
+                    position=position, orientation=orientation, series_uid=f"{study_uid}.{j}",
+                    study_uid=study_uid, patient_id=name, instance=k + 1, description=desc,
+                    thickness=thick, ConvolutionKernel=kernel, StudyDate="20170101", **extra)
+      layout[name].append((folder, keep))
+  (root / "reads.csv").write_text("\n".join(lines) + "\n")
+  return layout

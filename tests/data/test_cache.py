@@ -168,3 +168,109 @@ def test_blend_slice_positives_are_the_non_zero_classes():
   src4 = cache.CacheSource(types.SimpleNamespace(labels=("ich",), scans=[m, m4]), [0, 1], "slice")
   assert src4.slice_positives().shape == (6, 3)
   np.testing.assert_array_equal(src4.slice_positives().sum(0), [1, 1, 1])
+
+
+# ------------------------------------------------------------------ freshness and damage
+
+
+def _config(root, cache_dir, **data):
+  from ctjax.configs.common import base_config
+  c = base_config()
+  c.task = "drct"
+  c.data.layout = "rsna"
+  c.data.root = str(root)
+  c.data.cache_dir = str(cache_dir)
+  c.data.image_size = 8
+  c.log.progress_bar = False
+  for k, v in data.items():
+    c.data[k] = v
+  return c
+
+
+def _first_positive_label(path) -> float:
+  scans = cache.CachedScans(path)
+  return max(float(s.labels[0]) for s in scans.scans)
+
+
+def test_stale_labels_are_rebuilt_or_refused(tmp_path):
+  root = tmp_path / "rsna"
+  write_rsna_tree(root, num_scans=2, slices=2, size=8)
+  cfg = _config(root, tmp_path / "cache")
+  path = cache.ensure_cache(cfg)
+  assert _first_positive_label(path) == 1.0            # scan 1 slice 1 is subdural
+  csv = root / "stage_2_train.csv"
+  csv.write_text(csv.read_text().replace(",1\n", ",0\n"))   # every positive cell edited away
+  refuse = _config(root, tmp_path / "cache", stale_cache="error")
+  with pytest.raises(errors.StaleCacheError) as e:
+    cache.ensure_cache(refuse)
+  assert "\n" not in str(e.value) and "stage_2_train.csv changed" in str(e.value)
+  assert "python -m ctjax.prepare" in str(e.value)
+  assert cache.ensure_cache(cfg) == path                # same key, rebuilt from the new labels
+  assert _first_positive_label(path) == 0.0
+
+
+def test_replaced_dicom_makes_the_cache_stale(tmp_path):
+  root = tmp_path / "rsna"
+  write_rsna_tree(root, num_scans=2, slices=2, size=8)
+  cfg = _config(root, tmp_path / "cache")
+  path = cache.ensure_cache(cfg)
+  before = cache.CachedScans(path).scan_hu(0).copy()
+  f = sorted((root / "stage_2_train").iterdir())[0]
+  ds = dicom.pydicom.dcmread(f)
+  ds.PixelData = (ds.pixel_array + 7).astype(ds.pixel_array.dtype).tobytes()
+  ds.save_as(f)
+  with pytest.raises(errors.StaleCacheError, match="files replaced or touched"):
+    cache.ensure_cache(_config(root, tmp_path / "cache", stale_cache="error"))
+  after = cache.CachedScans(cache.ensure_cache(cfg)).scan_hu(0)
+  assert (after != before).any()
+  m = json.loads((path / "manifest.json").read_text())
+  assert m["source"]["files"]["count"] == 4 and "stage_2_train.csv" in m["source"]["labels"]
+
+
+def test_cache_key_has_no_new_absolute_paths(tmp_path):
+  a = cache.cache_key("rsna", str(tmp_path / "r"), 8, False)
+  b = cache.cache_key("rsna", str(tmp_path / "r"), 8, False, {"reader_rule": "any"})
+  assert a != b and a.startswith("rsna_8_")
+
+
+def test_truncated_shard_one_line_error_and_repair(tmp_path):
+  root = tmp_path / "rsna"
+  write_rsna_tree(root, num_scans=10, slices=2, size=8)    # 2 shards of 8 and 2 scans
+  cfg = _config(root, tmp_path / "cache")
+  path = cache.ensure_cache(cfg)
+  want = [cache.CachedScans(path).scan_hu(i).copy() for i in range(10)]
+  good, bad = path / "shard_00000.hu.npy", path / "shard_00001.hu.npy"
+  stamp = good.stat().st_mtime_ns
+  bad.write_bytes(bad.read_bytes()[:-10])
+  with pytest.raises(errors.CacheCorruptError) as e:
+    cache.CachedScans(path)
+  assert "\n" not in str(e.value) and "shard_00001.hu.npy" in str(e.value)
+  assert "python -m ctjax.prepare" in str(e.value)
+  with pytest.raises(errors.CacheCorruptError, match="shard_00001.hu.npy"):
+    cache.ensure_cache(cfg)                             # training: refused, with the hint
+  cache.ensure_cache(cfg, repair=True)                  # what python -m ctjax.prepare does
+  assert good.stat().st_mtime_ns == stamp               # only the damaged shard rebuilt
+  scans = cache.CachedScans(path)
+  for i in range(10):
+    np.testing.assert_array_equal(scans.scan_hu(i), want[i])
+  # Same size, other bytes: only the checksum sees it.
+  data = bytearray(bad.read_bytes())
+  data[-1] ^= 1
+  bad.write_bytes(bytes(data))
+  assert cache.ensure_cache(cfg) == path                # size check passes
+  with pytest.raises(errors.CacheCorruptError, match="SHA-1"):
+    cache.ensure_cache(cfg, checksum=True)
+  cache.ensure_cache(cfg, repair=True, checksum=True)
+  np.testing.assert_array_equal(cache.CachedScans(path).scan_hu(9), want[9])
+
+
+def test_mmap_of_a_shard_cut_after_opening_is_a_one_line_error(tmp_path):
+  root = tmp_path / "rsna"
+  write_rsna_tree(root, num_scans=2, slices=2, size=8)
+  path = cache.ensure_cache(_config(root, tmp_path / "cache"))
+  scans = cache.CachedScans(path)
+  shard = path / scans.manifest["shards"][0]["file"]
+  shard.write_bytes(shard.read_bytes()[:200])
+  with pytest.raises(errors.CacheCorruptError) as e:
+    scans.hu(0)
+  assert "re-prepare" in str(e.value) and "\n" not in str(e.value)

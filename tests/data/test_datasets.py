@@ -36,25 +36,34 @@ def test_rsna_bad_csv_row(tmp_path):
 
 
 def test_cq500_layout_majority_and_series_choice(tmp_path):
-  votes = [{"ICH": (1, 1, 0), "SDH": (1, 0, 0), "Fracture": (0, 1, 1)},
+  """The old tiny tree (thin, bone, one 5 mm slice): the bone series is never a scan."""
+  votes = [{"ICH": (1, 1, 0), "SDH": (1, 0, 0), "CalvarialFracture": (0, 1, 1),
+            "Fracture": (0, 1, 1)},
            {"MidlineShift": (1, 1, 1), "MassEffect": (0, 0, 1)}]
   write_cq500_tree(tmp_path, votes)
   ds = datasets.load("cq500", tmp_path)
   assert ds.labels == labels.CQ500_LABELS and not ds.has_slice_labels
   lab = {s.scan_id: s.labels for s in ds.scans}
   names = list(labels.CQ500_LABELS)
+  assert sorted(lab) == ["CQ500-CT-0/CT 5mm", "CQ500-CT-0/CT PLAIN THIN", "CQ500-CT-1/CT 5mm",
+                         "CQ500-CT-1/CT PLAIN THIN"]
   np.testing.assert_array_equal(
-      lab["CQ500-CT-0"], [n in ("ich", "fracture") for n in names])
-  np.testing.assert_array_equal(lab["CQ500-CT-1"], [n == "midline_shift" for n in names])
-  rec = ds.scans[0]
+      lab["CQ500-CT-0/CT PLAIN THIN"], [n in ("ich", "fracture") for n in names])
+  np.testing.assert_array_equal(lab["CQ500-CT-1/CT 5mm"], [n == "midline_shift" for n in names])
+  rec = next(s for s in ds.scans if s.scan_id == "CQ500-CT-0/CT PLAIN THIN")
   assert all("CT PLAIN THIN" in f for f in rec.files) and len(rec.files) == 3
+  assert rec.patient_id == "CQ500-CT-0"
   vol = dicom.read_series(rec.files)
   np.testing.assert_array_equal(vol.hu[:, 0, 0], [0, 1, 2])
+  one = datasets.load("cq500", tmp_path, options=datasets.LoadOptions(
+      series={"policy": "one_per_study"}))
+  assert [s.scan_id for s in one.scans] == ["CQ500-CT-0/CT PLAIN THIN",
+                                            "CQ500-CT-1/CT PLAIN THIN"]
 
 
 def test_cq500_missing_columns(tmp_path):
   (tmp_path / "reads.csv").write_text("name,Category,R1:ICH\nCQ500-CT-0,B1,1\n")
-  with pytest.raises(errors.DatasetLayoutError, match="columns"):
+  with pytest.raises(errors.LabelError, match="column"):
     datasets.load("cq500", tmp_path)
 
 

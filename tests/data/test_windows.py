@@ -24,8 +24,22 @@ def test_presets_channels_and_order():
   # tissue 40/40: (60-20)/40 = 1; brain 50/100: (60-0)/100=0.6; blood 60/40: (60-40)/40 = 0.5
   np.testing.assert_allclose(out[0, 0], [1.0, 0.6, 0.5], rtol=1e-6)
   out = windows.apply_windows(hu, "rsna3")
-  # brain 40/80: 60/80; subdural 80/200: (60+20)/200; bone 40/380: (60+150)/380
+  # brain 40/80: 60/80; subdural 80/200: (60+20)/200; soft tissue 40/380: (60+150)/380
   np.testing.assert_allclose(out[0, 0], [0.75, 0.4, 210 / 380], rtol=1e-6)
+
+
+def test_bone_window_and_cq500_preset():
+  hu = np.array([-800.0, 600.0, 1000.0, 2000.0, 3071.0])
+  # bone 600/2800: [600 - 1400, 600 + 1400] = [-800, 2000] → [0, 1]
+  np.testing.assert_allclose(windows.apply_windows(hu, "bone")[..., 0],
+                             [0.0, 0.5, 1800 / 2800, 1.0, 1.0], rtol=1e-6)
+  out = windows.apply_windows(hu, "drct_cq500")
+  np.testing.assert_allclose(out[..., 2], windows.apply_windows(hu, "bone")[..., 0])
+  np.testing.assert_allclose(out[..., :2], windows.apply_windows(hu, "rsna3")[..., :2])
+  assert windows.PRESETS["soft_tissue"] == (windows.PRESETS["rsna3"][2],)
+  from ctjax.eval.report import describe_windows
+  assert describe_windows("drct_cq500") == ("drct_cq500: brain 40/80, subdural 80/200, "
+                                            "bone 600/2800")
 
 
 @settings(max_examples=30, deadline=None)
