@@ -29,11 +29,32 @@ def _scan_hu(rng: np.random.Generator, num_slices: int, size: int) -> np.ndarray
   return np.clip(np.rint(base[None] + noise), cache.HU_MIN, cache.HU_MAX).astype(np.int16)
 
 
+def cache_path_for(config) -> pathlib.Path:
+  """Where `ctjax.data.cache.ensure_cache(config)` looks for the cache of `config`."""
+  layout, root = str(config.data.layout), str(config.data.root)
+  return cache.cache_path(cache.data_option(config, "cache_dir"), layout, root,
+                          int(config.data.image_size), bool(cache.data_option(config, "lenient")),
+                          cache._content_options(layout, config))  # noqa: SLF001
+
+
+def write_random_cache_for(config, **kwargs) -> pathlib.Path:
+  """A random cache where `config` finds it, recorded as built from `config.data.root`'s
+  current content (so the freshness check accepts it); the root is created empty if absent."""
+  root = pathlib.Path(config.data.root)
+  root.mkdir(parents=True, exist_ok=True)
+  path = cache_path_for(config)
+  kwargs.setdefault("size", int(config.data.image_size))
+  kwargs.setdefault("labels", tuple(config.data.labels) or RSNA_LABELS)
+  return write_random_cache(path, source_root=root, **kwargs)
+
+
 def write_random_cache(path: str | os.PathLike, *, num_scans: int, size: int,
                        slices: tuple[int, int] = (28, 40),
                        labels: Sequence[str] = RSNA_LABELS, prevalence: float = 0.35,
-                       scans_per_shard: int = 8, seed: int = 0) -> pathlib.Path:
-  """A complete prepared cache of `num_scans` random scans at `path`; returns the manifest."""
+                       scans_per_shard: int = 8, seed: int = 0,
+                       source_root: str | os.PathLike | None = None) -> pathlib.Path:
+  """A complete prepared cache of `num_scans` random scans at `path`; returns the manifest.
+  `source_root`: the data root it counts as built from (its fingerprint is recorded)."""
   out = pathlib.Path(path)
   out.mkdir(parents=True, exist_ok=True)
   rng = np.random.default_rng(seed)
@@ -62,15 +83,19 @@ def write_random_cache(path: str | os.PathLike, *, num_scans: int, size: int,
       arrays.append(hu)
       offset += n
     stem = out / f"shard_{si:05d}"
-    np.save(stem.with_name(stem.name + ".hu.npy"), np.concatenate(arrays))
+    hu_file = stem.with_name(stem.name + ".hu.npy")
+    np.save(hu_file, np.concatenate(arrays))
     stem.with_name(stem.name + ".json").write_text(
         json.dumps({"index": si, "scans": metas, "failures": []}))
-    shards.append({"file": f"shard_{si:05d}.hu.npy", "scans": [m["scan_id"] for m in metas]})
+    shards.append({"file": hu_file.name, "scans": [m["scan_id"] for m in metas],
+                   "bytes": hu_file.stat().st_size})
     total += offset
   manifest = {"version": cache.FORMAT_VERSION, "complete": True, "layout": "random",
               "root": str(out), "image_size": int(size), "labels": list(labels),
               "has_slice_labels": True, "lenient": False, "options": {"random": True},
               "failures": [], "num_scans": int(num_scans), "num_slices": int(total),
               "prepare_seconds": round(time.time() - t0, 3), "shards": shards}
+  if source_root is not None:
+    manifest["source"] = cache.source_fingerprint(source_root, exclude=[out.parent])
   (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
   return out / "manifest.json"

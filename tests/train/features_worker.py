@@ -28,8 +28,8 @@ def build(spec):
   from ctjax.train import features
   from ctjax.train.tasks.drct import TASK
   config = tf.small_config(spec["cache"], **{"features.store_maps": True})
-  scans = cache.CachedScans(cache.cache_path(config.data.cache_dir, config.data.layout,
-                                             config.data.root, config.data.image_size))
+  from ctjax.data import fake
+  scans = cache.CachedScans(fake.cache_path_for(config))
   model = TASK.build_model(config)
   hu = jnp.zeros((1, config.data.num_slices, 32, 32), jnp.int16)
   variables = weights.random_variables(model.clone(aps_size=32, primary_size=32), hu)

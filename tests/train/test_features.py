@@ -4,6 +4,7 @@ rows and losses from 2 processes × 2 devices as from 1 process × 4."""
 
 import json
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -30,7 +31,7 @@ def small_config(cache_dir, **over):
   """DrCT2 runlocal at 48 px (primary 32, APS 48) on a random cache in `cache_dir`."""
   c = drct2_rsna.get_config("runlocal")
   c.data.layout = "folder"
-  c.data.root = str(cache_dir)           # never read: the cache is complete
+  c.data.root = str(pathlib.Path(cache_dir) / "root")   # empty: the cache is complete
   c.data.cache_dir = str(cache_dir)
   c.data.image_size = SIZE
   c.data.num_slices = 5
@@ -51,12 +52,10 @@ def small_config(cache_dir, **over):
 
 
 def random_cache(config, num_scans=11, seed=0):
-  """A random-HU cache where `config` looks for it (3-4 slices per shard boundary mix)."""
-  path = cache.cache_path(config.data.cache_dir, config.data.layout, config.data.root,
-                          config.data.image_size)
-  fake.write_random_cache(path, num_scans=num_scans, size=config.data.image_size,
-                          slices=(5, 9), scans_per_shard=3, seed=seed)
-  return cache.CachedScans(path)
+  """A random-HU cache where `config` looks for it (3 scans a shard)."""
+  manifest = fake.write_random_cache_for(config, num_scans=num_scans, slices=(5, 9),
+                                         scans_per_shard=3, seed=seed)
+  return cache.CachedScans(manifest.parent)
 
 
 @pytest.fixture(scope="module")
