@@ -57,15 +57,20 @@ def load_run(workdir: str | os.PathLike, step: Optional[int] = None) -> inferenc
   return run
 
 
-def read_scan(scan_dir: str | os.PathLike, series_uid: Any = None):
-  """`read_series` with one clear message when the folder is not a usable CT series."""
+def read_scan(scan_dir: Any, series_uid: Any = None):
+  """`read_series` with one clear message when the folder (or list of files: a data-set
+  layout's scan) is not a usable CT series."""
   from ctjax.data.dicom import read_series
   from ctjax.errors import CTDataError
   try:
     return read_series(scan_dir, series_uid=series_uid)
   except CTDataError as e:
     detail = str(e)
-    where = os.fspath(scan_dir)
+    if isinstance(scan_dir, (str, os.PathLike)):
+      where = os.fspath(scan_dir)
+    else:
+      files = [os.fspath(f) for f in scan_dir]
+      where = os.path.commonpath(files) if files else "<no files>"
     if detail.startswith(where):
       detail = detail[len(where):].lstrip(": ")
     raise type(e)(f"not a usable CT series ({detail})", where) from e
