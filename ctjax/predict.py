@@ -41,7 +41,8 @@ def _flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer("prefetch", 2, "batches decoded ahead of the device", flag_values=fv)
   flags.DEFINE_integer("step", None, "checkpoint step (default: the best kept, else the latest)",
                        flag_values=fv)
-  flags.DEFINE_bool("fail_on_error", False, "exit 1 when any series could not be read",
+  flags.DEFINE_bool("fail_on_error", False, "exit 1 when any series of --scans could not be "
+                    "read (in this run or an earlier one into --out)",
                     flag_values=fv)
   flags.DEFINE_bool("timings", True, "write the per-series timing columns (--notimings: the "
                     "file is the same in every run)", flag_values=fv)
@@ -78,9 +79,10 @@ def _predict(fv, _config, _args) -> int:
         "there")
   if s.predicted:
     print(s.throughput_line())
-  if s.failed:
-    print(f"warning: {s.failed} of {s.total - s.skipped} series could not be read (status "
-          f"'error' in {fv.out}), e.g. {s.errors[0]}", file=sys.stderr)
+  if s.unreadable:
+    print(f"warning: {s.unreadable} of {s.total} series could not be read (status 'error' in "
+          f"{fv.out}; fix or remove them and delete their rows to retry), e.g. {s.errors[0]}",
+          file=sys.stderr)
     return 1 if fv.fail_on_error else 0
   return 0
 

@@ -23,8 +23,8 @@ Row schema (`columns(labels)`): scan (the row's key: relative folder [+ "#" seri
 layout's scan id), path, status ("ok" | "error"), error, patient_id, study_uid, series_uid,
 series_description, num_source_slices, prob_<label> and call_<label> (1 if prob >= the run's
 threshold of that label, `ctjax.eval.report.thresholds`) per label in the run's order,
-key_slices (the 5 most attended slices, rank order, 0-based source indices into the series
-ordered along the slice normal), key_sop_uids (their SOPInstanceUIDs), decode_s (read + sample
+key_slices (the 5 most attended distinct slices, rank order, 0-based source indices into the
+series ordered along the slice normal), key_sop_uids (their SOPInstanceUIDs), decode_s (read + sample
 + resize in the worker), device_s (the series' share of its batch's predict call). CSV cells:
 lists space-separated, empty cells for missing values; JSON lines: lists and nulls.
 """
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import concurrent.futures.process
 import csv
 import dataclasses
 import io
@@ -179,10 +180,33 @@ def decode_series(ref: SeriesRef, config: Any, with_display: bool = False) -> De
                  sop_uids=[volume.sop_uids[int(i)] for i in sampled])
 
 
+def _worker_init(parent_pid: int) -> None:
+  """Worker start: Ctrl-C is the parent's to handle (it shuts the pool down; no traceback per
+  worker), and exit when the parent is gone (killed), instead of lingering as an orphan."""
+  import signal
+  import threading
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+  def watch() -> None:
+    while os.getppid() == parent_pid:
+      time.sleep(1.0)
+    os._exit(1)
+
+  threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
 def _worker_ready() -> int:
   """Imports the worker's modules (spawned workers start cold) so start-up is not timed."""
   from ctjax import reporting  # noqa: F401
   return os.getpid()
+
+
+def _results(futures: Sequence[concurrent.futures.Future]) -> list[Decoded]:
+  try:
+    return [f.result() for f in futures]
+  except concurrent.futures.process.BrokenProcessPool as e:
+    raise CTJaxError(f"a decode worker process died ({_one_line(e)}); the rows written so far "
+                     "are kept: rerun the same command to resume") from e
 
 
 def _warmup_batch(config: Any) -> dict[str, np.ndarray]:
@@ -295,9 +319,24 @@ def _csv_cell(v: Any) -> str:
   return str(v)
 
 
+def key_slices(attention: Any, slice_index: Any, k: int = NUM_KEY_SLICES
+               ) -> list[tuple[int, int]]:
+  """(source index, sampled index) of the k most attended distinct source slices, rank order
+  (`ctjax.eval.keyslice.rank_slices`; a short series samples some slices twice)."""
+  from ctjax.eval.keyslice import rank_slices
+  out, seen = [], set()
+  for i in rank_slices(np.asarray(attention)):
+    src = int(slice_index[int(i)])
+    if src not in seen:
+      seen.add(src)
+      out.append((src, int(i)))
+    if len(out) == k:
+      break
+  return out
+
+
 def _row(d: Decoded, labels: Sequence[str], thr: Sequence[float], out: Optional[dict],
          device_s: Optional[float], timings: bool) -> dict[str, Any]:
-  from ctjax.eval.keyslice import top_k_indices
   header = d.info.header if d.info is not None else {}
   row: dict[str, Any] = {
       "scan": d.ref.key, "path": d.ref.path, "status": "error" if d.error else "ok",
@@ -316,10 +355,9 @@ def _row(d: Decoded, labels: Sequence[str], thr: Sequence[float], out: Optional[
     for n, p, t in zip(labels, probs, thr):
       row[f"prob_{n}"] = p
       row[f"call_{n}"] = int(p >= t)
-    top = [int(i) for i in top_k_indices(np.asarray(out["slice_attention"]), NUM_KEY_SLICES)]
-    index = d.batch["slice_index"][0]
-    row["key_slices"] = [int(index[i]) for i in top]
-    row["key_sop_uids"] = [d.sop_uids[i] for i in top]
+    top = key_slices(out["slice_attention"], d.batch["slice_index"][0])
+    row["key_slices"] = [s for s, _ in top]
+    row["key_sop_uids"] = [d.sop_uids[i] for _, i in top]
   if timings:
     row["decode_s"] = round(d.seconds, 4)
     row["device_s"] = None if device_s is None else round(device_s, 4)
@@ -337,6 +375,7 @@ class Summary:
   skipped: int = 0             # already in the output
   predicted: int = 0
   failed: int = 0
+  unreadable: int = 0          # rows with status "error" in the output among `scans` (any run)
   batch_size: int = 0
   devices: int = 0
   workers: int = 0
@@ -445,10 +484,22 @@ def predict_scans(run: Any, scans: Sequence[SeriesRef], out: str | os.PathLike, 
   pool = None
   if workers > 0 and todo:
     ctx = multiprocessing.get_context("spawn")
-    pool = concurrent.futures.ProcessPoolExecutor(int(workers), mp_context=ctx)
+    pool = concurrent.futures.ProcessPoolExecutor(int(workers), mp_context=ctx,
+                                                  initializer=_worker_init,
+                                                  initargs=(os.getpid(),))
     ready = [pool.submit(_worker_ready) for _ in range(int(workers))]
-  if todo:   # compile once on a batch of air while the workers start
-    inference.predict_batch(run, _stack([_warmup_batch(config)], bs))
+  warm = {"done": False, "s": 0.0}
+
+  def warm_up() -> None:
+    """Compiles on a batch of air (during worker start-up, else before the first batch with a
+    readable series) so that no timed predict call includes compilation."""
+    if not warm["done"]:
+      tw = time.perf_counter()
+      inference.predict_batch(run, _stack([_warmup_batch(config)], bs))
+      warm["done"], warm["s"] = True, time.perf_counter() - tw
+
+  if pool is not None and todo:
+    warm_up()
   if pool is not None:
     for f in ready:
       f.result()
@@ -479,12 +530,16 @@ def predict_scans(run: Any, scans: Sequence[SeriesRef], out: str | os.PathLike, 
       top_up()
       job = pending.popleft()
       top_up()        # keep the workers busy while the device computes this batch
-      decoded = ([f.result() for f in job] if pool is not None
+      decoded = (_results(job) if pool is not None
                  else [decode_series(r, config, bool(reports)) for r in job])
       ok = [d for d in decoded if d.error is None]
       outs: dict[int, dict] = {}
       device_share = None
       if ok:
+        if not warm["done"]:
+          warm_up()
+          summary.startup_s += warm["s"]
+          t0 += warm["s"]         # compilation is start-up, not throughput
         batch = _stack([d.batch for d in ok], bs)
         td = time.perf_counter()
         pred = inference.predict_batch(run, batch)
@@ -519,6 +574,11 @@ def predict_scans(run: Any, scans: Sequence[SeriesRef], out: str | os.PathLike, 
       bar.close()
     if pool is not None:
       pool.shutdown(wait=True, cancel_futures=True)
+    wanted = set(keys)
+    failed_rows = [r for r in output.rows if r["scan"] in wanted and r["status"] == "error"]
+    summary.unreadable = len(failed_rows)
+    if failed_rows and not summary.errors:
+      summary.errors = [r["error"] for r in failed_rows[:1]]
     _write_sidecar(out, run, labels, thr, output, summary, scans_label)
   return summary
 
