@@ -11,8 +11,9 @@ compilation excluded), series/s device-only (the predict calls alone), and one w
 rate. With decode overlapped with compute the first should come close to
 min(decode rate x workers, device rate) for workers >= 1; with 0 workers (decode in the
 predicting process) it is the serial 1 / (1/decode + 1/device). The table gives measured / that
-bound, with the rates of the same run and with the isolated rates of the 0-worker run. On a CPU-only machine the "device" is the same cores the workers decode
-on, so the overlap there is bounded by the core count too (the load average is recorded).
+bound, with the rates of the same run and with the isolated rates of the 0-worker run. On a
+CPU-only machine the "device" is the same cores the workers decode on, so the overlap there is
+bounded by the core count too (the load average is recorded).
 """
 
 from __future__ import annotations

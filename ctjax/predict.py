@@ -57,10 +57,10 @@ def _predict(fv, _config, _args) -> int:
     raise cli.UsageError("--out preds.csv|preds.jsonl is required")
   if fv.workers < 0 or fv.prefetch < 0 or fv.batch_size < 0:
     raise cli.UsageError("--workers, --prefetch and --batch_size must be >= 0")
-  from ctjax import prediction, reporting
+  from ctjax import prediction
   prediction.output_format(fv.out)
   t0 = time.perf_counter()
-  run = reporting.load_run(fv.workdir, fv.step)
+  run = prediction.load_run(fv.workdir, fv.step)
   scans = (prediction.split_scans(run, fv.split) if fv.split
            else prediction.find_scans(fv.scans, layout=fv.layout))
   if not scans:

@@ -1,6 +1,6 @@
 """Batch prediction over CT series: one machine-readable row per series (CSV or JSON lines).
 
-    run = reporting.load_run("runs/drct2_phantom")
+    run = load_run("runs/drct2_phantom")                # on every device of this host
     scans = find_scans("archive/")                      # folder of series, one series, a layout
     summary = predict_scans(run, scans, "preds.csv", workers=2)
     print(summary.throughput_line())
@@ -8,8 +8,8 @@
 Each series goes through exactly the code the reports use: `ctjax.reporting.read_scan` +
 `ctjax.reporting.scan_batch` (the pipeline's own `drct_example`) in a pool of spawned worker
 processes (the parent has JAX loaded), while the device predicts the previous batch with
-`ctjax.inference.predict_batch` on the run's mesh (batches are a multiple of its device count,
-padded to one fixed size: one compilation). A series that cannot be read is a row with
+`ctjax.inference.predict_batch` on a mesh of every device (batches are a multiple of the device
+count, padded to one fixed size: one compilation). A series that cannot be read is a row with
 status "error" and its one-line message; the batch goes on.
 
 The output is append-only and resumable: rows are written a whole batch at a time, in the
@@ -24,9 +24,9 @@ layout's scan id), path, status ("ok" | "error"), error, patient_id, study_uid, 
 series_description, num_source_slices, prob_<label> and call_<label> (1 if prob >= the run's
 threshold of that label, `ctjax.eval.report.thresholds`) per label in the run's order,
 key_slices (the 5 most attended distinct slices, rank order, 0-based source indices into the
-series ordered along the slice normal), key_sop_uids (their SOPInstanceUIDs), decode_s (read + sample
-+ resize in the worker), device_s (the series' share of its batch's predict call). CSV cells:
-lists space-separated, empty cells for missing values; JSON lines: lists and nulls.
+series ordered along the slice normal), key_sop_uids (their SOPInstanceUIDs), decode_s (read +
+sample + resize in the worker), device_s (the series' share of its batch's predict call). CSV
+cells: lists space-separated, empty cells for missing values; JSON lines: lists and nulls.
 """
 
 from __future__ import annotations
@@ -85,6 +85,17 @@ class Decoded:
   info: Any = None                                  # ctjax.reporting.ScanInfo
   sop_uids: Optional[list[str]] = None              # of the sampled slices
   error: Optional[str] = None
+
+
+def load_run(workdir: str | os.PathLike, step: Optional[int] = None) -> Any:
+  """A restored DrCT run on a mesh over every device of this host, whatever the run trained
+  on (`config.parallel.num_devices`): prediction batches are split over all of them."""
+  from ctjax import inference
+  run = inference.load_run(workdir, step, config_overrides={"parallel.num_devices": -1})
+  if run.config.task != "drct":
+    raise ConfigError(f"{workdir}: config.task={run.config.task!r}; ctjax.predict predicts "
+                      "DrCT runs (task 'drct'); export other runs with ctjax.export")
+  return run
 
 
 # ----------------------------------------------------------------------------- series lists

@@ -37,13 +37,14 @@ def run_dir(tmp_path_factory):
   c.data.synth.size = 64
   c.data.synth.num_scans = 15
   c.log.progress_bar = False
+  c.parallel.num_devices = 2        # trained on 2 of the 4 devices: predict uses all 4
   write_run(tmp / "run", c, seed=4)
   return tmp / "run"
 
 
 @pytest.fixture(scope="module")
 def run(run_dir):
-  return reporting.load_run(run_dir)
+  return prediction.load_run(run_dir)
 
 
 @pytest.fixture(scope="module")
