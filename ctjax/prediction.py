@@ -212,7 +212,7 @@ def _worker_ready() -> int:
   return os.getpid()
 
 
-def _results(futures: Sequence[concurrent.futures.Future]) -> list[Decoded]:
+def _results(futures: Sequence[concurrent.futures.Future]) -> list[Any]:
   try:
     return [f.result() for f in futures]
   except concurrent.futures.process.BrokenProcessPool as e:
@@ -474,9 +474,9 @@ def predict_scans(run: Any, scans: Sequence[SeriesRef], out: str | os.PathLike, 
     raise ConfigError(f"{run.workdir}: config.task={run.config.task!r}; ctjax.predict predicts "
                       "DrCT runs (task 'drct')")
   keys = [s.key for s in scans]
-  if len(set(keys)) != len(keys):
-    dup = next(k for k in keys if keys.count(k) > 1)
-    raise CTDataError(f"series key {dup!r} appears twice in the list of scans")
+  dup = [k for k, n in collections.Counter(keys).items() if n > 1]
+  if dup:
+    raise CTDataError(f"series key {dup[0]!r} appears twice in the list of scans")
   out = pathlib.Path(out)
   labels = list(run.config.data.labels)
   thr = thresholds(run.config, len(labels))
@@ -491,14 +491,10 @@ def predict_scans(run: Any, scans: Sequence[SeriesRef], out: str | os.PathLike, 
                     batch_size=bs, devices=devices, workers=int(workers))
   page_names = _page_names(keys) if reports else {}
   config = run.config
-  t_start = time.perf_counter()
-  pool = None
-  if workers > 0 and todo:
-    ctx = multiprocessing.get_context("spawn")
-    pool = concurrent.futures.ProcessPoolExecutor(int(workers), mp_context=ctx,
-                                                  initializer=_worker_init,
-                                                  initargs=(os.getpid(),))
-    ready = [pool.submit(_worker_ready) for _ in range(int(workers))]
+  batches = [todo[i:i + bs] for i in range(0, len(todo), bs)]
+  pending: collections.deque = collections.deque()
+  submitted = 0
+  pool = bar = None
   warm = {"done": False, "s": 0.0}
 
   def warm_up() -> None:
@@ -508,20 +504,6 @@ def predict_scans(run: Any, scans: Sequence[SeriesRef], out: str | os.PathLike, 
       tw = time.perf_counter()
       inference.predict_batch(run, _stack([_warmup_batch(config)], bs))
       warm["done"], warm["s"] = True, time.perf_counter() - tw
-
-  if pool is not None and todo:
-    warm_up()
-  if pool is not None:
-    for f in ready:
-      f.result()
-  summary.startup_s = time.perf_counter() - t_start
-  batches = [todo[i:i + bs] for i in range(0, len(todo), bs)]
-  bar = None
-  if progress and todo:
-    from tqdm import tqdm
-    bar = tqdm(total=len(todo), unit="series", desc="predict", smoothing=0.1)
-  pending: collections.deque = collections.deque()
-  submitted = 0
 
   def top_up() -> None:
     nonlocal submitted
@@ -533,8 +515,21 @@ def predict_scans(run: Any, scans: Sequence[SeriesRef], out: str | os.PathLike, 
         pending.append(refs)
       submitted += 1
 
-  t0 = time.perf_counter()
+  t_start = time.perf_counter()
   try:
+    if workers > 0 and todo:
+      ctx = multiprocessing.get_context("spawn")
+      pool = concurrent.futures.ProcessPoolExecutor(int(workers), mp_context=ctx,
+                                                    initializer=_worker_init,
+                                                    initargs=(os.getpid(),))
+      ready = [pool.submit(_worker_ready) for _ in range(int(workers))]
+      warm_up()       # while the workers start
+      _results(ready)
+    summary.startup_s = time.perf_counter() - t_start
+    if progress and todo:
+      from tqdm import tqdm
+      bar = tqdm(total=len(todo), unit="series", desc="predict", smoothing=0.1)
+    t0 = time.perf_counter()
     for bi in range(len(batches)):
       if stop_after_batches is not None and bi >= stop_after_batches:
         raise KeyboardInterrupt
