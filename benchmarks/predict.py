@@ -151,7 +151,8 @@ def main(argv=None) -> int:
   print("bound: min(decode/worker x workers, device-only) of the same run (workers >= 1), "
         "serial for 0 workers;\nisolated bound: the same from the 0-worker run's decode and "
         "device rates.")
-  header = {"preset": "predict", "environment": common.environment(), "args": vars(args),
+  args_json = {k: v for k, v in vars(args).items() if k not in ("workdir", "json")}  # paths
+  header = {"preset": "predict", "environment": common.environment(), "args": args_json,
             "summary": summary}
   path = common.write_json(args.json, header, records)
   print(f"wrote {path}")
