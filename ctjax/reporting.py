@@ -7,6 +7,10 @@ renders the page with `ctjax.eval.report.render_report_html` (pure, tested on it
     run = load_run("runs/drct2_phantom")
     report_for_scan(run, "scans/CQ500-CT-0", "reports/ct0.html")
     report_for_folder(run, "scans", "reports")      # + reports/index.html
+
+`report_for_scan` = `read_scan` → `scan_batch` → `inference.predict_batch` →
+`render_scan_report`; the last needs only the batch, the outputs and a `ScanInfo`, so
+`ctjax.prediction` writes the pages of series it has already predicted in batches.
 """
 
 from __future__ import annotations
@@ -55,15 +59,20 @@ def load_run(workdir: str | os.PathLike, step: Optional[int] = None) -> inferenc
   return run
 
 
-def read_scan(scan_dir: str | os.PathLike, series_uid: Any = None):
-  """`read_series` with one clear message when the folder is not a usable CT series."""
+def read_scan(scan_dir: Any, series_uid: Any = None):
+  """`read_series` with one clear message when the folder (or list of files: a data-set
+  layout's scan) is not a usable CT series."""
   from ctjax.data.dicom import read_series
   from ctjax.errors import CTDataError
   try:
     return read_series(scan_dir, series_uid=series_uid)
   except CTDataError as e:
     detail = str(e)
-    where = os.fspath(scan_dir)
+    if isinstance(scan_dir, (str, os.PathLike)):
+      where = os.fspath(scan_dir)
+    else:
+      files = [os.fspath(f) for f in scan_dir]
+      where = os.path.commonpath(files) if files else "<no files>"
     if detail.startswith(where):
       detail = detail[len(where):].lstrip(": ")
     raise type(e)(f"not a usable CT series ({detail})", where) from e
@@ -89,6 +98,25 @@ def scan_batch(volume: Any, config: Any) -> tuple[dict[str, np.ndarray], np.ndar
   return stack([example]), display
 
 
+@dataclasses.dataclass
+class ScanInfo:
+  """What a report needs of a series besides its pixels: small enough to cross a process
+  boundary (the prediction command decodes series in worker processes)."""
+  series_uid: str
+  num_slices: int
+  source_shape: tuple[int, ...]      # (S, H, W) of the decoded volume
+  spacing: tuple[float, ...]         # (z, y, x) mm
+  header: dict[str, str]
+  notes: list[str]
+  skipped: list[Any]                 # ctjax.data.dicom.Skip
+
+  @classmethod
+  def of(cls, volume: Any) -> "ScanInfo":
+    return cls(volume.series_uid, volume.num_slices, tuple(int(n) for n in volume.hu.shape),
+               tuple(float(v) for v in volume.spacing), dict(volume.header),
+               list(volume.notes), list(volume.skipped))
+
+
 def report_for_scan(run: inference.Run, scan_dir: str | os.PathLike, out_path: str | os.PathLike,
                     *, series_uid: Any = None) -> ReportResult:
   """Reads `scan_dir`, runs the model, writes one self-contained HTML report to `out_path`."""
@@ -96,6 +124,19 @@ def report_for_scan(run: inference.Run, scan_dir: str | os.PathLike, out_path: s
   volume = read_scan(scan_dir, series_uid)
   batch, display = scan_batch(volume, run.config)
   out = inference.predict_batch(run, batch)
+  return render_scan_report(run, scan_dir, ScanInfo.of(volume), batch, display, out, out_path,
+                            analysis_seconds=time.perf_counter() - t0)
+
+
+def render_scan_report(run: inference.Run, scan_dir: str | os.PathLike, info: ScanInfo,
+                       batch: dict[str, np.ndarray], display: np.ndarray,
+                       out: dict[str, np.ndarray], out_path: str | os.PathLike, *,
+                       analysis_seconds: float) -> ReportResult:
+  """The page of one scan from its model batch (`scan_batch`), display images and the model's
+  outputs for it (`inference.predict_batch`, leading axis 1): no model call, so batch
+  prediction can write reports of what it already predicted. `analysis_seconds` (read, sample,
+  model) is shown on the page."""
+  t0 = time.perf_counter()
   names = list(run.config.data.labels)
   probs = out["probs"][0]
   preds = [Prediction(n, float(p), t) for n, p, t in zip(names, probs,
@@ -108,20 +149,20 @@ def report_for_scan(run: inference.Run, scan_dir: str | os.PathLike, out_path: s
   if "key_indices" in out:
     extra["APS key slices (sampled, m_key)"] = ", ".join(
         str(int(i) + 1) for i in sorted(out["key_indices"][0]))
-  if volume.notes:
-    extra["Reader notes"] = "; ".join(volume.notes)
-  skipped = [k for k in volume.skipped if not k.reason.startswith("other series")]
+  if info.notes:
+    extra["Reader notes"] = "; ".join(info.notes)
+  skipped = [k for k in info.skipped if not k.reason.startswith("other series")]
   if skipped:   # files of the other series of a flat folder are not news
     extra["Skipped files"] = f"{len(skipped)} (e.g. {skipped[0].path}: {skipped[0].reason})"
-  hdr = volume.header
+  hdr = info.header
   prov = Provenance(
-      scan_path=os.fspath(scan_dir), series_uid=volume.series_uid,
+      scan_path=os.fspath(scan_dir), series_uid=info.series_uid,
       study_uid=hdr.get("StudyInstanceUID", ""),
       series_description=hdr.get("SeriesDescription", ""),
       kernel=hdr.get("ConvolutionKernel", ""), slice_thickness=hdr.get("SliceThickness", ""),
-      study_date=hdr.get("StudyDate", ""), num_source_slices=volume.num_slices,
-      slice_index=[int(i) for i in batch["slice_index"][0]], spacing_mm=volume.spacing,
-      source_shape=volume.hu.shape, model_windows=describe_windows(cfg.data.windows),
+      study_date=hdr.get("StudyDate", ""), num_source_slices=info.num_slices,
+      slice_index=[int(i) for i in batch["slice_index"][0]], spacing_mm=info.spacing,
+      source_shape=info.source_shape, model_windows=describe_windows(cfg.data.windows),
       display_window=describe_windows("brain"),
       model_input=f"{cfg.data.num_slices} × {size} × {size} HU → {cfg.model.primary_size} px",
       config_name=str(cfg.get("name", "") or pathlib.Path(run.workdir, "config.json")),
@@ -129,15 +170,15 @@ def report_for_scan(run: inference.Run, scan_dir: str | os.PathLike, out_path: s
       checkpoint_step=run.step, workdir=os.fspath(run.workdir),
       created=_dt.datetime.now().isoformat(timespec="seconds"), extra=extra)
   # The page shows the analysis time (read, sample, model); the caller prints the total.
-  prov.report_seconds = time.perf_counter() - t0
+  prov.report_seconds = analysis_seconds
   page = render_report_html(display, attention, highlight, preds, prov)
   out_path = pathlib.Path(out_path)
   out_path.parent.mkdir(parents=True, exist_ok=True)
   out_path.write_text(page, encoding="utf-8")
-  seconds = time.perf_counter() - t0
-  return ReportResult(os.fspath(scan_dir), os.fspath(out_path), volume.series_uid, seconds,
+  seconds = analysis_seconds + time.perf_counter() - t0
+  return ReportResult(os.fspath(scan_dir), os.fspath(out_path), info.series_uid, seconds,
                       [int(i) for i in keyslice.top_k_indices(attention)], preds,
-                      volume.num_slices, prov.slice_index,
+                      info.num_slices, prov.slice_index,
                       [float(a) for a in np.asarray(attention)])
 
 
