@@ -45,14 +45,13 @@ def _config(image_size: int, m: int, batch: int):
 
 
 def _run(config):
-  import jax.numpy as jnp
   from ctjax import inference
   from ctjax.models import weights
   from ctjax.train.tasks import get_task
   task = get_task("drct")
   model = task.build_model(config)
-  x = jnp.zeros((1, config.data.num_slices, 32, 32, 3))
-  variables = weights.random_variables(model.clone(aps_size=32), x)
+  from ctjax.train.tasks import drct
+  variables = weights.random_variables(drct.init_model(model), drct.init_input(config))
   return inference.make_run(config, variables, task=task, model=model, step=0)
 
 

@@ -56,9 +56,9 @@ def write_run(workdir: pathlib.Path, config, seed: int = 0) -> None:
   model = task.build_model(config)
   size = int(config.data.image_size)
   if config.task == "drct":
-    x = jnp.zeros((1, config.data.num_slices, size, size, 3))
-    small = model.clone(aps_size=size)   # parameter shapes do not depend on the image size
-    variables = weights.random_variables(small, x, seed=seed)
+    from ctjax.train.tasks import drct
+    variables = weights.random_variables(drct.init_model(model), drct.init_input(config),
+                                         seed=seed)
   else:
     variables = blendnet.strip_perturbations(
         weights.random_variables(model, jnp.zeros((1, size, size, 3)), seed=seed))

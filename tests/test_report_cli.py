@@ -110,9 +110,9 @@ def test_end_to_end_on_an_orbax_checkpoint(tmp_path, monkeypatch):
   task = get_task("drct")
   model = task.build_model(c)
   # Numpy weights of init's shapes: the jitted Flax init of the VGG16 compiles for ~10 s.
-  x = jax.numpy.zeros((1, c.data.num_slices, 32, 32, 3), jax.numpy.float32)
+  from ctjax.train.tasks import drct
   monkeypatch.setattr(task, "init_variables", lambda model, config, rng: dict(
-      weights.random_variables(model.clone(aps_size=32), x)))
+      weights.random_variables(drct.init_model(model), drct.init_input(config))))
   tx, _ = optim.make_optimizer(c, 1, 1, lambda p: task.param_groups(c, p))
   state = state_lib.create_state(task, model, c, jax.random.PRNGKey(0), tx)
   wd = tmp_path / "run"

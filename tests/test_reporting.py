@@ -26,7 +26,6 @@ def tiny_config():
 
 @pytest.fixture(scope="module")
 def tiny_model():
-  import jax
   from ctjax.models import weights
   from ctjax.train.tasks import get_task
   config = tiny_config()
@@ -34,8 +33,8 @@ def tiny_model():
   model = task.build_model(config)
   # Random He-scaled numpy weights of init's shapes: the jitted Flax init of the VGG16 would
   # compile for ~15 s on 2 busy cores, and no assertion depends on the initialiser.
-  x = jax.numpy.zeros((1, config.data.num_slices, 32, 32, 3), jax.numpy.float32)
-  variables = weights.random_variables(model, x)
+  from ctjax.train.tasks import drct
+  variables = weights.random_variables(drct.init_model(model), drct.init_input(config))
   from ctjax import inference
   return inference.make_run(config, variables, task=task, model=model, step=7,
                             workdir="runs/tiny")

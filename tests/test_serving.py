@@ -13,7 +13,6 @@ from ctjax import exporting, inference, serving
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
   """A tiny DrCT2 exported from in-memory weights (no checkpoint: tracing only)."""
-  import jax.numpy as jnp
   from ctjax.configs.drct import drct_config, runlocal_overrides
   from ctjax.models import weights
   from ctjax.train.tasks import get_task
@@ -22,7 +21,8 @@ def model_dir(tmp_path_factory):
   c.model.primary_size, c.model.aps_size, c.model.mkey = 32, 32, 2
   task = get_task("drct")
   model = task.build_model(c)
-  variables = weights.random_variables(model, jnp.zeros((1, 4, 32, 32, 3)))
+  from ctjax.train.tasks import drct
+  variables = weights.random_variables(drct.init_model(model), drct.init_input(c))
   run = inference.make_run(c, variables, task=task, model=model, step=1)
   out = tmp_path_factory.mktemp("serving") / "model"
   exporting.export_run(run, out, platforms=("cpu",))

@@ -124,6 +124,8 @@ class APSNetwork(nn.Module):
 def chunk_size(num_slices: int, shards: int, per_device: int) -> int:
   """Slices per device per backbone pass: the largest divisor of num_slices / shards that is
   at most `per_device` (so chunks tile every device's rows exactly); 0 = one pass."""
+  if not isinstance(num_slices, int):   # a symbolic batch (jax.export): one pass
+    return 0
   if per_device <= 0 or num_slices % shards or num_slices // shards <= per_device:
     return 0
   local = num_slices // shards

@@ -42,8 +42,8 @@ def tiny_run(tmp_path_factory) -> pathlib.Path:
   task = get_task("drct")
   model = task.build_model(c)
   # Numpy weights of init's shapes: the jitted Flax init of the VGG16 compiles for ~10 s.
-  x = jax.numpy.zeros((1, c.data.num_slices, 32, 32, 3), jax.numpy.float32)
-  variables = dict(weights.random_variables(model, x))
+  from ctjax.train.tasks import drct
+  variables = dict(weights.random_variables(drct.init_model(model), drct.init_input(c)))
   tx, _ = optim.make_optimizer(c, 1, 1, lambda p: task.param_groups(c, p))
   state = state_lib.state_from_variables(task, c, variables, jax.random.PRNGKey(0), tx)
   ck = Checkpointer(wd, c)

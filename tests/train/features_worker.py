@@ -21,7 +21,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 
 def build(spec):
-  import jax.numpy as jnp
   import test_features as tf
   from ctjax.data import cache
   from ctjax.models import weights
@@ -31,8 +30,8 @@ def build(spec):
   from ctjax.data import fake
   scans = cache.CachedScans(fake.cache_path_for(config))
   model = TASK.build_model(config)
-  hu = jnp.zeros((1, config.data.num_slices, 32, 32), jnp.int16)
-  variables = weights.random_variables(model.clone(aps_size=32, primary_size=32), hu)
+  from ctjax.train.tasks import drct
+  variables = weights.random_variables(drct.init_model(model), drct.init_input(config))
   if spec.get("delay"):
     write = features._write_shard
 

@@ -63,8 +63,8 @@ def built(tmp_path_factory):
   config = small_config(tmp_path_factory.mktemp("cache"), **{"features.store_maps": True})
   scans = random_cache(config)
   model = TASK.build_model(config)
-  hu = jnp.zeros((1, config.data.num_slices, 32, 32), jnp.int16)
-  variables = weights.random_variables(model.clone(aps_size=32, primary_size=32), hu)
+  from ctjax.train.tasks import drct
+  variables = weights.random_variables(drct.init_model(model), drct.init_input(config))
   store = F.build_store(config, scans, model, variables)
   return config, scans, model, variables, store
 

@@ -41,8 +41,8 @@ def setup():
   model = TASK.build_model(config)
   # He-scaled numpy weights of init's shapes: init_variables' jitted Flax init of the VGG16
   # compiles for ~15 s on 2 busy cores (its output structure is checked below, untraced).
-  hu = jnp.zeros((1, config.data.num_slices, 32, 32), jnp.int16)
-  variables = weights.random_variables(model.clone(aps_size=32, primary_size=32), hu)
+  from ctjax.train.tasks import drct
+  variables = weights.random_variables(drct.init_model(model), drct.init_input(config))
   return config, model, variables
 
 

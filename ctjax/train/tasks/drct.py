@@ -130,6 +130,17 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return kwargs
 
 
+def init_model(model: nn.Module) -> nn.Module:
+  """The model `init_variables` initialises: parameter shapes do not depend on the image size
+  (pooled features), so 32 px images — a full-size VGG16 pass would cost seconds to minutes."""
+  return model.clone(aps_size=32, primary_size=32) if isinstance(model, DrCT) else model
+
+
+def init_input(config: ml_collections.ConfigDict) -> jax.Array:
+  """The HU input of `init_model`: one scan of m 32 px slices."""
+  return jnp.zeros((1, int(config.data.num_slices), 32, 32), jnp.int16)
+
+
 class DrCTTask(Task):
   name = "drct"
 
@@ -150,13 +161,9 @@ class DrCTTask(Task):
 
   def init_variables(self, model: nn.Module, config: ml_collections.ConfigDict,
                      rng: jax.Array) -> dict:
-    # Parameter shapes do not depend on the image size (pooled features), so initialise on
-    # 32 px images: a full-size forward pass of a VGG16 would cost seconds to minutes on CPU.
-    m = config.data.num_slices
-    small = model.clone(aps_size=32, primary_size=32) if isinstance(model, DrCT) else model
-    x = jnp.zeros((1, m, 32, 32), jnp.int16)
     p_rng, d_rng, a_rng = jax.random.split(rng, 3)
-    return small.init({"params": p_rng, "dropout": d_rng, "aps": a_rng}, x)
+    return init_model(model).init({"params": p_rng, "dropout": d_rng, "aps": a_rng},
+                                  init_input(config))
 
   def load_pretrained(self, config: ml_collections.ConfigDict,
                       variables: Mapping[str, Any]) -> Mapping[str, Any]:
