@@ -4,12 +4,14 @@ Sharding is decided here once (as in maxtext): a 1-D mesh over every device of e
 with axis `config.parallel.data_axis` ("data"); batches are split along it, parameters and
 optimizer state replicated. The same code runs on one CPU, a multi-device host and a pod.
 
-Multi-process launch (one process per host, or several on one host for tests): each process
-calls `initialize_distributed` before any other JAX call. Arguments come from the flags of
+Multi-process launch (one process per host, or several on one host): each process calls
+`initialize_distributed` before any other JAX call. Explicit arguments win — the flags of
 `python -m ctjax.train` (`--coordinator_address host:port --num_processes N --process_id i`) or
-from the environment (`CTJAX_COORDINATOR_ADDRESS`, `CTJAX_NUM_PROCESSES`, `CTJAX_PROCESS_ID`).
-Without either, `jax.distributed.initialize()` is only called where JAX can discover the
-cluster itself (Cloud TPU, SLURM, Open MPI: set `CTJAX_DISTRIBUTED=auto`).
+the environment (`CTJAX_COORDINATOR_ADDRESS`, `CTJAX_NUM_PROCESSES`, `CTJAX_PROCESS_ID`);
+without them, `jax.distributed.initialize()` is called by default wherever JAX can discover a
+multi-process cluster itself (`cluster_environment`: a SLURM step of several tasks, Open MPI's
+mpirun, a Cloud TPU pod, or `JAX_COORDINATOR_ADDRESS`). `CTJAX_DISTRIBUTED=off` turns the
+discovery off.
 """
 
 from __future__ import annotations
@@ -30,13 +32,44 @@ log = logging.getLogger(__name__)
 _INITIALIZED = False
 
 
+def cluster_environment() -> Optional[str]:
+  """The multi-process cluster JAX can discover here (its name), or None.
+
+  SLURM and Open MPI count only with more than one task; Cloud TPU VMs as JAX detects them
+  (a single host is a cluster of one, which initialises trivially).
+  """
+  env = os.environ
+  if env.get("CTJAX_DISTRIBUTED", "").lower() in ("off", "0", "false", "no"):
+    return None
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    return "JAX_COORDINATOR_ADDRESS"
+  slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+           "SLURM_LOCALID")
+  if all(k in env for k in slurm) and int(env["SLURM_NTASKS"] or 1) > 1:
+    return "SLURM"
+  if "OMPI_MCA_orte_hnp_uri" in env and int(env.get("OMPI_COMM_WORLD_SIZE", "2") or 2) > 1:
+    return "Open MPI"
+  try:
+    from jax._src.clusters import cloud_tpu_cluster as tpu
+  except ImportError:   # a JAX without its cluster module: no discovery
+    return None
+  for cls in (tpu.GkeTpuCluster, tpu.GceTpuCluster):
+    try:
+      if cls.is_env_present():
+        return "Cloud TPU"
+    except Exception:  # noqa: BLE001 — a failed probe only means no TPU pod here
+      continue
+  return None
+
+
 def initialize_distributed(coordinator_address: Optional[str] = None,
                            num_processes: Optional[int] = None,
                            process_id: Optional[int] = None) -> bool:
   """Starts `jax.distributed` when launched as several processes; True if it did.
 
   Call before any other JAX use. Missing arguments are read from CTJAX_COORDINATOR_ADDRESS /
-  CTJAX_NUM_PROCESSES / CTJAX_PROCESS_ID. On CPU the cross-process collectives use gloo.
+  CTJAX_NUM_PROCESSES / CTJAX_PROCESS_ID; with none, a cluster JAX discovers itself
+  (`cluster_environment`) is joined. On CPU the cross-process collectives use gloo.
   """
   global _INITIALIZED
   if _INITIALIZED:
@@ -47,8 +80,8 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
     num_processes = int(env["CTJAX_NUM_PROCESSES"])
   if process_id is None and env.get("CTJAX_PROCESS_ID"):
     process_id = int(env["CTJAX_PROCESS_ID"])
-  auto = env.get("CTJAX_DISTRIBUTED", "") == "auto"
-  if coordinator_address is None and not auto:
+  cluster = None if coordinator_address is not None else cluster_environment()
+  if coordinator_address is None and cluster is None:
     if num_processes not in (None, 1):
       raise ConfigError(f"num_processes={num_processes} needs a coordinator address "
                         "(--coordinator_address host:port or CTJAX_COORDINATOR_ADDRESS)")
@@ -60,6 +93,8 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
   platforms = env.get("JAX_PLATFORMS", "") or jax.config.jax_platforms or ""
   if platforms.startswith("cpu"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if cluster is not None:
+    log.info("jax.distributed: joining the %s cluster", cluster)
   jax.distributed.initialize(coordinator_address, num_processes=num_processes,
                              process_id=process_id)
   _INITIALIZED = True

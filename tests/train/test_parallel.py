@@ -52,6 +52,49 @@ def test_initialize_distributed_argument_errors(monkeypatch):
     parallel.initialize_distributed("127.0.0.1:1", num_processes=2, process_id=2)
 
 
+SLURM_STEP = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "node[01-02]", "SLURM_NTASKS": "2",
+              "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}
+
+
+@pytest.fixture
+def fake_initialize(monkeypatch):
+  """jax.distributed.initialize replaced by a recorder (nothing is started)."""
+  calls = []
+  monkeypatch.setattr(parallel, "_INITIALIZED", False)
+  monkeypatch.setattr(jax.distributed, "initialize",
+                      lambda *args, **kwargs: calls.append((args, kwargs)))
+  for var in ("CTJAX_COORDINATOR_ADDRESS", "CTJAX_NUM_PROCESSES", "CTJAX_PROCESS_ID",
+              "CTJAX_DISTRIBUTED", "JAX_COORDINATOR_ADDRESS", "OMPI_MCA_orte_hnp_uri",
+              *SLURM_STEP):
+    monkeypatch.delenv(var, raising=False)
+  return calls
+
+
+def test_a_slurm_step_joins_the_cluster_without_flags(fake_initialize, monkeypatch):
+  """As in JAX's own cluster tests: the variables srun sets for a 2-task step."""
+  for k, v in SLURM_STEP.items():
+    monkeypatch.setenv(k, v)
+  assert parallel.cluster_environment() == "SLURM"
+  assert parallel.initialize_distributed() is True
+  assert fake_initialize == [((None,), {"num_processes": None, "process_id": None})]
+
+
+def test_cluster_discovery_rules(fake_initialize, monkeypatch):
+  assert parallel.cluster_environment() is None and not parallel.initialize_distributed()
+  for k, v in {**SLURM_STEP, "SLURM_NTASKS": "1"}.items():   # a one-task allocation
+    monkeypatch.setenv(k, v)
+  assert parallel.cluster_environment() is None
+  monkeypatch.setenv("OMPI_MCA_orte_hnp_uri", "123.0;tcp://10.0.0.1:5000")
+  monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+  assert parallel.cluster_environment() == "Open MPI"
+  monkeypatch.setenv("CTJAX_DISTRIBUTED", "off")
+  assert parallel.cluster_environment() is None
+  monkeypatch.delenv("CTJAX_DISTRIBUTED")
+  # Explicit arguments win over the discovered cluster.
+  assert parallel.initialize_distributed("127.0.0.1:9", 2, 1) is True
+  assert fake_initialize == [(("127.0.0.1:9",), {"num_processes": 2, "process_id": 1})]
+
+
 def _real_overrides(root) -> dict:
   """Tiny model on the real pipeline: phantom RSNA slices ("pretrain" records), 3 steps of
   global batch 8, val evaluated once at the end (every_steps=0)."""

@@ -1,0 +1,33 @@
+"""benchmarks.scale: random caches at two N, the store stage in its own process, records in the
+suite's schema and the RSNA extrapolation."""
+
+import json
+
+from benchmarks import scale
+
+
+def test_smoke_store_stage_writes_records_in_the_suite_schema(tmp_path):
+  out = tmp_path / "scale.json"
+  assert scale.main(["--smoke", "--scans", "8,16", "--stages", "store", "--json", str(out),
+                     "--workdir", str(tmp_path)]) == 0
+  doc = json.loads(out.read_text())
+  names = [r["name"] for r in doc["records"]]
+  assert names == ["scale/store/n8", "scale/store/n8/peak_rss", "scale/store/n16",
+                   "scale/store/n16/peak_rss", "scale/store/rss_slope"]
+  for r in doc["records"]:
+    assert set(r) >= {"name", "device", "value", "unit", "torch_value", "ratio_vs_torch",
+                      "flop_fraction"}
+  store = [r for r in doc["records"] if r["name"] == "scale/store/n16"][0]
+  assert store["unit"] == "slices/s" and store["value"] > 0
+  assert store["details"]["slices"] >= 16 * 8 and store["details"]["peak_rss_mb"] > 50
+  s = doc["summary"]["store"]
+  assert s["rsna_build_hours"] == round(scale.RSNA_SLICES / s["rate_at_largest_n"] / 3600, 3)
+
+
+def test_summary_extrapolates_from_the_per_scan_slope():
+  rows = [{"stage": "heads", "scans": n, "value": 100.0, "unit": "scans/s",
+           "peak_rss_mb": 500.0 + 0.01 * n} for n in (1000, 2000)]
+  s = scale.summarize(rows)["heads"]
+  assert s["rss_mb_per_1k_scans"] == 10.0
+  assert abs(s["rss_at_rsna_mb"] - (500 + 0.01 * scale.RSNA_SCANS)) < 1e-6
+  assert s["rsna_epoch_hours"] == round(scale.RSNA_SCANS / 100.0 / 3600, 3)
