@@ -15,7 +15,8 @@ Layouts (`config.data.layout`, root `config.data.root`):
   {0 non_ich, 1 normal_ich, 2 blend_sign} per slice and boxes "x0 y0 x1 y1;…"; DICOM under
   ROOT/scans/<scan_id>/.
 - `phantom`: ROOT/manifest.json written by `ctjax.data.phantom.write_dataset`; read with the
-  adapter of the manifest's `layout`, per-slice truth from the manifest where the layout has none.
+  adapter of the manifest's `layout`, per-slice truth from the manifest where the layout has none
+  (labels; the bleeding lesions' boxes, which the highlight's pointing game scores against).
 
 Per-slice truth is keyed by absolute file path, because `ctjax.data.dicom.read_series` re-orders
 files by position.
@@ -52,7 +53,8 @@ class ScanRecord:
   labels: np.ndarray                     # float32 [L] scan-level labels
   slice_labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # path → [L]
   slice_class: dict[str, int] = dataclasses.field(default_factory=dict)  # blend: path → class
-  boxes: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # blend: path → [K,4]
+  # path → [K, 4] lesion boxes (blend; phantoms of every layout: the bleeding lesions)
+  boxes: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   series_uid: Optional[str] = None       # for read_series(series_uid=…); None: the only one
 
 
@@ -259,19 +261,32 @@ def load_phantom(root) -> Dataset:
   if layout not in ("rsna", "cq500", "blend"):
     raise errors.DatasetLayoutError(f"manifest layout {layout!r} not rsna/cq500/blend", path)
   ds = load(layout, root)
-  truth = {}
+  truth, boxes = {}, {}
   for scan in manifest.get("scans", []):
     for i, f in enumerate(scan.get("files", [])):
       if "slice_labels" in scan and i < len(scan["slice_labels"]):
         truth[str((root / f).resolve())] = np.asarray(scan["slice_labels"][i], np.uint8)
+      boxes[str((root / f).resolve())] = _bleed_boxes(scan, i)
   if not ds.has_slice_labels and truth:
     for rec in ds.scans:
       found = {f: truth.get(str(pathlib.Path(f).resolve())) for f in rec.files}
       if all(v is not None and len(v) == len(ds.labels) for v in found.values()):
         rec.slice_labels = found
     ds.has_slice_labels = all(rec.slice_labels for rec in ds.scans)
+  for rec in ds.scans:   # layouts without boxes of their own (rsna, cq500): the manifest's
+    found = {f: boxes.get(str(pathlib.Path(f).resolve())) for f in rec.files}
+    if not rec.boxes and all(v is not None for v in found.values()):
+      rec.boxes = found
   ds.layout = f"phantom:{layout}"
   return ds
+
+
+def _bleed_boxes(scan: dict, k: int) -> np.ndarray:
+  """float32 [K, 4] (x0, y0, x1, y1 source pixels) of the bleeding lesions on slice k."""
+  from ctjax.data.phantom_lesions import BLEEDS
+  found = [e["boxes"][str(k)] for e in scan.get("lesions", [])
+           if e.get("type") in BLEEDS and str(k) in e.get("boxes", {})]
+  return np.asarray(found, np.float32).reshape(-1, 4)
 
 
 def load(layout: str, root) -> Dataset:
