@@ -7,6 +7,11 @@ renders the page with `ctjax.eval.report.render_report_html` (pure, tested on it
     run = load_run("runs/drct2_phantom")
     report_for_scan(run, "scans/CQ500-CT-0", "reports/ct0.html")
     report_for_folder(run, "scans", "reports")      # + reports/index.html
+
+The highlighted area is drawn on the run's fixed scale, `<workdir>/highlight_scale.json`
+(`highlight_scale(run)`; written when training ends, `fit_highlight_scale` for older runs), so
+every report of a run, and anything else that renders through `render_report_html` with it,
+shows the same value in the same colour.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 
 from ctjax import inference
 from ctjax.errors import ConfigError
+from ctjax.eval import highlight as highlight_lib
 from ctjax.eval import keyslice
 from ctjax.eval.report import (Prediction, Provenance, describe_windows, render_index_html,
                                render_report_html, thresholds)
@@ -51,6 +57,21 @@ def load_run(workdir: str | os.PathLike, step: Optional[int] = None) -> inferenc
     raise ConfigError(f"{workdir}: config.task={run.config.task!r}; the key-slice report needs "
                       "a DrCT run (task 'drct')")
   return run
+
+
+def highlight_scale(run: inference.Run) -> Optional[highlight_lib.HighlightScale]:
+  """The run's stored highlight scale (`<workdir>/highlight_scale.json`), None if it has none."""
+  return highlight_lib.load_scale(run.workdir)
+
+
+def fit_highlight_scale(run: inference.Run | str | os.PathLike, split: str = "val"
+                        ) -> highlight_lib.HighlightScale:
+  """Fits and stores the run's highlight scale on `split` (runs trained before it was stored
+  at the end of training); needs the run's data. Returns the scale."""
+  from ctjax.train.tasks.drct import fit_highlight_scale as fit
+  if not isinstance(run, inference.Run):
+    run = load_run(run)
+  return fit(run, split)
 
 
 def read_scan(scan_dir: str | os.PathLike, series_uid: Any = None):
@@ -88,9 +109,13 @@ def scan_batch(volume: Any, config: Any) -> tuple[dict[str, np.ndarray], np.ndar
 
 
 def report_for_scan(run: inference.Run, scan_dir: str | os.PathLike, out_path: str | os.PathLike,
-                    *, series_uid: Any = None) -> ReportResult:
-  """Reads `scan_dir`, runs the model, writes one self-contained HTML report to `out_path`."""
+                    *, series_uid: Any = None,
+                    scale: Optional[highlight_lib.HighlightScale] = None) -> ReportResult:
+  """Reads `scan_dir`, runs the model, writes one self-contained HTML report to `out_path`.
+  `scale`: the highlight scale (default: the run's stored one, `highlight_scale`)."""
   t0 = time.perf_counter()
+  if scale is None:
+    scale = highlight_scale(run)
   volume = read_scan(scan_dir, series_uid)
   batch, display = scan_batch(volume, run.config)
   out = inference.predict_batch(run, batch)
@@ -124,7 +149,7 @@ def report_for_scan(run: inference.Run, scan_dir: str | os.PathLike, out_path: s
       created=_dt.datetime.now().isoformat(timespec="seconds"), extra=extra)
   # The page shows the analysis time (read, sample, model); the caller prints the total.
   prov.report_seconds = time.perf_counter() - t0
-  page = render_report_html(display, attention, highlight, preds, prov)
+  page = render_report_html(display, attention, highlight, preds, prov, scale=scale)
   out_path = pathlib.Path(out_path)
   out_path.parent.mkdir(parents=True, exist_ok=True)
   out_path.write_text(page, encoding="utf-8")
@@ -188,6 +213,7 @@ def report_for_folder(run: inference.Run, folder: str | os.PathLike, out_dir: st
   root = pathlib.Path(folder).absolute()
   results: list[ReportResult | ReportFailure] = []
   used: set[str] = set()
+  scale = highlight_scale(run)   # once: every page of the batch on the same scale
   for path, uid in find_series(folder, exclude=out_dir):
     rel = os.path.relpath(path, root)
     name = _slug(rel if rel != "." else root.name) + (f"_{_slug(uid)[-24:]}" if uid else "")
@@ -195,7 +221,8 @@ def report_for_folder(run: inference.Run, folder: str | os.PathLike, out_dir: st
       name += "_"
     used.add(name)
     try:
-      results.append(report_for_scan(run, path, out_dir / f"{name}.html", series_uid=uid))
+      results.append(report_for_scan(run, path, out_dir / f"{name}.html", series_uid=uid,
+                                     scale=scale))
       log.info("%s: %.2f s", path, results[-1].seconds)
     except CTDataError as e:
       results.append(ReportFailure(path, uid or "", str(e)))

@@ -209,10 +209,11 @@ class DrCT(nn.Module):
                              feature_norm=self.feature_norm,
                              name="primary", **seq)(pooled, train=train)
     fw, sw = primary["feature_attention"], primary["slice_attention"]
-    # The "highlighted area": feature-attention-weighted sum of the last conv block, ReLU,
-    # scaled to [0, 1] per slice.
+    # The "highlighted area" (Figure 2): the last conv block weighted by the slice's feature
+    # attention, ReLU. Not normalised per slice, nor times the slice attention (a softmax over
+    # the scan's own slices): its values compare across slices and scans, and the report draws
+    # them against the run's fixed reference (ctjax.eval.highlight).
     hl = nn.relu(jnp.einsum("bmhwc,bmc->bmhw", fmap.astype(jnp.float32), fw))
-    hl = hl / jnp.maximum(hl.max(axis=(2, 3), keepdims=True), 1e-12)
     out = {"logits_primary": primary["logits"], "slice_attention": sw,
            "feature_attention": fw, "highlight": hl}
     if not self.aps:
