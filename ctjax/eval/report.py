@@ -300,9 +300,10 @@ def render_report_html(images: np.ndarray, attention: np.ndarray, highlight: np.
        "—" if pv.report_seconds is None else f"{pv.report_seconds:.2f} s"),
       ("Created", pv.created),
       ("Highlight scale", "none stored (not drawn)" if scale is None else
-       f"1.0 = {scale.reference:.4g} (model units), floor {scale.floor:.2f}; fitted on "
-       f"{scale.num_positive + scale.num_negative} {scale.split} scans"
-       + ("" if scale.step is None else f" at step {scale.step}")),
+       f"1.0 = {scale.reference:.4g} (model units), floor {scale.floor:.2f}; " + (
+           f"fitted on {scale.num_positive + scale.num_negative} {scale.split} scans"
+           + ("" if scale.step is None else f" at step {scale.step}")
+           if scale.num_positive + scale.num_negative else scale.basis)),
   ] + [(str(k), str(v)) for k, v in pv.extra.items()]
 
   def kv(rows_):

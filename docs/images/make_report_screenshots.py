@@ -9,10 +9,15 @@ The scans are the README's demo scans (`python -m ctjax.synth --layout cq500 --s
 --size 256`, generated here into a temporary folder); the first with a bleeding lesion and the
 first without, by the phantom's truth. A run trained before the scale was stored gets it fitted
 on its validation split first (`ctjax.reporting.fit_highlight_scale`). Needs headless Chromium.
+
+The committed images come from the same config on 320 scans (`configs/drct2_phantom.py:
+num_scans=320`, workdir `runs/d2_320`; test macro-F1 0.787, best step 336), a quarter of the
+README job's data.
 """
 
 import argparse
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -40,25 +45,30 @@ def main():
   ap.add_argument("--keep_html", default=None, help="also keep the two pages in this folder")
   args = ap.parse_args()
   run = reporting.load_run(args.workdir)
-  if reporting.highlight_scale(run) is None:
-    reporting.fit_highlight_scale(run)
+  scale = reporting.highlight_scale(run) or reporting.fit_highlight_scale(run)
+  out = pathlib.Path(args.out).absolute()
+  pages = pathlib.Path(args.keep_html).absolute() if args.keep_html else None
+  home = os.getcwd()
   with tempfile.TemporaryDirectory() as tmp:
-    scans = pathlib.Path(tmp) / "scans"
-    manifest = json.loads(phantom.write_dataset(scans, layout="cq500", num_scans=6, seed=5,
-                                                size=256, num_workers=0).read_text())
-    bleeds = {s["scan_id"]: any(e["type"] in BLEEDS for e in s["lesions"])
-              for s in manifest["scans"]}
-    picks = {"positive": next(k for k, v in bleeds.items() if v),
-             "negative": next(k for k, v in bleeds.items() if not v)}
-    pages = pathlib.Path(args.keep_html or tmp)
-    for kind, scan_id in picks.items():
-      folder = next((scans / scan_id).rglob("*.dcm")).parent
-      r = reporting.report_for_scan(run, folder, pages / f"report_{kind}.html")
-      png = pathlib.Path(args.out) / f"report_{kind}.png"
-      screenshot(pathlib.Path(r.out_path), png, tmp)
-      above = [f"{p.name} {p.probability:.2f}" for p in r.predictions if p.above]
-      print(f"{png}: {scan_id} ({kind} by the phantom's truth), key slices "
-            f"{[i + 1 for i in r.key_slices]}, above threshold: {', '.join(above) or 'none'}")
+    os.chdir(tmp)   # the pages show the scans' folders relative to it, as `scans/CQ500-CT-0/…`
+    try:
+      manifest = json.loads(phantom.write_dataset("scans", layout="cq500", num_scans=6, seed=5,
+                                                  size=256, num_workers=0).read_text())
+      bleeds = {s["scan_id"]: any(e["type"] in BLEEDS for e in s["lesions"])
+                for s in manifest["scans"]}
+      picks = {"positive": next(k for k, v in bleeds.items() if v),
+               "negative": next(k for k, v in bleeds.items() if not v)}
+      for kind, scan_id in picks.items():
+        folder = next(pathlib.Path("scans", scan_id).rglob("*.dcm")).parent
+        html = (pages or pathlib.Path(tmp)) / f"report_{kind}.html"
+        r = reporting.report_for_scan(run, folder, html, scale=scale)
+        png = out / f"report_{kind}.png"
+        screenshot(html, png, tmp)
+        above = [f"{p.name} {p.probability:.2f}" for p in r.predictions if p.above]
+        print(f"{png}: {scan_id} ({kind} by the phantom's truth), key slices "
+              f"{[i + 1 for i in r.key_slices]}, above threshold: {', '.join(above) or 'none'}")
+    finally:
+      os.chdir(home)
 
 
 if __name__ == "__main__":
