@@ -78,6 +78,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # computed once and the heads train on them exactly (ctjax.train.features; equality with the
   # full model is tested). False: the end-to-end path, same results, slower.
   c.features.enabled = True
+  # The last conv block too (4 KB a slice here): evaluation then draws the highlight and
+  # reports its pointing game without a second backbone pass.
+  c.features.store_maps = True
 
   # Positive weights ≈ sqrt(negatives / positives) of the generator's label prevalence
   # (35% positive scans; subtype shares iph .26, ivh .17, sdh .30, edh .05, sah .22):

@@ -490,6 +490,8 @@ def predict_scans(run: Any, scans: Sequence[SeriesRef], out: str | os.PathLike, 
   summary = Summary(os.fspath(out), total=len(scans), skipped=len(scans) - len(todo),
                     batch_size=bs, devices=devices, workers=int(workers))
   page_names = _page_names(keys) if reports else {}
+  # Every page on the run's one highlight scale (ctjax.eval.highlight).
+  scale = reporting.highlight_scale(run) if reports else None
   config = run.config
   batches = [todo[i:i + bs] for i in range(0, len(todo), bs)]
   pending: collections.deque = collections.deque()
@@ -562,7 +564,8 @@ def predict_scans(run: Any, scans: Sequence[SeriesRef], out: str | os.PathLike, 
           one = {k: v[None] for k, v in outs[id(d)].items()}
           reporting.render_scan_report(run, d.ref.path, d.info, d.batch, d.display, one,
                                        pathlib.Path(reports) / f"{page_names[d.ref.key]}.html",
-                                       analysis_seconds=d.seconds + device_share)
+                                       analysis_seconds=d.seconds + device_share,
+                                       scale=scale)
       summary.decode_s += sum(d.seconds for d in decoded)
       summary.predicted += len(ok)
       for d in decoded:

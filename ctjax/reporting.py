@@ -11,6 +11,11 @@ renders the page with `ctjax.eval.report.render_report_html` (pure, tested on it
 `report_for_scan` = `read_scan` → `scan_batch` → `inference.predict_batch` →
 `render_scan_report`; the last needs only the batch, the outputs and a `ScanInfo`, so
 `ctjax.prediction` writes the pages of series it has already predicted in batches.
+
+The highlighted area is drawn on the run's fixed scale, `<workdir>/highlight_scale.json`
+(`highlight_scale(run)`; written when training ends, `fit_highlight_scale` for older runs), so
+every report of a run — batch reports, predictions' reports, the reader study's assisted arm —
+shows the same value in the same colour.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 
 from ctjax import inference
 from ctjax.errors import ConfigError
+from ctjax.eval import highlight as highlight_lib
 from ctjax.eval import keyslice
 from ctjax.eval.report import (Prediction, Provenance, describe_windows, render_index_html,
                                render_report_html, thresholds)
@@ -57,6 +63,21 @@ def load_run(workdir: str | os.PathLike, step: Optional[int] = None) -> inferenc
     raise ConfigError(f"{workdir}: config.task={run.config.task!r}; the key-slice report needs "
                       "a DrCT run (task 'drct')")
   return run
+
+
+def highlight_scale(run: inference.Run) -> Optional[highlight_lib.HighlightScale]:
+  """The run's stored highlight scale (`<workdir>/highlight_scale.json`), None if it has none."""
+  return highlight_lib.load_scale(run.workdir)
+
+
+def fit_highlight_scale(run: inference.Run | str | os.PathLike, split: str = "val"
+                        ) -> highlight_lib.HighlightScale:
+  """Fits and stores the run's highlight scale on `split` (runs trained before it was stored
+  at the end of training); needs the run's data. Returns the scale."""
+  from ctjax.train.tasks.drct import fit_highlight_scale as fit
+  if not isinstance(run, inference.Run):
+    run = load_run(run)
+  return fit(run, split)
 
 
 def read_scan(scan_dir: Any, series_uid: Any = None):
@@ -118,25 +139,32 @@ class ScanInfo:
 
 
 def report_for_scan(run: inference.Run, scan_dir: str | os.PathLike, out_path: str | os.PathLike,
-                    *, series_uid: Any = None) -> ReportResult:
-  """Reads `scan_dir`, runs the model, writes one self-contained HTML report to `out_path`."""
+                    *, series_uid: Any = None,
+                    scale: Optional[highlight_lib.HighlightScale] = None) -> ReportResult:
+  """Reads `scan_dir`, runs the model, writes one self-contained HTML report to `out_path`.
+  `scale`: the highlight scale (default: the run's stored one, `highlight_scale`)."""
   t0 = time.perf_counter()
+  if scale is None:
+    scale = highlight_scale(run)
   volume = read_scan(scan_dir, series_uid)
   batch, display = scan_batch(volume, run.config)
   out = inference.predict_batch(run, batch)
   return render_scan_report(run, scan_dir, ScanInfo.of(volume), batch, display, out, out_path,
-                            analysis_seconds=time.perf_counter() - t0)
+                            analysis_seconds=time.perf_counter() - t0, scale=scale)
 
 
 def render_scan_report(run: inference.Run, scan_dir: str | os.PathLike, info: ScanInfo,
                        batch: dict[str, np.ndarray], display: np.ndarray,
                        out: dict[str, np.ndarray], out_path: str | os.PathLike, *,
-                       analysis_seconds: float) -> ReportResult:
+                       analysis_seconds: float,
+                       scale: Optional[highlight_lib.HighlightScale] = None) -> ReportResult:
   """The page of one scan from its model batch (`scan_batch`), display images and the model's
   outputs for it (`inference.predict_batch`, leading axis 1): no model call, so batch
   prediction can write reports of what it already predicted. `analysis_seconds` (read, sample,
-  model) is shown on the page."""
+  model) is shown on the page; `scale` is the run's highlight scale (default: its stored one)."""
   t0 = time.perf_counter()
+  if scale is None:
+    scale = highlight_scale(run)
   names = list(run.config.data.labels)
   probs = out["probs"][0]
   preds = [Prediction(n, float(p), t) for n, p, t in zip(names, probs,
@@ -171,7 +199,7 @@ def render_scan_report(run: inference.Run, scan_dir: str | os.PathLike, info: Sc
       created=_dt.datetime.now().isoformat(timespec="seconds"), extra=extra)
   # The page shows the analysis time (read, sample, model); the caller prints the total.
   prov.report_seconds = analysis_seconds
-  page = render_report_html(display, attention, highlight, preds, prov)
+  page = render_report_html(display, attention, highlight, preds, prov, scale=scale)
   out_path = pathlib.Path(out_path)
   out_path.parent.mkdir(parents=True, exist_ok=True)
   out_path.write_text(page, encoding="utf-8")
@@ -281,6 +309,7 @@ def report_for_folder(run: inference.Run, folder: str | os.PathLike, out_dir: st
   root = pathlib.Path(folder).absolute()
   results: list[ReportResult | ReportFailure] = []
   used: set[str] = set()
+  scale = highlight_scale(run)   # once: every page of the batch on the same scale
   found, skipped = select_series(find_series(folder, exclude=out_dir), run.config)
   for s in skipped:
     log.info("%s: not reported (series policy): %s", s.scan_path, s.reason)
@@ -291,7 +320,8 @@ def report_for_folder(run: inference.Run, folder: str | os.PathLike, out_dir: st
       name += "_"
     used.add(name)
     try:
-      results.append(report_for_scan(run, path, out_dir / f"{name}.html", series_uid=uid))
+      results.append(report_for_scan(run, path, out_dir / f"{name}.html", series_uid=uid,
+                                     scale=scale))
       log.info("%s: %.2f s", path, results[-1].seconds)
     except CTDataError as e:
       results.append(ReportFailure(path, uid or "", str(e)))

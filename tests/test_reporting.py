@@ -152,3 +152,40 @@ def test_batch_mode_follows_the_series_policy(tiny_model, tmp_path):
   assert "1 reported, 0 failed,\n2 left out by the series policy" in index
   assert "bone kernel (ConvolutionKernel &#x27;BONE&#x27;)" in index
   assert "localizer (ImageType LOCALIZER)" in index
+
+
+def test_reports_draw_with_the_run_stored_highlight_scale(tiny_model, tmp_path):
+  """The page draws the raw map against `<workdir>/highlight_scale.json`: a larger reference
+  draws the same scan fainter; a run without the file draws nothing and says so."""
+  import base64
+  import dataclasses
+  import io
+  from PIL import Image
+  from ctjax.eval import highlight
+  _write_scan(tmp_path / "scan")
+  run = dataclasses.replace(tiny_model, workdir=tmp_path / "run")
+  (tmp_path / "run").mkdir()
+
+  def page_alpha(name):
+    r = reporting.report_for_scan(run, tmp_path / "scan", tmp_path / f"{name}.html")
+    page = pathlib.Path(r.out_path).read_text(encoding="utf-8")
+    over = [a["src"] for t, a in _parse(page).tags if t == "img" and a.get("class") == "overlay"]
+    alpha = sum(float(np.asarray(Image.open(io.BytesIO(base64.b64decode(u.split(",", 1)[1]))))
+                      [..., 3].sum()) for u in over)
+    return page, alpha
+
+  page, alpha = page_alpha("none")
+  assert reporting.highlight_scale(run) is None and alpha == 0
+  assert "stores no highlight scale" in page
+  batch, _ = reporting.scan_batch(reporting.read_scan(tmp_path / "scan"), run.config)
+  raw = reporting.inference.predict_batch(run, batch)["highlight"][0]
+  peak = float(raw.max())
+  assert peak > 0
+  highlight.save_scale(run.workdir, highlight.HighlightScale(reference=peak, floor=0.1))
+  strong_page, strong = page_alpha("strong")
+  highlight.save_scale(run.workdir, highlight.HighlightScale(reference=4 * peak, floor=0.1))
+  weak_page, weak = page_alpha("weak")
+  assert strong > 0 and 0 < weak < 0.5 * strong
+  assert f"1.0 = {peak:.4g} (model units)" in strong_page and 'class="colorbar"' in weak_page
+  results = reporting.report_for_folder(run, tmp_path / "scan", tmp_path / "batch")
+  assert f"1.0 = {4 * peak:.4g}" in pathlib.Path(results[0].out_path).read_text()

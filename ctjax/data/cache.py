@@ -380,6 +380,7 @@ def _scan_job(rec, image_size: int, lenient: bool, num_labels: int):
   }
   if rec.get("slice_class"):
     meta["slice_class"] = [int(rec["slice_class"].get(f, -1)) for f in vol.files]
+  if rec.get("boxes"):
     meta["boxes"] = [(np.asarray(rec["boxes"].get(f, np.zeros((0, 4))), np.float32).reshape(-1, 4)
                       * scale).round(3).tolist() for f in vol.files]
   return hu, meta
@@ -571,7 +572,7 @@ class ScanMeta:
   labels: np.ndarray          # float32 [L]
   slice_labels: np.ndarray    # uint8 [S, L]
   slice_class: Optional[np.ndarray]   # int32 [S] (blend)
-  boxes: Optional[list]       # per slice [K, 4] (blend)
+  boxes: Optional[list]       # per slice [K, 4] (blend; phantoms: bleeding lesions)
   info: dict                  # provenance
 
 

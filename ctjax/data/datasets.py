@@ -23,7 +23,8 @@ Layouts (`config.data.layout`, root `config.data.root`):
   {0 non_ich, 1 normal_ich, 2 blend_sign} per slice and boxes "x0 y0 x1 y1;…"; DICOM under
   ROOT/scans/<scan_id>/.
 - `phantom`: ROOT/manifest.json written by `ctjax.data.phantom.write_dataset`; read with the
-  adapter of the manifest's `layout`, per-slice truth from the manifest where the layout has none.
+  adapter of the manifest's `layout`, per-slice truth from the manifest where the layout has none
+  (labels; the bleeding lesions' boxes, which the highlight's pointing game scores against).
 
 Labels are validated in every adapter: only the values the layout defines (RSNA and CQ500 0/1,
 blend 0/1/2), every needed column and cell present, duplicate rows identical (a conflict is an
@@ -87,7 +88,8 @@ class ScanRecord:
   labels: np.ndarray                     # float32 [L] scan-level labels
   slice_labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # path → [L]
   slice_class: dict[str, int] = dataclasses.field(default_factory=dict)  # blend: path → class
-  boxes: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # blend: path → [K,4]
+  # path → [K, 4] lesion boxes (blend; phantoms of every layout: the bleeding lesions)
+  boxes: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   series_uid: Optional[str] = None       # for read_series(series_uid=…); None: the only one
   info: dict[str, Any] = dataclasses.field(default_factory=dict)   # identity, selection, labels
 
@@ -612,20 +614,33 @@ def load_phantom(root, *, options: Optional[LoadOptions] = None) -> Dataset:
   if layout not in ("rsna", "cq500", "blend"):
     raise errors.DatasetLayoutError(f"manifest layout {layout!r} not rsna/cq500/blend", path)
   ds = load(layout, root, options=options)
-  truth = {}
+  truth, boxes = {}, {}
   for scan in manifest.get("scans", []):
     for series in [scan] + list(scan.get("extra_series", [])):
       for i, f in enumerate(series.get("files", [])):
         if "slice_labels" in series and i < len(series["slice_labels"]):
           truth[str((root / f).resolve())] = np.asarray(series["slice_labels"][i], np.uint8)
+        boxes[str((root / f).resolve())] = _bleed_boxes(series, i)
   if not ds.has_slice_labels and truth:
     for rec in ds.scans:
       found = {f: truth.get(str(pathlib.Path(f).resolve())) for f in rec.files}
       if all(v is not None and len(v) == len(ds.labels) for v in found.values()):
         rec.slice_labels = found
     ds.has_slice_labels = all(rec.slice_labels for rec in ds.scans)
+  for rec in ds.scans:   # layouts without boxes of their own (rsna, cq500): the manifest's
+    found = {f: boxes.get(str(pathlib.Path(f).resolve())) for f in rec.files}
+    if not rec.boxes and all(v is not None for v in found.values()):
+      rec.boxes = found
   ds.layout = f"phantom:{layout}"
   return ds
+
+
+def _bleed_boxes(scan: dict, k: int) -> np.ndarray:
+  """float32 [K, 4] (x0, y0, x1, y1 source pixels) of the bleeding lesions on slice k."""
+  from ctjax.data.phantom_lesions import BLEEDS
+  found = [e["boxes"][str(k)] for e in scan.get("lesions", [])
+           if e.get("type") in BLEEDS and str(k) in e.get("boxes", {})]
+  return np.asarray(found, np.float32).reshape(-1, 4)
 
 
 def load(layout: str, root, *, options: Optional[LoadOptions] = None) -> Dataset:

@@ -2,8 +2,8 @@
 
 Two halves, kept apart so the page can be tested without a trained model:
 
-* `render_report_html(images, attention, highlight, predictions, provenance)` is a pure
-  function of arrays and small records → one self-contained HTML string (images inline as
+* `render_report_html(images, attention, highlight, predictions, provenance, scale=…)` is a
+  pure function of arrays and small records → one self-contained HTML string (images inline as
   base64 PNG, the attention histogram as inline SVG, a few lines of plain JS; no external
   asset, no network).
 * `ctjax.reporting` glues it to the rest of ctjax: read the DICOM folder, sample and resize as
@@ -11,6 +11,13 @@ Two halves, kept apart so the page can be tested without a trained model:
 
 The five key slices are the five most attended sampled slices, ranked exactly as the key-slice
 tasks rank them (`ctjax.eval.keyslice.top_k_indices`: ties → lower slice first).
+
+The highlighted area is drawn on the run's fixed scale (`ctjax.eval.highlight.HighlightScale`,
+stored with the run): the raw map divided by the run's reference, nothing below the floor,
+full colour at the reference and above, with a colour bar of that scale on the page. Every page
+of a run, and every caller that renders through here (`ctjax.reporting`, predictions with
+reports, the reader study's assisted arm), draws the same value in the same colour. Without a
+scale the map is not drawn and the page says why.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from ctjax.eval import keyslice
+from ctjax.eval.highlight import HighlightScale, upsample
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +45,14 @@ DISCLAIMER = ("Research tool — not a diagnosis. This report is the output of a
               "must read the original images.")
 THUMB_PX = 96         # strip thumbnails (longest side)
 KEY_PX = 384          # enlarged key slices (longest side)
-OVERLAY_ALPHA = 0.6   # heat-map alpha at highlight 1.0 …
-OVERLAY_FLOOR = 0.2   # … falling linearly to 0 here (weak evidence leaves the CT visible)
+OVERLAY_ALPHA = 0.6   # heat-map alpha at the reference (1.0) and above, 0 at the floor
 HEAT_CMAP = "jet"     # the usual Grad-CAM colouring
+COLORBAR_PX = (360, 16)   # colour bar (width, height): 0 … 1.0 × the reference
+COLORBAR_BACKDROP = 0.3   # the bar shows the overlay over this grey (a brain-window CT)
+EVIDENCE_NOTE = ("The highlighted area is the model's label-agnostic evidence: the last "
+                 "convolutional block's activation weighted by the slice's feature attention "
+                 "(DrCT2 paper, section V.A and Figure 2). It is one map for all labels, not a "
+                 "map of any single label.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,16 +119,65 @@ def _resize(pixels: np.ndarray, longest: int) -> np.ndarray:
   return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
 
 
-def heat_overlay(highlight: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-  """Highlight map [h, w] in [0, 1] → RGBA uint8 [H, W, 4]: colour map, alpha rising with it."""
+def _colours(t: np.ndarray) -> np.ndarray:
+  """Drawn intensity in [0, 1] → float RGBA: the colour map, alpha rising from 0 at the floor."""
   import matplotlib  # local: the renderer's only matplotlib use
-  hm = np.clip(np.nan_to_num(np.asarray(highlight, np.float32)), 0.0, 1.0)
-  hm = np.asarray(Image.fromarray(hm).resize((size_hw[1], size_hw[0]),
-                                                       Image.Resampling.BILINEAR))
-  hm = np.clip(hm, 0.0, 1.0)
-  rgba = matplotlib.colormaps[HEAT_CMAP](hm)            # float [H, W, 4]
-  rgba[..., 3] = OVERLAY_ALPHA * np.clip((hm - OVERLAY_FLOOR) / (1.0 - OVERLAY_FLOOR), 0.0, 1.0)
+  rgba = matplotlib.colormaps[HEAT_CMAP](t)
+  rgba[..., 3] = OVERLAY_ALPHA * t
+  return rgba
+
+
+def heat_overlay(highlight: np.ndarray, size_hw: tuple[int, int],
+                 scale: HighlightScale) -> np.ndarray:
+  """Raw highlight map [h, w] → RGBA uint8 [H, W, 4] on the run's fixed scale: upsampled
+  bilinearly, transparent at or below the floor, colour and alpha rising to the reference."""
+  rgba = _colours(scale.drawn(upsample(highlight, size_hw)))
   return (rgba * 255.0 + 0.5).astype(np.uint8)
+
+
+def colorbar_png(scale: HighlightScale, size: tuple[int, int] = COLORBAR_PX) -> np.ndarray:
+  """The colour bar, RGB uint8 [height, width, 3]: 0 … 1.0 × the reference left to right, each
+  value as the overlay draws it over a grey CT (plain grey below the floor)."""
+  w, h = size
+  v = (np.arange(w, dtype=np.float32) + 0.5) / w
+  t = np.clip((v - scale.floor) / (1.0 - scale.floor), 0.0, 1.0)
+  rgba = _colours(t)
+  rgb = rgba[:, :3] * rgba[:, 3:] + COLORBAR_BACKDROP * (1.0 - rgba[:, 3:])
+  return np.repeat((rgb[None] * 255.0 + 0.5).astype(np.uint8), h, axis=0)
+
+
+def _scale_html(scale: Optional[HighlightScale]) -> str:
+  esc = html.escape
+  if scale is None:
+    return ('<p class="hl-missing" id="highlight-scale">This run stores no highlight scale '
+            '(<code>highlight_scale.json</code> in its workdir, written when training ends), '
+            'so the highlighted area is not drawn: a map without the run\'s fixed scale would '
+            'look the same on every scan. <code>ctjax.reporting.fit_highlight_scale(workdir)'
+            '</code> fits it on the validation split.</p>')
+  ticks = [(0.0, "0"), (scale.floor, f"{scale.floor:.2f} floor"), (1.0, "≥ 1.0")]
+  if abs(scale.floor - 0.5) > 0.15:
+    ticks.insert(2, (0.5, "0.5"))
+  spans = "".join(f'<span style="left:{100 * x:.1f}%">{esc(t)}</span>' for x, t in ticks)
+  return (f'<div class="hl-scale" id="highlight-scale"><div class="cb-title">highlight, '
+          f'in units of the run\'s reference (the same scale on every scan)</div>'
+          f'<img class="colorbar" alt="highlight colour scale" '
+          f'src="{_png_data_uri(colorbar_png(scale))}"><div class="cb-ticks">{spans}</div>'
+          f'<div class="cb-basis">{esc(scale.basis)}.</div></div>')
+
+
+def _evidence_html(predictions: Sequence[Prediction]) -> str:
+  esc = html.escape
+  parts = [esc(EVIDENCE_NOTE)]
+  if predictions:
+    top = max(predictions, key=lambda p: float(p.probability))
+    parts.append(f"Highest-probability label: <b>{esc(top.name)}</b> "
+                 f"({float(top.probability):.3f}, {'above' if top.above else 'below'} its "
+                 f"threshold {float(top.threshold):.2f}).")
+  if not any(p.above for p in predictions):
+    parts.append('<b class="no-call">No label is above its threshold</b>: the model does not '
+                 "call this scan positive. The map is drawn on the same fixed scale as on every "
+                 "scan, so weak evidence is faint or absent.")
+  return f'<p class="hl-note" id="highlight-meaning">{" ".join(parts)}</p>'
 
 
 def _histogram_svg(attention: np.ndarray, top: Sequence[int]) -> str:
@@ -147,6 +209,7 @@ def _fmt_num(x: Any, digits: int = 3) -> str:
 
 def render_report_html(images: np.ndarray, attention: np.ndarray, highlight: np.ndarray,
                        predictions: Sequence[Prediction], provenance: Provenance, *,
+                       scale: Optional[HighlightScale] = None,
                        num_key: int = keyslice.TOP_K,
                        title: str = "Head CT — key-slice report") -> str:
   """One self-contained HTML page (pure: same inputs → same bytes).
@@ -155,9 +218,12 @@ def render_report_html(images: np.ndarray, attention: np.ndarray, highlight: np.
     images: display images of the m sampled slices, `[m, H, W]` (grayscale) or `[m, H, W, 3]`,
       uint8 or float in [0, 1] (already windowed for display).
     attention: slice attention `[m]` (softmax over slices).
-    highlight: highlight maps `[m, h, w]` in [0, 1] at any resolution (upsampled to the image).
+    highlight: raw highlight maps `[m, h, w]` (the model's `highlight` output, its own units)
+      at any resolution (upsampled to the image).
     predictions: one `Prediction` per label.
     provenance: scan and model provenance.
+    scale: the run's fixed highlight scale (`ctjax.reporting.highlight_scale(run)`); None: the
+      highlighted area is not drawn and the page says so.
     num_key: how many key slices to enlarge (the paper's 5).
   """
   images = np.asarray(images)
@@ -190,16 +256,21 @@ def render_report_html(images: np.ndarray, attention: np.ndarray, highlight: np.
   cards = []
   for r, i in enumerate(top):
     big = _resize(pix[i], KEY_PX)
-    over = heat_overlay(highlight[i], big.shape[:2])
-    hv = highlight[i]
+    overlay, peak = "", "peak highlight — (no scale)"
+    if scale is not None:
+      over = heat_overlay(highlight[i], big.shape[:2], scale)
+      overlay = (f'<img class="overlay" alt="highlighted area, key slice {r + 1}" '
+                 f'src="{_png_data_uri(over)}">')
+      rel = float(np.nanmax(scale.relative(highlight[i]))) if highlight[i].size else 0.0
+      peak = f"peak highlight {rel:.2f}" + (" (below the floor: none drawn)"
+                                            if rel <= scale.floor else "")
     cards.append(
         f'<figure class="key-slice" data-slice="{i}">'
         f'<div class="stack"><img class="base" alt="key slice {r + 1}" src="{_png_data_uri(big)}">'
-        f'<img class="overlay" alt="highlighted area, key slice {r + 1}" '
-        f'src="{_png_data_uri(over)}"></div>'
+        f'{overlay}</div>'
         f'<figcaption><b>#{r + 1}</b> sampled slice {i + 1} · source slice {int(src[i]) + 1}'
         f'<br>attention {attention[i]:.4f} ({attention[i] * m:.2f}× uniform)'
-        f' · peak highlight {float(np.nanmax(hv)) if hv.size else 0.0:.2f}</figcaption></figure>')
+        f' · {peak}</figcaption></figure>')
 
   # Predictions.
   rows = []
@@ -235,6 +306,11 @@ def render_report_html(images: np.ndarray, attention: np.ndarray, highlight: np.
       ("Analysis time (read, sample, model)",
        "—" if pv.report_seconds is None else f"{pv.report_seconds:.2f} s"),
       ("Created", pv.created),
+      ("Highlight scale", "none stored (not drawn)" if scale is None else
+       f"1.0 = {scale.reference:.4g} (model units), floor {scale.floor:.2f}; " + (
+           f"fitted on {scale.num_positive + scale.num_negative} {scale.split} scans"
+           + ("" if scale.step is None else f" at step {scale.step}")
+           if scale.num_positive + scale.num_negative else scale.basis)),
   ] + [(str(k), str(v)) for k, v in pv.extra.items()]
 
   def kv(rows_):
@@ -250,7 +326,8 @@ def render_report_html(images: np.ndarray, attention: np.ndarray, highlight: np.
       series=esc(pv.series_uid or pv.scan_path or "scan"), summary=esc(summary), m=m,
       num_key=len(top), thumbs="".join(thumbs), ticks=ticks,
       histogram=_histogram_svg(attention, top), peak=f"{attention.max():.4f}" if m else "0",
-      cards="".join(cards), pred_rows="".join(rows), scan_rows=kv(scan_rows),
+      cards="".join(cards), scale=_scale_html(scale), evidence=_evidence_html(predictions),
+      pred_rows="".join(rows), scan_rows=kv(scan_rows),
       model_rows=kv(model_rows))
 
 
@@ -313,6 +390,17 @@ tr.above .pbar .fill{background:#c92a2a}
 .kv th{width:38%;color:var(--muted);font-weight:500;font-size:12.5px}
 .kv td{overflow-wrap:anywhere;font-size:12.5px}
 footer{color:var(--muted);font-size:12px;text-align:center;margin-top:8px}
+.hl-scale{margin:0 0 10px;max-width:420px;font-size:12px;color:var(--muted)}
+.hl-scale .colorbar{display:block;width:100%;height:16px;border:1px solid #9aa3b2;
+image-rendering:pixelated}
+.cb-ticks{position:relative;height:16px}
+.cb-ticks span{position:absolute;transform:translateX(-50%);white-space:nowrap;font-size:11px}
+.cb-ticks span:first-child{transform:none}.cb-ticks span:last-child{transform:translateX(-100%)}
+.cb-basis{margin-top:2px}
+.hl-note{font-size:12.5px;margin:0 0 12px;max-width:900px}
+.hl-note .no-call{color:#0b5cad}
+.hl-missing{font-size:12.5px;color:#8a5a00;background:#fff7e3;border:1px solid #e0b252;
+border-radius:6px;padding:8px 12px}
 @media (max-width:800px){.grid2{grid-template-columns:1fr}}
 """
 
@@ -352,6 +440,7 @@ most attended first, with the model's highlighted area</span></h2>
 <div class="controls"><label><input type="checkbox" id="toggle-highlight" checked> show
 highlighted area</label><label>overlay opacity <input type="range" id="highlight-opacity"
 min="0" max="100" value="100"></label></div>
+{scale}{evidence}
 <div class="keys">{cards}</div></section>
 <div class="grid2"><section id="scan-provenance"><h2>Scan</h2><table class="kv">{scan_rows}
 </table></section><section id="model-provenance"><h2>Model</h2><table class="kv">{model_rows}

@@ -291,10 +291,11 @@ class DrCT(nn.Module):
     out = {"logits_primary": primary["logits"], "slice_attention": sw,
            "feature_attention": fw}
     if fmap is not None:
-      # The "highlighted area": feature-attention-weighted sum of the last conv block, ReLU,
-      # scaled to [0, 1] per slice.
-      hl = nn.relu(jnp.einsum("bmhwc,bmc->bmhw", fmap.astype(jnp.float32), fw))
-      out["highlight"] = hl / jnp.maximum(hl.max(axis=(2, 3), keepdims=True), 1e-12)
+      # The "highlighted area" (Figure 2): the last conv block weighted by the slice's feature
+      # attention, ReLU. Not normalised per slice, nor times the slice attention (a softmax
+      # over the scan's own slices): its values compare across slices and scans, and the
+      # report draws them against the run's fixed reference (ctjax.eval.highlight).
+      out["highlight"] = nn.relu(jnp.einsum("bmhwc,bmc->bmhw", fmap.astype(jnp.float32), fw))
     if not self.aps:
       out["logits"] = primary["logits"]
       return out

@@ -23,6 +23,11 @@ from ctjax.data import phantom  # noqa: E402
 from ctjax.data.sampling import uniform_indices  # noqa: E402
 from ctjax.data.windows import apply_windows  # noqa: E402
 from ctjax.eval import report  # noqa: E402
+from ctjax.eval.highlight import HighlightScale  # noqa: E402
+
+# The synthetic maps peak at 1.0; drawn on a fixed scale like a run's (ctjax.eval.highlight).
+SCALE = HighlightScale(reference=1.0, floor=0.2, basis="synthetic demo maps: 1.0 = their peak; "
+                       "nothing is drawn below 0.20")
 
 
 def demo_inputs(seed: int = 3, m: int = 28, feat: int = 14):
@@ -68,7 +73,7 @@ def main():
   ap.add_argument("--html", default=None)
   ap.add_argument("--out", default=str(ROOT / "docs/images/report_screenshot.png"))
   args = ap.parse_args()
-  page = report.render_report_html(*demo_inputs())
+  page = report.render_report_html(*demo_inputs(), scale=SCALE)
   with tempfile.TemporaryDirectory() as tmp:
     html = pathlib.Path(args.html or pathlib.Path(tmp) / "report.html")
     html.write_text(page, encoding="utf-8")

@@ -15,12 +15,16 @@ from PIL import Image
 
 from ctjax.eval import keyslice
 from ctjax.eval import report
+from ctjax.eval.highlight import HighlightScale
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from html_parse import parse as _parse  # noqa: E402
 
 M, H = 12, 48
 NAMES = ("any", "epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural")
+# Raw maps in the model's units: 2.0 = the reference; nothing drawn below 0.2 × 2.0.
+SCALE = HighlightScale(reference=2.0, floor=0.2, basis="1.0 = the median peak of 7 positives",
+                       split="val", step=40, num_positive=7, num_negative=9)
 
 
 def _inputs(seed=0):
@@ -30,7 +34,7 @@ def _inputs(seed=0):
   attention[3] = attention[7] = attention.max() + 1.0   # a tie at the top: 3 ranks before 7
   attention /= attention.sum()
   highlight = np.zeros((M, 6, 6), np.float32)
-  highlight[:, 1, 4] = 1.0                              # one hot spot, upper right
+  highlight[:, 1, 4] = 2.0                              # one hot spot (= the reference), upper right
   probs = [0.91, 0.02, 0.66, 0.49, 0.5, 0.1]
   preds = [report.Prediction(n, p, 0.5) for n, p in zip(NAMES, probs)]
   prov = report.Provenance(
@@ -48,10 +52,11 @@ def _decode(uri):
 
 def test_page_is_self_contained_and_complete():
   images, attention, highlight, preds, prov = _inputs()
-  page = report.render_report_html(images, attention, highlight, preds, prov)
+  page = report.render_report_html(images, attention, highlight, preds, prov, scale=SCALE)
   doc = _parse(page)
   imgs = [a for t, a in doc.tags if t == "img"]
-  assert len(imgs) == M + 2 * 5                       # strip + (base, overlay) per key slice
+  assert len(imgs) == M + 2 * 5 + 1                   # strip + (base, overlay) per key slice
+                                                      # + the colour bar
   assert all(a["src"].startswith("data:image/png;base64,") for a in imgs)
   # No external resource of any kind: every src/href is inline.
   for _, a in doc.tags:
@@ -84,14 +89,15 @@ def test_page_is_self_contained_and_complete():
   # Provenance, escaped.
   assert "<script>alert(1)</script>" not in page
   assert "1.2.3.4.<script>alert(1)</script>" in text   # shown as text
-  for s in ("123", "drct2_phantom", "5 × 0.5 × 0.5 mm", "0.50 s"):
+  for s in ("123", "drct2_phantom", "5 × 0.5 × 0.5 mm", "0.50 s", "peak highlight 1.00",
+            "1.0 = 2 (model units), floor 0.20; fitted on 16 val scans at step 40"):
     assert s in text, s
   assert "source slice 7" in page                      # slice 3 → source index 6 → "7"
 
 
 def test_images_and_overlay_pixels():
   images, attention, highlight, preds, prov = _inputs()
-  page = report.render_report_html(images, attention, highlight, preds, prov)
+  page = report.render_report_html(images, attention, highlight, preds, prov, scale=SCALE)
   doc = _parse(page)
   base = [a["src"] for t, a in doc.tags if t == "img" and a.get("class") == "base"]
   over = [a["src"] for t, a in doc.tags if t == "img" and a.get("class") == "overlay"]
@@ -112,15 +118,91 @@ def test_images_and_overlay_pixels():
 
 
 def test_pure_and_validates_shapes():
-  a = report.render_report_html(*_inputs())
-  b = report.render_report_html(*_inputs())
+  a = report.render_report_html(*_inputs(), scale=SCALE)
+  b = report.render_report_html(*_inputs(), scale=SCALE)
   assert a == b
   images, attention, highlight, preds, prov = _inputs()
   with pytest.raises(ValueError, match="one m"):
     report.render_report_html(images, attention[:-1], highlight, preds, prov)
   rgb = np.repeat(images[..., None], 3, axis=-1)
-  page = report.render_report_html((rgb * 255).astype(np.uint8), attention, highlight, preds, prov)
+  page = report.render_report_html((rgb * 255).astype(np.uint8), attention, highlight, preds, prov,
+                                   scale=SCALE)
   assert page.count('class="key-slice"') == 5
+
+
+def _overlay_alpha(page):
+  over = [a["src"] for t, a in _parse(page).tags if t == "img" and a.get("class") == "overlay"]
+  return np.stack([_decode(u)[..., 3] for u in over])
+
+
+def test_one_scale_across_pages_no_per_slice_normalisation():
+  """The same raw value is drawn the same on every page; a weak map stays weak (the old
+  renderer stretched each slice to its own maximum, so any map looked like a strong one)."""
+  images, attention, highlight, preds, prov = _inputs()
+  strong = _overlay_alpha(report.render_report_html(images, attention, highlight, preds, prov,
+                                                    scale=SCALE))
+  half = _overlay_alpha(report.render_report_html(images, attention, 0.6 * highlight, preds,
+                                                  prov, scale=SCALE))
+  weak = _overlay_alpha(report.render_report_html(images, attention, 0.3 * highlight, preds,
+                                                  prov, scale=SCALE))
+  peak = 255 * report.OVERLAY_ALPHA
+  assert 0.9 * peak <= strong.max() <= peak + 1
+  # 0.6 × reference: (0.6 - 0.2) / 0.8 = half the full alpha; 0.3 × 2.0 = 0.3 of it after the
+  # floor… and bilinear upsampling never exceeds the source peak.
+  assert 0.45 * peak <= half.max() <= 0.5 * peak + 1
+  assert weak.max() <= (0.3 - 0.2) / 0.8 * peak + 1
+  below = _overlay_alpha(report.render_report_html(images, attention, 0.15 * highlight, preds,
+                                                   prov, scale=SCALE))
+  assert below.max() == 0                            # under the floor: nothing drawn
+  page = report.render_report_html(images, attention, 0.15 * highlight, preds, prov, scale=SCALE)
+  assert "peak highlight 0.15 (below the floor: none drawn)" in " ".join(_parse(page).text)
+
+
+def test_colour_bar_is_the_overlay_scale():
+  page = report.render_report_html(*_inputs(), scale=SCALE)
+  doc = _parse(page)
+  bar = [a["src"] for t, a in doc.tags if t == "img" and a.get("class") == "colorbar"]
+  assert len(bar) == 1
+  rgb = _decode(bar[0]).astype(np.float64)
+  w = rgb.shape[1]
+  assert rgb.shape == (report.COLORBAR_PX[1], w, 3)
+  grey = 255 * report.COLORBAR_BACKDROP
+  np.testing.assert_allclose(rgb[:, : int(0.19 * w)], grey, atol=1)   # below the floor 0.2
+  import matplotlib
+  a = report.OVERLAY_ALPHA
+  want_end = 255 * (a * np.asarray(matplotlib.colormaps[report.HEAT_CMAP](1.0)[:3])
+                    + (1 - a) * report.COLORBAR_BACKDROP)
+  np.testing.assert_allclose(rgb[0, -1], want_end, atol=3)
+  text = " ".join(doc.text)
+  for s in ("0.20 floor", "≥ 1.0", "the same scale on every scan", "median peak of 7 positives"):
+    assert s in text, s
+
+
+def _text(page):
+  return re.sub(r"\s+", " ", " ".join(_parse(page).text))
+
+
+def test_label_agnostic_evidence_and_no_call_are_said():
+  images, attention, highlight, preds, prov = _inputs()
+  text = _text(report.render_report_html(images, attention, highlight, preds, prov, scale=SCALE))
+  assert "label-agnostic evidence" in text and "not a map of any single label" in text
+  assert "Highest-probability label: any (0.910, above its threshold 0.50)" in text
+  assert "No label is above its threshold" not in text
+  negative = [report.Prediction(n, p, 0.5) for n, p in zip(NAMES, (0.2, 0.01, 0.3, 0, 0, 0))]
+  text = _text(report.render_report_html(images, attention, highlight, negative, prov,
+                                          scale=SCALE))
+  assert "No label is above its threshold" in text and "same fixed scale" in text
+  assert "Highest-probability label: intraparenchymal (0.300, below" in text
+
+
+def test_without_a_scale_nothing_is_drawn_and_the_page_says_why():
+  images, attention, highlight, preds, prov = _inputs()
+  page = report.render_report_html(images, attention, highlight, preds, prov)
+  doc = _parse(page)
+  assert not [a for t, a in doc.tags if t == "img" and a.get("class") in ("overlay", "colorbar")]
+  text = " ".join(doc.text)
+  assert "stores no highlight scale" in text and "fit_highlight_scale" in text
+  assert page.count('class="key-slice"') == 5 and "peak highlight — (no scale)" in text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +241,7 @@ def test_console_error_detector_sees_errors(tmp_path):
 @needs_chromium
 def test_report_in_headless_chromium(tmp_path):
   images, attention, highlight, preds, prov = _inputs()
-  page = report.render_report_html(images, attention, highlight, preds, prov)
+  page = report.render_report_html(images, attention, highlight, preds, prov, scale=SCALE)
   path = tmp_path / "report.html"
   path.write_text(page, encoding="utf-8")
   shot = tmp_path / "report.png"

@@ -176,6 +176,93 @@ def test_summarize_matches_sklearn(setup):
   assert "keyslice/easy" in rep and "keyslice/comprehensive" in rep
 
 
+def test_summarize_reports_the_highlight_and_pointing_game(setup):
+  """`highlight/…` figures of ctjax.eval.highlight on the valid rows, pointing game with boxes."""
+  from ctjax.eval.highlight import highlight_metrics
+  config, _, _ = setup
+  rng = np.random.default_rng(1)
+  n, m, L, s = 12, 5, 6, config.data.image_size
+  labels = np.zeros((n, L), np.float32)
+  labels[:6, 0] = 1.0
+  att = rng.random((n, m)).astype(np.float32)
+  hl = rng.random((n, m, 3, 3)).astype(np.float32)
+  hl[:6, :, 0, 0] += 3.0                     # positives: strong, top-left
+  boxes = np.full((n, m, 2, 4), -1.0, np.float32)
+  boxes[:6, :, 0] = [0, 0, s / 3, s / 3]
+  valid = np.ones(n, bool)
+  valid[-1] = False
+  outputs = {"labels": labels, "probs": rng.random((n, L)).astype(np.float32),
+             "slice_attention": att, "highlight": hl, "lesion_boxes": boxes, "valid": valid}
+  rep = TASK.summarize(outputs, config)
+  want = highlight_metrics({"labels": labels[valid], "slice_attention": att[valid],
+                            "highlight": hl[valid], "lesion_boxes": boxes[valid]},
+                           image_size=s)
+  for k, v in want.items():
+    assert rep[k] == pytest.approx(v), k
+  assert rep["highlight/pointing/slices"] == 30 and rep["highlight/pointing/scans"] == 6
+  assert rep["highlight/pointing/mass"] > 2 * rep["highlight/pointing/chance"]
+  assert rep["highlight/key_sum_ratio"] < 0.1
+  no_boxes = TASK.summarize({k: v for k, v in outputs.items() if k != "lesion_boxes"}, config)
+  assert "highlight/pointing/mass" not in no_boxes and "highlight/floor" in no_boxes
+
+
+class _BoxSource:
+  """A CacheSource stand-in: scan records over scans whose metadata carry per-slice boxes."""
+
+  def __init__(self, boxes_per_scan, indices):
+    import types
+    self.scans = types.SimpleNamespace(scans=[types.SimpleNamespace(boxes=b)
+                                              for b in boxes_per_scan])
+    self.indices = np.asarray(indices)
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return {"scan": int(self.indices[i]), "example_index": int(i)}
+
+
+class _BatchData:
+  def __init__(self, batches):
+    self.batches = batches
+
+  def eval_batches(self, config, splits, split, **kwargs):
+    return iter(self.batches)
+
+  def steps_per_epoch(self, *args):
+    return 3
+
+
+def test_evaluation_batches_carry_the_sampled_slices_lesion_boxes(setup):
+  from ctjax.train.tasks.drct import WithLesionBoxes
+  config, _, _ = setup
+  config = config.copy_and_resolve_references()
+  config.data.max_boxes = 2
+  per_scan = [[[], [[1, 2, 3, 4]], [[5, 6, 7, 8], [0, 0, 1, 1], [9, 9, 9, 9]]],
+              [[[10, 10, 12, 12]], [], []]]      # scan → slice → boxes
+  batch = {"example_index": np.array([1, 0, -1], np.int32),
+           "slice_index": np.array([[0, 0, 1], [2, 1, 0], [0, 1, 2]], np.int32),
+           "valid": np.array([True, True, False])}
+  data = WithLesionBoxes(_BatchData([batch]), config)
+  assert data.steps_per_epoch() == 3                      # everything else passes through
+  got = list(data.eval_batches(config, {"val": _BoxSource(per_scan, [1, 0])}, "val"))[0]
+  lb = got["lesion_boxes"]
+  assert lb.shape == (3, 3, 2, 4) and lb.dtype == np.float32
+  # Row 0: example 1 = the source's scan 0, slices 0, 0, 1; row 1: example 0 = scan 1,
+  # slices 2, 1, 0.
+  assert (lb[0, :2] == -1).all()
+  np.testing.assert_array_equal(lb[0, 2], [[1, 2, 3, 4], [-1, -1, -1, -1]])
+  assert (lb[1, :2] == -1).all()
+  np.testing.assert_array_equal(lb[1, 2], [[10, 10, 12, 12], [-1, -1, -1, -1]])
+  swapped = list(data.eval_batches(config, {"val": _BoxSource(per_scan[::-1], [1, 0])},
+                                   "val"))[0]["lesion_boxes"]
+  np.testing.assert_array_equal(swapped[1, 0], [[5, 6, 7, 8], [0, 0, 1, 1]])   # 3 → max_boxes
+  assert (lb[2] == -1).all()                              # padding row
+  # A cache without boxes (real RSNA / CQ500): batches unchanged.
+  plain = list(data.eval_batches(config, {"val": _BoxSource([None, None], [1, 0])}, "val"))[0]
+  assert "lesion_boxes" not in plain
+
+
 @pytest.mark.parametrize("field,value", [("model.mkey", 40), ("model.backbone", "resnet50"),
                                          ("loss.fusion", "hinge"), ("data.windows", "brain"),
                                          ("model.selection", "best")])

@@ -202,10 +202,12 @@ class DrCTTask(Task):
 
   def wrap_data(self, config: ml_collections.ConfigDict, data: Any, splits: Any,
                 model: nn.Module, variables: Mapping[str, Any], *, workdir: Any = None) -> Any:
-    """Host side, once the state exists: with `config.features.enabled`, the data module whose
-    batches carry the frozen backbone's stored per-slice features instead of HU (the store is
-    built beside the HU cache, sharded over every device of every process, when missing —
-    `ctjax.train.features.build_store`); otherwise `data`."""
+    """Host side, once the state exists: the data module whose evaluation batches carry the
+    sampled slices' lesion boxes where the cache has them (`WithLesionBoxes`) and, with
+    `config.features.enabled`, the frozen backbone's stored per-slice features instead of HU
+    (the store is built beside the HU cache, sharded over every device of every process, when
+    missing — `ctjax.train.features.build_store`)."""
+    data = WithLesionBoxes(data, config)   # truth for the highlight's pointing game
     if not features_lib.enabled(config):
       return data
     store = features_lib.build_store(config, splits["train"].scans, model, variables)
@@ -243,8 +245,9 @@ class DrCTTask(Task):
 
   def predict(self, model: nn.Module, variables: Mapping[str, Any], batch,
               config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
-    """probs, probs_primary, slice/feature attention, highlight (unless the batch carries
-    stored features without maps); DrCT2 also probs_aps and key_indices."""
+    """probs, probs_primary, slice/feature attention, highlight (raw: the model's units, drawn
+    against the run's stored scale, ctjax.eval.highlight; absent on stored features without
+    maps); DrCT2 also probs_aps and key_indices."""
     out = self._apply(model, variables, batch, config, train=False)
     res = {"probs": jax.nn.sigmoid(out["logits"]),
            "probs_primary": jax.nn.sigmoid(out["logits_primary"]),
@@ -262,8 +265,10 @@ class DrCTTask(Task):
     """Host side: the paper's metrics (macro-F1 first) + key-slice tasks where slice labels exist.
 
     `outputs`: concatenated `predict` outputs and batch fields (`labels`, `valid`, optionally
-    `slice_labels`). Returns `multilabel_report`'s dict for the final prediction (`per_class`,
-    `macro_f1`, …) plus flat `primary/…`, `aps/…` and `keyslice/…` scalars.
+    `slice_labels`, `lesion_boxes`). Returns `multilabel_report`'s dict for the final
+    prediction (`per_class`, `macro_f1`, …) plus flat `primary/…`, `aps/…`, `keyslice/…` and
+    `highlight/…` scalars (`ctjax.eval.highlight.highlight_metrics`: key-slice sums on negative
+    and positive scans, the pointing game where the data has lesion boxes).
     """
     from ctjax.eval.metrics import flatten_scalars, multilabel_report
     names = list(config.data.labels)
@@ -282,7 +287,83 @@ class DrCTTask(Task):
       from ctjax.eval.keyslice import key_slice_metrics
       report.update(key_slice_metrics(np.asarray(outputs["slice_attention"]), np.asarray(sl),
                                       names, valid=valid))
+    if "highlight" in outputs and "slice_attention" in outputs:
+      from ctjax.eval.highlight import highlight_metrics
+      keep = {k: np.asarray(outputs[k])[valid] for k in
+              ("highlight", "slice_attention", "labels", "lesion_boxes") if k in outputs}
+      report.update(highlight_metrics(keep, image_size=int(config.data.image_size)))
     return report
+
+  def after_training(self, config: ml_collections.ConfigDict, workdir: str,
+                     variables: Mapping[str, Any]) -> None:
+    """Fits the report's highlight scale on the validation split with the state that reports
+    load (restored as they restore it, the best checkpoint else the latest, rather than from
+    `variables`) and stores it as `<workdir>/highlight_scale.json`."""
+    from ctjax import inference
+    from ctjax.errors import CTJaxError
+    try:
+      fit_highlight_scale(inference.load_run(workdir, task=self))
+    except (CTJaxError, ValueError) as e:   # training is done and saved: say so, do not fail
+      log.warning("highlight scale not fitted (%s); reports of %s draw no highlight until "
+                  "ctjax.reporting.fit_highlight_scale(%r) runs", e, workdir, workdir)
+
+
+def fit_highlight_scale(run: Any, split: str = "val") -> Any:
+  """Predicts `split` with `run` (a `ctjax.inference.Run`), fits the fixed highlight scale
+  (`ctjax.eval.highlight.fit_scale`) and writes it to `<run.workdir>/highlight_scale.json`
+  (process 0). Returns the scale."""
+  from ctjax import inference
+  from ctjax.eval import highlight
+  fc = run.config.get("features", {})
+  if fc.get("enabled", False) and not fc.get("store_maps", False):
+    # Stored features without maps give no highlight: predict this split end to end.
+    run = inference.load_run(run.workdir, run.step, config_overrides={"features.enabled": False},
+                             task=run.task)
+  outputs = inference.predict_split(run, split)
+  scale = highlight.fit_scale(outputs["highlight"], outputs["slice_attention"],
+                              outputs["labels"], split=split, step=run.step)
+  if jax.process_index() == 0:
+    path = highlight.save_scale(run.workdir, scale)
+    log.info("highlight scale %.4g (floor %.2f) from %d %s scans written to %s",
+             scale.reference, scale.floor, scale.num_positive + scale.num_negative, split, path)
+  return scale
+
+
+class WithLesionBoxes:
+  """A data module whose evaluation batches gain `lesion_boxes` float32 [B, m, K, 4]: the
+  boxes (pixels of the cached image, -1 padded, K = config.data.max_boxes) on each sampled
+  slice, when every scan of the split's cache has per-slice boxes (phantoms; blend). Training
+  batches are unchanged."""
+
+  def __init__(self, inner: Any, config: ml_collections.ConfigDict):
+    from ctjax.data.cache import data_option
+    self._inner = inner
+    self._max_boxes = int(data_option(config, "max_boxes"))
+
+  def __getattr__(self, name: str) -> Any:   # build_splits, train_iterator, …
+    return getattr(self._inner, name)
+
+  def eval_batches(self, config, splits, split, **kwargs):
+    source = splits[split]
+    scans = getattr(getattr(source, "scans", None), "scans", None)
+    has = scans is not None and len(source) > 0 and all(
+        scans[source[i]["scan"]].boxes is not None for i in range(len(source)))
+    for batch in self._inner.eval_batches(config, splits, split, **kwargs):
+      yield add_lesion_boxes(batch, source, self._max_boxes) if has else batch
+
+
+def add_lesion_boxes(batch: Mapping[str, np.ndarray], source: Any, max_boxes: int) -> dict:
+  """`batch` + `lesion_boxes` [B, m, max_boxes, 4] from `source` (a `CacheSource`)."""
+  ex, idx = np.asarray(batch["example_index"]), np.asarray(batch["slice_index"])
+  out = np.full(idx.shape + (max_boxes, 4), -1.0, np.float32)
+  for b in range(idx.shape[0]):
+    if ex[b] < 0:   # padding row
+      continue
+    meta = source.scans.scans[source[int(ex[b])]["scan"]]
+    for j, k in enumerate(idx[b]):
+      boxes = np.asarray(meta.boxes[int(k)], np.float32).reshape(-1, 4)[:max_boxes]
+      out[b, j, :len(boxes)] = boxes
+  return {**batch, "lesion_boxes": out}
 
 
 TASK = DrCTTask()

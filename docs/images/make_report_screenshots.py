@@ -1,0 +1,75 @@
+"""Regenerates docs/images/report_positive.png and report_negative.png: a trained DrCT2's
+reports of two phantom scans it never saw, one with a haemorrhage and one without, both drawn
+on the run's fixed highlight scale (ctjax.eval.highlight; the colour bar on the page).
+
+  python -m ctjax.train --config configs/drct2_phantom.py --workdir runs/drct2_phantom
+  python docs/images/make_report_screenshots.py --workdir runs/drct2_phantom
+
+The scans are the README's demo scans (`python -m ctjax.synth --layout cq500 --scans 6 --seed 5
+--size 256`, generated here into a temporary folder); the first with a bleeding lesion and the
+first without, by the phantom's truth. A run trained before the scale was stored gets it fitted
+on its validation split first (`ctjax.reporting.fit_highlight_scale`). Needs headless Chromium.
+
+The committed images come from the same config on 320 scans (`configs/drct2_phantom.py:
+num_scans=320`, workdir `runs/d2_320`; test macro-F1 0.787, best step 336), a quarter of the
+README job's data.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from ctjax import reporting  # noqa: E402
+from ctjax.data import phantom  # noqa: E402
+from ctjax.data.phantom_lesions import BLEEDS  # noqa: E402
+
+
+def screenshot(html: pathlib.Path, png: pathlib.Path, tmp: str) -> None:
+  subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                  f"--user-data-dir={tmp}/profile", "--window-size=1280,1600",
+                  f"--screenshot={png}", html.resolve().as_uri()],
+                 check=True, capture_output=True, timeout=120)
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--workdir", required=True, help="a trained DrCT run (the README job's)")
+  ap.add_argument("--out", default=str(ROOT / "docs/images"))
+  ap.add_argument("--keep_html", default=None, help="also keep the two pages in this folder")
+  args = ap.parse_args()
+  run = reporting.load_run(args.workdir)
+  scale = reporting.highlight_scale(run) or reporting.fit_highlight_scale(run)
+  out = pathlib.Path(args.out).absolute()
+  pages = pathlib.Path(args.keep_html).absolute() if args.keep_html else None
+  home = os.getcwd()
+  with tempfile.TemporaryDirectory() as tmp:
+    os.chdir(tmp)   # the pages show the scans' folders relative to it, as `scans/CQ500-CT-0/…`
+    try:
+      manifest = json.loads(phantom.write_dataset("scans", layout="cq500", num_scans=6, seed=5,
+                                                  size=256, num_workers=0).read_text())
+      bleeds = {s["scan_id"]: any(e["type"] in BLEEDS for e in s["lesions"])
+                for s in manifest["scans"]}
+      picks = {"positive": next(k for k, v in bleeds.items() if v),
+               "negative": next(k for k, v in bleeds.items() if not v)}
+      for kind, scan_id in picks.items():
+        folder = next(pathlib.Path("scans", scan_id).rglob("*.dcm")).parent
+        html = (pages or pathlib.Path(tmp)) / f"report_{kind}.html"
+        r = reporting.report_for_scan(run, folder, html, scale=scale)
+        png = out / f"report_{kind}.png"
+        screenshot(html, png, tmp)
+        above = [f"{p.name} {p.probability:.2f}" for p in r.predictions if p.above]
+        print(f"{png}: {scan_id} ({kind} by the phantom's truth), key slices "
+              f"{[i + 1 for i in r.key_slices]}, above threshold: {', '.join(above) or 'none'}")
+    finally:
+      os.chdir(home)
+
+
+if __name__ == "__main__":
+  main()
