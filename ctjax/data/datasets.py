@@ -49,7 +49,7 @@ import math
 import os
 import pathlib
 import re
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
