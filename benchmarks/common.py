@@ -230,8 +230,9 @@ def device_name() -> str:
   return f"{dev.platform}:{dev.device_kind}"
 
 
-def environment() -> dict[str, Any]:
-  """Device, versions and machine state for the JSON header."""
+def environment(include_torch: bool = True) -> dict[str, Any]:
+  """Device, versions and machine state for the JSON header (`include_torch=False`: torch is
+  not imported, for a JAX process whose torch peer runs elsewhere)."""
   import flax
   info: dict[str, Any] = {
       "device": device_name(),
@@ -248,6 +249,8 @@ def environment() -> dict[str, Any]:
       "load_average": load_average(),
       "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
   }
+  if not include_torch:
+    return info
   try:
     import torch
     info["torch"] = torch.__version__

@@ -33,6 +33,7 @@ import math
 import os
 import pathlib
 import queue
+import signal
 import statistics
 import subprocess
 import sys
@@ -391,16 +392,17 @@ def first_that_fits(run: Run, name: str, sizes: Sequence[Any], det: dict, key: s
   """fn(size) for the first of `sizes` that does not run out of memory ("batch as fits");
   the sizes that did are kept in `det["ooms"]`."""
   for i, size in enumerate(sizes):
+    if i:
+      _release()   # after the failed attempt's frames (and buffers) are gone
     try:
       run.maybe_inject(name, i)
       out = fn(size)
       det[key] = size
       return out
     except Exception as e:
-      if not is_oom(e) or i == len(sizes) - 1:
+      if not is_oom(e) or i == len(sizes) - 1 or run.remaining() < 20.0:
         raise
       det.setdefault("ooms", []).append({key: size, "error": short_error(e, 300)})
-      _release()
   raise AssertionError("unreachable")
 
 
@@ -514,7 +516,7 @@ def record(run: Run, name: str, prog: Optional[Program], timing, *, items: float
 def fig_environment(run: Run, det: dict) -> dict:
   import jax
   from benchmarks import common
-  env = common.environment()
+  env = common.environment(include_torch=False)   # torch: the peer's own answer below
   devs = jax.devices()
   env.update(devices=[str(d) for d in devs],
              memory_stats=_memory_stats(),
@@ -599,9 +601,12 @@ def fig_hbm(run: Run, det: dict) -> dict:
   p = run.plan
   numel = p.hbm_mib * (1 << 20) // 4
   x = jax.random.normal(jax.random.PRNGKey(0), (numel,), jnp.float32)
+  c = jnp.float32(-1.0)
   moved = 2.0 * numel * 4 * p.hbm_iters   # each pass reads and writes the buffer
-  prog = measure(run, hbm_chain(p.hbm_iters), (x,), tag="tf32")
-  t = time_program(run, lambda: prog.executable(x))
+  prog = measure(run, hbm_chain(p.hbm_iters), (x, c), tag="tf32")
+  t = time_program(run, lambda: prog.executable(x, c))
+  sign = -1.0 if p.hbm_iters % 2 else 1.0
+  det["exact"] = bool(jnp.array_equal(prog.executable(x, c)[:1024], sign * x[:1024]))
   reply = run.torch_call("hbm", {"nbytes": numel * 4, "iters": p.hbm_iters}, det)
   xla_bw = moved / t.median
   torch_bw = moved / reply["seconds"] if reply else None
@@ -872,6 +877,37 @@ def table(lines: Sequence[dict]) -> str:
   return "\n".join(rows)
 
 
+def markdown(path: pathlib.Path, run_id: Optional[str] = None) -> str:
+  """A results file's run (the last one unless `run_id`) as a Markdown table, for the README."""
+  lines = [json.loads(raw) for raw in path.read_text().splitlines() if raw.strip()]
+  if not lines:
+    raise ValueError("no result lines")
+  run_id = run_id or lines[-1].get("run_id")
+  lines = [l for l in lines if l.get("run_id") == run_id]
+  env = next((l["details"] for l in lines if l["name"] == "environment"), {})
+  peer = env.get("torch_peer") or {}
+  out = [f"`{path.name}` run {run_id}: {lines[0]['device']}, jax {env.get('jax')}, torch "
+         f"{peer.get('torch')}, budget {env.get('budget_s')} s, last line at "
+         f"{lines[-1].get('elapsed_s')} s", "",
+         "| figure | value | unit | torch | ctjax/torch | FLOP % | roofline % | compile s | "
+         "status |", "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+
+  def f(x, fmt="{:.4g}"):
+    return "–" if x is None else fmt.format(x)
+
+  for l in lines:
+    if l["name"] == "environment":
+      continue
+    pct = lambda v: None if v is None else 100 * v  # noqa: E731
+    status = l["status"] if l["status"] == "ok" else (
+        f"{l['status']}: {(l.get('error') or l.get('skipped') or '')[:80]}")
+    out.append(f"| {l['name']} | {f(l['value'])} | {l['unit'] or ''} | {f(l['torch_value'])} | "
+               f"{f(l['ratio_vs_torch'], '{:.2f}')} | {f(pct(l['flop_fraction']), '{:.1f}')} | "
+               f"{f(pct(l['roofline_fraction']), '{:.1f}')} | {f(l['compile_s'], '{:.1f}')} | "
+               f"{status} |")
+  return "\n".join(out)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -892,8 +928,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--inject-failure", action="append", default=[], metavar="FIGURE=KIND",
                       help="make FIGURE fail (" + ", ".join(INJECT_KINDS) + "): rehearses "
                            "that one failing figure is recorded and the others still run")
+  parser.add_argument("--render", metavar="JSONL", default=None,
+                      help="print a results file's last run as a Markdown table and exit")
   parser.add_argument("-v", "--verbose", action="store_true")
   args = parser.parse_args(argv)
+  if args.render:
+    try:
+      print(markdown(pathlib.Path(args.render)))
+    except (OSError, ValueError, KeyError) as e:
+      print(f"benchmarks.gpu: {args.render}: not a results file ({e})", file=sys.stderr)
+      return 1
+    return 0
   try:
     inject = parse_inject(args.inject_failure)
   except ValueError as e:
@@ -914,6 +959,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           file=sys.stderr)
     return 1
   from tqdm import tqdm
+  # `timeout` ends the run with SIGTERM: unwind (stop the torch peer, print what was done).
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
   run = Run(plan, out, args.budget_s, with_torch=not args.no_torch, inject=inject)
   figs = [f for f in figures(plan)
           if f.name == "environment" or not args.only
@@ -930,10 +977,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   finally:
     bar.close()
     run.close()
-  print(f"# {run.device} · {run.platform} · budget {args.budget_s:.0f} s · "
-        f"{run.elapsed():.0f} s · {'smoke' if plan.smoke else 'full'}")
-  print(table(run.lines))
-  print(f"# wrote {out}")
+    print(f"# {run.device} · {run.platform} · budget {args.budget_s:.0f} s · "
+          f"{run.elapsed():.0f} s · {'smoke' if plan.smoke else 'full'}")
+    print(table(run.lines))
+    print(f"# wrote {out}", flush=True)
   return 0
 
 

@@ -18,6 +18,7 @@ scattered into the `aps_pooled` rows that the features path gathers back by the 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Optional
 
 import jax
@@ -37,9 +38,11 @@ DTYPES = {"bf16": jnp.bfloat16, "tf32": jnp.float32, "bfloat16": jnp.bfloat16,
 
 
 def precision_context(tag: str):
-  """bf16 figures: default precision (bf16 operands); tf32 figures: float32 arrays with matrix
-  work at TF32, named explicitly (XLA's default for float32 on such GPUs; a no-op on CPU)."""
-  return jax.default_matmul_precision("tensorfloat32" if tag == "tf32" else "default")
+  """tf32 figures: float32 arrays with matrix work at TF32, named explicitly (XLA's default for
+  float32 on such GPUs; a no-op on CPU); bf16 figures: the default (bf16 operands)."""
+  if tag == "tf32":
+    return jax.default_matmul_precision("tensorfloat32")
+  return contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,8 +345,10 @@ def blend_predict(model: blendnet.BlendNet, s: BlendSizes, top_k: int = 10) -> C
 
 
 def hbm_chain(iters: int) -> Callable:
-  """x ↦ −(−(… x)): `iters` full read-and-write passes over x in one program (each depends
-  on the last; the values stay exactly ±x, never zero)."""
-  def chain(x):
-    return jax.lax.fori_loop(0, iters, lambda i, y: -y, x)
+  """(x, c) ↦ x·c·c…: `iters` full read-and-write passes over x in one program. `c` is an
+  argument (with c = −1 the values stay exactly ±x, never zero, but XLA cannot fold the
+  products), and an optimisation barrier after each pass keeps XLA from fusing passes into
+  one should it unroll the loop: every pass reads and writes the whole buffer."""
+  def chain(x, c):
+    return jax.lax.fori_loop(0, iters, lambda i, y: jax.lax.optimization_barrier(y * c), x)
   return jax.jit(chain)

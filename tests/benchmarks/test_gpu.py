@@ -107,6 +107,10 @@ def test_smoke_run_without_the_modules_the_device_lacks(tmp_path):
   # Chunked programs take FLOPs from the unchunked program (XLA counts a loop body once).
   assert lines["drct2/infer/bf16"]["details"]["flops_source"] == "xla-lowered-unchunked"
   assert lines["drct2/train_e2e/bf16"]["details"]["flops_source"] == "xla-lowered-unchunked"
+  table = gpu.markdown(out)   # the README table of this run
+  rows = [r.split(" | ")[0][2:] for r in table.splitlines()[4:]]
+  assert rows == names[1:]
+  assert "error: JaxRuntimeError: RESOURCE_EXHAUSTED" in table
 
 
 def test_budget_guard_skips_with_a_reason(tmp_path):
@@ -154,6 +158,9 @@ def test_a_failing_figure_is_recorded_and_the_next_runs(tmp_path):
 def test_inject_failure_flag_is_checked(capsys):
   assert gpu.main(["--smoke", "--inject-failure", "matmul/bf16=crash"]) == 2
   assert "expected FIGURE=oom|oom-once|error" in capsys.readouterr().err
+  bad = ROOT / "pyproject.toml"
+  assert gpu.main(["--render", str(bad)]) == 1
+  assert capsys.readouterr().err.startswith(f"benchmarks.gpu: {bad}: not a results file")
 
 
 # --------------------------------------------------------------------------------------------
