@@ -405,6 +405,10 @@ def main(argv=None) -> int:
           flush=True)
     return 1
   DEVICE = torch.device(args.device)
+  if DEVICE.type == "cuda":   # every figure, the bare matmul chain included (prepare_for_cuda)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
   if args.threads:
     torch.set_num_threads(args.threads)
 
