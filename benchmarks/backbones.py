@@ -158,7 +158,7 @@ def environment() -> dict[str, Any]:
 
 
 def run(ctx) -> list:
-  """Adapter for `benchmarks.run` (engineer G's suite): one Record per (backbone, size)."""
+  """Adapter for `benchmarks.run` (the suite): one Record per (backbone, size)."""
   from benchmarks import common  # pylint: disable=g-import-not-at-top
   s = ctx.settings.get("backbones", {})
   records = []

@@ -1,7 +1,8 @@
 """Shared benchmark machinery: timing, matmul peak, XLA FLOP counts, device capture, JSON.
 
 Every figure of the suite is a `Record` with exactly the fields of the public JSON schema
-(`name, device, value, unit, torch_value, ratio_vs_torch, flop_fraction`); whatever else is worth
+(`name, device, value, unit, torch_value, ratio_vs_torch, flop_fraction, roofline_fraction,
+compile_s`; null where a field does not apply); whatever else is worth
 keeping about a figure (batch, FLOPs, seconds per call, machine load) goes to `details`, which
 `run.py` writes into the JSON header, so that the records stay a fixed, comparable schema.
 """
@@ -27,7 +28,7 @@ import numpy as np
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 RECORD_FIELDS = ("name", "device", "value", "unit", "torch_value", "ratio_vs_torch",
-                 "flop_fraction")
+                 "flop_fraction", "roofline_fraction", "compile_s")
 
 log = logging.getLogger("benchmarks")
 
@@ -41,7 +42,8 @@ class Timing:
   """Seconds per call: `median` of the timed repeats (after warm-up), and all of them."""
   median: float
   times: list[float]
-  warmup_s: float   # the first (compiling) call, for the record.
+  warmup_s: float   # the untimed warm-up calls (executions only when `fn` is AOT-compiled).
+  compile_s: Optional[float] = None   # trace + lower + XLA compile, timed on its own.
 
   @property
   def n(self) -> int:
@@ -99,31 +101,81 @@ def xla_flops(fn: Callable, *args, **kwargs) -> float:
   return float(flops) if flops and flops > 0 else float("nan")
 
 
+@dataclasses.dataclass
+class Compiled:
+  """An AOT-compiled executable and what compiling it cost, timed apart from any execution."""
+  executable: Callable
+  flops: float            # XLA's cost analysis (a `while`/`scan` body counted once)
+  bytes_accessed: float   # likewise
+  lower_s: float          # tracing + lowering to StableHLO
+  compile_s: float        # XLA compilation (autotuning included on a GPU)
+
+  @property
+  def total_s(self) -> float:
+    return self.lower_s + self.compile_s
+
+
+def _cost(analysis: Any, key: str) -> float:
+  if isinstance(analysis, (list, tuple)):   # older jax: one dict per executable.
+    analysis = analysis[0] if analysis else {}
+  v = (analysis or {}).get(key, float("nan"))
+  return float(v) if v and v > 0 else float("nan")
+
+
+def aot_compile(fn: Callable, *args, compiler_options: Optional[dict] = None,
+                **jit_kwargs) -> Compiled:
+  """jit(fn).lower(*args).compile(), each phase timed; no call of the executable is made, so
+  `compile_s` is compilation alone and the first timed execution is a plain execution."""
+  jitted = fn if hasattr(fn, "lower") else jax.jit(fn, **jit_kwargs)
+  t0 = time.perf_counter()
+  lowered = jitted.lower(*args)
+  t1 = time.perf_counter()
+  compiled = lowered.compile(compiler_options=compiler_options) if compiler_options \
+      else lowered.compile()
+  t2 = time.perf_counter()
+  analysis = compiled.cost_analysis()
+  return Compiled(compiled, _cost(analysis, "flops"), _cost(analysis, "bytes accessed"),
+                  t1 - t0, t2 - t1)
+
+
 def compile_with_flops(fn: Callable, *args) -> tuple[Callable, float]:
   """(compiled executable, FLOPs per call): compile once, time the executable itself, so the
   timed calls never include tracing or compilation even with zero warm-up calls."""
-  jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
-  compiled = jitted.lower(*args).compile()
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else {}
-  flops = (analysis or {}).get("flops", float("nan"))
-  return compiled, (float(flops) if flops and flops > 0 else float("nan"))
+  c = aot_compile(fn, *args)
+  return c.executable, c.flops
+
+
+def matmul_chain(iters: int) -> Callable:
+  """x ↦ x @ b @ b … (`iters` products in one jitted program, `lax.fori_loop`): a peak that is
+  not a per-call figure, so dispatch and launch gaps are amortised; each product depends on the
+  last, so XLA cannot hoist or drop any. With b ~ N(0, 1/n) the values stay O(1)."""
+  def chain(x, b):
+    return jax.lax.fori_loop(0, iters, lambda i, y: y @ b, x)
+  return jax.jit(chain)
+
+
+def matmul_operands(n: int, dtype: Any, seed: int = 0) -> tuple[jax.Array, jax.Array]:
+  key = jax.random.PRNGKey(seed)
+  a = jax.random.normal(key, (n, n), jnp.float32).astype(dtype)
+  b = (jax.random.normal(jax.random.fold_in(key, 1), (n, n), jnp.float32)
+       / math.sqrt(n)).astype(dtype)
+  return a, b
 
 
 def matmul_peak(dtype: Any = jnp.float32, n: int = 1024, *, repeats: int = 5,
-                max_seconds: Optional[float] = 20.0) -> dict[str, float]:
+                max_seconds: Optional[float] = 20.0, iters: int = 8) -> dict[str, float]:
   """Measured matmul FLOP/s on the default device for `dtype`, by XLA and (CPU) by torch.
 
-  The floor for a model figure is model FLOPs / the best of the two: the device's demonstrated
-  capability, not the framework's. Returns {"xla": f, "torch": f or NaN, "peak": max}.
+  `iters` dependent n×n products per timed call (`matmul_chain`), so the figure is the
+  device's sustained rate, not one product plus a dispatch. The floor for a model figure is
+  model FLOPs / the best of the two frameworks: the device's demonstrated capability, not the
+  framework's. Float32 runs at the backend's default precision (TF32 on an Ampere-or-later
+  GPU, as the models do). Returns {"xla": f, "torch": f or NaN, "peak": max, "n", "iters"}.
   """
-  key = jax.random.PRNGKey(0)
-  a = jax.random.normal(key, (n, n), jnp.float32).astype(dtype)
-  b = jax.random.normal(jax.random.fold_in(key, 1), (n, n), jnp.float32).astype(dtype)
-  mm = jax.jit(lambda x, y: x @ y)
-  flops = 2.0 * n ** 3
-  xla = flops / time_fn(lambda: mm(a, b), warmup=2, repeats=repeats,
+  a, b = matmul_operands(n, dtype)
+  mm = aot_compile(matmul_chain(iters), a, b).executable
+  flops = 2.0 * n ** 3 * iters
+  xla = flops / time_fn(lambda: mm(a, b), warmup=1, repeats=repeats,
                         max_seconds=max_seconds).median
   torch_peak = float("nan")
   if jax.default_backend() == "cpu":
@@ -132,14 +184,20 @@ def matmul_peak(dtype: Any = jnp.float32, n: int = 1024, *, repeats: int = 5,
       tdtype = {jnp.dtype(jnp.float32): torch.float32,
                 jnp.dtype(jnp.bfloat16): torch.bfloat16}[jnp.dtype(dtype)]
       ta = torch.randn(n, n).to(tdtype)
-      tb = torch.randn(n, n).to(tdtype)
+      tb = (torch.randn(n, n) / math.sqrt(n)).to(tdtype)
+
+      def chain():
+        y = ta
+        for _ in range(iters):
+          y = torch.mm(y, tb)
+        return y
       with torch.no_grad():
-        torch_peak = flops / time_fn(lambda: torch.mm(ta, tb), warmup=2, repeats=repeats,
+        torch_peak = flops / time_fn(chain, warmup=1, repeats=repeats,
                                      max_seconds=max_seconds, sync=lambda o: o).median
     except Exception as e:   # torch missing or no bf16 kernel: the XLA figure stands alone.
       log.warning("torch matmul peak unavailable for %s: %s", jnp.dtype(dtype).name, e)
   peak = max(x for x in (xla, torch_peak) if not math.isnan(x))
-  return {"xla": xla, "torch": torch_peak, "peak": peak}
+  return {"xla": xla, "torch": torch_peak, "peak": peak, "n": n, "iters": iters}
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,8 +230,9 @@ def device_name() -> str:
   return f"{dev.platform}:{dev.device_kind}"
 
 
-def environment() -> dict[str, Any]:
-  """Device, versions and machine state for the JSON header."""
+def environment(include_torch: bool = True) -> dict[str, Any]:
+  """Device, versions and machine state for the JSON header (`include_torch=False`: torch is
+  not imported, for a JAX process whose torch peer runs elsewhere)."""
   import flax
   info: dict[str, Any] = {
       "device": device_name(),
@@ -183,13 +242,15 @@ def environment() -> dict[str, Any]:
       "cpu_count": os.cpu_count(),
       "python": sys.version.split()[0],
       "jax": jax.__version__,
-      "jaxlib": getattr(jax.lib, "__version__", None) or _jaxlib_version(),
+      "jaxlib": _jaxlib_version(),
       "flax": flax.__version__,
       "numpy": np.__version__,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "load_average": load_average(),
       "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
   }
+  if not include_torch:
+    return info
   try:
     import torch
     info["torch"] = torch.__version__
@@ -201,10 +262,14 @@ def environment() -> dict[str, Any]:
 
 def _jaxlib_version() -> Optional[str]:
   try:
-    import jaxlib
-    return jaxlib.__version__
-  except ImportError:
-    return None
+    from importlib import metadata
+    return metadata.version("jaxlib")
+  except Exception:   # not installed as a distribution (a source build): ask the module
+    try:
+      import jaxlib
+      return getattr(jaxlib, "__version__", None)
+    except ImportError:
+      return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,6 +286,8 @@ class Record:
   torch_value: Optional[float] = None
   ratio_vs_torch: Optional[float] = None
   flop_fraction: Optional[float] = None
+  roofline_fraction: Optional[float] = None   # per-layer floor / measured (benchmarks/roofline.py)
+  compile_s: Optional[float] = None           # lower + compile, apart from any execution
   details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def as_json(self) -> dict[str, Any]:
@@ -237,11 +304,13 @@ def _clean(v: Any) -> Any:
 def speed_record(name: str, *, seconds: float, items: float, unit: str,
                  torch_seconds: Optional[float] = None, flops: Optional[float] = None,
                  peak: Optional[float] = None, device: Optional[str] = None,
+                 floor_seconds: Optional[float] = None, compile_s: Optional[float] = None,
                  **details) -> Record:
   """A throughput figure (`items` per `seconds`), its torch counterpart and FLOP fraction.
 
   ratio_vs_torch = ctjax speed / torch speed (> 1: ctjax faster); flop_fraction = achieved
-  FLOP/s / measured matmul peak (1.0 would be the physical floor).
+  FLOP/s / measured matmul peak (1.0 would be the physical floor); roofline_fraction =
+  `floor_seconds` (the per-layer floor of one call) / `seconds`.
   """
   value = items / seconds
   torch_value = items / torch_seconds if torch_seconds else None
@@ -249,11 +318,14 @@ def speed_record(name: str, *, seconds: float, items: float, unit: str,
   frac = None
   if flops and peak and not math.isnan(flops):
     frac = (flops / seconds) / peak
+  roof = floor_seconds / seconds if floor_seconds and seconds else None
   details.update(seconds_per_call=seconds, items_per_call=items, torch_seconds=torch_seconds,
-                 flops_per_call=flops, peak_flops=peak, load_average=load_average())
+                 flops_per_call=flops, peak_flops=peak, floor_seconds_per_call=floor_seconds,
+                 load_average=load_average())
   if torch_seconds:
     details.setdefault("torch_threads", _LAST_TORCH_THREADS)
-  return Record(name, device or device_name(), value, unit, torch_value, ratio, frac, details)
+  return Record(name, device or device_name(), value, unit, torch_value, ratio, frac, roof,
+                compile_s, details)
 
 
 def latency_record(name: str, *, seconds_per_item: float, unit: str = "s/scan",
@@ -265,7 +337,7 @@ def latency_record(name: str, *, seconds_per_item: float, unit: str = "s/scan",
   if torch_seconds_per_item:
     details.setdefault("torch_threads", _LAST_TORCH_THREADS)
   return Record(name, device or device_name(), seconds_per_item, unit, torch_seconds_per_item,
-                ratio, None, details)
+                ratio, None, details=details)
 
 
 def write_json(path: Optional[os.PathLike | str], header: dict[str, Any],
@@ -343,10 +415,13 @@ class Context:
     return time_fn(fn, **kw)
 
   def time_predict(self, model: "CTJaxModel", batch: dict[str, Any]) -> tuple[Timing, float]:
-    """AOT-compiles `model.predict` on `batch` and times it: (timing, XLA FLOPs per call)."""
+    """AOT-compiles `model.predict` on `batch` and times it: (timing, XLA FLOPs per call);
+    the timing's `compile_s` is the compilation, its `warmup_s` the first execution(s)."""
     variables = model.variables
-    predict, flops = compile_with_flops(model.predict, variables, batch)
-    return self.time(lambda: predict(variables, batch)), flops
+    c = aot_compile(model.predict, variables, batch)
+    t = self.time(lambda: c.executable(variables, batch))
+    t.compile_s = c.total_s
+    return t, c.flops
 
   def time_torch(self, fn: Callable[[], Any], **kwargs) -> Timing:
     """Times a torch call at each of `torch_thread_options()` and keeps the fastest.
@@ -514,6 +589,16 @@ def torch_device():
   import torch
   return torch.device("cuda" if (jax.default_backend() == "gpu" and torch.cuda.is_available())
                       else "cpu")
+
+
+def torch_prepare(net):
+  """The fair PyTorch peer: on CUDA, `torch_reference.prepare_for_cuda` (cuDNN autotuning,
+  TF32 as JAX's default float32 precision there, channels_last weights and activations);
+  on the CPU the module is returned unchanged (the CPU figures were taken that way)."""
+  if torch_device().type == "cuda":
+    from benchmarks.torch_reference import prepare_for_cuda
+    return prepare_for_cuda(net)
+  return net
 
 
 def _has_cuda_tensor(out: Any) -> bool:

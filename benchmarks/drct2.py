@@ -79,7 +79,8 @@ def build_torch(model, config):
   import torch
   from benchmarks.torch_reference import TorchDrCT2
   torch.manual_seed(0)
-  return TorchDrCT2(torch_spec(model, config)).to(common.torch_device()).eval()
+  return common.torch_prepare(TorchDrCT2(torch_spec(model, config)).to(common.torch_device())
+                              .eval())
 
 
 def _torch_infer(net, hu: np.ndarray, dtype: str):
@@ -132,7 +133,8 @@ def infer_model(ctx: Context, dtype: str) -> list[Record]:
   tag = "fp32" if dtype == "float32" else "bf16"
   detail = dict(batch=bs, num_slices=config.data.num_slices, primary_size=config.model.primary_size,
                 mkey=config.model.mkey, aps_size=config.model.aps_size,
-                width=config.model.backbone_width, timed_calls=t.n, compile_s=t.warmup_s)
+                width=config.model.backbone_width, timed_calls=t.n, compile_s=t.compile_s,
+                first_call_s=t.warmup_s)
   rec = common.speed_record(f"drct2/infer/{tag}", seconds=t.median, items=bs, unit="scans/s",
                             torch_seconds=torch_s, flops=flops, peak=ctx.peak(dtype), **detail)
   floor_s = flops / ctx.peak(dtype) / bs if ctx.peak(dtype) and flops == flops else None
@@ -152,7 +154,8 @@ def train_step(ctx: Context, dtype: str = "float32") -> list[Record]:
   m = common.build_ctjax(config)
   batch = common.to_device(make_batch(config, bs))
   rng = jax.random.PRNGKey(1)
-  train, flops = common.compile_with_flops(m.train_step, m.state, batch, rng)
+  compiled = common.aot_compile(m.train_step, m.state, batch, rng)
+  train, flops = compiled.executable, compiled.flops
   holder = {"state": m.state}
 
   def step():
@@ -169,7 +172,7 @@ def train_step(ctx: Context, dtype: str = "float32") -> list[Record]:
       f"drct2/train_step/{tag}", seconds=t.median, items=bs, unit="scans/s",
       torch_seconds=torch_s, flops=flops, peak=ctx.peak(dtype), batch=bs,
       config_batch=s.get("config_batch"), step_s=t.median, timed_calls=t.n,
-      compile_s=t.warmup_s, num_slices=config.data.num_slices,
+      compile_s=compiled.total_s, first_call_s=t.warmup_s, num_slices=config.data.num_slices,
       primary_size=config.model.primary_size)]
 
 
@@ -303,7 +306,7 @@ def run(ctx: Context) -> list[Record]:
 
 
 def _guard(ctx: Context, name: str, fn, *args) -> list[Record]:
-  """Runs one figure; a missing module of another engineer skips it with the reason noted."""
+  """Runs one figure; a missing optional module skips it with the reason noted."""
   try:
     out = fn(*args)
     for r in out:

@@ -1,6 +1,6 @@
 """Does the input pipeline keep the device fed? DrCT2 training-step time with real batches
 (prepared cache → Grain train_iterator → host→device each step) against the same step on one
-constant device-resident batch; plus engineer A's own input-pipeline figures (DICOM decode
+constant device-resident batch; plus the data layer's own input-pipeline figures (DICOM decode
 slices/s per core, cache → device scans/s) from `benchmarks/input_pipeline.py`, imported rather
 than re-implemented.
 """
@@ -62,11 +62,11 @@ def feed(ctx: Context) -> list[Record]:
   ]
 
 
-def engineer_a_figures(ctx: Context) -> list[Record]:
+def data_layer_figures(ctx: Context) -> list[Record]:
   """A's figures (decode slices/s per core, DICOM→example, prepare, cache→batches, shuffle),
   by calling `benchmarks.input_pipeline.run` with this preset's sizes."""
   import argparse
-  from benchmarks import input_pipeline as ip   # engineer A (issue 2)
+  from benchmarks import input_pipeline as ip
   d, s = ctx.settings["data"], ctx.settings["drct"]
   args = argparse.Namespace(
       scans=d["num_scans"], size=d["size"], gen_scans=1, image_size=s["image_size"],
@@ -84,5 +84,5 @@ def engineer_a_figures(ctx: Context) -> list[Record]:
 
 def run(ctx: Context) -> list[Record]:
   records = _guard(ctx, "pipeline/feed", feed, ctx)
-  records += _guard(ctx, "pipeline/input_pipeline", engineer_a_figures, ctx)
+  records += _guard(ctx, "pipeline/input_pipeline", data_layer_figures, ctx)
   return records

@@ -58,7 +58,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Batches are the configs' on an accelerator; `--cpu-bound` (default on CPU) uses batch 1
     # and one timed call, so that one honest full-size figure fits on a small CPU.
     "full": {
-        "matmul_n": 4096, "warmup": 1, "repeats": 10,
+        "matmul_n": 8192, "warmup": 1, "repeats": 10,
         "drct": {"num_slices": 28, "image_size": 224, "mkey": 16, "aps_size": 512, "width": 1.0,
                  "infer_batch": 32, "train_batch": 256, "config_batch": 256,
                  "dtypes": ("float32", "bfloat16"),

@@ -6,7 +6,7 @@ preprocessing (HU → windows → ImageNet normalisation inside the timed call),
 do the same work; `tests/benchmarks/test_run.py` checks this by comparing the torch FLOP count
 (`torch.utils.flop_counter`) with XLA's count of the ctjax model.
 
-The backbones are engineer C's torchvision rebuilds (`benchmarks/torch_models.py`; torchvision
+The backbones are the torchvision rebuilds (`benchmarks/torch_models.py`; torchvision
 itself cannot be installed beside torch 2.13 here), whose parity with ctjax's is tested there.
 """
 
@@ -45,11 +45,16 @@ class Preprocess(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Backbones: engineer C's torchvision rebuilds (benchmarks/torch_models.py)
+# Backbones: the torchvision rebuilds (benchmarks/torch_models.py)
 # --------------------------------------------------------------------------------------------
 
 class Backbone(nn.Module):
-  """A torchvision-equivalent backbone (C's `torch_models.build`) returning its feature map."""
+  """A torchvision-equivalent backbone (C's `torch_models.build`) returning its feature map.
+
+  `channels_last` (set by `prepare_for_cuda`): the input is converted to NHWC memory layout
+  before the first convolution, so that cuDNN runs its tensor-core NHWC kernels throughout."""
+
+  channels_last: bool = False
 
   def __init__(self, arch: str, width: float = 1.0):
     super().__init__()
@@ -64,7 +69,24 @@ class Backbone(nn.Module):
       self.out_channels = self.model.features(torch.zeros(1, 3, 64, 64)).shape[1]
 
   def forward(self, x):
+    if self.channels_last:
+      x = x.contiguous(memory_format=torch.channels_last)
     return self.model.features(x)
+
+
+def prepare_for_cuda(net: nn.Module) -> nn.Module:
+  """What a fair PyTorch peer does on an NVIDIA GPU: `cudnn.benchmark` (autotuned convolution
+  algorithms, as XLA autotunes), TF32 allowed for float32 matmuls and convolutions (XLA's
+  default precision for float32 there; bf16 figures use autocast), and channels_last (NHWC)
+  weights and activations. Returns `net` (converted in place)."""
+  torch.backends.cudnn.benchmark = True
+  torch.backends.cuda.matmul.allow_tf32 = True
+  torch.backends.cudnn.allow_tf32 = True
+  net = net.to(memory_format=torch.channels_last)
+  for m in net.modules():
+    if isinstance(m, Backbone):
+      m.channels_last = True
+  return net
 
 
 # --------------------------------------------------------------------------------------------

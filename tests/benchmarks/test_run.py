@@ -12,7 +12,8 @@ import pytest
 
 from benchmarks import common, run  # repository root on sys.path: see conftest.py
 
-FIELDS = {"name", "device", "value", "unit", "torch_value", "ratio_vs_torch", "flop_fraction"}
+FIELDS = {"name", "device", "value", "unit", "torch_value", "ratio_vs_torch", "flop_fraction",
+          "roofline_fraction", "compile_s"}
 
 
 def test_time_fn_median_and_bound():
@@ -81,6 +82,9 @@ def test_tiny_suite_cli_writes_schema(tmp_path, capsys):
     if r["unit"].endswith("/s"):   # throughput: ratio is the speed ratio
       assert r["ratio_vs_torch"] == pytest.approx(r["value"] / r["torch_value"])
       assert 0 < r["flop_fraction"] < 10
+      # Compilation timed on its own, not the first execution (which is in the details).
+      details = header["details"][r["name"]]
+      assert r["compile_s"] > 0 and details["first_call_s"] > 0
     else:                          # latency: ratio is still ctjax speed / torch speed
       assert r["ratio_vs_torch"] == pytest.approx(r["torch_value"] / r["value"])
       assert r["flop_fraction"] is None
