@@ -217,7 +217,9 @@ def test_drct2_loss_and_features_match_the_task():
                          rngs={"dropout": d_rng, "aps": a_rng}, mutable=["batch_stats"])
     return gpu_models.drct2_loss(out, labels)
 
-  want = _o0(lambda p, b: DrCTTask().loss_fn(model, p, extra, b, rng, config, True)[0],
+  from ctjax.train.tasks.drct import slice_preprocess
+  full = model.clone(slice_preprocess=slice_preprocess(config), primary_size=s.primary_size)
+  want = _o0(lambda p, b: DrCTTask().loss_fn(full, p, extra, b, rng, config, True)[0],
              params, batch)
   got = _o0(ours, params, batch["hu"], batch["labels"])
   np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
@@ -227,7 +229,7 @@ def test_blend_loss_matches_the_task():
   from ctjax.train.tasks.blend import BlendTask
   bs = gpu_plan.SMOKE.blend
   config = common.override(common.load_config("blend_resnet50", "variant=wce_at"), {
-      "data.image_size": bs.image_size, "model.width": bs.width, "model.pretrained": "",
+      "data.image_size": bs.image_size, "model.backbone_width": bs.width, "model.backbone_weights": "",
       "data.augment.enabled": False})
   model = gpu_models.build_blend(bs, jnp.float32)
   variables = gpu_models.init_blend(model, bs, seed=2)
@@ -256,22 +258,24 @@ def test_plan_sizes_are_the_configs():
       d.model.aps_size, d.model.backbone_width)
   assert (s.gru_hidden, s.seq_dim, tuple(s.fc_widths), s.aps_fc_dim, s.dropout) == (
       d.model.gru_hidden, d.model.seq_dim, tuple(d.model.fc_widths), d.model.aps_fc_dim,
-      d.model.dropout)
+      d.model.dropout_rate)
   assert (s.num_labels, s.windows) == (len(d.data.labels), d.data.windows)
-  assert (s.lr_primary, s.lr_aps, s.lr_fusion) == (
-      d.optimizer.lr_primary, d.optimizer.lr_aps, d.optimizer.lr_fusion)
+  lr, mult = d.optimizer.lr, d.optimizer.lr_mults
+  assert (s.lr_primary, s.lr_aps, s.lr_fusion) == pytest.approx(
+      (lr * mult.primary, lr * mult.aps, lr * mult.fusion))
   assert (d.loss.primary, d.loss.aps, d.loss.fusion) == ("mse", "mse", "bce")   # drct2_loss
   assert gpu_plan.GPU.store_train_batch == d.train.batch_size == gpu_plan.GPU.e2e_batches[0]
   b = common.load_config("blend_resnet50", "variant=wce_at")
   bs = gpu_plan.GPU.blend
   assert (bs.image_size, bs.width, bs.det_hidden, bs.num_classes, bs.max_boxes, bs.windows) == (
-      b.data.image_size, b.model.width, b.model.det_hidden, b.model.num_classes,
+      b.data.image_size, b.model.backbone_width, b.model.det_hidden, b.model.num_classes,
       b.data.max_boxes, b.data.windows)
   assert b.model.backbone == "resnet50"
   for k in ("class_weights", "cls_weight", "det_weight", "focal_alpha", "focal_beta",
             "min_overlap", "det_normalize"):
     assert getattr(bs, k) == (tuple(b.loss[k]) if k == "class_weights" else b.loss[k]), k
-  for k in ("learning_rate", "power", "momentum", "weight_decay"):
+  assert bs.learning_rate == b.optimizer.lr and b.optimizer.schedule == "poly"
+  for k in ("power", "momentum", "weight_decay"):
     assert getattr(bs, k) == b.optimizer[k], k
   assert {batch for _, batch in gpu_plan.GPU.blend_train} == {b.train.batch_size, 64}
 

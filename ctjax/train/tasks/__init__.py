@@ -14,11 +14,13 @@ reshard onto the mesh → `wrap_data` → `loss_fn` / `predict` inside the jitte
 from __future__ import annotations
 
 import importlib
-from typing import Any, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol
 
 import flax.linen as nn
 import jax
-import ml_collections
+
+if TYPE_CHECKING:   # annotations only: the blend losses load where ml_collections is absent
+  import ml_collections
 
 Batch = Mapping[str, jax.Array]
 Variables = Mapping[str, Any]   # {"params": ..., "batch_stats": ...}
