@@ -9,7 +9,8 @@ calls `initialize_distributed` before any other JAX call. Arguments come from th
 `python -m ctjax.train` (`--coordinator_address host:port --num_processes N --process_id i`) or
 from the environment (`CTJAX_COORDINATOR_ADDRESS`, `CTJAX_NUM_PROCESSES`, `CTJAX_PROCESS_ID`).
 Without either, `jax.distributed.initialize()` is only called where JAX can discover the
-cluster itself (Cloud TPU, SLURM, Open MPI: set `CTJAX_DISTRIBUTED=auto`).
+cluster itself (Cloud TPU, SLURM, Open MPI: set `CTJAX_DISTRIBUTED=auto`). A process that dies
+makes the others exit within seconds with one line (`ctjax.train.peers`).
 """
 
 from __future__ import annotations
@@ -63,10 +64,17 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
   jax.distributed.initialize(coordinator_address, num_processes=num_processes,
                              process_id=process_id)
   _INITIALIZED = True
+  from ctjax.train import peers
+  peers.start(jax.process_index(), jax.process_count())
   log.info("jax.distributed: process %d of %d, %d local / %d global devices",
            jax.process_index(), jax.process_count(), jax.local_device_count(),
            jax.device_count())
   return True
+
+
+def is_distributed() -> bool:
+  """True once `initialize_distributed` started jax.distributed in this process."""
+  return _INITIALIZED
 
 
 def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
