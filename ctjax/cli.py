@@ -30,6 +30,8 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+INTERRUPTED = ("interrupted; what was already written is kept (finished cache shards, saved "
+               "checkpoints): run the same command again to resume")
 
 REQUIRED, OPTIONAL = "required", "optional"
 
@@ -166,8 +168,9 @@ def run(fn: Callable, argv: Optional[Sequence[str]] = None, *, prog: str = "ctja
   fv = flags.FlagValues()
   holder = None
   if config is not None:
-    holder = config_flags.DEFINE_config_file(
-        "config", None, "configs/<name>.py[:args]", flag_values=fv, lock_config=True)
+    holder = config_flags.DEFINE_config_file(   # sys_argv: overrides of this argv, not sys.argv
+        "config", None, "configs/<name>.py[:args]", flag_values=fv, lock_config=True,
+        sys_argv=argv)
   if workdir is not None:
     flags.DEFINE_string("workdir", None, workdir_help, flag_values=fv)
   if extra_flags is not None:
@@ -218,7 +221,7 @@ def run(fn: Callable, argv: Optional[Sequence[str]] = None, *, prog: str = "ctja
     _error(_one_line(e))
     status = EXIT_ERROR
   except KeyboardInterrupt:
-    _error("interrupted")
+    _error(INTERRUPTED)
     status = EXIT_INTERRUPTED
   except OSError as e:
     from ctjax import fileio

@@ -22,7 +22,10 @@ from ctjax.errors import DiskFullError, StorageError
 PathLike = Union[str, "os.PathLike[str]"]
 
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-_FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|os_error_code='28'")
+# numpy's tofile/np.save reports a short write without an errno: "16384 requested and 12224
+# written" (a regular file is written short only when the disk is full).
+_FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|os_error_code='28'|"
+                        r"\d+ requested and \d+ written")
 
 
 def human_bytes(n: Optional[float]) -> str:
@@ -62,8 +65,8 @@ def is_disk_full(e: BaseException) -> bool:
 
 
 def _failed_write_size(e: BaseException) -> Optional[int]:
-  m = re.search(r"Failed to write (\d+) bytes", str(e))
-  return int(m.group(1)) if m else None
+  m = re.search(r"Failed to write (\d+) bytes|(\d+) requested and \d+ written", str(e))
+  return int(m.group(1) or m.group(2)) if m else None
 
 
 def disk_full_error(path: PathLike, needed: Optional[int] = None, what: str = "writing",

@@ -139,7 +139,8 @@ _FILTER = r'''
 import os, re, select, sys, time
 pid, n, marker = sys.argv[1], sys.argv[2], sys.argv[3].encode()
 out = sys.stdout.buffer
-cpp = re.compile(rb"^[EWF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]*(coordination|client\.h|distributed)")
+cpp = re.compile(rb"[EWF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]*(coordination|client\.h|distributed)")
+maybe_cpp = re.compile(rb"[EWF](\d{0,4}|\d{4} [\d:. ]*)$")   # a header cut by the read
 held, tail, fatal, held_since = [], b"", False, None
 def write(data):
   try:
@@ -161,19 +162,28 @@ while True:
   lines = (tail + chunk).split(b"\n")
   tail = lines.pop()
   for line in lines:
+    m = cpp.search(line)
     if marker in line:
+      if m is not None and line[:m.start()].strip():
+        write(line[:m.start()] + b"\n")
       fatal = True
       write(("error: process %s of %s: the JAX coordination service reported a fatal error "
              "(another process stopped, most likely process 0, which hosts the service); "
              "exiting. See the other processes' logs for why.\n" % (pid, n)).encode())
       break
-    if held or cpp.match(line):
+    if held:
       held.append(line + b"\n")
-      held_since = held_since or time.monotonic()
+    elif m is not None:
+      if m.start():
+        write(line[:m.start()] + b"\n")
+      held.append(line[m.start():] + b"\n")
+      held_since = time.monotonic()
     else:
       write(line + b"\n")
-  if not fatal and tail and not held and not re.match(rb"^[EWF]\d{0,4}$|^[EWF]\d{4} ", tail):
-    write(tail); tail = b""      # progress bars (\r updates) pass through at once
+  if not fatal and tail and not held:   # progress bars (\r updates) pass through at once
+    m = maybe_cpp.search(tail) or cpp.search(tail)
+    cut = m.start() if m is not None else len(tail)
+    write(tail[:cut]); tail = tail[cut:]
 if not fatal:
   write(b"".join(held) + tail)
 '''
