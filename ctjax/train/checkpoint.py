@@ -10,15 +10,16 @@ Layout under the workdir:
 `saved_config_errors` turns a field missing from an older config.json into one ConfigError line.
 
 A step that fails to restore (a truncated or corrupted array file: tensorstore's OUT_OF_RANGE,
-DATA_LOSS, …) is not the end of a run. The rule, for training resume (`Checkpointer.restore_latest`)
-and for evaluation/reports (`restore_state`): steps are tried newest first; each that fails is
-logged in one line and the next older intact step is used (its step number is returned and
-logged). Resuming also moves the unreadable newer steps to `checkpoints/unreadable/<step>`, so
-that the re-run steps can be saved again (nothing is deleted). When no step restores, or an
-explicit `--step` does not, a CheckpointError lists the saved steps with each one's problem and
-says how to pick one. A checkpoint written by another number of processes is refused before
-anything is restored or moved (its data iterator states are per process). A full disk while
-saving is a DiskFullError naming the step's folder, the state's size and the free space.
+DATA_LOSS, …) is not the end of a run. The rule, for training resume
+(`Checkpointer.restore_latest`) and for evaluation/reports (`restore_state`): steps are tried
+newest first; the failures are logged in one line and the next older intact step is used (its
+step number is returned and logged). Resuming also moves the unreadable newer steps to
+`checkpoints/unreadable/<step>`, so that the re-run steps can be saved again (nothing is
+deleted). When no step restores, or an explicit `--step` does not, a CheckpointError lists the
+saved steps with each one's problem and says how to pick one. A checkpoint written by another
+number of processes is refused before anything is restored or moved (its data iterator states
+are per process). A full disk while saving is a DiskFullError naming the step's folder, the space
+one checkpoint takes and the space free.
 """
 
 from __future__ import annotations

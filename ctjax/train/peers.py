@@ -134,14 +134,16 @@ FATAL_MARKER = b"Terminating process because the JAX distributed service detecte
 
 # Runs in its own small process: copies its stdin to its stdout (the real stderr) as it comes,
 # holds back the coordination service's C++ log lines for a moment, and when JAX's fatal message
-# arrives, drops those and everything after it (the stack dump) for one `error:` line.
+# arrives, drops those and everything after it (the stack dump) for one `error:` line (none when
+# ctjax's own `error:` line, e.g. a failed collective, came just before).
 _FILTER = r'''
 import os, re, select, sys, time
 pid, n, marker = sys.argv[1], sys.argv[2], sys.argv[3].encode()
 out = sys.stdout.buffer
-cpp = re.compile(rb"[EWF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]*(coordination|client\.h|distributed)")
+cpp = re.compile(rb"[EWF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ "
+                 rb"[\w.]*(coordination|client\.h|distributed|preemption)")
 maybe_cpp = re.compile(rb"[EWF](\d{0,4}|\d{4} [\d:. ]*)$")   # a header cut by the read
-held, tail, fatal, held_since = [], b"", False, None
+held, tail, fatal, held_since, said = [], b"", False, None, -1e9
 def write(data):
   try:
     out.write(data); out.flush()
@@ -167,11 +169,15 @@ while True:
       if m is not None and line[:m.start()].strip():
         write(line[:m.start()] + b"\n")
       fatal = True
-      write(("error: process %s of %s: the JAX coordination service reported a fatal error "
-             "(another process stopped, most likely process 0, which hosts the service); "
-             "exiting. See the other processes' logs for why.\n" % (pid, n)).encode())
+      if time.monotonic() - said > 5.0:   # ctjax's own error line already said it
+        write(("error: process %s of %s: the JAX coordination service reported a fatal error "
+               "(another process stopped, most likely process 0, which hosts the service); "
+               "exiting. See the other processes' logs for why.\n" % (pid, n)).encode())
       break
-    if held:
+    if line.startswith(b"error: "):   # ctjax's one line: at once, ahead of held C++ lines
+      write(line + b"\n")
+      said = time.monotonic()
+    elif held:
       held.append(line + b"\n")
     elif m is not None:
       if m.start():

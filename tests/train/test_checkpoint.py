@@ -1,6 +1,9 @@
 """ctjax.train.checkpoint: a workdir whose config.json predates a config field fails with one
 ConfigError line naming the workdir and the field (not ml_collections' bare AttributeError);
-config.json files of the earlier field names load under the current ones."""
+config.json files of the earlier field names load under the current ones. A truncated latest
+step: inference and resume use the previous intact step (an explicit broken step, or none intact,
+lists the steps); a checkpoint of 2 processes is refused in 1; a full disk while checkpointing
+and Ctrl-C during training are one line each (status 1 / 130), the checkpoints kept."""
 
 import json
 
@@ -93,7 +96,7 @@ def test_earlier_field_names_load_as_current(tmp_path):
     assert loaded[section] == current[section], section
 
 
-# ------------------------------------------------- a corrupted latest step, a full disk, N processes
+# ---------------------------------------- a corrupted latest step, a full disk, N processes
 
 import errno  # noqa: E402
 import logging  # noqa: E402

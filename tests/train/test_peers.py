@@ -108,6 +108,11 @@ def test_stderr_relay_turns_jax_fatal_abort_into_one_line():
       "process stopped, most likely process 0, which hosts the service); exiting. See the "
       "other processes' logs for why.")
   assert "Check failure" not in out and "Polled an error" not in out and "0x7fe8" not in out
+  # ctjax's own line (a failed collective) just before: it stays the only one.
+  out = _relay(b"W1201 09:47:52.257657    6816 preemption_sync_manager.cc:147] Failed\n"
+               b"error: a collective failed (Gloo all-reduce failed)\n"
+               b"F1201 09:47:52.3 6816 client.h:80] " + peers.FATAL_MARKER + b"\n*** Check\n")
+  assert out == "error: a collective failed (Gloo all-reduce failed)\n"
   # Without the fatal message, held C++ lines and a last partial line are passed on.
   calm = (b"E1201 08:00:00.000000   1 coordination_service_agent.cc:1] a warning\n"
           b"more text\npartial")
