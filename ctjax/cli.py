@@ -230,6 +230,10 @@ def run(fn: Callable, argv: Optional[Sequence[str]] = None, *, prog: str = "ctja
   except Exception as e:
     line = _runtime_error_line(e)
     if line is None:
+      if _distributed() and not in_process:   # a bug: its traceback, then gone for the peers
+        import traceback
+        traceback.print_exc()
+        _finish(EXIT_ERROR, in_process)
       raise
     _error(line)
     status = EXIT_ERROR

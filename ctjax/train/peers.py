@@ -101,7 +101,9 @@ class Watchdog:
         seen[peer] = (value, now)
       elif now - last[1] > self.timeout_s:
         reason = f"process {peer} stopped (no heartbeat for {now - last[1]:.0f} s)"
-        if self.pid == 0:   # tell the others before the service goes down with this process
+        others = [p for p in range(1, self.n) if p != peer and values.get(
+            f"{HEARTBEAT_KEY}{p}") != DONE]
+        if self.pid == 0 and others:   # tell them before the service goes down with process 0
           try:
             self.client.key_value_set(ABORT_KEY, reason, allow_overwrite=True)
             time.sleep(2 * self.interval_s + 0.5)

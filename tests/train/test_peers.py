@@ -70,15 +70,26 @@ def test_watchdog_rounds():
 def test_process_0_leaves_the_reason_for_the_others_and_stop_marks_done():
   client, exits = FakeClient(), []
   client.kv[f"{peers.HEARTBEAT_KEY}1"] = "7"                     # never moves: dead
-  dog = peers.Watchdog(client, 0, 2, timeout_s=0.05, interval_s=0.01, exit_fn=exits.append)
+  client.kv[f"{peers.HEARTBEAT_KEY}2"] = peers.DONE
+  client.kv[f"{peers.HEARTBEAT_KEY}3"] = "1"                     # alive: must be told
+  dog = peers.Watchdog(client, 0, 4, timeout_s=0.05, interval_s=0.01, exit_fn=exits.append)
   dog.start()
   deadline = time.time() + 10
   while not exits and time.time() < deadline:
     time.sleep(0.01)
-  assert exits and exits[0].startswith("process 1 stopped")
-  assert client.kv[peers.ABORT_KEY].startswith("process 1 stopped")
+  assert exits and exits[0].startswith("process") and " stopped" in exits[0]
+  assert client.kv[peers.ABORT_KEY].startswith("process")
   dog.stop()
   assert client.kv[f"{peers.HEARTBEAT_KEY}0"] == peers.DONE
+  # With no other live process there is nobody to tell: no abort key, no wait.
+  client, exits = FakeClient(), []
+  client.kv[f"{peers.HEARTBEAT_KEY}1"] = "7"
+  dog = peers.Watchdog(client, 0, 2, timeout_s=0.05, interval_s=0.01, exit_fn=exits.append)
+  seen = {}
+  assert dog.check(1, seen, now=0.0) is None
+  t0 = time.time()
+  assert dog.check(2, seen, now=1.0).startswith("process 1 stopped")
+  assert time.time() - t0 < 0.5 and peers.ABORT_KEY not in client.kv
 
 
 def _relay(data: bytes) -> str:
