@@ -59,11 +59,11 @@ def hostile_run(tmp_path_factory):
                         num_workers=0, slice_range=(8, 10))
   task = get_task("drct")
   model = task.build_model(c)
-  x = jax.numpy.zeros((1, c.data.num_slices, 32, 32, 3), jax.numpy.float32)
-  task.init_variables = lambda model, config, rng: dict(   # numpy weights: no 10 s Flax init
-      weights.random_variables(model.clone(aps_size=32), x))
+  from ctjax.train.tasks import drct
+  # Numpy weights of init's shapes: no 10 s Flax init.
+  variables = dict(weights.random_variables(drct.init_model(model), drct.init_input(c)))
   tx, _ = optim.make_optimizer(c, 1, 1, lambda p: task.param_groups(c, p))
-  state = state_lib.create_state(task, model, c, jax.random.PRNGKey(0), tx)
+  state = state_lib.state_from_variables(task, c, variables, jax.random.PRNGKey(0), tx)
   wd = base / "run"
   ck = Checkpointer(wd, c)
   ck.save(3, state, None, force=True)
