@@ -160,3 +160,13 @@ def atomic_write_text(path: PathLike, text: str, what: str = "writing") -> pathl
       pass
     raise storage_error(e, p, what, needed=len(text.encode())) from e
   return p
+
+
+def file_digest(path: PathLike, algorithm: str = "sha256") -> str:
+  """Hex digest of a file's bytes, read in 1 MB blocks (any hashlib algorithm name)."""
+  import hashlib
+  h = hashlib.new(algorithm)
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
