@@ -440,7 +440,8 @@ def _cq500_no_name(root):
 
 def _cq500_traversal(root):
   outside = root.parent / "outside" / "CQ500-CT-9"
-  shutil.copytree(root / "CQ500-CT-0", outside)
+  study = next(root / c for c in ("CQ500-CT-0", "CQ500CT0 CQ500CT0") if (root / c).is_dir())
+  shutil.copytree(study, outside)
   rows = _cq500_rows(root)
   rows.append(["../outside/CQ500-CT-9"] + rows[1][1:])
   _write_rows(root / "reads.csv", rows)
