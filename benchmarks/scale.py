@@ -64,6 +64,7 @@ def stage_config(spec: dict[str, Any], stage: str):
   c.train.log_every_steps = max(1, c.train.max_steps // 2)
   c.evals.val.every_epochs = 0
   c.evals.val.every_steps = -1
+  c.evals.highlight_scale_split = ""   # an O(val split) prediction after training: not training
   c.checkpoint.every_steps = -1
   c.checkpoint.best_metric = ""
   c.checkpoint.async_save = False
