@@ -840,6 +840,10 @@ def main(argv=None) -> int:
   args = ap.parse_args(argv)
   import warnings
   warnings.filterwarnings("ignore", module="pydicom")   # the corruptions are on purpose
+  # A shell without job control starts background commands with SIGINT ignored, and children
+  # inherit that: the Ctrl-C cases would then test nothing. Commands start as from a terminal.
+  if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
   if args.list:
     for name, group, what, _ in CASES:
       print(f"{name:30s} {group:14s} {what}")
