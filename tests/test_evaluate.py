@@ -15,3 +15,9 @@ def test_old_config_is_one_line_error(tmp_path, capsys):
   assert rc == 1
   assert len(err.splitlines()) == 1 and err.startswith("error: ")
   assert str(tmp_path / "config.json") in err and "config.model.feature_norm" in err
+
+
+def test_negative_resample_count_is_a_usage_error(tmp_path, capsys):
+  rc = evaluate.main(["--workdir", str(tmp_path), "--n_boot", "-1"])
+  err = capsys.readouterr().err.strip()
+  assert rc == 2 and err == "error: --n_boot=-1 must be >= 0"
