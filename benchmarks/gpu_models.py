@@ -185,7 +185,7 @@ def drct2_predict(model: DrCT, s: DrCT2Sizes, chunk: Optional[int]) -> Callable:
 
 
 def drct2_loss(out: dict[str, jax.Array], labels: jax.Array) -> jax.Array:
-  """Eq. (11) with configs/drct_base.py's losses: MSE(primary) + MSE(APS) + BCE(fusion),
+  """Eq. (11) with ctjax/configs/drct.py's losses: MSE(primary) + MSE(APS) + BCE(fusion),
   each the mean over labels and scans (`DrCTTask.loss_fn` with every example valid)."""
   labels = labels.astype(jnp.float32)
   mse = lambda logits: jnp.mean(jnp.square(jax.nn.sigmoid(logits) - labels))  # noqa: E731
@@ -224,7 +224,7 @@ def _drct2_update(model, tx, state, feats, labels, rng):
 
 def drct2_train_step_store(model: DrCT, tx: optax.GradientTransformation) -> Callable:
   """(state, features, labels, rng) → (state, loss): one Adam step of the heads on cached
-  backbone rows (`config.model.feature_cache`)."""
+  backbone rows (`config.features`)."""
   def step(state, feats, labels, rng):
     return _drct2_update(model, tx, state, feats, labels, rng)
   return step
@@ -244,7 +244,7 @@ def drct2_train_step_e2e(model: DrCT, tx: optax.GradientTransformation, s: DrCT2
 
 def drct2_store_build(model: DrCT, s: DrCT2Sizes) -> Callable:
   """(backbone variables, hu [N, H, W]) → the feature-cache rows of N slices, exactly as
-  `ctjax.train.tasks.drct._compute_feature_cache` computes a chunk: the library's
+  `ctjax.train.features.build_store` computes a chunk: the library's
   `DrCT.backbone_features` on the primary input and on the same slices zoomed to aps_size."""
   def build(params, hu):
     x = drct_preprocess(hu, s, s.primary_size)

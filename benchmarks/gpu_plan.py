@@ -2,7 +2,7 @@
 
 numpy and the standard library only: the PyTorch peer (benchmarks/gpu_torch.py) imports this
 module and must never import jax (a JAX backend in that process would take GPU memory).
-The model sizes are the papers' and the configs' (configs/drct_base.py, configs/blend_resnet50.py);
+The model sizes are the papers' and the configs' (ctjax/configs/drct.py, ctjax/configs/blend.py);
 tests/benchmarks/test_gpu.py checks that they still agree with those configs.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 
 # Prefix of the PyTorch peer's reply lines on its stdout (anything else there is passed on).
 TORCH_MARK = "@@torch "
-RSNA_NUM_LABELS = 6   # configs/common.py RSNA_LABELS: any, epidural, … (DrCT2 paper, Table 1)
+RSNA_NUM_LABELS = 6   # ctjax.data.labels.RSNA_LABELS: any, epidural, … (DrCT2 paper, Table 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +27,7 @@ class DrCT2Sizes:
   mkey: int = 16                # VI.A.3: m_key = 16 key slices
   aps_size: int = 512           # V.B: key slices zoomed 224 → 512
   width: float = 1.0            # VGG16 width multiplier (1 = the paper's VGG16)
-  gru_hidden: int = 256         # not given in the paper (configs/drct_base.py)
+  gru_hidden: int = 256         # not given in the paper (ctjax/configs/drct.py)
   seq_dim: int = 256
   fc_widths: tuple = (256, 128)
   aps_fc_dim: int = 256

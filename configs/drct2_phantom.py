@@ -6,7 +6,7 @@
 Runtime and results: docs/RESULTS.md (measured on 2 CPU cores, phantom generation, cache and
 feature cache included). DrCT1 on the same data and seed: `--config
 configs/drct2_phantom.py:drct1` (or configs/drct1_phantom.py). The backbone is frozen, so its
-per-slice outputs are computed once (`config.model.feature_cache`, exact) and the heads train
+per-slice outputs are computed once (`config.features`, exact) and the heads train
 100 epochs in about a minute.
 
 What differs from the paper (section V / VI.A.1) and why: everything is shrunk to fit 2 CPU

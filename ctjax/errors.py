@@ -28,6 +28,24 @@ class WeightsError(CTJaxError):
   """A pretrained-weights file is missing or does not match the architecture."""
 
 
+class StorageError(CTJaxError):
+  """A file or folder cannot be written (read-only, not a folder, no permission). `path` names
+  it when known; `ctjax.fileio` turns OSErrors into these."""
+
+  def __init__(self, message: str, path: Optional[PathLike] = None):
+    self.path = None if path is None else os.fspath(path)
+    super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class DiskFullError(StorageError):
+  """No space left on the device (ENOSPC) or quota exceeded (EDQUOT); the message says how much
+  was needed and how much is free."""
+
+
+class PeerProcessError(CTJaxError):
+  """Another process of a multi-process run stopped (a collective failed)."""
+
+
 class CTDataError(CTJaxError):
   """Bad input data. `path` names the offending file or folder when known."""
 

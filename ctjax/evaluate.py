@@ -16,13 +16,17 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
+
 from absl import flags
 
 from ctjax import cli
 
+# The splits `ctjax.data.datasets.split_indices` makes (fold = test, the next fold = val).
+SPLITS = ("train", "val", "test")
+
 
 def _flags(fv: flags.FlagValues) -> None:
-  flags.DEFINE_string("split", "test", "train | val | test", flag_values=fv)
+  flags.DEFINE_enum("split", "test", SPLITS, "which split to evaluate", flag_values=fv)
   flags.DEFINE_string("json", None, "write the report here as JSON", flag_values=fv)
   flags.DEFINE_integer("step", None, "checkpoint step (default: best, else latest)",
                        flag_values=fv)
@@ -37,6 +41,11 @@ def _flags(fv: flags.FlagValues) -> None:
 
 
 def _evaluate(fv, _config, _args) -> int:
+  from ctjax import fileio
+  if fv.json:   # before the restore: a read-only --json path fails now, not after the work
+    fileio.writable_file(fv.json, "--json file")
+  if fv.reliability:
+    fileio.writable_file(fv.reliability, "--reliability file")
   from ctjax.eval.metrics import format_table
   from ctjax.jsonable import to_jsonable
   from ctjax.train import parallel
@@ -64,9 +73,8 @@ def _evaluate(fv, _config, _args) -> int:
     if extra:
       print(extra)
     if fv.json:
-      path = pathlib.Path(fv.json)
-      path.parent.mkdir(parents=True, exist_ok=True)
-      path.write_text(json.dumps(to_jsonable(report), indent=2))
+      fileio.atomic_write_text(fv.json, json.dumps(to_jsonable(report), indent=2),
+                               "writing the --json report")
     if fv.reliability:
       if run.config.task != "drct":
         raise cli.UsageError("--reliability needs a DrCT run (multi-label probabilities)")

@@ -142,7 +142,7 @@ def collect_outputs(predict_step: Callable, state: Any, batches: Iterable[Mappin
 
 def split_data(run: Run, data: Any = None) -> tuple[Any, Any]:
   """(data module as the steps read it, splits) for `run` (its prepared cache; DrCT's stored
-  features from `<workdir>/feature_cache` when the run trained on them)."""
+  features from the store beside the HU cache when the run trained on them)."""
   data = default_data_module(data)
   splits = parallel.process_zero_first(lambda: data.build_splits(run.config, str(run.workdir)),
                                        "ctjax_build_splits")

@@ -11,11 +11,14 @@ It prints the cache's size, the adapter's counts (files skipped in lenient mode 
 without labels, labels without DICOM) and, for CQ500, how many series each series policy keeps
 (`ctjax.data.series_policy`). `--qa` prints the per-series QA table (`ctjax.data.qa`; always
 written to <cache>/qa.csv and qa.jsonl), `--qa_csv FILE` copies the CSV there.
+A full disk is one line naming the cache folder, the space the cache needs and the space free;
+Ctrl-C keeps the shards already written (the same command resumes).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import sys
 
@@ -57,9 +60,47 @@ def summary_lines(manifest: dict) -> list[str]:
   return lines
 
 
+def _cache_folder(config, workdir) -> str:
+  """The cache folder `ensure_cache` writes (its base folder if that cannot be worked out)."""
+  from ctjax.data import cache
+  layout = cache.data_option(config, "layout")
+  root = cache.data_option(config, "root") or (os.path.join(workdir, "data") if workdir else "")
+  try:
+    return str(cache.cache_path(cache.data_option(config, "cache_dir"), layout, root,
+                                int(cache.data_option(config, "image_size")),
+                                bool(cache.data_option(config, "lenient")),
+                                cache._content_options(layout, config)))  # noqa: SLF001
+  except Exception:   # a cache key of other inputs: name the folder that holds the caches
+    return cache.data_option(config, "cache_dir") or os.path.join(root, ".ctjax_cache")
+
+
+def _cache_bytes(config, workdir) -> int | None:
+  """int16 bytes of the whole cache: source slices × image_size² × 2 (None if unknown)."""
+  from ctjax.data import cache, datasets
+  try:
+    layout = cache.data_option(config, "layout")
+    root = cache.data_option(config, "root") or os.path.join(workdir or "", "data")
+    ds = datasets.load(layout, root)
+    size = int(cache.data_option(config, "image_size"))
+    return sum(len(rec.files) for rec in ds.scans) * size * size * 2
+  except Exception:
+    return None
+
+
 def _prepare(fv, config, _args) -> int:
+  from ctjax import fileio
   from ctjax.data import cache, qa   # not pipeline: prepare needs no Grain/JAX
-  path = cache.ensure_cache(config, fv.workdir, repair=True, checksum=fv.checksum)
+  try:
+    path = cache.ensure_cache(config, fv.workdir, repair=True, checksum=fv.checksum)
+  except OSError as e:
+    folder = _cache_folder(config, fv.workdir)
+    if fileio.is_disk_full(e):
+      raise fileio.disk_full_error(folder, _cache_bytes(config, fv.workdir),
+                                   "writing the prepared cache", cause=e,
+                                   needed_note="the whole cache; finished shards are kept and "
+                                   "a re-run resumes") from e
+    raise fileio.storage_error(e, getattr(e, "filename", None) or folder,
+                               "writing the prepared cache") from e
   manifest = json.loads((path / "manifest.json").read_text())
   lines = summary_lines(manifest)
   print(f"{path}: " + lines[0])

@@ -36,7 +36,12 @@ def _report(fv, _config, _args) -> int:
     raise cli.UsageError("give exactly one of --scan DICOM_DIR or --scans FOLDER")
   if not fv.out:
     raise cli.UsageError("--out is required (a .html file with --scan, a folder with --scans)")
-  from ctjax import reporting
+  from ctjax import fileio, reporting
+  # Before the model is restored: a read-only or misplaced --out fails now, in one line.
+  if fv.scan:
+    fileio.writable_file(fv.out, "--out report file")
+  else:
+    fileio.writable_dir(fv.out, "--out folder")
   t0 = time.perf_counter()
   run = reporting.load_run(fv.workdir, fv.step)
   print(f"model: {'DrCT2' if run.config.model.aps else 'DrCT1'} from {fv.workdir} "

@@ -21,3 +21,76 @@ def test_negative_resample_count_is_a_usage_error(tmp_path, capsys):
   rc = evaluate.main(["--workdir", str(tmp_path), "--n_boot", "-1"])
   err = capsys.readouterr().err.strip()
   assert rc == 2 and err == "error: --n_boot=-1 must be >= 0"
+
+
+# ----------------------------------------- a run folder is data: nothing in it is executed
+
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+from ctjax import report  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "data"))
+import ctdicom_helpers  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory):
+  """A DrCT2 runlocal workdir (random weights saved by the trainer's Checkpointer) whose
+  config.json names Python files: the dropped `model.backbone_pretrain_config`, the backbone
+  weights, an unknown top-level field. Each file, if executed or imported, leaves a marker."""
+  import jax
+  import numpy as np
+  from ctjax.configs.drct import drct_config, runlocal_overrides
+  from ctjax.data import phantom
+  from ctjax.models import weights
+  from ctjax.train import optim
+  from ctjax.train import state as state_lib
+  from ctjax.train.checkpoint import Checkpointer
+  from ctjax.train.tasks import get_task
+  base = tmp_path_factory.mktemp("hostile")
+  markers = base / "markers"
+  scripts = {}
+  for name in ("pretrain_config", "weights", "hook"):
+    scripts[name] = base / f"{name}.py"
+    scripts[name].write_text(f"import pathlib\npathlib.Path({str(markers)!r}).mkdir("
+                             f"exist_ok=True)\n(pathlib.Path({str(markers)!r}) / {name!r})"
+                             ".write_text('ran')\ndef get_config(arg=None):\n  return {}\n")
+  c = runlocal_overrides(drct_config(dataset="phantom", variant="drct2"))
+  c.checkpoint.async_save = False
+  c.data.root = str(base / "data")
+  phantom.write_dataset(c.data.root, layout="rsna", num_scans=6, seed=2, size=64,
+                        num_workers=0, slice_range=(8, 10))
+  task = get_task("drct")
+  model = task.build_model(c)
+  from ctjax.train.tasks import drct
+  # Numpy weights of init's shapes: no 10 s Flax init.
+  variables = dict(weights.random_variables(drct.init_model(model), drct.init_input(c)))
+  tx, _ = optim.make_optimizer(c, 1, 1, lambda p: task.param_groups(c, p))
+  state = state_lib.state_from_variables(task, c, variables, jax.random.PRNGKey(0), tx)
+  wd = base / "run"
+  ck = Checkpointer(wd, c)
+  ck.save(3, state, None, force=True)
+  ck.close()
+  saved = json.loads(c.to_json_best_effort())
+  saved["model"]["backbone_pretrain_config"] = str(scripts["pretrain_config"])
+  saved["model"]["backbone_weights"] = str(scripts["weights"])
+  saved["hook"] = str(scripts["hook"])
+  (wd / "config.json").write_text(json.dumps(saved))
+  scan = base / "scan"
+  hu = np.stack([np.full((24, 24), 10.0 * k) for k in range(10)])
+  ctdicom_helpers.write_series(scan, hu, series_uid="1.2.3.99")
+  return wd, scan, markers
+
+
+def test_evaluate_and_report_never_execute_the_run_folder(hostile_run, tmp_path, capsys):
+  wd, scan, markers = hostile_run
+  assert evaluate.main(["--workdir", str(wd), "--split", "test",
+                        "--json", str(tmp_path / "r.json")]) == 0
+  assert json.loads((tmp_path / "r.json").read_text())["step"] == 3
+  assert report.main(["--workdir", str(wd), "--scan", str(scan),
+                      "--out", str(tmp_path / "r.html")]) == 0
+  assert (tmp_path / "r.html").is_file()
+  assert not markers.exists(), sorted(p.name for p in markers.iterdir())

@@ -54,6 +54,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from ctjax import errors
+from ctjax.fileio import file_digest
 from ctjax.data import datasets
 
 log = logging.getLogger(__name__)
@@ -127,11 +128,7 @@ def source_fingerprint(root, *, exclude: Sequence[os.PathLike] = ()) -> dict[str
       full = os.path.join(dirpath, name)
       rel = os.path.relpath(full, root)
       if dirpath == str(root) and (name.endswith(LABEL_SUFFIXES) or name in LABEL_NAMES):
-        h = hashlib.sha256()
-        with open(full, "rb") as f:
-          for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-        labels[rel] = h.hexdigest()
+        labels[rel] = file_digest(full)
         continue
       try:
         st = os.stat(full)
@@ -334,11 +331,7 @@ def damaged_shards(path: pathlib.Path, manifest: dict, *, checksum: bool = False
 
 
 def _sha1(path: pathlib.Path) -> str:
-  h = hashlib.sha1()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
+  return file_digest(path, "sha1")
 
 
 # ------------------------------------------------------------------------------- building

@@ -326,6 +326,18 @@ def _rsna_id(rng: np.random.Generator, n: int = 9) -> str:
   return "ID_" + rng.bytes(8).hex()[:n]
 
 
+def _rsna_sop_id(rng: np.random.Generator, scan: int, slice_: int) -> str:
+  """A slice's `ID_<9 hex>` (RSNA's form), unique in the data set by construction: the scan and
+  slice indices fill 26 of its 36 bits (independent random draws per scan collided: 9 hex digits
+  for ~50k slices is a 2 % birthday chance), 10 random bits the rest. Draws the same random bytes
+  as `_rsna_id`, so the rest of the scan is unchanged. More digits beyond 2^17 scans."""
+  noise = int.from_bytes(rng.bytes(8), "big") & 0x3FF
+  if slice_ >= 1 << 9:
+    raise ValueError(f"RSNA-layout phantoms have at most 512 slices (got slice {slice_})")
+  value = (scan << 19) | (slice_ << 10) | noise
+  return "ID_" + format(value, "09x")
+
+
 # Per-slice elements of a series; everything else is encoded once per series (_TemplateWriter).
 _VAR_TAGS = {0x00020003: "UI", 0x00080018: "UI", 0x00200013: "IS", 0x00200032: "DS",
              0x00201041: "DS", 0x7FE00010: "OW"}
@@ -616,7 +628,7 @@ def _write_scan(out: pathlib.Path, layout: str, i: int, rng: np.random.Generator
   names, labels, per = scan_labels(truth, layout)
   if layout == "rsna":
     patient, study, series = _rsna_id(rng), _rsna_id(rng, 10), _rsna_id(rng, 10)
-    sops = [_rsna_id(rng) for _ in range(S)]
+    sops = [_rsna_sop_id(rng, i, k) for k in range(S)]
     scan_id = series
     rel = [f"stage_2_train/{s}.dcm" for s in sops]
     (out / "stage_2_train").mkdir(exist_ok=True)

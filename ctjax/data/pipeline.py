@@ -4,7 +4,8 @@
     it = train_iterator(config, splits, seed=config.seed)   # endless; it.get_state()/set_state()
     for batch in eval_batches(config, splits, "val"): ...   # one pass, last batch padded
 
-Config fields read (defaults used when a field is absent; configs/common.py holds most):
+Config fields read (defaults used when a field is absent; `ctjax.configs.common.base_config`
+holds most):
   data.layout ("phantom"), data.root (""), data.cache_dir (""), data.image_size (256),
   data.num_slices (28; DrCT scans are sampled to this many slices), data.windows ("rsna3";
   recorded in `Splits.info`, applied on device by the task), data.num_folds (5), data.fold (0),

@@ -39,6 +39,7 @@ import ml_collections
 import numpy as np
 
 from ctjax.errors import CTDataError
+from ctjax.fileio import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +71,11 @@ def store_dtype(config: ml_collections.ConfigDict) -> str:
   return name
 
 
-def _sha256_file(path: pathlib.Path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
-
-
 def _data_identity(scans: Any) -> dict[str, Any]:
   """What fixes the HU rows: the prepared cache's manifest.json (its bytes) and the size and
   mtime of its shard files (a rebuilt cache gets new ones)."""
   path = pathlib.Path(scans.path)
-  out: dict[str, Any] = {"manifest_sha256": _sha256_file(path / "manifest.json")}
+  out: dict[str, Any] = {"manifest_sha256": file_digest(path / "manifest.json")}
   shards = []
   for shard in scans.manifest.get("shards", []):
     st = (path / shard["file"]).stat()

@@ -24,14 +24,15 @@ import logging
 import math
 import os
 import pathlib
+import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax
 import ml_collections
 import numpy as np
 
-from ctjax import inference
+from ctjax import fileio, inference
 from ctjax.errors import CheckpointError, CTJaxError, ConfigError
 from ctjax.eval import metrics as metrics_lib
 from ctjax.jsonable import to_jsonable
@@ -111,7 +112,9 @@ def validate_config(config: ml_collections.ConfigDict, task: Any = None) -> None
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  fileio.atomic_write_text(workdir / "config.json",
+                           config.to_json_best_effort(indent=2, sort_keys=True),
+                           "saving the run's config")
 
 
 # Fields a resumed run may change (schedule length, logging, I/O); any other difference means the
@@ -158,34 +161,104 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
       f"{'; …' if len(diffs) > 4 else ''}); use a new --workdir or remove its checkpoints/")
 
 
-class _Writer:
-  """metrics.jsonl + TensorBoard, on process 0 only."""
+def _read_jsonl(path: pathlib.Path) -> tuple[list[dict], int]:
+  """(records, number of unreadable lines) of a metrics.jsonl; a kill can cut the last line."""
+  records, broken = [], 0
+  lines = path.read_text().splitlines() if path.exists() else []
+  for line in lines:
+    try:
+      rec = json.loads(line)
+    except ValueError:
+      rec = None
+    if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+      records.append(rec)
+    else:
+      broken += 1
+  return records, broken
 
-  def __init__(self, workdir: pathlib.Path, config: ml_collections.ConfigDict):
+
+class _Writer:
+  """metrics.jsonl + TensorBoard, on process 0 only.
+
+  Idempotent over a resume from step `start` (0: a fresh start): records of later steps, which
+  the run is about to repeat, are dropped from metrics.jsonl first (TensorBoard: `purge_step`),
+  and a record at `start` with the same keys as one already there replaces it (the final
+  evaluation of a run that stopped after its last checkpoint).
+  """
+
+  def __init__(self, workdir: pathlib.Path, config: ml_collections.ConfigDict, start: int = 0):
     self.enabled = jax.process_index() == 0
-    self.jsonl = open(workdir / "metrics.jsonl", "a") if self.enabled else None
+    self.path = workdir / "metrics.jsonl"
+    self.start = int(start)
+    self.jsonl = None
     self.tb = None
-    if self.enabled and config.log.get("tensorboard", True):
+    self._kept: list[dict] = []
+    if not self.enabled:
+      return
+    records, broken = _read_jsonl(self.path)
+    self._kept = [r for r in records if r["step"] <= self.start]
+    if broken or len(self._kept) != len(records):
+      log.info("metrics.jsonl: %d record(s) after step %d dropped (they are re-run), %d "
+               "unreadable line(s)", len(records) - len(self._kept), self.start, broken)
+      self._rewrite()
+    self.jsonl = open(self.path, "a")
+    if config.log.get("tensorboard", True):
       from tensorboardX import SummaryWriter
-      self.tb = SummaryWriter(str(workdir / "tensorboard"))
+      purge = {"purge_step": self.start + 1} if self.start > 0 else {}
+      self.tb = SummaryWriter(str(workdir / "tensorboard"), **purge)
+
+  def _rewrite(self) -> None:
+    fileio.atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self._kept),
+                             "rewriting metrics.jsonl")
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v)
              for k, v in scalars.items()}
-    self.jsonl.write(json.dumps({"step": step, **clean}) + "\n")
-    self.jsonl.flush()
+    record = {"step": step, **clean}
+    if step == self.start and self._kept:
+      same = [r for r in self._kept if r["step"] == step and set(r) == set(record)]
+      if same:
+        self._kept = [r for r in self._kept if r not in same]
+        self.jsonl.close()
+        self._rewrite()
+        self.jsonl = open(self.path, "a")
+    try:
+      self.jsonl.write(json.dumps(record) + "\n")
+      self.jsonl.flush()
+    except OSError as e:
+      raise fileio.storage_error(e, self.path, "writing metrics.jsonl") from e
     if self.tb is not None:
       for key, value in scalars.items():
         if isinstance(value, (int, float)) and not math.isnan(value):
           self.tb.add_scalar(key, value, step)
 
   def close(self) -> None:
-    if self.jsonl:
-      self.jsonl.close()
-    if self.tb is not None:
-      self.tb.close()
+    try:
+      if self.jsonl:
+        self.jsonl.close()
+    finally:
+      if self.tb is not None:
+        self.tb.close()
+
+
+def _close_all(*closers) -> None:
+  """Calls every closer. While an exception propagates (a `finally`), a closer's own error is
+  logged in one line and dropped, so the first error is the one reported; otherwise the first
+  closer's error is raised after the others ran."""
+  propagating = sys.exc_info()[1] is not None
+  first: Optional[BaseException] = None
+  for close in closers:
+    try:
+      close()
+    except Exception as e:
+      if propagating:
+        log.debug("closing after an error: %s: %s", type(e).__name__, e)
+      elif first is None:
+        first = e
+  if first is not None:
+    raise first
 
 
 def evaluate_split(eval_step, state, task, config: ml_collections.ConfigDict, data: Any,
@@ -223,9 +296,9 @@ class _Setup:
         lambda params: self.task.param_groups(config, params))
     template, self.state_sharding = inference.abstract_state(self.task, self.model, config,
                                                              mesh, self.tx)
-    self.resume_step = ckpt.latest_step()
+    # The newest step that restores; unreadable newer ones are logged and set aside.
+    self.state, self.resume_step = ckpt.restore_latest(template)
     if self.resume_step is not None:
-      self.state = ckpt.restore(template, None, step=int(self.resume_step))
       log.info("resumed from %s at step %d", workdir / "checkpoints", self.resume_step)
     else:
       self.state = self._initial_state(config, mesh)
@@ -258,8 +331,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   """
   workdir = pathlib.Path(workdir)
   validate_config(config)
+  fileio.writable_dir(workdir, "--workdir")   # a file or a read-only folder: one line, now
   check_resumable(config, workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   mesh = parallel.make_mesh(config)
   ckpt = Checkpointer(workdir, config)
   setup = _Setup(config, workdir, task, data, mesh, ckpt)
@@ -281,7 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     ckpt.restore_iterator(iterator, step=start)
 
   evals = evaluators(config, steps_per_epoch)
-  writer = _Writer(workdir, config)
+  writer = _Writer(workdir, config, start)
   fold_rng = jax.jit(jax.random.fold_in, out_shardings=parallel.replicated(mesh))
   every_ckpt = int(config.checkpoint.every_steps)
   log_every = int(config.train.log_every_steps)
@@ -354,13 +427,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         log.info("after_training: best state of step %d (%s)", best_step, ckpt.best_metric)
       task.after_training(config, str(workdir), parallel.replicated_to_host(chosen.variables()))
   finally:
-    if bar is not None:
-      bar.close()
-    writer.close()
-    ckpt.close()
+    _close_all(*([bar.close] if bar is not None else []), writer.close, ckpt.close)
   final["step"] = float(max(num_steps, start))
   if jax.process_index() == 0:
-    (workdir / "final_metrics.json").write_text(json.dumps(
+    fileio.atomic_write_text(workdir / "final_metrics.json", json.dumps(
         {"step": int(final["step"]), "metrics": to_jsonable(final),
-         "reports": to_jsonable(reports)}, indent=2))
+         "reports": to_jsonable(reports)}, indent=2), "writing final_metrics.json")
   return final

@@ -12,6 +12,7 @@ without them, `jax.distributed.initialize()` is called by default wherever JAX c
 multi-process cluster itself (`cluster_environment`: a SLURM step of several tasks, Open MPI's
 mpirun, a Cloud TPU pod, or `JAX_COORDINATOR_ADDRESS`). `CTJAX_DISTRIBUTED=off` turns the
 discovery off.
+A process that dies makes the others exit within seconds with one line (`ctjax.train.peers`).
 """
 
 from __future__ import annotations
@@ -98,10 +99,17 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
   jax.distributed.initialize(coordinator_address, num_processes=num_processes,
                              process_id=process_id)
   _INITIALIZED = True
+  from ctjax.train import peers
+  peers.start(jax.process_index(), jax.process_count())
   log.info("jax.distributed: process %d of %d, %d local / %d global devices",
            jax.process_index(), jax.process_count(), jax.local_device_count(),
            jax.device_count())
   return True
+
+
+def is_distributed() -> bool:
+  """True once `initialize_distributed` started jax.distributed in this process."""
+  return _INITIALIZED
 
 
 def barrier(name: str) -> None:

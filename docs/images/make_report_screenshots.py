@@ -10,9 +10,7 @@ The scans are the README's demo scans (`python -m ctjax.synth --layout cq500 --s
 first without, by the phantom's truth. A run trained before the scale was stored gets it fitted
 on its validation split first (`ctjax.reporting.fit_highlight_scale`). Needs headless Chromium.
 
-The committed images come from the same config on 320 scans (`configs/drct2_phantom.py:
-num_scans=320`, workdir `runs/d2_320`; test macro-F1 0.787, best step 336), a quarter of the
-README job's data.
+The committed images come from the README job's run itself (its best checkpoint).
 """
 
 import argparse
@@ -59,7 +57,8 @@ def main():
       picks = {"positive": next(k for k, v in bleeds.items() if v),
                "negative": next(k for k, v in bleeds.items() if not v)}
       for kind, scan_id in picks.items():
-        folder = next(pathlib.Path("scans", scan_id).rglob("*.dcm")).parent
+        # the study's thin soft-tissue series (the one training reads; ctjax.data.series_policy)
+        folder = pathlib.Path("scans", phantom._cq500_study(scan_id), "CT PLAIN THIN")  # noqa: SLF001
         html = (pages or pathlib.Path(tmp)) / f"report_{kind}.html"
         r = reporting.report_for_scan(run, folder, html, scale=scale)
         png = out / f"report_{kind}.png"

@@ -1,6 +1,9 @@
 """ctjax.train.checkpoint: a workdir whose config.json predates a config field fails with one
 ConfigError line naming the workdir and the field (not ml_collections' bare AttributeError);
-config.json files of the earlier field names load under the current ones."""
+config.json files of the earlier field names load under the current ones. A truncated latest
+step: inference and resume use the previous intact step (an explicit broken step, or none intact,
+lists the steps); a checkpoint of 2 processes is refused in 1; a full disk while checkpointing
+and Ctrl-C during training are one line each (status 1 / 130), the checkpoints kept."""
 
 import json
 
@@ -91,3 +94,215 @@ def test_earlier_field_names_load_as_current(tmp_path):
   assert loaded["optimizer"]["lr_mults"] == pytest.approx(mults)
   for section in ("model", "data", "train", "loss"):
     assert loaded[section] == current[section], section
+
+
+# ---------------------------------------- a corrupted latest step, a full disk, N processes
+
+import errno  # noqa: E402
+import logging  # noqa: E402
+import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import stand_ins  # noqa: E402
+from ctjax import cli  # noqa: E402
+from ctjax.errors import CheckpointError, DiskFullError  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import storage_helpers  # noqa: E402
+
+
+def corrupt_arrays(step_dir):
+  """Truncates every array data file of a checkpoint step to a third (a disk that lost the
+  end of its writes); tensorstore then fails with OUT_OF_RANGE on restore."""
+  files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+  assert files, step_dir
+  for p in files:
+    p.write_bytes(p.read_bytes()[:max(1, p.stat().st_size // 3)])
+
+
+def _copy_run(reference_run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference_run[0], workdir)
+  return workdir, reference_run[1]
+
+
+def _template(config):
+  import jax
+  from ctjax.train import optim
+  from ctjax.train import state as state_lib
+  task, model = stand_ins.TinyTask(), stand_ins.TinyNet()
+  tx, _ = optim.make_optimizer(config, 6, 3, lambda p: task.param_groups(config, p))
+  return jax.jit(lambda r: state_lib.create_state(task, model, config, r, tx))(
+      jax.random.PRNGKey(0))
+
+
+def test_inference_uses_the_previous_intact_step(reference_run, tmp_path, caplog):
+  """latest/6 truncated: restore_state logs one line naming it and returns step 4's state."""
+  workdir, config = _copy_run(reference_run, tmp_path)
+  corrupt_arrays(workdir / "checkpoints" / "latest" / "6")
+  template = _template(config)
+  with caplog.at_level(logging.WARNING, logger="ctjax.train.checkpoint"):
+    state, step = checkpoint.restore_state(workdir, template, which="latest")
+  assert step == 4
+  want, _ = checkpoint.restore_state(reference_run[0], template, step=4)
+  np.testing.assert_array_equal(state.params["head"]["kernel"], want.params["head"]["kernel"])
+  (record,) = [r for r in caplog.records if r.name == "ctjax.train.checkpoint"]
+  text = record.getMessage()
+  assert "\n" not in text and "latest step 6: OUT_OF_RANGE" in text
+  assert "using latest step 4" in text and str(workdir / "checkpoints") in text
+  # "auto" (evaluate, report) takes the intact best step and says nothing.
+  caplog.clear()
+  assert checkpoint.restore_state(workdir, template)[1] == 3
+  assert not caplog.records
+
+
+def test_broken_explicit_step_and_no_intact_step_list_the_steps(reference_run, tmp_path):
+  workdir, config = _copy_run(reference_run, tmp_path)
+  root = workdir / "checkpoints"
+  corrupt_arrays(root / "latest" / "6")
+  template = _template(config)
+  with pytest.raises(CheckpointError) as info:
+    checkpoint.restore_state(workdir, template, step=6)
+  text = str(info.value)
+  assert "\n" not in text and "step 6 cannot be restored" in text and "OUT_OF_RANGE" in text
+  assert "saved steps: latest 4, 6; best 3" in text and "--step N" in text
+  with pytest.raises(CheckpointError, match=r"step 5 not found; saved steps: latest 4, 6"):
+    checkpoint.restore_state(workdir, template, step=5)
+  corrupt_arrays(root / "latest" / "4")
+  corrupt_arrays(root / "best" / "3")
+  with pytest.raises(CheckpointError) as info:
+    checkpoint.restore_state(workdir, template)
+  text = str(info.value)
+  assert "\n" not in text and "no checkpoint restores" in text
+  assert all(f"{name} step {s}:" in text for name, s in (("best", 3), ("latest", 6),
+                                                          ("latest", 4)))
+
+
+def test_resume_from_the_previous_intact_step(reference_run, tmp_path, caplog):
+  """A finished run whose latest step (6) is truncated: training again resumes from step 4 (one
+  warning line), sets step 6 aside, re-runs steps 5-6 with the uninterrupted losses, and
+  metrics.jsonl holds each step once."""
+  from ctjax.train import loop
+  workdir, config = _copy_run(reference_run, tmp_path)
+  latest = workdir / "checkpoints" / "latest"
+  corrupt_arrays(latest / "6")
+  with caplog.at_level(logging.WARNING, logger="ctjax.train.checkpoint"):
+    loop.train_and_evaluate(config, workdir, task=stand_ins.TinyTask(),
+                            data=stand_ins.MemoryData())
+  (record,) = [r for r in caplog.records if r.name == "ctjax.train.checkpoint"]
+  assert "resuming from step 4" in record.getMessage()
+  assert (workdir / "checkpoints" / "unreadable" / "6" / "state").is_dir()
+  assert sorted(p.name for p in latest.iterdir() if p.name.isdigit()) == ["4", "6"]
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  train_steps = [r["step"] for r in records if "train/loss" in r]
+  assert train_steps == [1, 2, 3, 4, 5, 6]
+  assert [r["step"] for r in records if "val/macro_f1" in r] == [3, 6]
+  got, ref = stand_ins.read_losses(workdir), stand_ins.read_losses(reference_run[0])
+  np.testing.assert_allclose([got[s] for s in (5, 6)], [ref[s] for s in (5, 6)], rtol=1e-6)
+
+
+def test_resume_refuses_a_checkpoint_of_two_processes(reference_run, tmp_path):
+  """Data iterator states of 2 processes (as a 2-process run writes them) in a 1-process
+  resume: one line saying so and how to resume; nothing restored, moved or written."""
+  from ctjax.train import loop
+  workdir, config = _copy_run(reference_run, tmp_path)
+  for step in ("4", "6"):
+    data = workdir / "checkpoints" / "latest" / step / "data"
+    state = (data / "process_0-of-1.json").read_text()
+    (data / "process_0-of-1.json").unlink()
+    for i in range(2):
+      (data / f"process_{i}-of-2.json").write_text(state)
+  before = (workdir / "metrics.jsonl").read_text()
+  with pytest.raises(CheckpointError) as info:
+    loop.train_and_evaluate(config, workdir, task=stand_ins.TinyTask(),
+                            data=stand_ins.MemoryData())
+  text = str(info.value)
+  assert "\n" not in text and str(workdir / "checkpoints" / "latest" / "6") in text
+  assert "written by 2 processes" in text and "this run has 1" in text
+  assert "--num_processes 2" in text
+  assert not (workdir / "checkpoints" / "unreadable").exists()
+  assert (workdir / "metrics.jsonl").read_text() == before
+
+
+def _tiny_command(overrides, data=None):
+  """A `fn(flags, config, args)` command training the tiny task in --workdir (for cli.run)."""
+  def command(fv, _config, _args):
+    from ctjax.train import loop
+    loop.train_and_evaluate(stand_ins.tiny_config(**overrides), fv.workdir,
+                            task=stand_ins.TinyTask(), data=data or stand_ins.MemoryData())
+  return command
+
+
+_TS_FULL = ('RESOURCE_EXHAUSTED: Error writing local file "{d}/2.orbax-checkpoint-tmp/state/'
+            'manifest.ocdbt": Failed writing: "{d}/2.orbax-checkpoint-tmp/state/manifest.ocdbt"'
+            ": Failed to write 351654 bytes to file 12: No space left on device "
+            "[os_error_code='28'] [tensorstore_spec='{{}}']")
+
+
+def test_disk_full_while_checkpointing_is_one_line(tmp_path, monkeypatch, capsys):
+  """Orbax reports a full disk as tensorstore's RESOURCE_EXHAUSTED ValueError: one line naming
+  the step's folder and the space (simulated here; on a real full disk below)."""
+  import orbax.checkpoint as ocp
+  original = ocp.CheckpointManager.save
+
+  def save(self, step, *args, **kwargs):
+    if str(self.directory).endswith("latest") and step == 2:
+      raise ValueError(_TS_FULL.format(d=self.directory))
+    return original(self, step, *args, **kwargs)
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  rc = cli.run(_tiny_command({"train.num_epochs": 1, "checkpoint.every_steps": 2,
+                              "evals.val.every_steps": -1, "checkpoint.best_metric": ""}),
+               ["--workdir", str(tmp_path / "run")])
+  err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+  assert rc == cli.EXIT_ERROR
+  assert len(err) == 1, err
+  line = err[0]
+  assert line.startswith(f"error: {tmp_path / 'run' / 'checkpoints' / 'latest' / '2'}: "
+                         "disk full while writing checkpoint step 2")
+  assert "a write of 343.4 KB failed" in line and "free on that file system" in line
+  assert "needs about" in line
+
+
+def test_real_full_disk_while_checkpointing(tmp_path, capsys):
+  """The workdir on an 80 KB tmpfs: the first checkpoint (~50 KB) does not fit next to the
+  best one; the command ends with one line naming a checkpoint folder and the space."""
+  with storage_helpers.small_disk(tmp_path / "small", "80k"):
+    rc = cli.run(_tiny_command({"train.num_epochs": 1, "evals.val.every_steps": 3,
+                                "checkpoint.every_steps": 2, "log.tensorboard": False}),
+                 ["--workdir", str(tmp_path / "small" / "run")])
+  err = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
+  assert rc == cli.EXIT_ERROR
+  assert len(err) == 1 and "disk full while writing" in err[0], err
+  assert str(tmp_path / "small" / "run" / "checkpoints") in err[0]
+  assert "free on that file system" in err[0] and "needs about" in err[0]
+
+
+def test_ctrl_c_in_training_keeps_checkpoints(tmp_path, capsys):
+  """Ctrl-C while step 5's batch is fetched (checkpoints every 2 steps): status 130, one line,
+  and the run resumes from the checkpoint of step 4."""
+  rc = cli.run(_tiny_command({"train.num_epochs": 1, "checkpoint.every_steps": 2,
+                              "evals.val.every_steps": -1},
+                             stand_ins.MemoryData(interrupt_at=5)),
+               ["--workdir", str(tmp_path / "run")])
+  err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+  assert rc == cli.EXIT_INTERRUPTED
+  assert err == [f"error: {cli.INTERRUPTED}"]
+  latest = tmp_path / "run" / "checkpoints" / "latest"
+  assert sorted(p.name for p in latest.iterdir() if p.name.isdigit()) == ["2", "4"]
+  template = _template(stand_ins.tiny_config())
+  assert checkpoint.restore_state(tmp_path / "run", template, which="latest")[1] == 4
+
+
+def test_storage_error_kinds():
+  ck = checkpoint.Checkpointer.__new__(checkpoint.Checkpointer)
+  ck._needed, ck._failed = 1000, False
+  ck.latest = type("M", (), {"directory": "/nowhere/checkpoints/latest"})()
+  e = ck._storage_error(OSError(errno.ENOSPC, "No space left on device"), "/x/latest", "ckpt")
+  assert isinstance(e, DiskFullError) and "needs about 1000 B" in str(e)
+  e = ck._storage_error(PermissionError(errno.EACCES, "Permission denied"), "/x/latest", "c")
+  assert "permission denied" in str(e) and str(e).startswith("/x/latest")
+  plain = KeyError("unrelated")
+  assert ck._storage_error(plain, "/x/latest", "c") is plain

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from configs import drct2_rsna
+from ctjax.configs.common import set_dotted
 from ctjax.data import cache, fake, pipeline
 from ctjax.errors import ConfigError
 from ctjax.models import weights
@@ -42,12 +43,7 @@ def small_config(cache_dir, **over):
   c.features.chunk = 4
   c.log.progress_bar = False
   c.log.tensorboard = False
-  for key, value in over.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  set_dotted(c, over)
   return c
 
 

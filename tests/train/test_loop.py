@@ -1,4 +1,5 @@
-"""ctjax.train.loop: workdir contents, resume after a stop, evaluation of the best state."""
+"""ctjax.train.loop: workdir contents, resume after a stop (metrics.jsonl without repeated
+steps), an unwritable workdir, evaluation of the best state."""
 
 import json
 
@@ -40,6 +41,51 @@ def test_resume_after_stop_matches_uninterrupted(reference_run, tmp_path):
   assert sorted(got) == [1, 2, 3, 4, 5, 6]
   np.testing.assert_allclose([got[s] for s in range(1, 7)], [ref[s] for s in range(1, 7)],
                              rtol=1e-6)
+  # Step 3 ran twice (before the stop and after the resume from step 2) but is logged once.
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_metrics_writer_is_idempotent_over_a_resume(tmp_path):
+  """From step 2: later records (and a line cut by a kill) are dropped; a record at step 2
+  with the keys of one already there replaces it (a final evaluation run again)."""
+  lines = [{"step": 1, "train/loss": 1.0}, {"step": 2, "train/loss": 0.9},
+           {"step": 2, "val/f1": 0.1}, {"step": 3, "train/loss": 0.8}]
+  (tmp_path / "metrics.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in lines) + '{"step": 4, "tra')
+  config = stand_ins.tiny_config(**{"log.tensorboard": False})
+  writer = loop._Writer(tmp_path, config, start=2)
+  writer.write(2, {"val/f1": 0.2})
+  writer.write(3, {"train/loss": 0.7})
+  writer.close()
+  got = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert got == [{"step": 1, "train/loss": 1.0}, {"step": 2, "train/loss": 0.9},
+                 {"step": 2, "val/f1": 0.2}, {"step": 3, "train/loss": 0.7}]
+  # A fresh start (no checkpoint) re-runs every step: nothing of the old log stays.
+  loop._Writer(tmp_path, config, start=0).close()
+  assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+def test_workdir_that_cannot_be_written(tmp_path):
+  import pathlib
+  import sys
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  import storage_helpers
+  from ctjax.errors import StorageError
+  config = stand_ins.tiny_config()
+  afile = tmp_path / "afile"
+  afile.write_text("x")
+  for workdir, message in ((afile, "--workdir is a file, not a folder"),
+                           (afile / "run", f"{afile} is a file, not a folder")):
+    with pytest.raises(StorageError, match=message) as info:
+      loop.train_and_evaluate(config, workdir, task=stand_ins.TinyTask(),
+                              data=stand_ins.MemoryData())
+    assert str(info.value).startswith(str(workdir))
+  with storage_helpers.readonly_dir(tmp_path / "ro") as ro:
+    with pytest.raises(StorageError, match="--workdir is not writable") as info:
+      loop.train_and_evaluate(config, ro, task=stand_ins.TinyTask(),
+                              data=stand_ins.MemoryData())
+  assert str(info.value).startswith(str(ro))
 
 
 def test_resume_refuses_another_configs_checkpoints(reference_run, tmp_path):
