@@ -27,42 +27,20 @@ from __future__ import annotations
 
 import ml_collections
 
-from ctjax.configs import common
+from ctjax.configs import common, drct
 
-PAPER_SLICES = 32   # VI.A.1: CQ500 scans are sampled to 32 slices; `first`/`last` count on them
 BASES = {"cq500": ("drct2_cq500.py", ""), "phantom": ("drct2_phantom.py", "layout=cq500")}
 
 
-def split_arg(arg: str | None, **own) -> tuple[ml_collections.ConfigDict, str]:
-  """(this file's arguments, the rest as the base config's argument string)."""
-  mine, rest = [], []
-  for item in (arg or "").split(","):
-    if item:
-      (mine if item.partition("=")[0] in own else rest).append(item)
-  return common.parse_arg(",".join(mine), **own), ",".join(rest)
-
-
-def base_config(this_file: str, a: ml_collections.ConfigDict, rest: str
-                ) -> ml_collections.ConfigDict:
-  """DrCT1 of the base config named by `a.base`, with `rest` as its arguments."""
-  from ctjax.errors import ConfigError
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a, rest = common.split_arg(arg, base="cq500", first=16, last=22)
   if a.base not in BASES:
+    from ctjax.errors import ConfigError
     raise ConfigError(f"base={a.base!r}; expected one of {sorted(BASES)}")
   name, fixed = BASES[a.base]
   if "layout=" in rest:   # an explicit phantom layout wins over the default
     fixed = ""
-  args = ",".join(x for x in (fixed, rest, "drct1") if x)
-  return common.sibling_config(this_file, name, args)
-
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a, rest = split_arg(arg, base="cq500", first=16, last=22)
-  c = base_config(__file__, a, rest)
-  # VI.A.3: the 16th-22nd of 32 sampled slices at high resolution (0-based [first - 1, last));
-  # on a stack of another length m (RSNA's 28, runlocal's 8) the same share of it.
-  m = int(c.data.num_slices)
-  lo, hi = a.first - 1, a.last or PAPER_SLICES
-  if m != PAPER_SLICES:
-    lo, hi = int(round(lo * m / PAPER_SLICES)), max(int(round(hi * m / PAPER_SLICES)), 1)
-  c.model.hires_slices = (min(lo, hi - 1), hi)
+  c = common.sibling_config(__file__, name, ",".join(x for x in (fixed, rest, "drct1") if x))
+  # VI.A.3: the 16th-22nd of 32 sampled slices at high resolution, on m slices the same share.
+  c.model.hires_slices = drct.model_fusion_slices(int(c.data.num_slices), a.first, a.last)
   return c

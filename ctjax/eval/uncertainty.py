@@ -8,30 +8,28 @@ What `python -m ctjax.evaluate` and `python -m ctjax.tables` print beside each f
   task's per-class sensitivity / specificity / F1 / AUC (blend-sign paper, Tables 3-4).
 - `drct_calibration`: per-label and macro expected calibration error, and the RSNA 2019
   challenge's weighted log loss when the labels are RSNA's.
-- `fold_interval`: across folds, mean ± sample sd and the t-based CI of the mean
-  (mean ± t_{n-1, 1-alpha/2} · sd / sqrt(n)), as a k-fold table reports it.
+The statistics themselves (bootstrap, ECE, log loss, the across-fold t interval) are
+`ctjax.eval.stats`'; this module only says which of them a run's report carries.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
-from scipy import stats as sps
 
 from ctjax.data.labels import RSNA_LABELS
 from ctjax.errors import ConfigError
 from ctjax.eval import stats
 
 DEFAULT_N_BOOT = 1000
-DRCT_KEYS = ("macro_precision", "macro_recall", "macro_f1", "macro_auc")
+DRCT_KEYS = ("macro_precision", "macro_recall", "macro_f1", "macro_auc")   # the tables' order
 BLEND_METRICS = ("sensitivity", "specificity", "f1", "auc")
 
 
 def blend_keys(names: Sequence[str]) -> tuple[str, ...]:
-  """per_class/<name>/{sensitivity, specificity, f1, auc} of each class, then accuracy."""
+  """per_class/<name>/{sensitivity, specificity, f1, auc} of each class (the blend-sign paper's
+  Tables 3-4 quote F1 beside `stats.multiclass_headline_keys`' three), then accuracy."""
   return tuple(f"per_class/{n}/{m}" for n in names for m in BLEND_METRICS) + ("accuracy",)
 
 
@@ -102,36 +100,6 @@ def format_intervals(intervals: Mapping[str, Mapping[str, Any]], digits: int = 4
   lines.append(f"({100 * (1 - first['alpha']):.0f}% {first['method']} bootstrap CIs over "
                f"{first['n']} examples, {first['n_boot']} resamples)")
   return "\n".join(lines)
-
-
-@dataclasses.dataclass(frozen=True)
-class FoldInterval:
-  """A metric over k folds: mean, sample sd (ddof 1), and the t-based CI of the mean."""
-  mean: float
-  sd: float
-  n: int
-  lo: float
-  hi: float
-  alpha: float = 0.05
-
-  def as_dict(self) -> dict[str, float]:
-    return dataclasses.asdict(self)
-
-
-def fold_interval(values: Sequence[float], *, alpha: float = 0.05) -> FoldInterval:
-  """mean ± t_{n-1, 1 - alpha/2} · sd / sqrt(n) over the finite `values` (one per fold); equal
-  to `scipy.stats.ttest_1samp(values, 0).confidence_interval(1 - alpha)` (tested). With one
-  value: sd 0 and no interval (NaN bounds); with none: everything NaN."""
-  v = np.asarray([x for x in values if x is not None and math.isfinite(float(x))], np.float64)
-  nan = float("nan")
-  if v.size == 0:
-    return FoldInterval(nan, nan, 0, nan, nan, alpha)
-  mean = float(v.mean())
-  if v.size == 1:
-    return FoldInterval(mean, 0.0, 1, nan, nan, alpha)
-  sd = float(v.std(ddof=1))
-  half = float(sps.t.ppf(1 - alpha / 2, v.size - 1)) * sd / math.sqrt(v.size)
-  return FoldInterval(mean, sd, int(v.size), mean - half, mean + half, alpha)
 
 
 def add_uncertainty(report: dict[str, Any], outputs: Mapping[str, Any], config: Any, *,

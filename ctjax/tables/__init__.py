@@ -10,6 +10,7 @@ the written tables into docs/.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -26,6 +27,51 @@ SPECS: dict[str, Callable[..., Spec]] = {**drct2.SPECS, **blend.SPECS}
 GROUPS = {"drct2": tuple(drct2.SPECS), "blend": tuple(blend.SPECS),
           "all": tuple(drct2.SPECS) + tuple(blend.SPECS)}
 RUN_LOG = "run_log.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuCost:
+  """Measured wall time of `--preset cpu` on 2 shared CPU cores: once per data set (phantom
+  generation, DICOM → int16 cache, the frozen backbone's feature store, shared by every fold
+  and variant), then per cell (training the heads, its evaluations, the test split's
+  bootstrap). None: not measured."""
+  setup_s: Optional[float]
+  cell_s: Optional[float]
+  measured: str
+
+
+# From cells/*/cell.json and the logs of `python -m ctjax.tables drct2_table3 --preset cpu`
+# (docs/tables.md), the 2 cores shared with other training jobs throughout.
+CPU_COSTS = {
+    "cq500": CpuCost(1200.0, 110.0, "300 scans, m = 32: setup 20 min (feature store 14 min), "
+                     "cells 107-112 s"),
+    "rsna": CpuCost(None, None, "1,280 scans, m = 28"),
+    "blend": CpuCost(None, None, "configs/blend_phantom.py as it stands"),
+}
+
+
+def cpu_estimate(spec: Spec, ctx: Context) -> str:
+  """"N cells: ~T" from CPU_COSTS (every data set's setup counted once), or what is unknown."""
+  cells = list(dict.fromkeys(spec.cells))
+  if not cells:
+    return "no cells (reads the prepared data sets)"
+  per = {}
+  for c in cells:
+    per[c.dataset] = per.get(c.dataset, 0) + 1
+  total, unknown = 0.0, []
+  for name, n in per.items():
+    cost = CPU_COSTS.get(name)
+    if cost is None or cost.setup_s is None or cost.cell_s is None:
+      unknown.append(name)
+      continue
+    done = (ctx.workdir / "data" / name).is_dir()
+    total += (0.0 if done else cost.setup_s) + n * cost.cell_s
+  plural = "s" if len(cells) > 1 else ""
+  text = f"{len(cells)} cell{plural} ({', '.join(f'{k} {v}' for k, v in per.items())})"
+  if unknown:
+    return text + f"; not measured on {', '.join(unknown)}" + (
+        f" (the rest ~{total / 60:.0f} min)" if total else "")
+  return text + f": ~{total / 60:.0f} min on 2 shared cores"
 
 
 def expand(names: Sequence[str]) -> list[str]:

@@ -4,7 +4,7 @@ Trains and evaluates every cell the named tables need (finished cells skipped, a
 resumed from its checkpoint) and writes each table as Markdown + CSV (+ PNG figures) with our
 figures, their 95 % CIs and the paper's numbers side by side, to DIR/tables (or --out).
 
-  python -m ctjax.tables list                                     # the tables and groups
+  python -m ctjax.tables --list [--preset cpu]    # the tables, their cells, the cpu wall times
   python -m ctjax.tables drct2_table3 --preset cpu --workdir runs/tables
   python -m ctjax.tables drct2 --preset paper --workdir runs/paper \
       --rsna_root /data/rsna --cq500_root /data/cq500 \
@@ -46,6 +46,8 @@ def _flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer("seed", 0, "seed of the bootstrap resampling", flag_values=fv)
   flags.DEFINE_string("docs", "docs", "report: the docs folder (RESULTS.md, tables/)",
                       flag_values=fv)
+  flags.DEFINE_bool("list", False, "list the tables, their cells under --preset and (cpu) "
+                    "the estimated wall time, then exit", flag_values=fv)
   flags.DEFINE_bool("compile_cache", True, "share compiled programs between cells "
                     "(WORKDIR/jax_cache)", flag_values=fv)
   cli.distributed_flags(fv)
@@ -81,14 +83,10 @@ def _command(fv, name: str) -> str:
 
 def _main(fv, _config, args) -> int:
   from ctjax import tables
+  if fv.list or args == ["list"]:
+    return _list(fv, tables)
   if not args:
-    raise cli.UsageError("name a table (python -m ctjax.tables list)")
-  if args == ["list"]:
-    for name, spec in tables.SPECS.items():
-      print(f"{name:18s} {(spec.__doc__ or '').strip()}")
-    for group, names in tables.GROUPS.items():
-      print(f"{group:18s} {' '.join(names)}")
-    return 0
+    raise cli.UsageError("name a table (python -m ctjax.tables --list)")
   if not fv.workdir:
     raise cli.UsageError("--workdir DIR is required")
   workdir = pathlib.Path(fv.workdir)
@@ -128,6 +126,26 @@ def _main(fv, _config, args) -> int:
   made = tables.make_tables(args, ctx, out, lambda n: _command(fv, n), folds=folds)
   for t in made:
     print(out / f"{t.name}.md")
+  return 0
+
+
+def _list(fv, tables) -> int:
+  """Each table: what it is, its cells under --preset, and for cpu the estimated wall time."""
+  from ctjax.tables.grid import Context
+  ctx = Context(pathlib.Path(fv.workdir or "runs/tables"), pathlib.Path(fv.config_dir),
+                fv.preset)
+  folds = [int(f) for f in fv.folds.split(",")] if fv.folds else None
+  for name, make in tables.SPECS.items():
+    line = f"{name:16s} {(make.__doc__ or '').strip()}"
+    if ctx.config_dir.is_dir():
+      spec = make(ctx, "", chosen=folds)
+      if fv.preset == "cpu":
+        line += f"\n{'':16s} --preset cpu: {tables.cpu_estimate(spec, ctx)}"
+      else:
+        line += f"\n{'':16s} --preset {fv.preset}: {len(set(spec.cells))} cells"
+    print(line)
+  for group, names in tables.GROUPS.items():
+    print(f"{group:16s} {' '.join(names)}")
   return 0
 
 

@@ -297,10 +297,14 @@ def enable_compilation_cache(path: pathlib.Path) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def folds_of(default: Iterable[int], chosen: Optional[Sequence[int]]) -> list[int]:
-  """The preset's folds, or the --folds chosen among them (those outside are dropped)."""
-  default = list(default)
+def folds_of(default: Iterable[int], chosen: Optional[Sequence[int]],
+             num_folds: Optional[int] = None) -> list[int]:
+  """The preset's default folds, or the --folds chosen (each in [0, num_folds) when given)."""
   if chosen is None:
-    return default
-  return [f for f in chosen if f in default] or default[:0]
-
+    return list(default)
+  if num_folds is not None:
+    bad = [f for f in chosen if not 0 <= int(f) < num_folds]
+    if bad:
+      raise ConfigError(f"--folds {','.join(map(str, chosen))}: fold {bad[0]} is not in "
+                        f"0..{num_folds - 1} (the data set's {num_folds} folds)")
+  return [int(f) for f in dict.fromkeys(chosen)]

@@ -2,7 +2,7 @@
 as Markdown + CSV (+ the PNG figures, matplotlib).
 
 Each figure of ours is, over k >= 2 folds, "mean ± sd [lo, hi]": the mean over the folds'
-test splits, the sample sd, and the t-based 95 % CI of the mean (`ctjax.eval.uncertainty.
+test splits, the sample sd, and the t-based 95 % CI of the mean (`ctjax.eval.stats.
 fold_interval`); with one fold, "value [lo, hi]": that fold's seeded scan-level bootstrap
 95 % CI. Every cell's own figure and bootstrap CI is in `<table>_cells.csv`. Comparisons of
 two rows (`compare`) give the paired t-test over folds (`ctjax.eval.stats.paired_t_test`, the
@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ctjax.eval import stats, uncertainty
+from ctjax.eval import stats
 from ctjax.tables.grid import CellResult
 
 
@@ -33,7 +33,7 @@ def num(x: Optional[float], digits: int = 3) -> str:
 class Figure:
   """One of our figures over a row's cells (a metric over folds)."""
   values: list[float]
-  fold: uncertainty.FoldInterval
+  fold: stats.FoldInterval
   boot: tuple[float, float]          # the bootstrap CI when there is one fold
 
   def text(self, digits: int = 3) -> str:
@@ -50,7 +50,7 @@ def figure(results: Sequence[CellResult], key: str,
   """`key` of each cell (or `value_fn(cell)`), aggregated over the cells (folds)."""
   values = [value_fn(r) if value_fn else r.scalar(key) for r in results]
   boot = results[0].ci(key) if len(results) == 1 and value_fn is None else (math.nan, math.nan)
-  return Figure(values, uncertainty.fold_interval(values), boot)
+  return Figure(values, stats.fold_interval(values), boot)
 
 
 @dataclasses.dataclass

@@ -23,14 +23,14 @@ def _drct_outputs(n=60, seed=0):
 
 def test_fold_interval_is_scipy_one_sample_t_interval():
   values = [0.81, 0.86, 0.79, 0.9, 0.84]
-  got = uncertainty.fold_interval(values)
+  got = stats.fold_interval(values)
   ci = sps.ttest_1samp(values, 0.0).confidence_interval(0.95)
   assert got.n == 5 and math.isclose(got.mean, np.mean(values))
   assert math.isclose(got.sd, np.std(values, ddof=1))
   np.testing.assert_allclose([got.lo, got.hi], [ci.low, ci.high], rtol=1e-12)
-  one = uncertainty.fold_interval([0.5, float("nan")])
+  one = stats.fold_interval([0.5, float("nan")])
   assert one.n == 1 and one.mean == 0.5 and math.isnan(one.lo)
-  assert uncertainty.fold_interval([]).n == 0
+  assert stats.fold_interval([]).n == 0
 
 
 def test_drct_intervals_are_the_scan_bootstrap_of_the_valid_rows():
