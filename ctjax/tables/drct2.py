@@ -17,10 +17,10 @@
 Presets (`DATASETS`): `paper` is the paper's setting (configs/drct2_rsna.py and
 configs/drct2_cq500.py, 5 and 10 folds, on the user's data: `--rsna_root`, `--cq500_root`, and
 `--override model.backbone_weights=…`); `cpu` is its analogue on generated phantoms in the RSNA
-and CQ500 layouts (configs/drct2_phantom.py, its shipped phantom-pretrained backbone, fewer
-scans and epochs), every fold of the paper except Figure 6 (3 of the 10 folds); `smoke` runs
-the same grids with `runlocal` cells on tiny phantoms (seconds a cell; figures meaningless) to
-check the machinery.
+and CQ500 layouts (configs/drct2_phantom.py and its shipped phantom-pretrained backbone), fold 0
+of each data set (`--folds` runs others; the measured wall times are in docs/tables.md and
+`python -m ctjax.tables --list`); `smoke` runs the same grids with `runlocal` cells on tiny
+phantoms (seconds a cell; figures meaningless) to check the machinery.
 """
 
 from __future__ import annotations
@@ -101,7 +101,6 @@ class DataSet:
   fusion_base: str
   num_folds: int
   overrides: tuple[tuple[str, Any], ...] = ()
-  figure6_folds: Optional[tuple[int, ...]] = None
 
 
 _SMOKE = (("data.synth.size", 64),
@@ -583,7 +582,7 @@ def figure6(ctx: Context, command: str, chosen=None) -> Spec:
   ds = dataset(ctx, "cq500")
   mkeys = figure6_mkeys(ctx, ds)
   variants = [f"mkey{k}_{s}" for k in mkeys for s in ("attention", "random")]
-  g = cells_of(ctx, ds, variants, folds=ds.figure6_folds or ds.folds, chosen=chosen)
+  g = cells_of(ctx, ds, variants, chosen=chosen)
 
   def make(results, out_dir):
     names = _labels(ctx, ds)
