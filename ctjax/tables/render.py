@@ -89,7 +89,8 @@ class Table:
   def timing_line(self) -> str:
     cell_s = sum(float(r.meta.get("wall_seconds", 0.0)) for r in self.cells)
     n = len({r.cell.key for r in self.cells})
-    text = (f"Preset `{self.preset}`: {n} cells ({_duration(cell_s)} of training and "
+    plural = "s" if n != 1 else ""
+    text = (f"Preset `{self.preset}`: {n} cell{plural} ({_duration(cell_s)} of training and "
             "evaluation when they were made; cells shared with other tables are made once)")
     if self.wall_seconds is not None:
       text += f"; this command's wall time {_duration(self.wall_seconds)}"
