@@ -52,23 +52,29 @@ CPU_COSTS = {
 
 
 def cpu_estimate(spec: Spec, ctx: Context) -> str:
-  """"N cells: ~T" from CPU_COSTS (every data set's setup counted once), or what is unknown."""
+  """"N cells: ~T" from CPU_COSTS for the cells not finished in ctx.workdir (a data set's setup
+  counted once, unless its data folder is there), or what is not measured."""
   cells = list(dict.fromkeys(spec.cells))
   if not cells:
     return "no cells (reads the prepared data sets)"
-  per = {}
+  from ctjax.tables.grid import is_done
+  per, todo = {}, {}
   for c in cells:
     per[c.dataset] = per.get(c.dataset, 0) + 1
+    todo[c.dataset] = todo.get(c.dataset, 0) + (not is_done(c, ctx))
   total, unknown = 0.0, []
-  for name, n in per.items():
+  for name, n in todo.items():
     cost = CPU_COSTS.get(name)
     if cost is None or cost.setup_s is None or cost.cell_s is None:
       unknown.append(name)
       continue
-    done = (ctx.workdir / "data" / name).is_dir()
-    total += (0.0 if done else cost.setup_s) + n * cost.cell_s
+    prepared = (ctx.workdir / "data" / name).is_dir()
+    total += (0.0 if prepared or not n else cost.setup_s) + n * cost.cell_s
   plural = "s" if len(cells) > 1 else ""
   text = f"{len(cells)} cell{plural} ({', '.join(f'{k} {v}' for k, v in per.items())})"
+  finished = len(cells) - sum(todo.values())
+  if finished:
+    text += f", {finished} finished"
   if unknown:
     return text + f"; not measured on {', '.join(unknown)}" + (
         f" (the rest ~{total / 60:.0f} min)" if total else "")
