@@ -56,6 +56,7 @@ class Outcome:
   last_line: str = ""
   note: str = ""
   stderr_tail: list = dataclasses.field(default_factory=list)   # JSON only: the last lines
+  signalled: str = ""      # interrupt cases: whether and when the signal went out
 
 
 class Context:
@@ -97,6 +98,9 @@ class Context:
           time.sleep(0.05)
         if proc.poll() is None:
           os.killpg(proc.pid, signal.SIGINT)
+          out.signalled = f"SIGINT sent at {time.time() - t0:.1f} s"
+        else:
+          out.signalled = "the command ended before the signal was due (not interrupted)"
       stdout, stderr = proc.communicate(timeout=max(1.0, timeout - (time.time() - t0)))
     except subprocess.TimeoutExpired:
       os.killpg(proc.pid, signal.SIGKILL)
@@ -440,7 +444,8 @@ def _cq500_no_name(root):
 
 def _cq500_traversal(root):
   outside = root.parent / "outside" / "CQ500-CT-9"
-  shutil.copytree(root / "CQ500-CT-0", outside)
+  study = next(root / c for c in ("CQ500-CT-0", "CQ500CT0 CQ500CT0") if (root / c).is_dir())
+  shutil.copytree(study, outside)
   rows = _cq500_rows(root)
   rows.append(["../outside/CQ500-CT-9"] + rows[1][1:])
   _write_rows(root / "reads.csv", rows)
@@ -639,9 +644,10 @@ def ctrl_c_prepare(ctx, out, d):
   ctx.run(out, ["-m", "ctjax.prepare", "--config", RSNA_CFG,
                 f"--config.data.root={ctx.many_shards()}", f"--config.data.cache_dir={cache}",
                 "--config.data.image_size=64", "--config.data.num_workers=2"],
-          interrupt_when=lambda: bool(list(cache.glob("*/shard_*.json"))))
+          interrupt_when=lambda: bool(list(cache.glob("*/shard_*"))))
   kept = len(list(cache.glob("*/shard_*.json")))
-  out.note = f"SIGINT to the process group after the first shard; {kept} of 5 shard(s) kept"
+  out.note = (f"SIGINT to the process group after the first shard ({out.signalled}); {kept} "
+              "of 5 shard(s) kept")
 
 
 def ctrl_c_train(ctx, out, d):
@@ -650,7 +656,7 @@ def ctrl_c_train(ctx, out, d):
                 *ctx.run_overrides(), "--config.train.num_epochs=40",
                 "--config.train.max_steps=40", "--config.checkpoint.every_steps=2"],
           interrupt_when=lambda: bool(_steps(run / "checkpoints" / "latest")))
-  out.note = (f"SIGINT after the first checkpoint; checkpoints kept: "
+  out.note = (f"SIGINT after the first checkpoint ({out.signalled}); checkpoints kept: "
               f"{_steps(run / 'checkpoints' / 'latest')}")
 
 

@@ -55,7 +55,9 @@ def stage_config(spec: dict[str, Any], stage: str):
   c.data.image_size = c.model.primary_size = spec["size"]
   c.model.aps_size = spec["aps"]
   c.model.backbone_width = spec["width"]
-  c.model.backbone_weights = ""
+  # One random backbone file for every stage, so that head training finds the store that the
+  # store stage built (the store is keyed by the backbone's values).
+  c.model.backbone_weights = spec.get("backbone_weights", "")
   c.features.enabled = stage in ("store", "heads")
   c.features.chunk = spec["chunk"]
   c.train.batch_size = spec["e2e_batch"] if stage == "e2e" else spec["batch"]
@@ -64,6 +66,7 @@ def stage_config(spec: dict[str, Any], stage: str):
   c.train.log_every_steps = max(1, c.train.max_steps // 2)
   c.evals.val.every_epochs = 0
   c.evals.val.every_steps = -1
+  c.evals.highlight_scale_split = ""   # an O(val split) prediction after training: not training
   c.checkpoint.every_steps = -1
   c.checkpoint.best_metric = ""
   c.checkpoint.async_save = False
@@ -86,6 +89,7 @@ def run_stage(stage: str, spec: dict[str, Any]) -> dict[str, Any]:
     scans = splits["train"].scans
     model = drct.TASK.build_model(config)
     variables = weights.random_variables(drct.init_model(model), drct.init_input(config))
+    variables = drct.TASK.load_pretrained(config, variables)
     total = sum(s.num_slices for s in scans.scans)
     features.build_store(config, scans, model, variables, progress=False)
     seconds = time.perf_counter() - t0
@@ -116,6 +120,18 @@ def _child(stage: str, spec: dict[str, Any]) -> dict[str, Any]:
 STAGES = ("store", "heads", "e2e")
 
 
+def _random_backbone(spec: dict[str, Any], path: pathlib.Path) -> pathlib.Path:
+  """A random VGG16 at the preset's width, written once as a weights file."""
+  if not path.exists():
+    from ctjax.models import weights
+    from ctjax.train.tasks import drct
+    config = stage_config(spec, "store")
+    model = drct.TASK.build_model(config)
+    variables = weights.random_variables(drct.init_model(model), drct.init_input(config))
+    weights.save_variables(path, {"params": variables["params"]["backbone"]})
+  return path
+
+
 def measure(preset: dict[str, Any], base: pathlib.Path, stages=STAGES) -> list[dict[str, Any]]:
   from ctjax.data import fake
   rows = []
@@ -123,6 +139,7 @@ def measure(preset: dict[str, Any], base: pathlib.Path, stages=STAGES) -> list[d
     spec = {k: v for k, v in preset.items() if k != "scans"}
     spec.update(root=str(base / f"n{n}" / "root"), cache_dir=str(base / f"n{n}" / "cache"),
                 workdir=str(base / f"n{n}" / "runs"))
+    spec["backbone_weights"] = str(_random_backbone(spec, base / "backbone.npz"))
     t0 = time.perf_counter()
     manifest = fake.write_random_cache_for(stage_config(spec, "store"), num_scans=n,
                                            slices=tuple(preset["slices"]), seed=n)

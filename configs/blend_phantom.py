@@ -1,16 +1,30 @@
 """Blend-sign detector on generated `blend` phantoms, small enough for 2 CPU cores (minutes).
 
   python -m ctjax.train --config configs/blend_phantom.py --workdir runs/blend_phantom
-  python -m ctjax.evaluate --workdir runs/blend_phantom --json runs/blend_phantom/eval.json
+  python -m ctjax.evaluate --workdir runs/blend_phantom --split test
   # Table 3 ablation (each a few minutes on 2 CPU cores):
   python -m ctjax.distill --config configs/blend_phantom.py:variant=wce --workdir runs/abl_wce
   python -m ctjax.distill --config configs/blend_phantom.py:variant=wce_at --workdir runs/abl_at
   python -m ctjax.distill --config configs/blend_phantom.py:variant=wce_at_skd --workdir runs/abl_skd
 
-The paper's configuration (configs/blend_resnet50.py, `ctjax.configs.blend`) shrunk: ResNet-50 at 1/8 width, 96 px
-slices, a few hundred steps; every paper hyper-parameter (class weights, λ's, optimizer,
-schedule, augmentation, SKD) is unchanged. Arguments as blend_resnet50.py plus `size`,
-`num_scans`, `steps`.
+Measured (`python -m ctjax.train --config configs/blend_phantom.py --workdir runs/blend_phantom`,
+then `python -m ctjax.evaluate --workdir runs/blend_phantom --split test`): 9 min 31 s wall on 2
+shared CPU cores (data generation and cache included); best checkpoint step 1,500. Test split
+(fold 0, 1,300 slices): AUC non-ICH 0.998 / normal ICH 0.992 / blend sign 0.999;
+blend-sign sensitivity 0.934, specificity 0.998, F1 0.947; macro-F1 0.953, accuracy 0.983.
+Validation (fold 1) at step 1,500: AUC 0.967 / 0.948 / 1.000, macro-F1 0.927.
+
+The paper's configuration (configs/blend_resnet50.py, `ctjax.configs.blend`) shrunk: ResNet-50
+at 1/8 width, 128 px slices, 150 scans, 1,500 steps. As the paper fine-tunes an ImageNet
+ResNet-50 ("Pre-trained networks"), this config fine-tunes
+`asset:resnet50_w0125_blend_phantom.npz`, the same backbone pretrained on separately seeded
+blend phantoms (configs/pretrain_blend_phantom.py; never these scans), at 1/10 of the paper's
+base learning rate (1e-3: at 0.01 the pretrained features are lost in the first few hundred
+steps). Every other paper hyper-parameter (class weights, λ's, SGD with momentum, poly decay,
+augmentation, SKD) is unchanged.
+Arguments as blend_resnet50.py plus `size`, `num_scans`, `steps`, `width`; the pretrained
+backbone is used for backbone=resnet50 at width 0.125 only (other backbones and widths train
+from scratch).
 """
 
 from __future__ import annotations
@@ -19,15 +33,19 @@ import ml_collections
 
 from ctjax.configs import blend, common
 
+# configs/pretrain_blend_phantom.py's export, shipped in ctjax/assets.
+PRETRAINED = "asset:resnet50_w0125_blend_phantom.npz"
+PRETRAINED_WIDTH = 0.125
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, variant="wce_at_skd", backbone="resnet50", fold=0, rounds=1,
-                       size=96, num_scans=60, steps=300, width=0.125)
+                       size=128, num_scans=150, steps=1500, width=PRETRAINED_WIDTH)
   c = blend.blend_config(variant=a.variant, backbone=a.backbone, fold=a.fold, rounds=a.rounds)
   c.train.batch_size = 16
   c.train.num_epochs = 1000           # bounded by max_steps.
   c.train.max_steps = a.steps
-  c.train.log_every_steps = 25
+  c.train.log_every_steps = 50
 
   c.data.layout = "phantom"
   c.data.root = ""                    # generated under <workdir>/data (shared across rounds).
@@ -35,15 +53,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.synth = ml_collections.ConfigDict()
   c.data.synth.layout = "blend"
   c.data.synth.num_scans = a.num_scans
-  c.data.synth.seed = 0
+  c.data.synth.seed = 0               # configs/pretrain_blend_phantom.py uses another seed.
   c.data.synth.size = a.size
 
   c.model.backbone_width = a.width
   c.model.det_hidden = 32
-  c.model.backbone_weights = ""       # no downloads: trained from scratch on phantoms.
+  # The stand-in for ImageNet weights (no downloads here): see the module docstring.
+  pretrained = a.backbone == "resnet50" and a.width == PRETRAINED_WIDTH
+  c.model.backbone_weights = PRETRAINED if pretrained else ""
 
-  c.evals.every_steps = 100
-  c.checkpoint.every_steps = 100
+  # Fine-tuning a pretrained backbone: 1/10 of the paper's base-lr 0.01 (SGD, poly decay kept).
+  # At 0.01 the shipped backbone's features are lost early: val macro-AUC 0.80-0.83 over steps
+  # 250-750 (vs 0.96-0.97 at 1e-3). From scratch (other backbones/widths) the paper's 0.01.
+  if pretrained:
+    c.optimizer.lr = 1e-3
+
+  c.evals.every_steps = 250
+  c.checkpoint.every_steps = 250
   c.checkpoint.async_save = False
   c.log.progress_bar = False
   return c

@@ -59,7 +59,8 @@ def _export(fv) -> int:
   run = inference.load_run(fv.workdir, fv.step)
   if run.config.task != "pretrain":
     raise ConfigError(f"{fv.workdir}: task {run.config.task!r} is not a pretraining run")
-  out = pretrain.export_backbone(run.host_variables(), fv.out)
+  out = pretrain.export_backbone(run.host_variables(), fv.out,
+                                 backbone=run.config.model.get("backbone", "vgg16"))
   print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) from step {run.step}")
   return 0
 

@@ -21,19 +21,26 @@ def _run(config: pathlib.Path, *extra):
                         capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
 
 
-def test_prepare_cli(tmp_path):
-  write_rsna_tree(tmp_path / "rsna", num_scans=3, slices=3, size=16)
+def _config_file(tmp_path, root, cache, workers=0, layout="rsna", image_size=16):
   cfg = tmp_path / "cfg.py"
   cfg.write_text(
       "from ctjax.configs.common import base_config\n"
       "def get_config():\n"
       "  c = base_config()\n"
       "  c.task = 'drct'\n"
-      "  c.data.layout = 'rsna'\n"
-      f"  c.data.root = {str(tmp_path / 'rsna')!r}\n"
-      f"  c.data.cache_dir = {str(tmp_path / 'cache')!r}\n"
-      "  c.data.image_size = 8\n"
+      f"  c.data.layout = {layout!r}\n"
+      f"  c.data.root = {str(root)!r}\n"
+      f"  c.data.cache_dir = {str(cache)!r}\n"
+      f"  c.data.image_size = {image_size}\n"
+      f"  c.data.num_workers = {workers}\n"
+      "  c.log.progress_bar = False\n"
       "  return c\n")
+  return cfg
+
+
+def test_prepare_cli(tmp_path):
+  write_rsna_tree(tmp_path / "rsna", num_scans=3, slices=3, size=16)
+  cfg = _config_file(tmp_path, tmp_path / "rsna", tmp_path / "cache", image_size=8)
   r = _run(cfg)
   assert r.returncode == 0, r.stderr
   assert "3 scans, 9 slices at 8 px" in r.stdout
@@ -76,16 +83,7 @@ def test_prepare_cli_bad_label_cell_one_line(tmp_path):
   lines = csv.read_text().splitlines()
   lines[3] = lines[3].rsplit(",", 1)[0] + ",2"
   csv.write_text("\n".join(lines) + "\n")
-  cfg = tmp_path / "cfg.py"
-  cfg.write_text(
-      "from ctjax.configs.common import base_config\n"
-      "def get_config():\n"
-      "  c = base_config()\n"
-      "  c.data.layout = 'rsna'\n"
-      f"  c.data.root = {str(tmp_path / 'rsna')!r}\n"
-      f"  c.data.cache_dir = {str(tmp_path / 'cache')!r}\n"
-      "  c.data.image_size = 8\n"
-      "  return c\n")
+  cfg = _config_file(tmp_path, tmp_path / "rsna", tmp_path / "cache", image_size=8)
   r = _run(cfg)
   assert r.returncode == 1
   lines = [ln for ln in r.stderr.strip().splitlines() if not ln[:4].isdigit()]   # log lines
@@ -97,16 +95,7 @@ def test_prepare_cli_lenient_skips_text_dcm(tmp_path):
   write_rsna_tree(tmp_path / "rsna", num_scans=2, slices=2, size=8)
   bad = sorted((tmp_path / "rsna" / "stage_2_train").iterdir())[0]
   bad.write_text("not a DICOM file\n")
-  cfg = tmp_path / "cfg.py"
-  cfg.write_text(
-      "from ctjax.configs.common import base_config\n"
-      "def get_config():\n"
-      "  c = base_config()\n"
-      "  c.data.layout = 'rsna'\n"
-      f"  c.data.root = {str(tmp_path / 'rsna')!r}\n"
-      f"  c.data.cache_dir = {str(tmp_path / 'cache')!r}\n"
-      "  c.data.image_size = 8\n"
-      "  return c\n")
+  cfg = _config_file(tmp_path, tmp_path / "rsna", tmp_path / "cache", image_size=8)
   r = _run(cfg)
   assert r.returncode == 1 and str(bad) in r.stderr and "lenient" in r.stderr
   r = _run(cfg, "--config.data.lenient=True")
@@ -128,23 +117,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import storage_helpers  # noqa: E402
 from ctjax import cli  # noqa: E402
 from ctjax import prepare as prepare_cli  # noqa: E402
-
-
-def _config_file(tmp_path, root, cache, workers=0, layout="rsna"):
-  cfg = tmp_path / "cfg.py"
-  cfg.write_text(
-      "from ctjax.configs.common import base_config\n"
-      "def get_config():\n"
-      "  c = base_config()\n"
-      "  c.task = 'drct'\n"
-      f"  c.data.layout = {layout!r}\n"
-      f"  c.data.root = {str(root)!r}\n"
-      f"  c.data.cache_dir = {str(cache)!r}\n"
-      "  c.data.image_size = 16\n"
-      f"  c.data.num_workers = {workers}\n"
-      "  c.log.progress_bar = False\n"
-      "  return c\n")
-  return cfg
 
 
 def _error_lines(text):

@@ -626,6 +626,11 @@ class CachedScans:
       self._mmaps[shard] = arr
     return arr
 
+  def release(self, shard: int) -> None:
+    """Drops shard's memory map (its pages leave this process's resident set); `hu` maps it
+    again when next asked. For one pass over every shard (the feature store)."""
+    self._mmaps.pop(shard, None)
+
   def scan_hu(self, i: int, slices: Optional[np.ndarray] = None) -> np.ndarray:
     """int16 [S or len(slices), H, W] of scan i (a copy)."""
     s = self.scans[i]

@@ -103,7 +103,7 @@ class DataSet:
   overrides: tuple[tuple[str, Any], ...] = ()
 
 
-_SMOKE = (("data.synth.size", 64),
+_SMOKE = (("data.synth.size", 64), ("evals.highlight_scale_split", ""),
           ("train.max_steps", 2), ("checkpoint.every_steps", 2))
 DATASETS: dict[str, dict[str, DataSet]] = {
     "paper": {   # every fold of the paper (VI.A.1: 5-fold RSNA, 10-fold CQ500)

@@ -286,6 +286,8 @@ def _build_local(run, params, scans, shards, rows, calls, local_chunk, mesh, pat
       hu = scans.hu(j)
       for start in range(0, rows[j], local_chunk):
         yield j, start, np.asarray(hu[start:start + local_chunk])
+      del hu
+      scans.release(j)   # unmap the shard: resident memory stays O(shard), not O(data set)
 
   source = stream()
   pending: list[tuple[int, int, np.ndarray]] = []   # (shard, start, hu) not yet fed

@@ -423,8 +423,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if type(task).after_training is not Task.after_training:   # e.g. export the backbone
       chosen = state
       if ckpt.best_value is not None:
-        chosen, best_step = restore_state(workdir, state, which="best")
-        log.info("after_training: best state of step %d (%s)", best_step, ckpt.best_metric)
+        # "auto": a best checkpoint that no longer restores falls back to the latest (the
+        # final state, just saved) with a warning, instead of failing a finished run.
+        chosen, best_step = restore_state(workdir, state, which="auto")
+        log.info("after_training: state of step %d (best by %s where it restores)", best_step,
+                 ckpt.best_metric)
       task.after_training(config, str(workdir), parallel.replicated_to_host(chosen.variables()))
   finally:
     _close_all(*([bar.close] if bar is not None else []), writer.close, ckpt.close)

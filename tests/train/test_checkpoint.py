@@ -204,6 +204,31 @@ def test_resume_from_the_previous_intact_step(reference_run, tmp_path, caplog):
   np.testing.assert_allclose([got[s] for s in (5, 6)], [ref[s] for s in (5, 6)], rtol=1e-6)
 
 
+def test_finished_run_with_a_broken_best_checkpoint_hands_the_latest_to_after_training(
+    reference_run, tmp_path, caplog):
+  """A task with an after_training hook (DrCT's highlight scale) gets the best state; when the
+  best checkpoint no longer restores it gets the final state with a warning, and the run ends
+  normally instead of failing after all its training."""
+  from ctjax.train import loop
+  workdir, config = _copy_run(reference_run, tmp_path)
+  best = workdir / "checkpoints" / "best"
+  steps = [p for p in best.iterdir() if p.name.isdigit()]
+  assert steps
+  for p in steps:
+    corrupt_arrays(p)
+  chosen = {}
+
+  class Hooked(stand_ins.TinyTask):
+    def after_training(self, config, workdir, variables):
+      chosen["variables"] = variables
+
+  with caplog.at_level(logging.WARNING, logger="ctjax.train.checkpoint"):
+    loop.train_and_evaluate(config, workdir, task=Hooked(), data=stand_ins.MemoryData())
+  assert "variables" in chosen
+  assert any("cannot be restored" in r.getMessage() and "using latest step 6" in r.getMessage()
+             for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
 def test_resume_refuses_a_checkpoint_of_two_processes(reference_run, tmp_path):
   """Data iterator states of 2 processes (as a 2-process run writes them) in a 1-process
   resume: one line saying so and how to resume; nothing restored, moved or written."""

@@ -129,8 +129,13 @@ def test_store_is_reused_keyed_and_resumes_missing_shards(built, monkeypatch):
   # Another APS zoom is another key: a new store beside the first.
   other = config.copy_and_resolve_references()
   other.model.aps_size = 32
+  mapped = []
+  real_release = scans.release
+  monkeypatch.setattr(scans, "release", lambda j: (mapped.append(j), real_release(j)))
   moved = F.build_store(other, scans, model.clone(aps_size=32), variables)
   assert moved.path != store.path and moved.path.parent == store.path.parent
+  # Each HU shard is unmapped once its rows are done (resident memory O(shard)).
+  assert sorted(mapped) == list(range(len(scans.manifest["shards"]))) and not scans._mmaps
   np.testing.assert_array_equal(moved.array(0, "pooled"), store.array(0, "pooled"))
 
 

@@ -223,7 +223,8 @@ def test_skd_soft_labels_are_added_on_the_host_to_train_batches(model_and_vars, 
 
 def test_a_few_sgd_steps_reduce_the_loss(model_and_vars):
   model, v = model_and_vars
-  cfg = _config("wce_at", **{"data.augment.enabled": False})
+  # From scratch (TinyBackbone): the paper's base-lr (blend_phantom fine-tunes at 1e-3).
+  cfg = _config("wce_at", **{"data.augment.enabled": False, "optimizer.lr": 0.01})
   batch = jax.tree.map(jnp.asarray, _batch(6))
   tx, _ = optim.make_optimizer(cfg, optim.total_steps(cfg, 100), 100,
                                lambda p: blend.TASK.param_groups(cfg, p))
@@ -246,7 +247,7 @@ def test_a_few_sgd_steps_reduce_the_loss(model_and_vars):
 
 
 def test_optimizer_is_torch_sgd_with_poly_decay():
-  cfg = _config("wce", **{"train.max_steps": 10})
+  cfg = _config("wce", **{"train.max_steps": 10, "optimizer.lr": 0.01})   # the paper's base-lr
   tx, _ = optim.make_optimizer(cfg, optim.total_steps(cfg, 5), 5,
                                lambda p: blend.TASK.param_groups(cfg, p))
   w0 = np.array([1.0, -2.0, 0.5], np.float32)
@@ -299,3 +300,42 @@ def test_predict_summarize_match_sklearn_and_figures(model_and_vars, tmp_path):
   for p in paths + [cam]:
     with open(p, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------ pretrained backbone
+
+
+def test_blend_phantom_fine_tunes_the_shipped_backbone_of_another_seed():
+  from configs import pretrain_blend_phantom
+  from ctjax.models import weights
+  c = blend_phantom.get_config()
+  assert c.model.backbone == "resnet50"
+  assert c.model.backbone_weights == "asset:resnet50_w0125_blend_phantom.npz"
+  # Shapes of the configured model (free: eval_shape), zero values, then the asset loaded.
+  model = blend.TASK.build_model(c)
+  shapes = jax.eval_shape(lambda: blend.TASK.init_variables(model, c, jax.random.PRNGKey(0)))
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  loaded = blend.TASK.load_pretrained(c, zeros)
+  asset = weights.load_variables(weights.resolve_weights_path(c.model.backbone_weights))
+  assert set(asset) == {"params", "batch_stats"}
+  for col in ("params", "batch_stats"):
+    assert jax.tree.structure(loaded[col]) == jax.tree.structure(shapes[col])
+    jax.tree.map(lambda a, s: np.testing.assert_equal(a.shape, s.shape), loaded[col],
+                 shapes[col])
+    jax.tree.map(np.testing.assert_array_equal, loaded[col]["backbone"], asset[col])
+    for name, tree in loaded[col].items():   # the heads keep their (zero) initial values
+      if name != "backbone":
+        assert not any(np.any(a) for a in jax.tree.leaves(tree)), name
+  assert np.abs(loaded["params"]["backbone"]["conv1"]["kernel"]).max() > 0
+  # Its recipe: the same backbone, width and windows on phantoms of another seed.
+  pre = pretrain_blend_phantom.get_config()
+  assert (pre.model.backbone, pre.model.backbone_width) == (c.model.backbone,
+                                                            c.model.backbone_width)
+  assert pre.data.synth.layout == c.data.synth.layout == "blend"
+  assert pre.data.synth.seed != c.data.synth.seed   # never the evaluation phantoms
+  assert pre.data.windows == c.data.windows
+  # Other backbones / widths have no shipped file: from scratch, at the paper's base-lr.
+  for arg in ("backbone=vgg16", "width=0.0625"):
+    scratch = blend_phantom.get_config(arg)
+    assert scratch.model.backbone_weights == "" and scratch.optimizer.lr == 0.01
+  assert c.optimizer.lr == 1e-3 and c.optimizer.schedule == "poly"   # fine-tuning

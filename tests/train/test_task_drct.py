@@ -272,3 +272,19 @@ def test_bad_config_fails_with_config_error(field, value):
   config[section][name] = value
   with pytest.raises(ConfigError, match=name):
     check_config(config)
+
+
+def test_highlight_scale_after_training_can_be_switched_off(tmp_path, caplog):
+  """config.evals.highlight_scale_split="" skips the fit (no prediction, no file, no warning);
+  the default fits on "val", here warning that the folder holds no run."""
+  import logging
+  config = drct2_rsna.get_config()
+  assert config.evals.highlight_scale_split == "val"
+  with caplog.at_level(logging.WARNING, logger="ctjax.train.tasks.drct"):
+    config.evals.highlight_scale_split = ""
+    TASK.after_training(config, str(tmp_path), {})
+    assert not caplog.records and not list(tmp_path.iterdir())
+    config.evals.highlight_scale_split = "val"
+    TASK.after_training(config, str(tmp_path), {})
+  (record,) = caplog.records
+  assert "highlight scale not fitted" in record.getMessage()

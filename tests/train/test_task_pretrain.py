@@ -1,6 +1,7 @@
 """ctjax.train.tasks.pretrain: weighted BCE against torch, a few loop steps, backbone export."""
 
 import numpy as np
+import pytest
 import torch
 
 import jax
@@ -162,3 +163,138 @@ def test_zoom_sizes_train_each_part_at_its_size():
                new_extra["batch_stats"], stats["batch_stats"])
   assert not np.allclose(new_extra["batch_stats"]["backbone"]["bn0"]["mean"],
                          extra["batch_stats"]["backbone"]["bn0"]["mean"])
+
+
+# ------------------------------------------------------------------ ResNet-50 (blend-sign)
+
+
+class BlendSliceSource(SliceSource):
+  """As SliceSource with the blend layout's 3 one-hot slice classes."""
+
+  def __init__(self, num, seed):
+    super().__init__(num, seed)
+    cls = np.random.default_rng(seed + 100).integers(0, 3, num)
+    self.labels = np.eye(3, dtype=np.float32)[cls]
+
+
+class BlendSliceData(stand_ins.MemoryData):
+  def build_splits(self, config, workdir):
+    return stand_ins.Splits({n: BlendSliceSource(k, s) for s, (n, k) in
+                             enumerate({"train": 16, "val": 8, "test": 8}.items())})
+
+
+def _blend_r50_config(width=0.0625):
+  from configs import pretrain_blend_phantom
+  config = pretrain_blend_phantom.get_config("runlocal")
+  config.train.batch_size = 8
+  config.train.max_steps = 2
+  config.model.backbone_width = width
+  config.evals.val.every_steps = 0     # never: the eval step would compile a second ResNet
+  config.checkpoint.best_metric = ""
+  config.log.progress_bar = False
+  config.log.tensorboard = False
+  return config
+
+
+def _numpy_variables(model, size=32, seed=0):
+  """He-scaled numpy values of `model.init`'s shapes (an eager Flax init of a ResNet-50
+  compiles op by op for ~30 s on 2 busy cores; loading does not depend on the initialiser)."""
+  return weights.random_variables(model, jnp.zeros((1, size, size, 3)), seed=seed, train=False)
+
+
+def test_resnet50_export_is_what_the_blend_task_loads(tmp_path):
+  from configs import blend_phantom
+  from ctjax.models import blendnet
+  from ctjax.train.tasks import blend
+  config = _blend_r50_config(0.0625)
+  assert config.model.backbone == "resnet50" and config.data.windows == "blend3"
+  model = pretrain.TASK.build_model(config)
+  variables = _numpy_variables(model, seed=3)
+  rng = np.random.default_rng(0)   # running statistics away from their (0, 1) initial values
+  variables["batch_stats"] = jax.tree.map(
+      lambda a: rng.uniform(0.5, 1.5, a.shape).astype(np.float32), variables["batch_stats"])
+  out = pretrain.export_backbone(variables, tmp_path / "r50.npz", backbone="resnet50")
+  saved = weights.load_variables(out)
+  # Native BatchNorm: the file is the backbone's params AND running statistics, unfolded.
+  assert set(saved) == {"params", "batch_stats"}
+  for col in saved:
+    jax.tree.map(np.testing.assert_array_equal, saved[col], variables[col]["backbone"])
+  assert saved["params"]["layer4_0"]["conv3"]["kernel"].shape == (1, 1, 32, 128)  # 2048 / 16
+
+  # The blend task at the same width loads it as its backbone; the heads keep their values.
+  bc = blend_phantom.get_config("size=32,width=0.0625")
+  assert bc.model.backbone_weights == ""        # no shipped file at this width
+  bmodel = blend.TASK.build_model(bc)
+  fresh = blendnet.strip_perturbations(_numpy_variables(bmodel, seed=5))
+  bc.model.backbone_weights = str(out)
+  loaded = blend.TASK.load_pretrained(bc, fresh)
+  for col in ("params", "batch_stats"):
+    jax.tree.map(np.testing.assert_array_equal, loaded[col]["backbone"], saved[col])
+    assert set(loaded[col]) == set(fresh[col])
+  assert not np.allclose(fresh["params"]["backbone"]["conv1"]["kernel"],
+                         loaded["params"]["backbone"]["conv1"]["kernel"])
+  np.testing.assert_array_equal(fresh["params"]["classifier"]["kernel"],
+                                loaded["params"]["classifier"]["kernel"])
+  # A file of another width is refused, naming the file.
+  from ctjax.errors import WeightsError
+  wide = blend_phantom.get_config("size=32,width=0.125")
+  wide.model.backbone_weights = str(out)
+  wide_vars = jax.eval_shape(lambda: blendnet.strip_perturbations(
+      blend.TASK.build_model(wide).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))))
+  with pytest.raises(WeightsError, match="r50.npz"):
+    blend.TASK.load_pretrained(wide, wide_vars)
+
+
+@pytest.mark.slow   # ~45 s of CPU, most of it compiling the ResNet-50 train step.
+def test_resnet50_pretraining_exports_the_trained_backbone(tmp_path, monkeypatch, capsys):
+  """configs/pretrain_blend_phantom.py:runlocal through the loop: `<workdir>/backbone.npz` and
+  `python -m ctjax.weights export` are the trained state's backbone (params and statistics)."""
+  from ctjax import inference
+  from ctjax import weights as weights_cli
+  config = _blend_r50_config(0.0625)
+  monkeypatch.setattr(pretrain.TASK, "init_variables",
+                      lambda model, config, rng: _numpy_variables(model))
+  final = loop.train_and_evaluate(config, tmp_path / "w", task=pretrain.TASK,
+                                  data=BlendSliceData())
+  assert final["step"] == 2
+  saved = weights.load_variables(tmp_path / "w" / "backbone.npz")
+  variables = inference.load_run(tmp_path / "w", task=pretrain.TASK).host_variables()
+  again = tmp_path / "again.npz"
+  assert weights_cli.main(["export", "--workdir", str(tmp_path / "w"), "--out", str(again)]) == 0
+  assert set(saved) == {"params", "batch_stats"}
+  for col in saved:
+    want = jax.tree.map(np.asarray, variables[col]["backbone"])
+    jax.tree.map(np.testing.assert_array_equal, saved[col], want)
+    jax.tree.map(np.testing.assert_array_equal, weights.load_variables(again)[col], want)
+  assert not np.allclose(saved["batch_stats"]["bn1"]["mean"], 0.0)   # trained statistics
+
+
+def test_unknown_backbone_is_a_config_error():
+  from ctjax.errors import ConfigError
+  with pytest.raises(ConfigError, match="backbone"):
+    pretrain.TASK.validate_config(_config(**{"model.backbone": "alexnet"}))
+  pretrain.TASK.validate_config(_blend_r50_config())
+
+
+def test_affine_augmentation_is_the_blend_tasks_and_runs_only_in_training(monkeypatch):
+  from ctjax.train.tasks import blend
+  aug = dict(prob=1.0, max_rotation=10.0, scale=(0.9, 1.1), max_shift=0.1)
+  hu = jnp.asarray(SliceSource(3, 5).hu)
+  key = jax.random.PRNGKey(4)
+  got = pretrain.random_affine(hu, key, aug)
+  want, _ = blend.augment(hu, jnp.zeros((3, 1, 4)), key, aug)
+  np.testing.assert_array_equal(got, want)
+  assert not np.allclose(got, hu)
+  np.testing.assert_array_equal(pretrain.random_affine(hu, key, dict(aug, prob=0.0)), hu)
+  # Wired into loss_fn for training only (traced with eval_shape: nothing compiles).
+  calls = []
+  monkeypatch.setattr(pretrain, "random_affine", lambda h, r, a: calls.append(dict(a)) or h)
+  config = _config(**{"pretrain.affine": aug})
+  model = pretrain.TASK.build_model(config)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+  batch = {"hu": hu, "labels": jnp.zeros((3, 6))}
+  for train in (False, True):
+    jax.eval_shape(lambda v: pretrain.TASK.loss_fn(
+        model, v["params"], {k: x for k, x in v.items() if k != "params"}, batch,
+        jax.random.PRNGKey(1), config, train), shapes)
+  assert calls == [aug]

@@ -330,10 +330,11 @@ class DrCTTask(Task):
     `variables`) and stores it as `<workdir>/highlight_scale.json`."""
     from ctjax import inference
     from ctjax.errors import CTJaxError
-    if has_hires_slices(config):   # a model-fusion DrCT1 draws no highlight
+    split = config.evals.get("highlight_scale_split", "val")
+    if not split or has_hires_slices(config):   # a model-fusion DrCT1 draws no highlight
       return
     try:
-      fit_highlight_scale(inference.load_run(workdir, task=self))
+      fit_highlight_scale(inference.load_run(workdir, task=self), split)
     except (CTJaxError, ValueError) as e:   # training is done and saved: say so, do not fail
       log.warning("highlight scale not fitted (%s); reports of %s draw no highlight until "
                   "ctjax.reporting.fit_highlight_scale(%r) runs", e, workdir, workdir)

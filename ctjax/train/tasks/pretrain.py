@@ -1,12 +1,19 @@
 """Backbone pretraining on phantom slices: the stand-in for ImageNet weights on CPU.
 
-DrCT2's design is a pretrained, frozen VGG16. No ImageNet weights can be downloaded here, so
-`configs/pretrain_phantom.py` trains the small-width VGG16 (ctjax.models.vgg) with a linear
-multi-label head on single phantom slices and their slice-level truth (a separately seeded
-phantom set, never DrCT2's evaluation data), then writes the backbone's variables with
-`ctjax.models.weights.save_variables` to `config.pretrain.export_path` (default
-`<workdir>/backbone.npz`; the shipped ctjax/assets/vgg16_w0125_phantom.npz is such a file).
-Re-export from a finished workdir: `python -m ctjax.weights export --workdir DIR --out FILE`.
+DrCT2's design is a pretrained, frozen VGG16; the blend-sign paper fine-tunes an ImageNet
+ResNet-50. No ImageNet weights can be downloaded here, so a small-width backbone
+(`config.model.backbone`: "vgg16", ctjax.models.vgg, or "resnet50", ctjax.models.resnet) is
+trained with a linear multi-label head on single phantom slices and their slice-level truth (a
+separately seeded phantom set, never the evaluation data): `configs/pretrain_phantom.py` (VGG16
+for DrCT, shipped as ctjax/assets/vgg16_w0125_phantom.npz), `configs/pretrain_blend_phantom.py`
+(ResNet-50 for the blend-sign detector, ctjax/assets/resnet50_w0125_blend_phantom.npz). The
+backbone's variables are written with `ctjax.models.weights.save_variables` to
+`config.pretrain.export_path` (default `<workdir>/backbone.npz`). Re-export from a finished
+workdir: `python -m ctjax.weights export --workdir DIR --out FILE`.
+
+Augmentation (training only): `config.pretrain.flip` (left-right), `config.pretrain.affine` (a
+dict for the blend task's random affine, `random_affine`; absent or empty: off),
+`config.pretrain.zoom_sizes` (part of each batch zoomed, `_multi_scale`).
 
 Batch (pipeline record type "pretrain"): hu int16 [B, H, W], labels float32 [B, L],
 valid bool [B] (eval padding), example_index int32 [B].
@@ -33,22 +40,34 @@ from ctjax.train.tasks import Task
 log = logging.getLogger(__name__)
 
 EXPORT_NAME = "backbone.npz"   # written into the workdir when config.pretrain.export_path is ""
+BACKBONES = ("vgg16", "resnet50")
 
 
 class BackboneClassifier(nn.Module):
-  """VGG16 conv stack → pooled features → linear multi-label logits."""
+  """Backbone conv stack → pooled features → linear multi-label logits.
+
+  backbone "vgg16" (optionally with BatchNorm, folded away on export) or "resnet50" (native
+  BatchNorm, exported with its statistics); the backbone's variables live under "backbone".
+  """
   num_labels: int
   backbone_width: float = 0.125
   batch_norm: bool = False
   dropout_rate: float = 0.0
+  backbone: str = "vgg16"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    from ctjax.models.vgg import VGG16
-    feats = VGG16(width=self.backbone_width, batch_norm=self.batch_norm, dtype=self.dtype,
-                  param_dtype=self.param_dtype, name="backbone")(x, train=train)["pooled"]
+    if self.backbone == "resnet50":
+      from ctjax.models.resnet import ResNet50
+      net = ResNet50(width=self.backbone_width, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="backbone")
+    else:
+      from ctjax.models.vgg import VGG16
+      net = VGG16(width=self.backbone_width, batch_norm=self.batch_norm, dtype=self.dtype,
+                  param_dtype=self.param_dtype, name="backbone")
+    feats = net(x, train=train)["pooled"]
     feats = nn.Dropout(self.dropout_rate, deterministic=not train)(feats)
     logits = nn.Dense(self.num_labels, dtype=self.dtype, param_dtype=self.param_dtype,
                       name="head")(feats)
@@ -64,6 +83,14 @@ def preprocess(hu: jax.Array, config: ml_collections.ConfigDict, rng=None) -> ja
     flip = jax.random.bernoulli(rng, 0.5, (x.shape[0], 1, 1, 1))
     x = jnp.where(flip, x[:, :, ::-1, :], x)
   return x
+
+
+def random_affine(hu: jax.Array, rng: jax.Array, aug: Mapping[str, Any]) -> jax.Array:
+  """The blend task's per-slice random affine (ctjax.train.tasks.blend.augment: flip, shift,
+  rotation, scaling, each with probability aug["prob"]) on HU [B, H, W], without boxes."""
+  from ctjax.train.tasks.blend import augment
+  no_boxes = jnp.zeros((hu.shape[0], 1, 4), jnp.float32)   # x1 <= x0: padding, left as is
+  return augment(hu, no_boxes, rng, dict(aug))[0]
 
 
 def _multi_scale(x: jax.Array, zoom_sizes: tuple) -> list[jax.Array]:
@@ -82,15 +109,19 @@ def _names(config) -> tuple:
   return tuple(config.data.labels)
 
 
+def _backbone(config) -> str:
+  return str(config.model.get("backbone", "vgg16"))
+
+
 class PretrainTask(Task):
   name = "pretrain"
 
   def validate_config(self, config: ml_collections.ConfigDict) -> None:
     if not config.data.get("labels"):
       raise ConfigError("config.data.labels must list the slice label names")
-    if config.model.get("backbone", "vgg16") != "vgg16":
-      raise ConfigError(f"config.model.backbone={config.model.backbone!r}; the pretraining task "
-                        "trains 'vgg16'")
+    if _backbone(config) not in BACKBONES:
+      raise ConfigError(f"config.model.backbone={_backbone(config)!r}; the pretraining task "
+                        f"trains {' or '.join(map(repr, BACKBONES))}")
     if float(config.model.backbone_width) <= 0:
       raise ConfigError(f"config.model.backbone_width={config.model.backbone_width} must be > 0")
     pw = tuple(config.loss.pos_weight)
@@ -103,6 +134,7 @@ class PretrainTask(Task):
                               backbone_width=float(config.model.backbone_width),
                               batch_norm=bool(config.model.get("batch_norm", False)),
                               dropout_rate=float(config.model.dropout_rate),
+                              backbone=_backbone(config),
                               dtype=compute_dtype(config.model.dtype),
                               param_dtype=compute_dtype(config.model.param_dtype))
 
@@ -113,7 +145,11 @@ class PretrainTask(Task):
 
   def loss_fn(self, model, params, extra, batch, rng, config, train):
     aug_rng, drop_rng = jax.random.split(rng)
-    x = preprocess(batch["hu"], config, aug_rng if train else None)
+    hu = batch["hu"]
+    affine = config.get("pretrain", {}).get("affine")
+    if train and affine:
+      hu = random_affine(hu, jax.random.fold_in(rng, 2), affine)
+    x = preprocess(hu, config, aug_rng if train else None)
     zoom = tuple(config.pretrain.get("zoom_sizes", ())) if train else ()
     parts = _multi_scale(x, zoom) if zoom else [x]
     logits = []
@@ -151,24 +187,33 @@ class PretrainTask(Task):
     path = str(config.get("pretrain", {}).get("export_path", "") or "")
     path = path or os.path.join(workdir, EXPORT_NAME)
     if jax.process_index() == 0:
-      out = export_backbone(variables, path)
+      out = export_backbone(variables, path, backbone=_backbone(config))
       log.info("backbone variables written to %s (%.2f MB)", out, out.stat().st_size / 1e6)
 
 
-def export_backbone(variables: Mapping[str, Any], path: str) -> pathlib.Path:
-  """{"params": plain VGG16 backbone params} → .npz via ctjax.models.weights.save_variables.
+def export_backbone(variables: Mapping[str, Any], path: str, *,
+                    backbone: str = "vgg16") -> pathlib.Path:
+  """The backbone's variables → .npz via ctjax.models.weights.save_variables.
 
-  A backbone trained with BatchNorm (`config.model.batch_norm`) is written with its BN layers
+  A VGG16 trained with BatchNorm (`config.model.batch_norm`) is written with its BN layers
   folded into the convolutions (`ctjax.models.vgg.fold_batch_norm`, exact in inference mode),
-  so the file is always the plain VGG16 that DrCT loads frozen."""
+  so the file is always the plain VGG16 that DrCT loads frozen. A ResNet-50 keeps its BatchNorm
+  (part of the architecture, fine-tuned by the blend task): its file holds "params/…" and
+  "batch_stats/…", what `ctjax.models.weights.load_backbone_like` gives the blend task."""
   from ctjax.models.vgg import fold_batch_norm
   from ctjax.models.weights import save_variables
-  backbone = {"params": jax.tree.map(np.asarray, dict(variables["params"]["backbone"]))}
+  if backbone not in BACKBONES:
+    raise ConfigError(f"backbone={backbone!r}; exports {' or '.join(map(repr, BACKBONES))}")
+  params = jax.tree.map(np.asarray, dict(variables["params"]["backbone"]))
+  out = {"params": params}
   stats = variables.get("batch_stats", {}).get("backbone")
   if stats is not None:
-    backbone = fold_batch_norm({"params": backbone["params"],
-                                "batch_stats": jax.tree.map(np.asarray, dict(stats))})
-  return save_variables(path, backbone)
+    stats = jax.tree.map(np.asarray, dict(stats))
+    if backbone == "resnet50":    # BatchNorm stays a layer of its own.
+      out["batch_stats"] = stats
+    else:
+      out = fold_batch_norm({"params": params, "batch_stats": stats})
+  return save_variables(path, out)
 
 
 TASK = PretrainTask()
