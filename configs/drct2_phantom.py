@@ -23,7 +23,10 @@ honest means only: a warm-up + cosine learning-rate schedule and per-label posit
 defaults (30% of positive scans "difficult": 1–3 slices).
 
 Arguments: `runlocal` (seconds-long smoke run), `drct1` (no APS network), `num_scans`,
-`epochs`, `fold`.
+`epochs`, `fold`, `layout` (`rsna`, the default, or `cq500`: phantom scans in the CQ500 layout
+with its 9 labels, m = 32 and 10 folds as the paper's CQ500 runs — the CPU analogue of the
+paper's CQ500 rows; one series per study, the thinnest soft-tissue axial one, and the
+backbone's own windows `rsna3`, on which it was pretrained).
 """
 
 from __future__ import annotations
@@ -32,14 +35,15 @@ import ml_collections
 
 from ctjax.configs import common
 from ctjax.configs.drct import drct_config, runlocal_overrides
-from ctjax.data.labels import RSNA_LABELS
+from ctjax.data.labels import CQ500_LABELS, RSNA_LABELS
 
 # Shipped with the package (ctjax/assets); configs/pretrain_phantom.py's recipe made it.
 BACKBONE = "asset:vgg16_w0125_phantom.npz"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, runlocal=False, drct1=False, num_scans=1280, epochs=100, fold=0)
+  a = common.parse_arg(arg, runlocal=False, drct1=False, num_scans=1280, epochs=100, fold=0,
+                       layout="rsna")
   c = drct_config(dataset="phantom", variant="drct1" if a.drct1 else "drct2")
   c.seed = 0
 
@@ -99,6 +103,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.evals.test.every_steps = 0
   c.checkpoint.every_steps = 50
   c.checkpoint.keep = 2
+
+  if a.layout == "cq500":
+    c.data.synth.layout = "cq500"
+    c.data.labels = CQ500_LABELS
+    c.data.num_slices = 32         # VI.A.1: m = 32 for CQ500
+    c.data.num_folds = 10          # VI.A.1: 10-fold for CQ500
+    c.data.reader_rule = "majority"   # the phantom's three readers, majority vote
+    c.data.series.policy = "one_per_study"   # not the paper's: the thinnest series, 1 a study
+    c.data.series.min_slices = 32
+    # sqrt(negatives / positives) of the generator's CQ500 prevalences (45% positive studies;
+    # 20,000 draws of ctjax.data.phantom.sample_case): ich .45, iph .14, ivh .10, sdh .17,
+    # edh .03, sah .13, fracture .04, mass effect .12, midline shift .06.
+    c.loss.pos_weight = (1.1, 2.4, 3.0, 2.2, 5.7, 2.6, 4.9, 2.8, 3.8)
+  elif a.layout != "rsna":
+    from ctjax.errors import ConfigError
+    raise ConfigError(f"layout={a.layout!r}; expected rsna or cq500")
 
   if a.runlocal:
     runlocal_overrides(c)

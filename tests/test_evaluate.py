@@ -17,6 +17,12 @@ def test_old_config_is_one_line_error(tmp_path, capsys):
   assert str(tmp_path / "config.json") in err and "config.model.feature_norm" in err
 
 
+def test_negative_resample_count_is_a_usage_error(tmp_path, capsys):
+  rc = evaluate.main(["--workdir", str(tmp_path), "--n_boot", "-1"])
+  err = capsys.readouterr().err.strip()
+  assert rc == 2 and err == "error: --n_boot=-1 must be >= 0"
+
+
 # ----------------------------------------- a run folder is data: nothing in it is executed
 
 import pathlib  # noqa: E402

@@ -44,6 +44,16 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
+def split_arg(arg: str | None, **own) -> tuple[ml_collections.ConfigDict, str]:
+  """(the arguments named in `own`, parsed with those defaults; the rest, unparsed): a config
+  file built on another takes its own arguments and passes the others on."""
+  mine, rest = [], []
+  for item in (arg or "").split(","):
+    if item:
+      (mine if item.partition("=")[0] in own else rest).append(item)
+  return parse_arg(",".join(mine), **own), ",".join(rest)
+
+
 def load_config_file(path: str | os.PathLike, arg: Optional[str] = None
                      ) -> ml_collections.ConfigDict:
   """`get_config(arg)` of a config file given by path (as `--config path.py:arg` loads it)."""

@@ -136,3 +136,20 @@ def runlocal_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   c.features.chunk = 16
   c.checkpoint.every_steps = 2
   return c
+
+
+# DrCT2 paper, section VI.A.1: CQ500 scans are sampled to m = 32 slices; Table 4's model fusion
+# names its high-resolution slices on that stack (the 16th to the 22nd).
+FUSION_PAPER_SLICES = 32
+
+
+def model_fusion_slices(num_slices: int, first: int, last: int) -> tuple[int, int]:
+  """`model.hires_slices` (0-based [start, stop)) of the 1-based inclusive `first`..`last` of
+  32 sampled slices (`last` 0: through the last), scaled to a stack of `num_slices` (RSNA's 28,
+  runlocal's 8) so that the same share of the scan is at high resolution."""
+  lo, hi = first - 1, last or FUSION_PAPER_SLICES
+  if num_slices != FUSION_PAPER_SLICES:
+    lo = int(round(lo * num_slices / FUSION_PAPER_SLICES))
+    hi = max(int(round(hi * num_slices / FUSION_PAPER_SLICES)), 1)
+  return min(lo, hi - 1), hi
+

@@ -2,6 +2,8 @@
 
 - `paired_t_test`: fold-wise comparison of two models (DrCT2 paper, section VII: "t-test with a
   threshold of 0.05", P = 0.01940 / 0.04971 / 0.02634 for DrCT1 vs DrCT2 precision / recall / F1).
+- `fold_interval`: a k-fold table's mean ± sample sd over the folds and the t-based 95 % CI of
+  the mean (mean ± t_{n-1, 1-alpha/2} · sd / sqrt(n)).
 - `bootstrap_ci`, `paired_bootstrap` and the report wrappers (`multilabel_bootstrap`, …): 95 %
   confidence intervals by resampling scans, with the metric definitions of `ctjax.eval.metrics`.
 - `delong_test`: two correlated AUCs on the same scans (DeLong et al. 1988, Biometrics 44:837;
@@ -142,6 +144,40 @@ def paired_t_test(a, b, *, alpha: float = 0.05) -> PairedTTest:
   half = float(sps.t.ppf(1.0 - alpha / 2.0, df)) * se
   return PairedTTest(t=float(t), p=p, mean_diff=mean, ci_low=mean - half, ci_high=mean + half,
                      df=df, n=n)
+
+
+# ------------------------------------------------------------- across-fold interval
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldInterval:
+  """A metric over k folds: mean, sample sd (ddof 1), and the t-based CI of the mean."""
+  mean: float
+  sd: float
+  n: int
+  lo: float
+  hi: float
+  alpha: float = 0.05
+
+  def as_dict(self) -> dict[str, float]:
+    return dataclasses.asdict(self)
+
+
+def fold_interval(values: Sequence[float], *, alpha: float = 0.05) -> FoldInterval:
+  """mean ± t_{n-1, 1 - alpha/2} · sd / sqrt(n) over the finite `values` (one per fold); equal
+  to `scipy.stats.ttest_1samp(values, 0).confidence_interval(1 - alpha)` (tested). With one
+  value: sd 0 and no interval (NaN bounds); with none: everything NaN."""
+  v = np.asarray([x for x in values if x is not None and math.isfinite(float(x))], np.float64)
+  nan = float("nan")
+  if v.size == 0:
+    return FoldInterval(nan, nan, 0, nan, nan, alpha)
+  mean = float(v.mean())
+  if v.size == 1:
+    return FoldInterval(mean, 0.0, 1, nan, nan, alpha)
+  sd = float(v.std(ddof=1))
+  half = float(sps.t.ppf(1 - alpha / 2, v.size - 1)) * sd / math.sqrt(v.size)
+  return FoldInterval(mean, sd, int(v.size), mean - half, mean + half, alpha)
+
 
 
 # ------------------------------------------------------------------------------- bootstrap

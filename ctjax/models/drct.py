@@ -19,6 +19,11 @@ chunk, not with B × m (DrCT2 at batch 256: 28 slices at 224² + 16 zoomed to 51
   S→aps_size bilinearly (eq. 8) → the same frozen backbone (eq. 9) → BatchNorm → FC → BiGRU +
   Dense → mean over the key slices → three FC layers.
 - Knowledge fusion (V.C): primary feature + APS feature (same D) → three FC layers.
+- DrCT1 "model fusion" (VI.A.3, Table 4): `hires_slices = (start, stop)` sends the sampled
+  slices start..stop-1 (0-based positions on the m-slice stack; the paper's 16th–22nd of 32 =
+  (15, 22)) through the backbone at `aps_size` (the APS zoom of eq. 8), the others at the
+  primary size; the pooled vectors have the same width C, so the primary network is unchanged.
+  Such a model outputs no highlight (its slices' feature maps differ in size).
 
 The paper's "feature matrices" must be summed although the primary sees m slices and the APS
 mkey; we read them as the per-scan D-vectors both networks feed their FC heads (the slice-
@@ -164,6 +169,7 @@ class DrCT(nn.Module):
   aps_size: int = 512
   aps_source: str = "zoom"
   aps_fc_dim: int = 256
+  hires_slices: Sequence[int] = ()   # (start, stop): these sampled slices at aps_size (Table 4)
   primary_size: int = 0          # with slice_preprocess: the primary input size (V.A: 224)
   backbone_chunk: int = 0        # slices per device per backbone pass; 0 = all at once
   data_shards: int = 1           # devices the batch is split over (the chunks follow them)
@@ -226,13 +232,32 @@ class DrCT(nn.Module):
                                method="bilinear", precision=jax.lax.Precision.DEFAULT)
     return chunk
 
-  def _features(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """images (or raw slices) [B, k, …] → (pooled [B, k, C], feature_map [B, k, h, w, C])."""
+  def _features(self, images: jax.Array) -> tuple[jax.Array, Optional[jax.Array]]:
+    """images (or raw slices) [B, k, …] → (pooled [B, k, C], feature_map [B, k, h, w, C];
+    None with `hires_slices`)."""
     b, k = images.shape[:2]
+    if self.hires_slices:
+      lo, hi = self._hires_range(k)
+      low = jnp.concatenate([images[:, :lo], images[:, hi:]], axis=1)
+      high = images[:, lo:hi]
+      p_low, _ = self._run_backbone(low.reshape((-1,) + low.shape[2:]), self._primary_prep,
+                                    want_map=False)
+      p_high, _ = self._run_backbone(high.reshape((-1,) + high.shape[2:]), self._aps_prep,
+                                     want_map=False)
+      p_low = p_low.reshape((b, k - (hi - lo)) + p_low.shape[1:])
+      p_high = p_high.reshape((b, hi - lo) + p_high.shape[1:])
+      return jnp.concatenate([p_low[:, :lo], p_high, p_low[:, lo:]], axis=1), None
     pooled, fmap = self._run_backbone(images.reshape((b * k,) + images.shape[2:]),
                                       self._primary_prep)
     return (pooled.reshape((b, k) + pooled.shape[1:]),
             fmap.reshape((b, k) + fmap.shape[1:]))
+
+  def _hires_range(self, m: int) -> tuple[int, int]:
+    lo, hi = (int(v) for v in self.hires_slices)
+    if not 0 <= lo < hi <= m:
+      raise ValueError(f"hires_slices={tuple(self.hires_slices)} must satisfy 0 <= start < "
+                       f"stop <= m={m}")
+    return lo, hi
 
   def backbone_features(self, images: jax.Array, aps_images: Optional[jax.Array] = None, *,
                         want_map: bool = True) -> dict[str, jax.Array]:
@@ -280,6 +305,13 @@ class DrCT(nn.Module):
     else:
       pooled, fmap = features["pooled"], features.get("feature_map")
       b, m = pooled.shape[:2]
+      if self.hires_slices:   # model fusion: the stored APS-size vectors of those slices
+        if "aps_pooled" not in features:
+          raise ValueError("hires_slices on stored features needs their 'aps_pooled' rows")
+        lo, hi = self._hires_range(m)
+        hires = (jnp.arange(m) >= lo) & (jnp.arange(m) < hi)
+        pooled = jnp.where(hires[None, :, None], features["aps_pooled"], pooled)
+        fmap = None
     seq = dict(gru_hidden=self.gru_hidden, seq_dim=self.seq_dim,
                seq_activation=self.seq_activation, fc_widths=tuple(self.fc_widths),
                dropout_rate=self.dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 from typing import Any, Mapping, Optional
 
@@ -63,6 +64,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   m = config.data.num_slices
   if mc.aps and not 0 < mc.mkey <= m:
     raise ConfigError(f"config.model.mkey={mc.mkey} must be in [1, config.data.num_slices={m}]")
+  hires = tuple(mc.get("hires_slices", ()) or ())
+  if hires and (len(hires) != 2 or not 0 <= int(hires[0]) < int(hires[1]) <= m):
+    raise ConfigError(f"config.model.hires_slices={hires} must be (start, stop) with "
+                      f"0 <= start < stop <= config.data.num_slices={m} (Table 4's model "
+                      "fusion: (15, 22) = the 16th-22nd sampled slices)")
   if mc.primary_size < 32 or mc.aps_size < 32:
     raise ConfigError(f"config.model.primary_size={mc.primary_size} and aps_size={mc.aps_size} "
                       "must be >= 32 (VGG16 halves the image 5 times)")
@@ -126,6 +132,7 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
   fields = {f.name for f in dataclasses.fields(DrCT)} - set(_BUILT_FIELDS)
   kwargs = {k: mc[k] for k in fields if k in mc}
   kwargs["fc_widths"] = tuple(kwargs.get("fc_widths", ()))
+  kwargs["hires_slices"] = tuple(int(v) for v in kwargs.get("hires_slices", ()) or ())
   kwargs["dtype"], kwargs["param_dtype"] = _dtype(mc.dtype), _dtype(mc.param_dtype)
   return kwargs
 
@@ -210,8 +217,30 @@ class DrCTTask(Task):
     data = WithLesionBoxes(data, config)   # truth for the highlight's pointing game
     if not features_lib.enabled(config):
       return data
-    store = features_lib.build_store(config, splits["train"].scans, model, variables)
-    return features_lib.FeatureData(data, store)
+    mc = config.model
+    store_config, aps_is_primary = config, False
+    if has_hires_slices(config) and not mc.aps:
+      # DrCT1 model fusion reads the APS-size vectors of its high-resolution slices: the store
+      # of a DrCT2 with the same sizes (the same rows, so the same key and files).
+      store_config = ml_collections.ConfigDict(config.to_dict())
+      store_config.model.aps = True
+    elif (mc.aps and mc.aps_source == "zoom" and int(mc.aps_size) == int(mc.primary_size)
+          and not has_hires_slices(config)):
+      # Table 4's DrCT2 "APS: 224×224": the zoom to the primary size is the identity, so each
+      # slice's APS vector is its primary vector; the primary-only store (DrCT1's) serves both.
+      store_config = ml_collections.ConfigDict(config.to_dict())
+      store_config.model.aps = False
+      aps_is_primary = True
+    scans = splits["train"].scans
+    store = None if store_config.model.aps else superset_store(store_config, scans, model,
+                                                               variables)
+    if store is None:
+      store = features_lib.build_store(store_config, scans, model, variables)
+    data = features_lib.FeatureData(data, store)
+    if aps_is_primary:
+      from ctjax.data.pipeline import MappedData
+      data = MappedData(data, _aps_rows_from_primary)
+    return data
 
   def loss_fn(self, model: nn.Module, params: Any, extra: Mapping[str, Any], batch,
               rng: jax.Array, config: ml_collections.ConfigDict, train: bool):
@@ -302,13 +331,50 @@ class DrCTTask(Task):
     from ctjax import inference
     from ctjax.errors import CTJaxError
     split = config.evals.get("highlight_scale_split", "val")
-    if not split:
+    if not split or has_hires_slices(config):   # a model-fusion DrCT1 draws no highlight
       return
     try:
       fit_highlight_scale(inference.load_run(workdir, task=self), split)
     except (CTJaxError, ValueError) as e:   # training is done and saved: say so, do not fail
       log.warning("highlight scale not fitted (%s); reports of %s draw no highlight until "
                   "ctjax.reporting.fit_highlight_scale(%r) runs", e, workdir, workdir)
+
+
+# Store description fields that only say which APS rows a store holds besides the primary ones.
+_APS_DESC = ("aps", "aps_size", "aps_source")
+
+
+def superset_store(config: ml_collections.ConfigDict, scans: Any, model: nn.Module,
+                   variables: Mapping[str, Any]) -> Optional[features_lib.FeatureStore]:
+  """A complete store beside the cache holding every row a model without APS rows reads: its
+  own, or a DrCT2 store of the same data, backbone and primary size (the same primary rows plus
+  APS rows), so DrCT1 and Table 4's "APS 224" reuse the DrCT2 run's store. None: none yet."""
+  key, desc = features_lib.store_key(config, scans, model, variables["params"]["backbone"])
+  own = features_lib.store_path(scans, key)
+  if (own / "manifest.json").is_file():
+    return None   # build_store reuses it
+  want = {k: v for k, v in desc.items() if k not in _APS_DESC}
+  root = own.parent
+  for manifest in sorted(root.glob("*/manifest.json")) if root.is_dir() else ():
+    try:
+      other = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+      continue
+    got = json.loads(json.dumps(other.get("desc", {}), default=str))
+    if {k: v for k, v in got.items() if k not in _APS_DESC} == json.loads(
+        json.dumps(want, default=str)) and other.get("complete"):
+      log.info("feature store: reusing %s (its primary rows are this model's)", manifest.parent)
+      return features_lib.FeatureStore(manifest.parent, scans)
+  return None
+
+
+def _aps_rows_from_primary(batch: Mapping[str, Any], _source: Any) -> dict:
+  return {**batch, features_lib.FEATURE_KEYS[2]: batch[features_lib.FEATURE_KEYS[0]]}
+
+
+def has_hires_slices(config: ml_collections.ConfigDict) -> bool:
+  """Table 4's DrCT1 model fusion: some sampled slices enter the backbone at aps_size."""
+  return bool(tuple(config.model.get("hires_slices", ()) or ()))
 
 
 def fit_highlight_scale(run: Any, split: str = "val") -> Any:
