@@ -426,7 +426,7 @@ class Context:
   def time_torch(self, fn: Callable[[], Any], **kwargs) -> Timing:
     """Times a torch call at each of `torch_thread_options()` and keeps the fastest.
 
-    On a shared CPU, torch's OpenMP pool with all cores can be an order of magnitude slower
+    On a loaded CPU, torch's OpenMP pool with all cores can be an order of magnitude slower
     than one thread (each op waits at a barrier for a descheduled thread), so the reference
     gets its best thread count; the choice is recorded with the figure (`torch_threads`).
     With torch on a GPU (`torch_device()`), each call is timed up to `torch_sync` (CUDA runs

@@ -33,7 +33,7 @@ Batches (ARCHITECTURE.md "Shapes and dtypes"), every field with leading local ba
 `example_index` indexes the split's `CacheSource` (`-1` on padding); string ids stay on the
 host: `splits[split].example_info(i)`.
 
-Speed (benchmarks/input_pipeline.py, 2 shared cores at load ~15, 256 px, m=28): in-process
+Speed (benchmarks/input_pipeline.py, 2 busy cores at load ~15, 256 px, m=28): in-process
 Grain feeds ~200-250 DrCT scans/s, the same as a plain numpy loop over the same examples, and
 ~3000-3700 single-slice records/s (own `stack` batch_fn: Grain's small-record batching slow path
 is not hit); `num_workers=2` (mp_prefetch) was 4-7x SLOWER here (each ~15 MB batch crosses

@@ -31,7 +31,7 @@ RUN_LOG = "run_log.jsonl"
 
 @dataclasses.dataclass(frozen=True)
 class CpuCost:
-  """Measured wall time of `--preset cpu` on 2 shared CPU cores: once per data set (phantom
+  """Measured wall time of `--preset cpu` on 2 busy CPU cores: once per data set (phantom
   generation, DICOM → int16 cache, the frozen backbone's feature store, shared by every fold
   and variant), then per cell (training the heads, its evaluations, the test split's
   bootstrap). None: not measured."""
@@ -41,7 +41,7 @@ class CpuCost:
 
 
 # From cells/*/cell.json and the logs of `python -m ctjax.tables drct2_table3 --preset cpu`
-# (docs/tables.md), the 2 cores shared with other training jobs throughout.
+# (docs/tables.md), the 2 cores under load throughout.
 CPU_COSTS = {
     "cq500": CpuCost(1200.0, 110.0, "300 scans, m = 32: setup 20 min (feature store 14 min), "
                      "cells 107-112 s"),
@@ -79,7 +79,7 @@ def cpu_estimate(spec: Spec, ctx: Context) -> str:
   if unknown:
     return text + f"; not measured on {', '.join(unknown)}" + (
         f" (the rest ~{total / 60:.0f} min)" if total else "")
-  return text + f": ~{total / 60:.0f} min on 2 shared cores"
+  return text + f": ~{total / 60:.0f} min on 2 busy cores"
 
 
 def expand(names: Sequence[str]) -> list[str]:

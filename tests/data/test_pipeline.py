@@ -235,7 +235,7 @@ def test_config_errors(rsna):
     pipeline.build_splits(config)
 
 
-@pytest.mark.slow   # ~25 s on 2 shared cores: Grain starts worker processes
+@pytest.mark.slow   # ~25 s on 2 busy cores: Grain starts worker processes
 def test_worker_processes_give_the_same_batches(rsna):
   """Grain mp_prefetch workers: same batches as in-process, and the state still restores."""
   config, splits = rsna
