@@ -151,8 +151,8 @@ def build_config(cell: Cell, ctx: Context) -> ml_collections.ConfigDict:
 
 def _identity(config: ml_collections.ConfigDict) -> str:
   """Hash of the resolved config without the fields a resumed run may change."""
-  from ctjax.train.loop import _identity as loop_identity
-  blob = json.dumps(loop_identity(json.loads(config.to_json_best_effort(sort_keys=True))),
+  from ctjax.train.loop import experiment_identity
+  blob = json.dumps(experiment_identity(json.loads(config.to_json_best_effort(sort_keys=True))),
                     sort_keys=True)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -124,7 +124,9 @@ _RESUMABLE_CHANGES = ("train.num_epochs", "train.max_steps", "train.log_every_st
                       "evals", "parallel")
 
 
-def _identity(config_json: dict) -> dict:
+def experiment_identity(config_json: dict) -> dict:
+  """The config (as JSON) without the fields a resumed run may change: equal identities are the
+  same experiment."""
   out = json.loads(json.dumps(config_json))
   for dotted in _RESUMABLE_CHANGES:
     *parents, leaf = dotted.split(".")
@@ -141,8 +143,8 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
   saved_path = workdir / "config.json"
   if not saved_path.exists() or not (workdir / "checkpoints").exists():
     return
-  saved = _identity(json.loads(saved_path.read_text()))
-  current = _identity(json.loads(config.to_json_best_effort(sort_keys=True)))
+  saved = experiment_identity(json.loads(saved_path.read_text()))
+  current = experiment_identity(json.loads(config.to_json_best_effort(sort_keys=True)))
   if saved == current:
     return
   diffs = []
