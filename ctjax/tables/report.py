@@ -1,8 +1,9 @@
 """docs/ from the written tables: `python -m ctjax.tables report --workdir W --docs docs`.
 
-Copies W/tables/<name>.md|.csv|*.png to docs/tables/ and rewrites the part of docs/RESULTS.md
-between the two markers below with every table (its own command above it) and the wall times
-of the commands that made them (W/tables/run_log.jsonl). Everything outside the markers (the
+Copies W/tables/<name>.md|.csv|*.png to docs/tables/ (which gathers the tables of every workdir
+reported so far; their run logs merged) and rewrites the part of docs/RESULTS.md between the two
+markers below with every table there (its own command above it) and the wall times of the
+commands that made them. Everything outside the markers (the
 README job's section, written from that job's own output) is left as it is; without the
 markers the section is appended.
 """
@@ -65,10 +66,19 @@ def write_docs(tables_dir: pathlib.Path, docs: pathlib.Path) -> list[pathlib.Pat
   dest.mkdir(parents=True, exist_ok=True)
   written = []
   for p in sorted(tables_dir.iterdir()):
-    if p.suffix in (".md", ".csv", ".png") or p.name == "run_log.jsonl":
+    if p.suffix in (".md", ".csv", ".png"):
       shutil.copyfile(p, dest / p.name)
       written.append(dest / p.name)
-  generated = section(tables_dir)
+  # docs/tables gathers the tables of several workdirs: their run logs are merged (each command
+  # once) and the section covers every table there.
+  log = tables_dir / "run_log.jsonl"
+  if log.is_file():
+    kept = dest / "run_log.jsonl"
+    lines = kept.read_text().splitlines() if kept.is_file() else []
+    lines += [ln for ln in log.read_text().splitlines() if ln.strip() and ln not in lines]
+    kept.write_text("\n".join(lines) + "\n")
+    written.append(kept)
+  generated = section(dest)
   results = docs / "RESULTS.md"
   old = results.read_text() if results.is_file() else ""
   block = f"{BEGIN}\n\n{generated}\n{END}\n"

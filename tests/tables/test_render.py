@@ -1,6 +1,7 @@
 """ctjax.tables.render and ctjax.tables.report on hand-made cell results: the fold statistics
 equal scipy's, orderings are read from the CIs, files are written, docs keep what is theirs."""
 
+import json
 import math
 
 import numpy as np
@@ -110,3 +111,20 @@ def test_table_files_and_docs_section(tmp_path, rows):
   report.write_docs(tmp_path / "out", docs)
   again = (docs / "RESULTS.md").read_text()
   assert again.count(report.BEGIN) == 1 and again.rstrip().endswith("after")
+  # A second workdir's table joins the first's; the run logs merge, each command once.
+  (tmp_path / "out" / "run_log.jsonl").write_text(json.dumps(_log("a")) + "\n")
+  report.write_docs(tmp_path / "out", docs)
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "other_table.md").write_text("## Other\n")
+  (other / "run_log.jsonl").write_text(json.dumps(_log("a")) + "\n" + json.dumps(_log("b")) + "\n")
+  report.write_docs(other, docs)
+  both = (docs / "RESULTS.md").read_text()
+  assert "## Demo" in both and "## Other" in both
+  assert [json.loads(ln)["command"] for ln in
+          (docs / "tables" / "run_log.jsonl").read_text().splitlines()] == ["a", "b"]
+
+
+def _log(command):
+  return {"command": command, "cells": 1, "cells_reused": 0, "wall_seconds": 1.0,
+          "finished": "2026-01-01T00:00:00"}
