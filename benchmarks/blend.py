@@ -55,8 +55,8 @@ def build_torch(config):
   from benchmarks.torch_reference import TorchBlendNet
   torch.manual_seed(0)
   mc = config.model
-  return common.torch_prepare(TorchBlendNet(mc.backbone, mc.width, mc.num_classes, mc.det_hidden,
-                                           config.data.get("windows", "blend3"))
+  return common.torch_prepare(TorchBlendNet(mc.backbone, mc.backbone_width, mc.num_classes,
+                                           mc.det_hidden, config.data.get("windows", "blend3"))
                               .to(common.torch_device()))
 
 

@@ -117,3 +117,15 @@ def test_torch_reference_does_the_same_work(tmp_path):
   for key in ("probs", "probs_primary", "probs_aps", "slice_attention", "key_indices",
               "highlight", "feature_attention"):
     assert tuple(out[key].shape) == tuple(ref[key].shape), key
+
+
+def test_tiny_blend_figures_run_beside_torch(tmp_path):
+  """The blend-sign figures build both models from the current config fields (a renamed
+  field would be caught by the suite's guard and the figure silently skipped)."""
+  out = tmp_path / "blend.json"
+  assert run.main(["--preset", "tiny", "--only", "blend.infer", "--json", str(out),
+                   "--workdir", str(tmp_path)]) == 0
+  payload = json.loads(out.read_text())
+  assert not payload["header"]["skipped"], payload["header"]["skipped"]
+  (record,) = [r for r in payload["records"] if r["name"].startswith("blend/infer")]
+  assert record["value"] > 0 and record["torch_value"] > 0
