@@ -204,6 +204,17 @@ def matmul_peak(dtype: Any = jnp.float32, n: int = 1024, *, repeats: int = 5,
 # Device and environment
 # --------------------------------------------------------------------------------------------
 
+def run_reporting_errors(fn: Callable[..., Any], *args, **kwargs) -> tuple[Any, int]:
+  """(fn(...), 0), or (None, 1) after one `error: …` line on stderr for a CTJaxError (bad
+  input, full disk): a benchmark command's way of failing, as the ctjax commands do."""
+  from ctjax.errors import CTJaxError
+  try:
+    return fn(*args, **kwargs), 0
+  except CTJaxError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return None, 1
+
+
 def load_average() -> list[float]:
   """1/5/15-minute load averages: the CPU is shared, so every result notes the load."""
   try:

@@ -215,12 +215,10 @@ def main(argv=None) -> int:
   p.add_argument("--json", default=str(common.RESULTS_DIR / "input_pipeline.json"))
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.WARNING)
-  from ctjax.errors import CTJaxError
-  try:
-    records, summary = run(args)
-  except CTJaxError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  result, rc = common.run_reporting_errors(run, args)
+  if rc:
+    return rc
+  records, summary = result
   print(common.format_table(records))
   for r in records:
     for key in ("plain_numpy_loop_scans_per_s", "plain_numpy_loop_slices_per_s",

@@ -134,12 +134,10 @@ def main(argv=None) -> int:
   p.add_argument("--json", default=str(common.RESULTS_DIR / "predict.json"))
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.WARNING)
-  from ctjax.errors import CTJaxError
-  try:
-    records, summary = run(args)
-  except CTJaxError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  result, rc = common.run_reporting_errors(run, args)
+  if rc:
+    return rc
+  records, summary = result
   print(f"{'workers':>7} {'with decode':>12} {'device-only':>12} {'decode/worker':>14} "
         f"{'bound':>8} {'ratio':>6} {'isolated bound':>15} {'ratio':>6}   (series/s)")
   for row in summary["rows"]:

@@ -205,16 +205,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
   logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                       format="%(asctime)s %(name)s %(message)s")
-  from ctjax.errors import CTJaxError
   from benchmarks import common
-  try:
-    header, records = run_suite(args.preset, json_path=args.json, only=args.only,
-                                max_seconds=args.max_seconds, workdir=args.workdir,
-                                with_torch=not args.no_torch, cpu_bound=args.cpu_bound,
-                                dtypes=args.dtypes, torch_threads=args.torch_threads)
-  except CTJaxError as e:
-    print(f"benchmarks.run: {type(e).__name__}: {e}", file=sys.stderr)
-    return 1
+  result, rc = common.run_reporting_errors(
+      run_suite, args.preset, json_path=args.json, only=args.only,
+      max_seconds=args.max_seconds, workdir=args.workdir, with_torch=not args.no_torch,
+      cpu_bound=args.cpu_bound, dtypes=args.dtypes, torch_threads=args.torch_threads)
+  if rc:
+    return rc
+  header, records = result
   env = header["environment"]
   print(f"# {env['device']} · jax {env['jax']} · torch {env['torch']} · preset {args.preset}"
         f" · load {header['load_before']} → {header['load_after']} · {header['wall_s']} s")

@@ -75,3 +75,15 @@ def test_pick_torch_threads_waits_for_the_gpu(tmp_path, monkeypatch):
   n = _ctx(tmp_path).pick_torch_threads(lambda: None)
   assert n in common.torch_thread_options()
   assert len(calls) == 2 * len(common.torch_thread_options())
+
+
+def test_run_reporting_errors_one_line_and_exit_1(capsys):
+  from ctjax.errors import CTDataError
+
+  def bad():
+    raise CTDataError("no slices here", "/data/scan")
+
+  assert common.run_reporting_errors(lambda a, b=0: a + b, 1, b=2) == (3, 0)
+  assert common.run_reporting_errors(bad) == (None, 1)
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and "/data/scan" in err[0]
