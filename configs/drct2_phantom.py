@@ -3,8 +3,9 @@
   python -m ctjax.train --config configs/drct2_phantom.py --workdir runs/drct2_phantom
   python -m ctjax.evaluate --workdir runs/drct2_phantom --split test
 
-Runtime and results: docs/RESULTS.md (measured on 2 CPU cores, phantom generation, cache and
-feature cache included). DrCT1 on the same data and seed: `--config
+Results: docs/RESULTS.md (`python -m ctjax.tables drct2_per_label --preset cpu` trains this
+config); runtime and the history of its settings: README and docs/HISTORY.md (2 CPU cores,
+phantom generation, cache and feature store included). DrCT1 on the same data and seed: `--config
 configs/drct2_phantom.py:drct1` (or configs/drct1_phantom.py). The backbone is frozen, so its
 per-slice outputs are computed once (`config.features`, exact) and the heads train
 100 epochs in about a minute.

@@ -1,6 +1,12 @@
-"""Pretrains the 1/8-width ResNet-50 on blend phantom slices: the blend-sign detector's ImageNet.
+"""Pretrains a 1/8-width backbone on blend phantom slices: the blend-sign detector's ImageNet.
 
   python -m ctjax.train --config configs/pretrain_blend_phantom.py --workdir runs/pretrain_blend
+  # Table 4's other backbones, shipped as <backbone>_w0125_blend_phantom.npz: the same recipe at
+  # half the steps, to fit 2 CPU cores (steps=6000 is the ResNet-50's schedule):
+  python -m ctjax.train --config configs/pretrain_blend_phantom.py:backbone=vgg16,steps=3000 \
+      --workdir W
+  python -m ctjax.train --config \
+      configs/pretrain_blend_phantom.py:backbone=inception_v3,steps=3000 --workdir W
 
 writes runs/pretrain_blend/backbone.npz (1.6 MB: params and BatchNorm statistics;
 `config.pretrain.export_path`, default `<workdir>/backbone.npz`): the file shipped as
@@ -23,7 +29,9 @@ blend sign, one-hot, as multi-label BCE), on a separately seeded, larger phantom
 104729, never the blend_phantom evaluation scans of seed 0: a scan is a pure function of (seed,
 index)). The RSNA layout was not used: its phantoms carry no blend sign, and its subtype labels
 would teach nothing about the hypodense component that separates the two ICH classes.
-Arguments: `runlocal` (a seconds-long smoke run), `num_scans`, `size`, `steps`, e.g.
+Arguments: `backbone` (resnet50, the default; vgg16, trained with BatchNorm that the export folds
+into a plain VGG16, as configs/pretrain_phantom.py does; inception_v3), `runlocal` (a
+seconds-long smoke run), `num_scans`, `size`, `steps`, e.g.
 `--config configs/pretrain_blend_phantom.py:runlocal`.
 """
 
@@ -38,7 +46,8 @@ SEED = 104729      # the 10,000th prime: not the seed of any DrCT or blend phant
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, runlocal=False, num_scans=1000, size=128, steps=6000)
+  a = common.parse_arg(arg, backbone="resnet50", runlocal=False, num_scans=1000, size=128,
+                       steps=6000)
   c = common.base_config()
   c.task = "pretrain"
   c.seed = 0
@@ -68,7 +77,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.synth.seed = SEED
   c.data.synth.size = a.size
 
-  c.model.backbone = "resnet50"        # the blend-sign paper's backbone (Table 3).
+  c.model.backbone = a.backbone        # ResNet-50: the blend-sign paper's (Table 3).
+  # VGG16 has no BatchNorm of its own; trained with it (as DrCT's stand-in), exported folded.
+  c.model.batch_norm = a.backbone == "vgg16"
   c.model.backbone_width = 0.125       # 1/8 of ResNet-50's channels: 2048 → 256 features.
   c.model.dropout_rate = 0.0
 
@@ -101,6 +112,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 500
   c.checkpoint.best_metric = "val/macro_auc"
   c.log.progress_bar = True
-  if a.runlocal:                       # seconds, not minutes: 32 px slices
-    c.data.image_size = c.data.synth.size = 32
+  if a.runlocal:                       # seconds, not minutes: 32 px (80 for Inception v3, least 75)
+    c.data.image_size = c.data.synth.size = 80 if a.backbone == "inception_v3" else 32
   return c

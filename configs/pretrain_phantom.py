@@ -8,7 +8,7 @@ backbone of configs/drct2_phantom.py (`--config.model.backbone_weights=FILE` to 
 zoomed to 192 px), the best state by validation macro-AUC exported (step 2000: slice-level val
 macro-F1 0.791, macro-AUC 0.973). About 45 min on 2 idle CPU cores. With it, drct2_phantom's
 test macro-F1 is 0.885; with the previous file (a 2000-step run, val 0.766 / 0.973) 0.838.
-See docs/RESULTS.md.
+See docs/HISTORY.md.
 The network trains with BatchNorm; the file holds plain VGG16 convolutions with BN folded in.
 Re-export from a finished workdir:
 `python -m ctjax.weights export --workdir runs/pretrain_phantom --out FILE`.

@@ -180,7 +180,7 @@ def test_exported_outputs_equal_the_in_process_model(exported, served, name):
   # The outputs depend on the input (not a constant program), and rows on their own input only.
   p = got[f"{BATCH_SIZES[-1]}/probs"]
   assert np.ptp(p, axis=0).max() > 1e-4
-  np.testing.assert_allclose(got[f"1/probs"][0],
+  np.testing.assert_allclose(got["1/probs"][0],
                              inference.predict_batch(run, {"hu": inputs[1]})["probs"][0],
                              atol=1e-5)
 

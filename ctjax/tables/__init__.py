@@ -47,8 +47,10 @@ CPU_COSTS = {
                      "cells 107-112 s"),
     "rsna": CpuCost(2455.0, 100.0, "1,280 scans, m = 28: setup 41 min (feature store 25 min), "
                     "cells 91-100 s"),
-    "blend": CpuCost(None, None, "configs/blend_phantom.py: not measured through the tables; "
-                     "its docstring's 9.5 min per trained model, 2 models for a SKD cell"),
+    # blend_table3's cells (runs/tables_blend, docs/tables.md): WCE 737 s with the setup,
+    # WCE + AT 329 s (one model), WCE + AT + SKD 817 s (teacher and student), ResNet-50.
+    "blend": CpuCost(410.0, 575.0, "150 scans at 128 px: setup ~7 min (generation, cache), "
+                     "ResNet-50 cells 5.5 min (one model) to 13.6 min (+ SKD: two)"),
 }
 
 

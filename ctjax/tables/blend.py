@@ -25,9 +25,7 @@ The paper prints Tables 3 and 4 as images; only the figures its text quotes are 
 from __future__ import annotations
 
 import dataclasses
-import math
-import pathlib
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -186,6 +184,22 @@ def table4(ctx: Context, command: str, chosen=None) -> Spec:
       res = _r(results, g[f"wce_at_skd/{b}"])
       t.cells += res
       _class_rows(t, label, res, {})
+    if ctx.preset == "cpu":
+      t.notes.append("Each backbone fine-tunes its own ImageNet stand-in, pretrained by one "
+                     "recipe on separately seeded blend phantoms "
+                     "(`configs/pretrain_blend_phantom.py:backbone=…`, shipped as "
+                     "`<backbone>_w0125_blend_phantom.npz`): 1/8 of each network's channels.")
+    # The paper's finding: "slight differences among different pre-trained backbones".
+    keys = ("per_class/blend_sign/sensitivity", "per_class/blend_sign/auc",
+            "per_class/normal_ich/sensitivity")
+    names = {k: k.split("/", 1)[1].replace("/", " ") for k in keys}
+    base = _r(results, g["wce_at_skd/resnet50"])
+    for b, label in BACKBONES:
+      if b == "resnet50":
+        continue
+      comps = render.compare(_r(results, g[f"wce_at_skd/{b}"]), base, keys, kind="blend",
+                             names=BLEND_CLASSES, n_boot=ctx.n_boot, seed=ctx.seed)
+      t.notes.append(render.comparison_text(label, "ResNet-50", comps, names, unit="slices"))
     return t
 
   return Spec("blend_table4", "Table 4", [c for cs in g.values() for c in cs], make)

@@ -4,6 +4,7 @@
 
 | name | the paper's | cells |
 |---|---|---|
+| `drct2_per_label` | DrCT2 per label, its heads, key-slice tasks, calibration (RSNA; cpu: the README's main job) | Table 3's RSNA DrCT2 |
 | `drct2_table1` | Table 1: the data sets (+ Fleiss' κ of CQ500's three readers per label) | none |
 | `drct2_table2` | Table 2: MSE vs BCE for the primary and APS losses, both data sets | DrCT2 MSE / BCE |
 | `drct2_table3` | Table 3: DrCT1 vs DrCT2 on both data sets (+ the section VII t-tests) | DrCT1 / DrCT2 |
@@ -37,7 +38,7 @@ import numpy as np
 from ctjax.errors import ConfigError
 from ctjax.eval import keyslice, stats
 from ctjax.tables import render
-from ctjax.tables.grid import Cell, CellResult, Context, Spec, folds_of, run_cells
+from ctjax.tables.grid import Cell, CellResult, Context, Spec, folds_of
 
 log = logging.getLogger(__name__)
 
@@ -500,6 +501,78 @@ def table7(ctx: Context, command: str, chosen=None) -> Spec:
   return Spec("drct2_table7", "Table 7", _flat(g), make)
 
 
+def per_label(ctx: Context, command: str, chosen=None) -> Spec:
+  """DrCT2 per label, its three heads, key-slice tasks, calibration (RSNA; cpu: the README job)."""
+  ds = dataset(ctx, "rsna")
+  g = cells_of(ctx, ds, ["drct2"], chosen=chosen)
+
+  def make(results, out_dir):
+    names = _labels(ctx, ds)
+    res = _results(results, g["drct2"])
+    title = (f"DrCT2 per label on the {ds.label}" + (
+        ": the README's main job" if ctx.preset == "cpu" else ""))
+    about = ("The cell of Table 3's DrCT2 row" + (
+        ", whose config is the README's main job's (`python -m ctjax.train --config "
+        "configs/drct2_phantom.py`: 1,280 scans, 100 epochs, fold 0)" if ctx.preset == "cpu"
+        else "") + ". " + _UNCERTAINTY + " Key-slice tasks: Algorithm 1 on the slice "
+        "attention (DrCT2 paper, Table 5), the test folds pooled.")
+    t = render.Table("drct2_per_label", title, command, ctx.preset,
+                     ["label (test positives)", "precision", "recall", "F1", "AUC"], about=about)
+    t.cells += res
+    pool = render.pooled(res, ["labels", "probs", "probs_primary", "probs_aps",
+                               "slice_attention", "slice_labels"])
+    keys = [f"per_class/{n}/{m}" for n in names for m in ("precision", "recall", "f1", "auc")]
+    cis = {}
+    if len(res) == 1:   # one fold: each figure's bootstrap CI over its test scans
+      cis = stats.multilabel_bootstrap(pool["labels"], pool["probs"], names, keys=keys,
+                                       n_boot=ctx.n_boot, seed=ctx.seed)
+    for n in names:
+      row, csv_row = [f"{n} ({int(pool['labels'][:, names.index(n)].sum())})"], {"row": n}
+      for m in ("precision", "recall", "f1", "auc"):
+        key = f"per_class/{n}/{m}"
+        fig = render.figure(res, key)
+        if key in cis:
+          fig = render.Figure(fig.values, fig.fold, (cis[key].lo, cis[key].hi))
+        row.append(fig.text())
+        csv_row.update(render.csv_figure(METRIC_NAMES[f"macro_{m}"], fig))
+      t.rows.append(row)
+      t.csv_rows.append(csv_row)
+    row, csv_row = _prf_row(["**macro**"], res, None)
+    t.rows.append(row[:5])
+    t.csv_rows.append(csv_row)
+    # The three heads of DrCT2 (primary, APS, fusion = the model's output).
+    heads = []
+    for key, label in (("probs_primary", "primary"), ("probs_aps", "APS"), ("probs", "fusion")):
+      if key in pool:
+        ci = stats.multilabel_bootstrap(pool["labels"], pool[key], names, keys=("macro_f1",),
+                                        n_boot=ctx.n_boot, seed=ctx.seed)["macro_f1"]
+        heads.append(f"{label} {stats.format_ci(ci.value, ci.lo, ci.hi, digits=3)}")
+        t.csv_rows.append({"row": f"head {label}", "F1_mean": ci.value, "F1_lo": ci.lo,
+                           "F1_hi": ci.hi, "F1_folds": len(res)})
+    if heads:
+      t.notes.append("**Macro-F1 of each head** (the test folds pooled, bootstrap CI): "
+                     + "; ".join(heads) + ".")
+    if "slice_labels" in pool:
+      fn = _keyslice_fn(names)
+      boot = stats.bootstrap_ci(fn, pool["slice_labels"], pool["slice_attention"],
+                                n_boot=ctx.n_boot, seed=ctx.seed, skip_degenerate=False)
+      tasks = keyslice.key_slice_tasks(pool["slice_attention"],
+                                       _lesion(pool["slice_labels"], names))
+      t.notes.append("**Key-slice tasks** (scans; paper DrCT2 on RSNA): " + "; ".join(
+          f"{k} {boot[k]} ({tasks[f'num_{k}']}; paper "
+          f"{render.num(keyslice.PAPER_TABLE5[k]['DrCT2'], 4)})" for k in keyslice.TASKS) + ".")
+    cal = [r.report.get("calibration") for r in res]
+    if all(cal):
+      parts = [f"macro ECE {render.num(float(np.mean([c['ece']['macro'] for c in cal])), 4)}"]
+      if all("rsna_weighted_log_loss" in c for c in cal):
+        parts.append("the RSNA challenge's weighted log loss " + render.num(float(np.mean(
+            [c["rsna_weighted_log_loss"] for c in cal])), 4))
+      t.notes.append("**Calibration** (mean over the folds): " + ", ".join(parts) + ".")
+    return t
+
+  return Spec("drct2_per_label", "per label", _flat(g), make)
+
+
 # ----------------------------------------------------------------------------------- figures
 
 
@@ -722,7 +795,8 @@ def table1(ctx: Context, command: str, chosen=None) -> Spec:
   return Spec("drct2_table1", "Table 1", [], make)
 
 
-SPECS = {"drct2_table1": table1, "drct2_table2": table2, "drct2_table3": table3,
-         "drct2_table4": table4, "drct2_table5_6": table5_6, "drct2_table7": table7,
+SPECS = {"drct2_per_label": per_label, "drct2_table1": table1, "drct2_table2": table2,
+         "drct2_table3": table3, "drct2_table4": table4, "drct2_table5_6": table5_6,
+         "drct2_table7": table7,
          "drct2_figure5": figure5, "drct2_figure6": figure6, "drct2_figure7": figure7}
 

@@ -331,6 +331,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   `task` / `data` replace `get_task(config.task)` / ctjax.data.pipeline (tests, stand-ins).
   """
+  started = time.perf_counter()   # this invocation's wall time goes into final_metrics.json
   workdir = pathlib.Path(workdir)
   validate_config(config)
   fileio.writable_dir(workdir, "--workdir")   # a file or a read-only folder: one line, now
@@ -437,5 +438,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if jax.process_index() == 0:
     fileio.atomic_write_text(workdir / "final_metrics.json", json.dumps(
         {"step": int(final["step"]), "metrics": to_jsonable(final),
-         "reports": to_jsonable(reports)}, indent=2), "writing final_metrics.json")
+         "reports": to_jsonable(reports),
+         # Data setup included; a resumed run times only its last invocation.
+         "wall_seconds": round(time.perf_counter() - started, 1),
+         "resumed_from_step": start if setup.resume_step is not None else None},
+        indent=2), "writing final_metrics.json")
   return final

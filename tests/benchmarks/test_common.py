@@ -5,7 +5,6 @@ import pathlib
 import time
 
 import jax
-import pytest
 import torch
 
 from benchmarks import common

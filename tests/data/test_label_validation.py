@@ -3,7 +3,6 @@ silently wrong). Each case: the typed error and its one line naming the file, ro
 
 import os
 
-import numpy as np
 import pytest
 
 from ctjax import errors

@@ -1,6 +1,5 @@
 """ctjax.data.qa: one QA row per series in the prepared cache, a test per flag."""
 
-import json
 import subprocess
 import sys
 import pathlib

@@ -5,7 +5,6 @@ across a page reload, waits out the washout on the study clock, reads 3 cases as
 
 import csv
 import io
-import pathlib
 import shutil
 import socket
 import threading

@@ -1,6 +1,5 @@
 """The study server (Flask test client and a real `serve` process): the study's rules."""
 
-import json
 import os
 import re
 import signal

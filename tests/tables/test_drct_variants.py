@@ -2,14 +2,16 @@
 store), Table 4's DrCT2 "APS 224" on the primary rows, and the stores they share."""
 
 import pathlib
+import sys
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import drct1_fusion, drct1_hires, drct2_rsna
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "train"))
+import stand_ins  # noqa: E402  (tests/train's helpers: small_drct_config)
+from configs import drct1_fusion, drct1_hires
 from ctjax.configs.common import load_config_file
 from ctjax.data import fake, pipeline
 from ctjax.errors import ConfigError
@@ -99,27 +101,10 @@ def test_configs_give_the_papers_ranges():
 
 # ------------------------------------------------------------------ the shared feature stores
 
-SIZE = 48
+SIZE = stand_ins.DRCT_SIZE
 
 
-def small_config(cache_dir, **over):
-  """DrCT2 runlocal at 48 px (primary 32, APS 48) on a random cache in `cache_dir`."""
-  c = drct2_rsna.get_config("runlocal")
-  c.data.layout = "folder"
-  c.data.root = str(pathlib.Path(cache_dir) / "root")
-  c.data.cache_dir = str(cache_dir)
-  c.data.image_size = SIZE
-  c.data.num_slices = 5
-  c.model.primary_size = 32
-  c.model.aps_size = 48
-  c.model.mkey = 3
-  c.features.enabled = True
-  c.features.chunk = 4
-  c.log.progress_bar = False
-  for key, value in over.items():
-    section, name = key.split(".")
-    c[section][name] = value
-  return c
+small_config = stand_ins.small_drct_config
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,8 @@ from flax import traverse_util
 from ctjax.tables import __main__ as tables_main
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
-DRCT = ["drct2_table3", "drct2_table5_6", "drct2_table7", "drct2_figure7"]
-BLEND = ["blend_table3", "blend_figure6"]
+DRCT = ["drct2_table3", "drct2_table5_6", "drct2_table7", "drct2_figure7", "drct2_per_label"]
+BLEND = ["blend_table3", "blend_figure6", "blend_table4"]
 
 
 def _random_like(shapes, seed: int = 0):
@@ -121,6 +121,38 @@ def test_drct2_table3_files(tables_run, untrained):
   assert sum("/cells/" in m and "blend" not in m for m in untrained) == 4
 
 
+def test_drct2_per_label_rows_are_the_cells_report(tables_run):
+  """One row per label with its bootstrap CI, the macro row as Table 3's DrCT2 row, the heads,
+  key-slice tasks and calibration, all from the RSNA DrCT2 cell Table 3 made."""
+  from configs import drct2_phantom
+  workdir, _ = tables_run
+  out = workdir / "tables"
+  md = (out / "drct2_per_label.md").read_text()
+  report = json.loads((workdir / "cells/rsna/drct2/fold_0/evaluation.json").read_text())
+  labels = list(drct2_phantom.get_config("runlocal").data.labels)
+  rows = [line for line in md.splitlines()
+          if line.startswith("| ") and line.split("|")[1].strip().split(" (")[0] in labels]
+  assert [r.split("|")[1].strip().split(" (")[0] for r in rows] == labels
+  pc = report["per_class"]
+  for r, name in zip(rows, labels):
+    cols = [c.strip() for c in r.split("|")[2:6]]
+    assert f"({pc[name]['support']})" in r
+    for col, m in zip(cols, ("precision", "recall", "f1", "auc")):
+      value = pc[name][m]
+      assert col.startswith("—" if value is None else f"{value:.3f}"), (name, m, col)
+  macro = next(line for line in md.splitlines() if line.startswith("| **macro** |"))
+  t3 = (out / "drct2_table3.md").read_text()
+  t3_row = next(line for line in t3.splitlines() if line.startswith("| RSNA") and "DrCT2" in line)
+  assert macro.split("|")[2:6] == t3_row.split("|")[3:7]   # the same cell's P / R / F1 / AUC
+  assert "Macro-F1 of each head" in md and "fusion" in md and "Key-slice tasks" in md
+  assert "weighted log loss" in md
+  import csv
+  with open(out / "drct2_per_label.csv") as f:
+    got = {r["row"]: r for r in csv.DictReader(f)}
+  assert set(got["any"]) == set(got["**macro**"])   # one set of columns
+  assert float(got["head fusion"]["F1_mean"]) == pytest.approx(report["macro_f1"], abs=1e-6)
+
+
 def test_blend_table3_and_figure6_files(tables_run):
   workdir, _ = tables_run
   out = workdir / "tables"
@@ -129,6 +161,17 @@ def test_blend_table3_and_figure6_files(tables_run):
   assert (out / "blend_table3.csv").is_file() and (out / "blend_figure6.png").is_file()
   assert (workdir / "cells/blend/wce_at_skd/fold_0/round_1/config.json").is_file()
   assert (workdir / "cells/blend/wce_at_skd/fold_0/evaluation.json").is_file()
+
+
+def test_blend_table4_compares_each_backbone_with_resnet50(tables_run):
+  workdir, _ = tables_run
+  md = (workdir / "tables/blend_table4.md").read_text()
+  for label in ("VGG16", "ResNet-50", "Inception v3"):
+    assert md.count(f"| {label} |") == 3, label   # one row per class
+  assert "**VGG16 − ResNet-50.**" in md and "**Inception v3 − ResNet-50.**" in md
+  # Table 3's WCE + AT + SKD cell is Table 4's ResNet-50 row: made once.
+  assert (workdir / "cells/blend/wce_at_skd_vgg16/fold_0/cell.json").is_file()
+  assert not (workdir / "cells/blend/wce_at_skd_resnet50").exists()
 
 
 def test_second_run_reuses_finished_cells(tables_run, untrained):

@@ -234,3 +234,36 @@ class TinySliceTask(TinyTask):
             "index_sum": float(outputs["example_index"].astype(np.int64).sum()),
             "positives": float(outputs["labels"].sum()),
             "mean_prob": float(outputs["probs"].mean())}
+
+
+# ----------------------------------------------------------------- a small DrCT2 on a cache
+
+DRCT_SIZE = 48
+
+
+def small_drct_config(cache_dir, **over) -> ml_collections.ConfigDict:
+  """DrCT2 runlocal at 48 px (primary 32, APS 48, m = 5, mkey 3) with the feature store on, on
+  a cache in `cache_dir` (`ctjax.data.fake.write_random_cache_for` writes one there); `over`:
+  dotted fields set, or added (e.g. Table 4's `model.hires_slices`, which DrCT2 lacks)."""
+  import pathlib
+  from configs import drct2_rsna
+  c = drct2_rsna.get_config("runlocal")
+  c.data.layout = "folder"
+  c.data.root = str(pathlib.Path(cache_dir) / "root")   # empty: the cache is complete
+  c.data.cache_dir = str(cache_dir)
+  c.data.image_size = DRCT_SIZE
+  c.data.num_slices = 5
+  c.model.primary_size = 32
+  c.model.aps_size = 48
+  c.model.mkey = 3
+  c.features.enabled = True
+  c.features.chunk = 4
+  c.log.progress_bar = False
+  c.log.tensorboard = False
+  for dotted, value in over.items():
+    *parents, leaf = dotted.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c

@@ -4,7 +4,6 @@ rows and losses from 2 processes × 2 devices as from 1 process × 4."""
 
 import json
 import os
-import pathlib
 import signal
 import socket
 import subprocess
@@ -16,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import stand_ins
 from configs import drct2_rsna
-from ctjax.configs.common import set_dotted
 from ctjax.data import cache, fake, pipeline
 from ctjax.errors import ConfigError
 from ctjax.models import weights
@@ -25,26 +24,10 @@ from ctjax.train import features as F
 from ctjax.train.tasks.drct import TASK, check_config
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "features_worker.py")
-SIZE = 48
+SIZE = stand_ins.DRCT_SIZE
 
 
-def small_config(cache_dir, **over):
-  """DrCT2 runlocal at 48 px (primary 32, APS 48) on a random cache in `cache_dir`."""
-  c = drct2_rsna.get_config("runlocal")
-  c.data.layout = "folder"
-  c.data.root = str(pathlib.Path(cache_dir) / "root")   # empty: the cache is complete
-  c.data.cache_dir = str(cache_dir)
-  c.data.image_size = SIZE
-  c.data.num_slices = 5
-  c.model.primary_size = 32
-  c.model.aps_size = 48
-  c.model.mkey = 3
-  c.features.enabled = True
-  c.features.chunk = 4
-  c.log.progress_bar = False
-  c.log.tensorboard = False
-  set_dotted(c, over)
-  return c
+small_config = stand_ins.small_drct_config
 
 
 def random_cache(config, num_scans=11, seed=0):
@@ -219,7 +202,6 @@ def _store_arrays(path):
 def test_two_processes_build_the_same_store_and_train_to_the_same_losses(tmp_path):
   """1 process × 4 devices (here) vs 2 processes × 2 devices (jax.distributed on localhost):
   the same stored rows, then the same training losses on them through the real pipeline."""
-  import stand_ins
   from ctjax.train import loop
   one, two = tmp_path / "one", tmp_path / "two"
   overrides = {"train.batch_size": 4, "train.num_epochs": 3, "train.max_steps": 3,

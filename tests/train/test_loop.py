@@ -24,6 +24,9 @@ def test_workdir_contents(reference_run):
   evals = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()
            if "val/macro_f1" in l]
   assert [e["step"] for e in evals] == [3, 6]
+  done = json.loads((workdir / "final_metrics.json").read_text())
+  assert done["step"] == 6 and done["metrics"]["val/macro_f1"] == final["val/macro_f1"]
+  assert done["wall_seconds"] > 0 and done["resumed_from_step"] is None
 
 
 def test_resume_after_stop_matches_uninterrupted(reference_run, tmp_path):
@@ -44,6 +47,7 @@ def test_resume_after_stop_matches_uninterrupted(reference_run, tmp_path):
   # Step 3 ran twice (before the stop and after the resume from step 2) but is logged once.
   records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3, 4, 5, 6]
+  assert json.loads((tmp_path / "final_metrics.json").read_text())["resumed_from_step"] == 2
 
 
 def test_metrics_writer_is_idempotent_over_a_resume(tmp_path):

@@ -298,3 +298,40 @@ def test_affine_augmentation_is_the_blend_tasks_and_runs_only_in_training(monkey
         model, v["params"], {k: x for k, x in v.items() if k != "params"}, batch,
         jax.random.PRNGKey(1), config, train), shapes)
   assert calls == [aug]
+
+
+# ------------------------------------------------------------------ Inception v3 (blend Table 4)
+
+
+def test_inception_v3_export_keeps_batch_norm_and_the_blend_task_loads_it(tmp_path):
+  from configs import blend_phantom, pretrain_blend_phantom
+  from ctjax.models import blendnet
+  from ctjax.models.inception import MIN_SIZE
+  from ctjax.train.tasks import blend
+  config = pretrain_blend_phantom.get_config("runlocal,backbone=inception_v3")
+  config.model.backbone_width = 0.0625
+  pretrain.TASK.validate_config(config)
+  assert config.data.image_size >= MIN_SIZE and not config.model.batch_norm
+  model = pretrain.TASK.build_model(config)
+  # init_variables' shapes (eval_shape: nothing compiles) are those at the least input size.
+  shapes = jax.eval_shape(lambda r: pretrain.TASK.init_variables(model, config, r),
+                          jax.random.PRNGKey(0))
+  variables = _numpy_variables(model, size=MIN_SIZE, seed=4)
+  assert jax.tree.structure(shapes) == jax.tree.structure(variables)
+  rng = np.random.default_rng(1)
+  variables["batch_stats"] = jax.tree.map(
+      lambda a: rng.uniform(0.5, 1.5, a.shape).astype(np.float32), variables["batch_stats"])
+  saved = weights.load_variables(pretrain.export_backbone(variables, tmp_path / "inc.npz",
+                                                          backbone="inception_v3"))
+  assert set(saved) == {"params", "batch_stats"}
+  for col in saved:
+    jax.tree.map(np.testing.assert_array_equal, saved[col], variables[col]["backbone"])
+  assert saved["params"]["Mixed_7c"]["branch1x1"]["conv"]["kernel"].shape == (1, 1, 128, 20)
+  # The blend task builds the same Inception v3 and loads the file as its backbone.
+  bc = blend_phantom.get_config(f"backbone=inception_v3,size={MIN_SIZE + 5},width=0.0625")
+  bc.model.backbone_weights = str(tmp_path / "inc.npz")
+  fresh = blendnet.strip_perturbations(_numpy_variables(blend.TASK.build_model(bc),
+                                                        size=MIN_SIZE + 5, seed=6))
+  loaded = blend.TASK.load_pretrained(bc, fresh)
+  for col in saved:
+    jax.tree.map(np.testing.assert_array_equal, loaded[col]["backbone"], saved[col])

@@ -2,11 +2,13 @@
 
 DrCT2's design is a pretrained, frozen VGG16; the blend-sign paper fine-tunes an ImageNet
 ResNet-50. No ImageNet weights can be downloaded here, so a small-width backbone
-(`config.model.backbone`: "vgg16", ctjax.models.vgg, or "resnet50", ctjax.models.resnet) is
+(`config.model.backbone`: "vgg16", ctjax.models.vgg; "resnet50", ctjax.models.resnet; or
+"inception_v3", ctjax.models.inception) is
 trained with a linear multi-label head on single phantom slices and their slice-level truth (a
 separately seeded phantom set, never the evaluation data): `configs/pretrain_phantom.py` (VGG16
 for DrCT, shipped as ctjax/assets/vgg16_w0125_phantom.npz), `configs/pretrain_blend_phantom.py`
-(ResNet-50 for the blend-sign detector, ctjax/assets/resnet50_w0125_blend_phantom.npz). The
+(the blend-sign detector's ResNet-50, ctjax/assets/resnet50_w0125_blend_phantom.npz, and its
+Table 4 backbones VGG16 and Inception v3, `<backbone>_w0125_blend_phantom.npz`). The
 backbone's variables are written with `ctjax.models.weights.save_variables` to
 `config.pretrain.export_path` (default `<workdir>/backbone.npz`). Re-export from a finished
 workdir: `python -m ctjax.weights export --workdir DIR --out FILE`.
@@ -40,14 +42,17 @@ from ctjax.train.tasks import Task
 log = logging.getLogger(__name__)
 
 EXPORT_NAME = "backbone.npz"   # written into the workdir when config.pretrain.export_path is ""
-BACKBONES = ("vgg16", "resnet50")
+BACKBONES = ("vgg16", "resnet50", "inception_v3")
+# Backbones whose BatchNorm is a layer of their own (kept on export, fine-tuned downstream).
+NATIVE_BATCH_NORM = ("resnet50", "inception_v3")
 
 
 class BackboneClassifier(nn.Module):
   """Backbone conv stack → pooled features → linear multi-label logits.
 
-  backbone "vgg16" (optionally with BatchNorm, folded away on export) or "resnet50" (native
-  BatchNorm, exported with its statistics); the backbone's variables live under "backbone".
+  backbone "vgg16" (optionally with BatchNorm, folded away on export), "resnet50" or
+  "inception_v3" (native BatchNorm, exported with its statistics); the backbone's variables live
+  under "backbone".
   """
   num_labels: int
   backbone_width: float = 0.125
@@ -63,6 +68,10 @@ class BackboneClassifier(nn.Module):
       from ctjax.models.resnet import ResNet50
       net = ResNet50(width=self.backbone_width, dtype=self.dtype, param_dtype=self.param_dtype,
                      name="backbone")
+    elif self.backbone == "inception_v3":
+      from ctjax.models.inception import InceptionV3
+      net = InceptionV3(width=self.backbone_width, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="backbone")
     else:
       from ctjax.models.vgg import VGG16
       net = VGG16(width=self.backbone_width, batch_norm=self.batch_norm, dtype=self.dtype,
@@ -139,8 +148,11 @@ class PretrainTask(Task):
                               param_dtype=compute_dtype(config.model.param_dtype))
 
   def init_variables(self, model, config, rng) -> dict:
-    # Parameter shapes do not depend on the image size: initialise on 32 px.
-    variables = model.init({"params": rng}, jnp.zeros((1, 32, 32, 3)), train=False)
+    # Parameter shapes do not depend on the image size: initialise on the smallest input the
+    # backbone takes (32 px; Inception v3's stem needs 75).
+    from ctjax.models.inception import MIN_SIZE
+    size = MIN_SIZE if _backbone(config) == "inception_v3" else 32
+    variables = model.init({"params": rng}, jnp.zeros((1, size, size, 3)), train=False)
     return {k: v for k, v in variables.items()}
 
   def loss_fn(self, model, params, extra, batch, rng, config, train):
@@ -197,7 +209,8 @@ def export_backbone(variables: Mapping[str, Any], path: str, *,
 
   A VGG16 trained with BatchNorm (`config.model.batch_norm`) is written with its BN layers
   folded into the convolutions (`ctjax.models.vgg.fold_batch_norm`, exact in inference mode),
-  so the file is always the plain VGG16 that DrCT loads frozen. A ResNet-50 keeps its BatchNorm
+  so the file is always the plain VGG16 that DrCT loads frozen. A ResNet-50 or Inception v3
+  keeps its BatchNorm
   (part of the architecture, fine-tuned by the blend task): its file holds "params/…" and
   "batch_stats/…", what `ctjax.models.weights.load_backbone_like` gives the blend task."""
   from ctjax.models.vgg import fold_batch_norm
@@ -209,7 +222,7 @@ def export_backbone(variables: Mapping[str, Any], path: str, *,
   stats = variables.get("batch_stats", {}).get("backbone")
   if stats is not None:
     stats = jax.tree.map(np.asarray, dict(stats))
-    if backbone == "resnet50":    # BatchNorm stays a layer of its own.
+    if backbone in NATIVE_BATCH_NORM:    # BatchNorm stays a layer of its own.
       out["batch_stats"] = stats
     else:
       out = fold_batch_norm({"params": params, "batch_stats": stats})
