@@ -18,6 +18,12 @@ non-ICH 0.990 / normal ICH 0.978 / blend sign 0.998, macro-F1 0.943 on 200 held-
 Measured: 1 h 20 min wall on 2 busy CPU cores at load 5-8 (2,700 user CPU-s). A 600-scan,
 3,000-step pilot reached 0.982 / 0.959 / 0.991; fine-tuning from it stayed below 0.95 for
 normal ICH on blend_phantom's validation fold, hence the larger set and schedule.
+The VGG16 stand-in (vgg16_w0125_blend_phantom.npz, 0.9 MB, BatchNorm folded): the same 1,000
+scans, 3,000 steps; best state step 3,000, val AUC 0.991 / 0.979 / 0.999, macro-F1 0.965;
+46 min wall on 2 CPU cores shared with other runs. The Inception v3 stand-in
+(inception_v3_w0125_blend_phantom.npz, 1.5 MB): the same, best state step 3,000, val AUC
+0.983 / 0.967 / 0.997, macro-F1 0.914 (still rising: 0.745 at step 1,000, 0.910 at 2,000);
+17 min wall.
 Re-export from a finished workdir:
 `python -m ctjax.weights export --workdir runs/pretrain_blend --out FILE`.
 
