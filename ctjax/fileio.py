@@ -1,4 +1,5 @@
-"""Writing files: early checks of output locations, atomic writes, OSError → one-line error.
+"""Writing files: early checks of output locations, atomic writes, OSError → one-line error;
+and opening .npy memory maps from several threads (`open_npy`).
 
 Every command writes somewhere (a workdir, a cache, a report); a read-only folder, a file where a
 folder is expected or a full disk must end in one line naming the path (`StorageError`,
@@ -15,7 +16,10 @@ import pathlib
 import re
 import shutil
 import tempfile
+import threading
 from typing import Optional, Union
+
+import numpy as np
 
 from ctjax.errors import DiskFullError, StorageError
 
@@ -170,3 +174,16 @@ def file_digest(path: PathLike, algorithm: str = "sha256") -> str:
     for block in iter(lambda: f.read(1 << 20), b""):
       h.update(block)
   return h.hexdigest()
+
+
+# np.load parses a .npy header with ast.literal_eval, and on CPython 3.11 AST construction in
+# several threads at once can fail with "SystemError: AST constructor recursion depth mismatch"
+# (python/cpython#106905). The input pipeline's reader threads map shards lazily: one at a time.
+_NPY_OPEN = threading.Lock()
+
+
+def open_npy(path: PathLike, mmap_mode: Optional[str] = "r") -> np.ndarray:
+  """`np.load(path, mmap_mode=...)`, serialised across threads (see `_NPY_OPEN`)."""
+  with _NPY_OPEN:
+    return np.load(path, mmap_mode=mmap_mode)
+

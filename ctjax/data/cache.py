@@ -54,6 +54,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from ctjax import errors
+from ctjax import fileio
 from ctjax.fileio import file_digest
 from ctjax.data import datasets
 
@@ -618,7 +619,7 @@ class CachedScans:
       name = self.manifest["shards"][shard]["file"]
       want = self.manifest["shards"][shard].get("num_slices")
       try:
-        arr = np.load(self.path / name, mmap_mode="r")
+        arr = fileio.open_npy(self.path / name)
       except (OSError, ValueError) as e:   # e.g. "mmap length is greater than file size"
         raise self._damaged(name, f"cannot be mapped ({' '.join(str(e).split())})") from e
       if arr.ndim != 3 or arr.dtype != np.int16 or (want is not None and arr.shape[0] != want):

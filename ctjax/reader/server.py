@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 from flask import Flask, Response, jsonify, redirect, render_template, request, url_for
 
-from ctjax import errors
+from ctjax import errors, fileio
 from ctjax.reader import clock as clock_lib
 from ctjax.reader.db import StudyDB
 from ctjax.reader.study import CONFIDENCE_LEVELS, Study
@@ -108,7 +108,7 @@ def create_app(study_dir: str | os.PathLike, *, clock: Optional[clock_lib.Clock]
   def volume(token: str, case_id: str):
     reader = reader_of(token)
     db.current_read(reader.id, case_id)
-    hu = np.load(study.hu_path(case_id), mmap_mode="r")
+    hu = fileio.open_npy(study.hu_path(case_id))   # requests run in threads
     body = np.ascontiguousarray(hu, dtype="<i2").tobytes()
     return Response(body, mimetype="application/octet-stream",
                     headers={"X-Volume-Shape": ",".join(str(s) for s in hu.shape)})

@@ -38,6 +38,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from ctjax import fileio
 from ctjax.errors import CTDataError
 from ctjax.fileio import file_digest
 
@@ -191,7 +192,7 @@ class FeatureStore:
     if arr is None:
       file = _shard_stem(self.path, shard).with_name(f"shard_{shard:05d}.{name}.npy")
       try:
-        arr = _from_storage(np.load(file, mmap_mode="r"), self.dtype)
+        arr = _from_storage(fileio.open_npy(file), self.dtype)
       except (OSError, ValueError) as e:
         raise CTDataError(f"unreadable feature shard ({e}); delete {self.path} to rebuild it",
                           file) from e
