@@ -511,11 +511,13 @@ def per_label(ctx: Context, command: str, chosen=None) -> Spec:
     res = _results(results, g["drct2"])
     title = (f"DrCT2 per label on the {ds.label}" + (
         ": the README's main job" if ctx.preset == "cpu" else ""))
-    about = ("The cell of Table 3's DrCT2 row" + (
-        ", whose config is the README's main job's (`python -m ctjax.train --config "
-        "configs/drct2_phantom.py`: 1,280 scans, 100 epochs, fold 0)" if ctx.preset == "cpu"
-        else "") + ". " + _UNCERTAINTY + " Key-slice tasks: Algorithm 1 on the slice "
-        "attention (DrCT2 paper, Table 5), the test folds pooled.")
+    folds = ", ".join(str(r.cell.fold) for r in res)
+    about = (f"The cells of Table 3's DrCT2 row, folds {folds}" + (
+        ": the README's main job's config (`python -m ctjax.train --config "
+        "configs/drct2_phantom.py`: 1,280 scans, 100 epochs), whose own run is fold 0"
+        if ctx.preset == "cpu" else "") + ". " + _UNCERTAINTY + " Test positives: the folds' "
+        "test splits pooled. Key-slice tasks: Algorithm 1 on the slice attention (DrCT2 "
+        "paper, Table 5), the test folds pooled.")
     t = render.Table("drct2_per_label", title, command, ctx.preset,
                      ["label (test positives)", "precision", "recall", "F1", "AUC"], about=about)
     t.cells += res
