@@ -170,6 +170,16 @@ class TinyTask(Task):
     return metrics.multiclass_report(outputs["label"], outputs["probs"], NAMES)
 
 
+def set_fields(config: ml_collections.ConfigDict, values) -> None:
+  """Sets `{"a.b": value}` fields in place, adding those the config lacks (tests' overrides)."""
+  for dotted, value in values.items():
+    *parents, leaf = dotted.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+
+
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
   c = common.base_config()
   c.task = "tiny"
@@ -190,12 +200,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   c.checkpoint.async_save = True
   c.log.progress_bar = False
   c.log.tensorboard = True
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  set_fields(c, overrides)
   return c
 
 
@@ -260,10 +265,5 @@ def small_drct_config(cache_dir, **over) -> ml_collections.ConfigDict:
   c.features.chunk = 4
   c.log.progress_bar = False
   c.log.tensorboard = False
-  for dotted, value in over.items():
-    *parents, leaf = dotted.split(".")
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  set_fields(c, over)
   return c

@@ -11,6 +11,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
+import stand_ins
 from configs import blend_phantom
 from ctjax.models import blendnet
 from ctjax.train import optim
@@ -33,12 +34,7 @@ class TinyBackbone(nn.Module):
 
 def _config(variant="wce_at", **over):
   c = blend_phantom.get_config(f"variant={variant},size={SIZE}")
-  for k, v in over.items():
-    node = c
-    *path, leaf = k.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  stand_ins.set_fields(c, over)
   return c
 
 

@@ -48,12 +48,7 @@ def _config(**kw):
   c.checkpoint.best_metric = ""
   c.log.progress_bar = False
   c.log.tensorboard = False
-  for k, v in kw.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
+  stand_ins.set_fields(c, kw)
   return c
 
 
