@@ -55,7 +55,6 @@ import numpy as np
 
 from ctjax import errors
 from ctjax import fileio
-from ctjax.fileio import file_digest
 from ctjax.data import datasets
 
 log = logging.getLogger(__name__)
@@ -129,7 +128,7 @@ def source_fingerprint(root, *, exclude: Sequence[os.PathLike] = ()) -> dict[str
       full = os.path.join(dirpath, name)
       rel = os.path.relpath(full, root)
       if dirpath == str(root) and (name.endswith(LABEL_SUFFIXES) or name in LABEL_NAMES):
-        labels[rel] = file_digest(full)
+        labels[rel] = fileio.file_digest(full)
         continue
       try:
         st = os.stat(full)
@@ -332,7 +331,7 @@ def damaged_shards(path: pathlib.Path, manifest: dict, *, checksum: bool = False
 
 
 def _sha1(path: pathlib.Path) -> str:
-  return file_digest(path, "sha1")
+  return fileio.file_digest(path, "sha1")
 
 
 # ------------------------------------------------------------------------------- building

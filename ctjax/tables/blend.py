@@ -66,6 +66,10 @@ PAPER_TABLE2_KAPPA = {"non_ich": 0.91, "blend_sign": 0.79}
 VARIANTS = (("wce", "WCE"), ("wce_at", "WCE + AT"), ("wce_at_skd", "WCE + AT + SKD"))
 BACKBONES = (("vgg16", "VGG16"), ("resnet50", "ResNet-50"), ("inception_v3", "Inception v3"))
 METRICS = ("sensitivity", "specificity", "f1", "auc")
+# The figures two rows are compared on (the paper's text quotes these changes).
+COMPARED = ("per_class/blend_sign/sensitivity", "per_class/blend_sign/auc",
+            "per_class/normal_ich/sensitivity")
+COMPARED_NAMES = {k: k.split("/", 1)[1].replace("/", " ") for k in COMPARED}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,23 +152,20 @@ def table3(ctx: Context, command: str, chosen=None) -> Spec:
       res = _r(results, g[f"{v}/resnet50"])
       t.cells += res
       _class_rows(t, label, res, PAPER_TABLE3[v])
-    keys = ("per_class/blend_sign/sensitivity", "per_class/blend_sign/auc",
-            "per_class/normal_ich/sensitivity")
-    names = {k: k.split("/", 1)[1].replace("/", " ") for k in keys}
     for a, b, la, lb in (("wce_at_skd", "wce", "WCE + AT + SKD", "WCE"),
                          ("wce_at", "wce", "WCE + AT", "WCE"),
                          ("wce_at_skd", "wce_at", "WCE + AT + SKD", "WCE + AT")):
       comps = render.compare(_r(results, g[f"{a}/resnet50"]), _r(results, g[f"{b}/resnet50"]),
-                             keys, kind="blend", names=BLEND_CLASSES, n_boot=ctx.n_boot,
+                             COMPARED, kind="blend", names=BLEND_CLASSES, n_boot=ctx.n_boot,
                              seed=ctx.seed)
       paper = {}
-      for k in keys:
+      for k in COMPARED:
         _, c, m = k.split("/")
         pa, pb = PAPER_TABLE3[a].get(c, {}).get(m), PAPER_TABLE3[b].get(c, {}).get(m)
         if pa is not None and pb is not None:
           paper[k] = pa - pb
-      t.notes.append(render.comparison_text(la, lb, comps, names, paper=paper or None,
-                                           unit="slices"))
+      t.notes.append(render.comparison_text(la, lb, comps, COMPARED_NAMES,
+                                           paper=paper or None, unit="slices"))
     return t
 
   return Spec("blend_table3", "Table 3", [c for cs in g.values() for c in cs], make)
@@ -190,16 +191,14 @@ def table4(ctx: Context, command: str, chosen=None) -> Spec:
                      "(`configs/pretrain_blend_phantom.py:backbone=…`, shipped as "
                      "`<backbone>_w0125_blend_phantom.npz`): 1/8 of each network's channels.")
     # The paper's finding: "slight differences among different pre-trained backbones".
-    keys = ("per_class/blend_sign/sensitivity", "per_class/blend_sign/auc",
-            "per_class/normal_ich/sensitivity")
-    names = {k: k.split("/", 1)[1].replace("/", " ") for k in keys}
     base = _r(results, g["wce_at_skd/resnet50"])
     for b, label in BACKBONES:
       if b == "resnet50":
         continue
-      comps = render.compare(_r(results, g[f"wce_at_skd/{b}"]), base, keys, kind="blend",
+      comps = render.compare(_r(results, g[f"wce_at_skd/{b}"]), base, COMPARED, kind="blend",
                              names=BLEND_CLASSES, n_boot=ctx.n_boot, seed=ctx.seed)
-      t.notes.append(render.comparison_text(label, "ResNet-50", comps, names, unit="slices"))
+      t.notes.append(render.comparison_text(label, "ResNet-50", comps, COMPARED_NAMES,
+                                           unit="slices"))
     return t
 
   return Spec("blend_table4", "Table 4", [c for cs in g.values() for c in cs], make)

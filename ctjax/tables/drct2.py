@@ -387,6 +387,13 @@ def _keyslice_fn(names: Sequence[str]) -> Callable[[np.ndarray, np.ndarray], dic
   return fn
 
 
+def _keyslice_boot(pool: Mapping[str, np.ndarray], names: Sequence[str], ctx: Context
+                   ) -> dict[str, stats.BootstrapCI]:
+  """Tables 5-6's figures of pooled test predictions, each with its bootstrap CI over scans."""
+  return stats.bootstrap_ci(_keyslice_fn(names), pool["slice_labels"], pool["slice_attention"],
+                            n_boot=ctx.n_boot, seed=ctx.seed, skip_degenerate=False)
+
+
 def table5_6(ctx: Context, command: str, chosen=None) -> Spec:
   """Tables 5-6: key-slice tasks and per-disease key-slice accuracy (RSNA)."""
   ds = dataset(ctx, "rsna")
@@ -403,7 +410,6 @@ def table5_6(ctx: Context, command: str, chosen=None) -> Spec:
                      "[95 % bootstrap CI over scans]. Table 6 pools each disease's lesion "
                      "slices.")
     pooled, boots = {}, {}
-    fn = _keyslice_fn(names)
     for v in ("drct1", "drct2"):
       res = _results(results, g[v])
       t.cells += res
@@ -411,8 +417,7 @@ def table5_6(ctx: Context, command: str, chosen=None) -> Spec:
       if "slice_labels" not in pooled[v]:
         t.notes.append("No per-slice labels in this data set: Tables 5 and 6 need them.")
         return t
-      boots[v] = stats.bootstrap_ci(fn, pooled[v]["slice_labels"], pooled[v]["slice_attention"],
-                                    n_boot=ctx.n_boot, seed=ctx.seed, skip_degenerate=False)
+      boots[v] = _keyslice_boot(pooled[v], names, ctx)
     tasks = keyslice.key_slice_tasks(pooled["drct2"]["slice_attention"],
                                      _lesion(pooled["drct2"]["slice_labels"], names))
     diseases = keyslice.per_disease_accuracy(pooled["drct2"]["slice_attention"],
@@ -434,7 +439,7 @@ def table5_6(ctx: Context, command: str, chosen=None) -> Spec:
       t.csv_rows.append(_ks_csv(d, diseases[d]["slices"], boots, key, paper, "slices"))
     same = np.array_equal(pooled["drct1"]["slice_labels"], pooled["drct2"]["slice_labels"])
     if same:
-      diff = stats.paired_bootstrap(fn, pooled["drct2"]["slice_labels"],
+      diff = stats.paired_bootstrap(_keyslice_fn(names), pooled["drct2"]["slice_labels"],
                                     pooled["drct2"]["slice_attention"],
                                     pooled["drct1"]["slice_attention"], n_boot=ctx.n_boot,
                                     seed=ctx.seed, skip_degenerate=False)
@@ -555,9 +560,7 @@ def per_label(ctx: Context, command: str, chosen=None) -> Spec:
       t.notes.append("**Macro-F1 of each head** (the test folds pooled, bootstrap CI): "
                      + "; ".join(heads) + ".")
     if "slice_labels" in pool:
-      fn = _keyslice_fn(names)
-      boot = stats.bootstrap_ci(fn, pool["slice_labels"], pool["slice_attention"],
-                                n_boot=ctx.n_boot, seed=ctx.seed, skip_degenerate=False)
+      boot = _keyslice_boot(pool, names, ctx)
       tasks = keyslice.key_slice_tasks(pool["slice_attention"],
                                        _lesion(pool["slice_labels"], names))
       t.notes.append("**Key-slice tasks** (scans; paper DrCT2 on RSNA): " + "; ".join(

@@ -40,7 +40,6 @@ import numpy as np
 
 from ctjax import fileio
 from ctjax.errors import CTDataError
-from ctjax.fileio import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ def _data_identity(scans: Any) -> dict[str, Any]:
   """What fixes the HU rows: the prepared cache's manifest.json (its bytes) and the size and
   mtime of its shard files (a rebuilt cache gets new ones)."""
   path = pathlib.Path(scans.path)
-  out: dict[str, Any] = {"manifest_sha256": file_digest(path / "manifest.json")}
+  out: dict[str, Any] = {"manifest_sha256": fileio.file_digest(path / "manifest.json")}
   shards = []
   for shard in scans.manifest.get("shards", []):
     st = (path / shard["file"]).stat()

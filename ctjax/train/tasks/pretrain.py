@@ -64,18 +64,10 @@ class BackboneClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    if self.backbone == "resnet50":
-      from ctjax.models.resnet import ResNet50
-      net = ResNet50(width=self.backbone_width, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name="backbone")
-    elif self.backbone == "inception_v3":
-      from ctjax.models.inception import InceptionV3
-      net = InceptionV3(width=self.backbone_width, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name="backbone")
-    else:
-      from ctjax.models.vgg import VGG16
-      net = VGG16(width=self.backbone_width, batch_norm=self.batch_norm, dtype=self.dtype,
-                  param_dtype=self.param_dtype, name="backbone")
+    from ctjax.models.weights import build_backbone
+    arch = "vgg16_bn" if self.backbone == "vgg16" and self.batch_norm else self.backbone
+    net = build_backbone(arch, width=self.backbone_width, dtype=self.dtype,
+                         param_dtype=self.param_dtype, name="backbone")
     feats = net(x, train=train)["pooled"]
     feats = nn.Dropout(self.dropout_rate, deterministic=not train)(feats)
     logits = nn.Dense(self.num_labels, dtype=self.dtype, param_dtype=self.param_dtype,
