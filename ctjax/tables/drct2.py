@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ctjax.errors import ConfigError
+from ctjax.errors import ConfigError, CTDataError
 from ctjax.eval import keyslice, stats
 from ctjax.tables import render
 from ctjax.tables.grid import Cell, CellResult, Context, Spec, folds_of
@@ -585,7 +585,11 @@ def _eval_curve(path: pathlib.Path, split: str = "val") -> tuple[np.ndarray, dic
   """(epochs, {metric: values}) of a run's periodic `split` evaluations (metrics.jsonl)."""
   steps_per_epoch = None
   evals: dict[int, dict[str, float]] = {}
-  with open(path / "metrics.jsonl") as f:
+  log_file = path / "metrics.jsonl"
+  if not log_file.is_file():
+    raise CTDataError("missing: the figure reads the run's periodic evaluations; delete "
+                      f"{path / 'cell.json'} to train the cell again", log_file)
+  with open(log_file) as f:
     for line in f:
       rec = json.loads(line)
       if "train/epoch" in rec and rec.get("train/epoch"):

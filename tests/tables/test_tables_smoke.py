@@ -23,7 +23,8 @@ from flax import traverse_util
 from ctjax.tables import __main__ as tables_main
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
-DRCT = ["drct2_table3", "drct2_table5_6", "drct2_table7", "drct2_figure7", "drct2_per_label"]
+DRCT = ["drct2_table3", "drct2_table5_6", "drct2_table7", "drct2_figure7", "drct2_per_label",
+        "drct2_table1", "drct2_table2", "drct2_table4", "drct2_figure5", "drct2_figure6"]
 BLEND = ["blend_table3", "blend_figure6", "blend_table4"]
 
 
@@ -61,6 +62,11 @@ def _untrained_run(config, workdir) -> None:
   ck.save(1, state, None, force=True)
   ck.close()
   (wd / "config.json").write_text(config.to_json_best_effort())
+  # The trainer's log: a train record (steps per epoch) and two validation evaluations.
+  evals = [{"step": 2, "train/epoch": 1.0, "train/loss": 1.0}]
+  evals += [{"step": s, "val/macro_precision": p, "val/macro_recall": r, "val/macro_f1": f}
+            for s, p, r, f in ((2, 0.5, 0.4, 0.44), (4, 0.6, 0.5, 0.55))]
+  (wd / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +124,41 @@ def test_drct2_table3_files(tables_run, untrained):
   report = json.loads((workdir / "cells/rsna/drct2/fold_0/evaluation.json").read_text())
   assert {"ci95", "calibration"} <= set(report)
   assert "rsna_weighted_log_loss" in report["calibration"]
-  assert sum("/cells/" in m and "blend" not in m for m in untrained) == 4
+  # Table 3's 4 cells, Table 2's BCE pair, Table 4's 4 variants, Figure 6's other mkeys.
+  assert sum("/cells/" in m and "blend" not in m for m in untrained) == 12
+
+
+def test_the_other_drct2_tables_and_figures(tables_run):
+  workdir, _ = tables_run
+  out = workdir / "tables"
+  t2 = (out / "drct2_table2.md").read_text()
+  assert t2.count("| BCE |") == 2 and t2.count("| MSE |") == 2 and "0.9360" in t2
+  t4 = (out / "drct2_table4.md").read_text()
+  assert "model fusion" in t4 and "high-resolution input" in t4 and "0.9179" in t4
+  f6 = (out / "drct2_figure6.md").read_text()
+  rows = [ln for ln in f6.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
+  assert rows and "Best mkey with attention here" in f6
+  assert (out / "drct2_figure6.png").stat().st_size > 1000
+  f5 = (out / "drct2_figure5.md").read_text()
+  # The cell's logged validation figures by epoch (2 steps an epoch in the stand-in log).
+  assert "| 1 | 0.500 ± 0.000 | 0.400 ± 0.000 | 0.440 ± 0.000 |" in f5
+  assert "| 2 | 0.600 ± 0.000 | 0.500 ± 0.000 | 0.550 ± 0.000 |" in f5
+  assert (out / "drct2_figure5.png").stat().st_size > 1000
+  assert "Fleiss" in (out / "drct2_table1.md").read_text()
+
+
+def test_figure5_of_a_cell_without_its_log_is_one_line(tables_run, capsys):
+  workdir, _ = tables_run
+  log = workdir / "cells/cq500/drct2/fold_0/metrics.jsonl"
+  saved = log.read_text()
+  log.unlink()
+  try:
+    assert _run(workdir, ["drct2_figure5"]) == 1
+  finally:
+    log.write_text(saved)
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and len(err.splitlines()) == 1
+  assert "metrics.jsonl: missing" in err and "cell.json" in err
 
 
 def test_drct2_per_label_rows_are_the_cells_report(tables_run):
