@@ -63,8 +63,8 @@ def measure(arch: str, size: int, batch: int, *, dtype: str = "float32", width: 
             with_torch: bool = True, seed: int = 0) -> dict[str, Any]:
   """One (arch, size) figure; every number the table and JSON report."""
   import torch  # pylint: disable=g-import-not-at-top
-  from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
-  from ctjax.models import weights  # pylint: disable=g-import-not-at-top
+  from tests.support import torch_models  # pylint: disable=g-import-not-at-top
+  from ctjax.models import backbones, pretrained
 
   on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
   tdev = torch.device("cuda" if on_gpu else "cpu")
@@ -72,9 +72,9 @@ def measure(arch: str, size: int, batch: int, *, dtype: str = "float32", width: 
   if arch == "inception_v3":
     kwargs = {"aux_logits": False}
   tmodel = torch_models.randomize_(torch_models.build(arch, width=width, **kwargs), seed).eval()
-  variables = weights.convert_torchvision(tmodel.state_dict(), arch, include_fc=False)
+  variables = pretrained.convert_torchvision(tmodel.state_dict(), arch, include_fc=False)
   variables = jax.device_put(variables)
-  model = weights.build_backbone(arch, width=width, dtype=jnp.dtype(dtype))
+  model = backbones.build_backbone(arch, width=width, dtype=jnp.dtype(dtype))
   x_np = np.random.default_rng(seed).standard_normal((batch, size, size, 3), np.float32)
   x = jax.device_put(jnp.asarray(x_np, jnp.dtype(dtype)))
 

@@ -52,7 +52,7 @@ def make_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 def build_torch(config):
   import torch
-  from benchmarks.torch_reference import TorchBlendNet
+  from tests.support.torch_models import TorchBlendNet
   torch.manual_seed(0)
   mc = config.model
   return common.torch_prepare(TorchBlendNet(mc.backbone, mc.backbone_width, mc.num_classes,
@@ -115,7 +115,7 @@ def train(ctx: Context, dtype: str = "float32") -> list[Record]:
   torch_s = None
   if ctx.with_torch:
     import torch
-    from benchmarks.torch_reference import blend_loss
+    from tests.support.torch_models import blend_loss
     dev = common.torch_device()
     net = build_torch(config).train()
     oc = config.optimizer

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ctjax.jsonable import to_jsonable
+
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 RECORD_FIELDS = ("name", "device", "value", "unit", "torch_value", "ratio_vs_torch",
                  "flop_fraction", "roofline_fraction", "compile_s")
@@ -302,14 +304,7 @@ class Record:
   details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def as_json(self) -> dict[str, Any]:
-    return {k: _clean(getattr(self, k)) for k in RECORD_FIELDS}
-
-
-def _clean(v: Any) -> Any:
-  if isinstance(v, (float, np.floating)):
-    v = float(v)
-    return None if math.isnan(v) or math.isinf(v) else v
-  return v
+    return to_jsonable({k: getattr(self, k) for k in RECORD_FIELDS})
 
 
 def speed_record(name: str, *, seconds: float, items: float, unit: str,
@@ -360,20 +355,10 @@ def write_json(path: Optional[os.PathLike | str], header: dict[str, Any],
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   header = dict(header)
-  header["details"] = {r.name: {k: _clean(v) for k, v in r.details.items()} for r in records}
-  payload = {"header": header, "records": [r.as_json() for r in records]}
-  path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+  header["details"] = {r.name: r.details for r in records}
+  payload = {"header": to_jsonable(header), "records": [r.as_json() for r in records]}
+  path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
   return path
-
-
-def _json_default(o: Any) -> Any:
-  if isinstance(o, (np.integer,)):
-    return int(o)
-  if isinstance(o, (np.floating,)):
-    return _clean(o)
-  if isinstance(o, np.ndarray):
-    return o.tolist()
-  return str(o)
 
 
 def format_table(records: Sequence[Record]) -> str:
@@ -492,7 +477,7 @@ def probe_torch_threads() -> int:
   """The faster torch thread count for a VGG16 conv stack on one 224 px slice (cheap; used
   when each full-size figure can afford only one timed torch call)."""
   import torch
-  from benchmarks import torch_models
+  from tests.support import torch_models
   net = torch_models.build("vgg16").eval()
   x = torch.randn(1, 3, 224, 224)
   best, best_n = None, 1
@@ -607,7 +592,7 @@ def torch_prepare(net):
   TF32 as JAX's default float32 precision there, channels_last weights and activations);
   on the CPU the module is returned unchanged (the CPU figures were taken that way)."""
   if torch_device().type == "cuda":
-    from benchmarks.torch_reference import prepare_for_cuda
+    from tests.support.torch_models import prepare_for_cuda
     return prepare_for_cuda(net)
   return net
 

@@ -66,7 +66,7 @@ def make_batch(config, batch_size: int, *, image_size: Optional[int] = None,
 
 def torch_spec(model, config):
   """TorchDrCT2's sizes read off the ctjax module itself (so the two cannot drift)."""
-  from benchmarks.torch_reference import DrCT2Spec
+  from tests.support.torch_models import DrCT2Spec
   return DrCT2Spec(num_labels=model.num_labels, mkey=model.mkey, aps_size=model.aps_size,
                    width=model.backbone.width, gru_hidden=model.gru_hidden,
                    seq_dim=model.seq_dim, fc_widths=tuple(model.fc_widths),
@@ -77,7 +77,7 @@ def torch_spec(model, config):
 
 def build_torch(model, config):
   import torch
-  from benchmarks.torch_reference import TorchDrCT2
+  from tests.support.torch_models import TorchDrCT2
   torch.manual_seed(0)
   return common.torch_prepare(TorchDrCT2(torch_spec(model, config)).to(common.torch_device())
                               .eval())
@@ -94,7 +94,7 @@ def _torch_infer(net, hu: np.ndarray, dtype: str):
 
 def _torch_train(net, batch: dict[str, np.ndarray], dtype: str):
   import torch
-  from benchmarks.torch_reference import drct2_loss
+  from tests.support.torch_models import drct2_loss
   dev = common.torch_device()
   hu = torch.from_numpy(np.array(batch["hu"])).to(dev)
   labels = torch.from_numpy(batch["labels"]).to(dev)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import gpu_plan
-from benchmarks import torch_reference as tr
+from tests.support import torch_models as tr
 
 MARK = gpu_plan.TORCH_MARK
 DEVICE = torch.device("cpu")

@@ -66,7 +66,7 @@ def small_config(batch: int, chunk: int, *, size: int = 32, aps: int = 48, m: in
 
 def train_step_memory(config) -> dict:
   """{argument, output, temp, total bytes, compile_s} of the config's jitted train step."""
-  from ctjax import inference
+  from ctjax.train import state as state_lib
   from ctjax.train import optim, parallel, steps
   from ctjax.train.tasks import get_task
   task = get_task(config.task)
@@ -74,7 +74,7 @@ def train_step_memory(config) -> dict:
   model = task.build_model(config)
   mesh = parallel.make_mesh(config)
   tx, _ = optim.make_optimizer(config, 10, 10, lambda p: task.param_groups(config, p))
-  state, sharding = inference.abstract_state(task, model, config, mesh, tx)
+  state, sharding = state_lib.abstract_state(task, model, config, mesh, tx)
   b, m, s = int(config.train.batch_size), int(config.data.num_slices), int(config.data.image_size)
   data = parallel.data_sharding(mesh)
   repl = parallel.replicated(mesh)

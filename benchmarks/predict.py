@@ -4,7 +4,7 @@
         [--batch 4] [--workers 0 1 2] [--json benchmarks/results/predict.json]
 
 Phantom head CTs in the RSNA layout (`ctjax.data.phantom`, `--size` px DICOM) are predicted by
-`ctjax.prediction.predict_scans` with a DrCT2 of `configs/drct2_phantom.py`'s sizes (1/8-width
+`ctjax.inference.archive.predict_scans` with a DrCT2 of `configs/drct2_phantom.py`'s sizes (1/8-width
 VGG16, random weights: speed does not depend on them) once per `--workers` value, each into a
 fresh output file. Figures per worker count: series/s end to end (decode included, start-up and
 compilation excluded), series/s device-only (the predict calls alone), and one worker's decode
@@ -45,14 +45,14 @@ def _config(image_size: int, m: int, batch: int):
 
 
 def _run(config):
-  from ctjax import inference
-  from ctjax.models import weights
+  from ctjax.inference import runs
+  from ctjax.models import pretrained
   from ctjax.train.tasks import get_task
   task = get_task("drct")
   model = task.build_model(config)
   from ctjax.train.tasks import drct
-  variables = weights.random_variables(drct.init_model(model), drct.init_input(config))
-  return inference.make_run(config, variables, task=task, model=model, step=0)
+  variables = pretrained.random_variables(drct.init_model(model), drct.init_input(config))
+  return runs.make_run(config, variables, task=task, model=model, step=0)
 
 
 def bound(workers: int, decode_rate: float, device_rate: float) -> float:
@@ -63,7 +63,7 @@ def bound(workers: int, decode_rate: float, device_rate: float) -> float:
 
 
 def run(args) -> tuple[list[common.Record], dict]:
-  from ctjax import prediction
+  from ctjax.inference import archive
   from ctjax.data import phantom
   work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="ctjax_bench_predict_"))
   data = work / "data"
@@ -71,7 +71,7 @@ def run(args) -> tuple[list[common.Record], dict]:
     t = time.perf_counter()
     phantom.write_dataset(data, layout="rsna", num_scans=args.scans, seed=3, size=args.size)
     log.warning("generated %d phantom scans in %.1f s", args.scans, time.perf_counter() - t)
-  refs = prediction.find_scans(data)
+  refs = archive.find_scans(data)
   config = _config(args.image_size, args.slices, args.batch)
   r = _run(config)
   device = common.device_name()
@@ -79,8 +79,8 @@ def run(args) -> tuple[list[common.Record], dict]:
   for w in args.workers:
     out = work / f"preds_w{w}.csv"
     out.unlink(missing_ok=True)
-    prediction.sidecar_path(out).unlink(missing_ok=True)
-    summaries[w] = prediction.predict_scans(r, refs, out, batch_size=args.batch, workers=w,
+    archive.sidecar_path(out).unlink(missing_ok=True)
+    summaries[w] = archive.predict_scans(r, refs, out, batch_size=args.batch, workers=w,
                                             prefetch=2, progress=False)
     log.warning("workers=%d: %s", w, summaries[w].throughput_line())
   # Two bounds: from the rates measured in the same run (decode in the workers, predict calls
@@ -116,8 +116,8 @@ def run(args) -> tuple[list[common.Record], dict]:
 
 
 def _mean_slices(path: pathlib.Path) -> float:
-  from ctjax import prediction
-  n = [r["num_source_slices"] for r in prediction.read_rows(path) if r["status"] == "ok"]
+  from ctjax.inference import archive
+  n = [r["num_source_slices"] for r in archive.read_rows(path) if r["status"] == "ok"]
   return sum(n) / max(len(n), 1)
 
 

@@ -82,12 +82,12 @@ def run_stage(stage: str, spec: dict[str, Any]) -> dict[str, Any]:
   t0 = time.perf_counter()
   if stage == "store":
     from ctjax.data import pipeline
-    from ctjax.models import weights
+    from ctjax.models import pretrained
     from ctjax.train.tasks import drct
     splits = pipeline.build_splits(config)
     scans = splits["train"].scans
     model = drct.TASK.build_model(config)
-    variables = weights.random_variables(drct.init_model(model), drct.init_input(config))
+    variables = pretrained.random_variables(drct.init_model(model), drct.init_input(config))
     variables = drct.TASK.load_pretrained(config, variables)
     total = sum(s.num_slices for s in scans.scans)
     features.build_store(config, scans, model, variables, progress=False)
@@ -122,12 +122,12 @@ STAGES = ("store", "heads", "e2e")
 def _random_backbone(spec: dict[str, Any], path: pathlib.Path) -> pathlib.Path:
   """A random VGG16 at the preset's width, written once as a weights file."""
   if not path.exists():
-    from ctjax.models import weights
+    from ctjax.models import pretrained
     from ctjax.train.tasks import drct
     config = stage_config(spec, "store")
     model = drct.TASK.build_model(config)
-    variables = weights.random_variables(drct.init_model(model), drct.init_input(config))
-    weights.save_variables(path, {"params": variables["params"]["backbone"]})
+    variables = pretrained.random_variables(drct.init_model(model), drct.init_input(config))
+    pretrained.save_variables(path, {"params": variables["params"]["backbone"]})
   return path
 
 

@@ -117,7 +117,7 @@ def _worker(argv) -> int:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--max-seconds", type=float, default=None)
   args = parser.parse_args(argv)
-  from benchmarks.run import preset_settings
+  from benchmarks.presets import preset_settings
   import pathlib
   import tempfile
   settings = preset_settings(args.preset, cpu_bound=False)

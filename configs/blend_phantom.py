@@ -9,7 +9,7 @@
 
 Measured (`python -m ctjax.train --config configs/blend_phantom.py --workdir runs/blend_phantom`,
 then `python -m ctjax.evaluate --workdir runs/blend_phantom --split test`): 9 min 31 s wall on 2
-busy CPU cores (data generation and cache included); best checkpoint step 1,500. Test split
+CPU cores (data generation and cache included); best checkpoint step 1,500. Test split
 (fold 0, 1,300 slices): AUC non-ICH 0.998 / normal ICH 0.992 / blend sign 0.999;
 blend-sign sensitivity 0.934, specificity 0.998, F1 0.947; macro-F1 0.953, accuracy 0.983.
 Validation (fold 1) at step 1,500: AUC 0.967 / 0.948 / 1.000, macro-F1 0.927.

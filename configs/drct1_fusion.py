@@ -5,7 +5,7 @@
   # the CPU analogue on CQ500-layout phantoms (minutes with the feature store):
   python -m ctjax.train --config configs/drct1_fusion.py:base=phantom --workdir runs/fusion_ph
 
-Runtime: not measured on CQ500 (no accelerator); as configs/drct2_cq500.py's DrCT1.
+Runtime: not measured on CQ500; as configs/drct2_cq500.py's DrCT1.
 
 The paper's Figure 7 puts most of DrCT2's top-5 attended slices at the 16th-22nd of the 32
 sampled CQ500 slices, so "we simulate the mechanism of DrCT2 and replace these slices (from

@@ -5,7 +5,7 @@
   # the CPU analogue on CQ500-layout phantoms:
   python -m ctjax.train --config configs/drct1_hires.py:base=phantom --workdir runs/hires_ph
 
-Runtime: not measured on CQ500 (no accelerator); every slice's backbone pass at 512 px costs
+Runtime: not measured on CQ500; every slice's backbone pass at 512 px costs
 about 5× the 224 px one (once, with the feature store).
 
 Table 4's "High-resolution Input, Primary: 512×512": a DrCT1 whose every sampled slice enters

@@ -3,7 +3,7 @@
   python -m ctjax.train --config configs/drct2_cq500.py --workdir runs/drct2_cq500 \
       --config.data.root=/data/cq500 --config.model.backbone_weights=weights/vgg16.npz
 
-Runtime: not measured here (no accelerator); 1181 scans × 100 epochs, batch 32. One fold of the
+Runtime: not measured; 1181 scans × 100 epochs, batch 32. One fold of the
 paper's 10-fold cross-validation: `:fold=k` or `python -m ctjax.crossval`.
 
 Data: every soft-tissue axial series of a study with at least 32 slices is one scan with the

@@ -3,7 +3,7 @@
   python -m ctjax.train --config configs/drct2_rsna.py --workdir runs/drct2_rsna \
       --config.data.root=/data/rsna --config.model.backbone_weights=weights/vgg16.npz
 
-Runtime: not measured here (no accelerator); ~21.5k scans × 100 epochs, batch 256. One fold of the
+Runtime: not measured; ~21.5k scans × 100 epochs, batch 256. One fold of the
 paper's 5-fold cross-validation: `:fold=k` or `python -m ctjax.crossval`.
 `:runlocal` is a tiny CPU variant (small widths, 64 px, 8 slices, a few steps) for smoke tests;
 `:drct1` drops the APS network (Table 3, F1 0.8650; also configs/drct1_rsna.py).

@@ -15,7 +15,7 @@ ctjax/assets/resnet50_w0125_blend_phantom.npz, the backbone configs/blend_phanto
 slices) at 128 px, 6,000 steps of 32 slices (about 6 epochs of the class-balanced training
 slices), the best state by validation macro-AUC exported (step 5,000: slice-level val AUC
 non-ICH 0.990 / normal ICH 0.978 / blend sign 0.998, macro-F1 0.943 on 200 held-out scans).
-Measured: 1 h 20 min wall on 2 busy CPU cores at load 5-8 (2,700 user CPU-s). A 600-scan,
+Measured: 1 h 20 min wall on 2 CPU cores at load 5-8 (2,700 user CPU-s). A 600-scan,
 3,000-step pilot reached 0.982 / 0.959 / 0.991; fine-tuning from it stayed below 0.95 for
 normal ICH on blend_phantom's validation fold, hence the larger set and schedule.
 The VGG16 stand-in (vgg16_w0125_blend_phantom.npz, 0.9 MB, BatchNorm folded): the same 1,000

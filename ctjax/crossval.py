@@ -1,40 +1,7 @@
-"""`python -m ctjax.crossval --config configs/X.py --workdir DIR [--folds 0,1] [--split test]`.
-
-k-fold cross-validation (ctjax.train.crossval): trains fold f in DIR/fold_<f>, evaluates its
-best checkpoint on the split, prints the per-fold table with mean ± std and writes
-DIR/crossval.json.
-"""
-
-from __future__ import annotations
-
+"""`python -m ctjax.crossval`: the command lives in `ctjax.commands.crossval`."""
 import sys
 
-from absl import flags
-
-from ctjax import cli
-
-
-def _flags(fv: flags.FlagValues) -> None:
-  flags.DEFINE_string("folds", None, "comma-separated folds (default: all)", flag_values=fv)
-  flags.DEFINE_string("split", "test", "split each fold is scored on", flag_values=fv)
-  cli.distributed_flags(fv)
-
-
-def _crossval(fv, config, _args) -> int:
-  from ctjax.train import crossval, parallel
-  parallel.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
-  folds = None if not fv.folds else [int(f) for f in fv.folds.split(",") if f.strip()]
-  result = crossval.run_crossval(config, fv.workdir, folds=folds, split=fv.split)
-  import jax
-  if jax.process_index() == 0:
-    print(crossval.format_summary(result))
-  return 0
-
-
-def main(argv=None) -> int:
-  return cli.run(_crossval, argv, prog="ctjax.crossval", config=cli.REQUIRED,
-                 extra_flags=_flags)
-
+from ctjax.commands.crossval import main
 
 if __name__ == "__main__":
   sys.exit(main())

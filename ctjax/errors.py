@@ -131,6 +131,11 @@ class StaleCacheError(CTDataError):
   now, and `config.data.stale_cache` says not to rebuild it."""
 
 
+class CacheNotPreparedError(CTDataError):
+  """Evaluation, prediction or a report needs a prepared cache (or feature store) that is
+  absent, unfinished, stale or damaged, and was not told to build it."""
+
+
 class CacheCorruptError(CTDataError):
   """A prepared cache shard is missing, truncated or altered (size or checksum differs from the
   manifest): re-run `python -m ctjax.prepare` with the same config to rebuild it."""

@@ -1,45 +1,7 @@
-"""`python -m ctjax.export --workdir RUN --out MODEL_DIR [--platforms cpu,cuda,tpu] [--step N]`.
-
-Writes the run's inference program (StableHLO via `jax.export`, any batch size), its weights
-(safetensors) and a manifest of the input contract into MODEL_DIR (`ctjax.exporting`); serve it
-with `ctjax.serving.load(MODEL_DIR)`, which needs neither the training code nor the configs.
-DrCT1/DrCT2 runs (sampled slice stacks) and blend-sign runs (single slices).
-"""
-
-from __future__ import annotations
-
+"""`python -m ctjax.export`: the command lives in `ctjax.commands.export`."""
 import sys
 
-from absl import flags
-
-from ctjax import cli
-
-
-def _flags(fv: flags.FlagValues) -> None:
-  flags.DEFINE_string("out", None, "model folder to write", flag_values=fv)
-  flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "platforms the program is lowered "
-                    "for (one program serves on each)", flag_values=fv)
-  flags.DEFINE_integer("step", None, "checkpoint step (default: the best kept, else the latest)",
-                       flag_values=fv)
-
-
-def _export(fv, _config, _args) -> int:
-  if not fv.out:
-    raise cli.UsageError("--out MODEL_DIR is required")
-  from ctjax import exporting, inference
-  run = inference.load_run(fv.workdir, fv.step)
-  m = exporting.export_run(run, fv.out, platforms=fv.platforms or None)
-  shape = " × ".join(str(d) for d in m["input"]["shape"])
-  print(f"{fv.out}: {m['model_name']} step {m['checkpoint_step']}, input int16 [{shape}], "
-        f"outputs {', '.join(m['outputs'])}; platforms {', '.join(m['platforms'])}; "
-        f"{m['num_parameters']:,} parameters")
-  return 0
-
-
-def main(argv=None) -> int:
-  return cli.run(_export, argv, prog="ctjax.export", extra_flags=_flags,
-                 workdir_help="trained run (python -m ctjax.train)")
-
+from ctjax.commands.export import main
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -111,8 +111,8 @@ def drct_config(*, dataset: str, variant: str) -> ml_collections.ConfigDict:
   c.evals.val.every_epochs = 1
   c.checkpoint.best_metric = "val/macro_f1"
   # When training ends, the report's highlight scale (DrCT2 Figure 2's highlighted area on one
-  # scale per run) is fitted on this split; "" skips it (ctjax.reporting.fit_highlight_scale
-  # can run later).
+  # scale per run) is fitted on this split; "" skips it (`python -m ctjax.evaluate --split val
+  # --fit_highlight_scale` fits it later).
   c.evals.highlight_scale_split = "val"
   return c
 

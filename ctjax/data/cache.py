@@ -212,8 +212,9 @@ def _content_options(layout: str, config) -> dict[str, Any]:
   return {}
 
 
-def resolve_root(config, workdir: Optional[str]) -> tuple[str, str]:
-  """(layout the adapters read, root folder); generates phantoms when asked and absent."""
+def resolve_root(config, workdir: Optional[str], *, generate: bool = True) -> tuple[str, str]:
+  """(layout the adapters read, root folder); generates phantoms when asked and absent
+  (`generate` False: a missing phantom set raises CacheNotPreparedError instead)."""
   layout = data_option(config, "layout")
   root = data_option(config, "root")
   if layout == "phantom":
@@ -222,6 +223,10 @@ def resolve_root(config, workdir: Optional[str]) -> tuple[str, str]:
         raise errors.ConfigError("layout 'phantom' with data.root='' needs a workdir")
       root = os.path.join(workdir, "data")
     if not (pathlib.Path(root) / "manifest.json").is_file():
+      if not generate:
+        raise errors.CacheNotPreparedError(
+            "the phantom data set was never generated here; train, or prepare it with "
+            "python -m ctjax.prepare and the run's config", root)
       synth = config.data.get("synth") if "data" in config else None
       opts = {k: _get(synth, k, SYNTH_DEFAULTS) for k in SYNTH_DEFAULTS}
       try:
@@ -250,8 +255,12 @@ def clear(path: pathlib.Path) -> None:
 
 
 def ensure_cache(config, workdir: Optional[str] = None, *, progress: Optional[bool] = None,
-                 repair: bool = False, checksum: bool = False) -> pathlib.Path:
+                 repair: bool = False, checksum: bool = False, build: bool = True
+                 ) -> pathlib.Path:
   """The complete, fresh cache folder for `config` (prepared now when absent or unfinished).
+
+  `build` False (evaluation, prediction, reports): nothing is written; a cache that is absent,
+  unfinished, stale or damaged raises CacheNotPreparedError naming the command that prepares it.
 
   Reads config.data.{layout, root, cache_dir, image_size, lenient, num_workers, synth, series,
   reader_rule, strict_labels, max_unlabelled, stale_cache}; the defaults are `DEFAULTS` /
@@ -262,7 +271,7 @@ def ensure_cache(config, workdir: Optional[str] = None, *, progress: Optional[bo
   """
   if progress is None:
     progress = _progress(config)
-  layout, root = resolve_root(config, workdir)
+  layout, root = resolve_root(config, workdir, generate=build)
   size = int(data_option(config, "image_size"))
   lenient = bool(data_option(config, "lenient"))
   stale_action = str(data_option(config, "stale_cache"))
@@ -278,6 +287,9 @@ def ensure_cache(config, workdir: Optional[str] = None, *, progress: Optional[bo
   dt = time.perf_counter() - t0
   log.log(logging.INFO if dt > 2 else logging.DEBUG, "source fingerprint of %s: %d files in "
           "%.1f s", root, source["files"]["count"], dt)
+  if not build:
+    _check_prepared(path, source, checksum)
+    return path
   if is_complete(path):
     manifest = json.loads((path / "manifest.json").read_text())
     if manifest.get("source") != source:
@@ -309,6 +321,22 @@ def ensure_cache(config, workdir: Optional[str] = None, *, progress: Optional[bo
           options={"layout": layout, "root": root, "image_size": size,
                    **_content_options(layout, config)}, source=source)
   return path
+
+
+def _check_prepared(path: pathlib.Path, source: dict, checksum: bool) -> None:
+  """Raises CacheNotPreparedError unless `path` is a complete cache of `source`, undamaged."""
+  hint = "prepare it with python -m ctjax.prepare and the run's config (or train, which does)"
+  if not is_complete(path):
+    raise errors.CacheNotPreparedError(f"no prepared cache for this config; {hint}", path)
+  manifest = json.loads((path / "manifest.json").read_text())
+  if manifest.get("source") != source:
+    raise errors.CacheNotPreparedError(
+        f"prepared cache is stale ({describe_change(manifest.get('source'), source)}); {hint}",
+        path)
+  damaged = damaged_shards(path, manifest, checksum=checksum)
+  if damaged:
+    raise errors.CacheNotPreparedError(
+        f"{damaged[0][0]}: {damaged[0][1]} ({len(damaged)} damaged shard(s)); {hint}", path)
 
 
 def damaged_shards(path: pathlib.Path, manifest: dict, *, checksum: bool = False

@@ -33,7 +33,7 @@ Batches (ARCHITECTURE.md "Shapes and dtypes"), every field with leading local ba
 `example_index` indexes the split's `CacheSource` (`-1` on padding); string ids stay on the
 host: `splits[split].example_info(i)`.
 
-Speed (benchmarks/input_pipeline.py, 2 busy cores at load ~15, 256 px, m=28): in-process
+Speed (benchmarks/input_pipeline.py, 2 CPU cores at load ~15, 256 px, m=28): in-process
 Grain feeds ~200-250 DrCT scans/s, the same as a plain numpy loop over the same examples, and
 ~3000-3700 single-slice records/s (own `stack` batch_fn: Grain's small-record batching slow path
 is not hit); `num_workers=2` (mp_prefetch) was 4-7x SLOWER here (each ~15 MB batch crosses
@@ -102,10 +102,11 @@ def _task_kind(config) -> str:
   return task
 
 
-def build_splits(config, workdir: Optional[str] = None) -> Splits:
-  """Cache (prepared if needed) → k-fold-by-patient splits of `CacheSource`s."""
+def build_splits(config, workdir: Optional[str] = None, *, build: bool = True) -> Splits:
+  """Cache → k-fold-by-patient splits of `CacheSource`s. `build`: prepare the cache when it is
+  absent or stale (training, `ctjax.prepare`); False: read only, else CacheNotPreparedError."""
   kind = _task_kind(config)
-  path = cache.ensure_cache(config, workdir)
+  path = cache.ensure_cache(config, workdir, build=build)
   scans = cache.CachedScans(path)
   idx = datasets.split_indices([s.patient_id for s in scans.scans],
                                num_folds=int(data_option(config, "num_folds")),
@@ -366,54 +367,3 @@ def eval_batches(config, splits: Splits, split: str, *, process_index: int = 0,
   ds = grain.MapDataset.range(num_batches * local).map(element)
   ds = ds.batch(local, drop_remainder=True, batch_fn=stack)
   return iter(_finish(ds, config))
-
-
-# ----------------------------------------------------------------------------- mapped data
-
-
-class _MappedIterator:
-  """A train iterator whose batches pass through `fn`: same order, same checkpointable state."""
-
-  def __init__(self, inner: Any, fn):
-    self._inner, self._fn = inner, fn
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict:
-    return self._fn(next(self._inner))
-
-  def get_state(self) -> bytes:   # bytes: grain's checkpoint handler for non-Grain iterators
-    state = self._inner.get_state()
-    return state if isinstance(state, bytes) else json.dumps(state).encode()
-
-  def set_state(self, state: bytes) -> None:
-    try:
-      self._inner.set_state(json.loads(state))
-    except (TypeError, ValueError, AttributeError):
-      self._inner.set_state(state)
-
-  def start_prefetch(self) -> None:
-    if hasattr(self._inner, "start_prefetch"):
-      self._inner.start_prefetch()
-
-
-class MappedData:
-  """A data module (this module, or a stand-in) whose batches pass through
-  `fn(batch, source) -> batch` on the host, `source` being the batch's split (its
-  `CacheSource`): DrCT's stored features in place of HU, a teacher's soft labels (SKD)."""
-
-  def __init__(self, inner: Any, fn):
-    self._inner, self._fn = inner, fn
-
-  def __getattr__(self, name: str) -> Any:   # build_splits, steps_per_epoch, …
-    return getattr(self._inner, name)
-
-  def train_iterator(self, config, splits, **kwargs):
-    source = splits["train"]
-    return _MappedIterator(self._inner.train_iterator(config, splits, **kwargs),
-                           lambda batch: self._fn(batch, source))
-
-  def eval_batches(self, config, splits, split, **kwargs):
-    for batch in self._inner.eval_batches(config, splits, split, **kwargs):
-      yield self._fn(batch, splits[split])

@@ -18,7 +18,7 @@ the same for every scan:
 
 `fit_scale` computes both from a split's predictions (host numpy); the run stores them in
 `<workdir>/highlight_scale.json` (`SCALE_FILE`, written when training ends: the drct task's
-`after_training`), and every report of the run draws with it (`ctjax.eval.report`).
+`after_training`), and every report of the run draws with it (`ctjax.inference.report_html`).
 
 `pointing_game` scores the map against truth boxes (phantom scans carry the bleeding lesions'
 per-slice boxes): on each key slice that shows a lesion, the share of the upsampled map's mass
@@ -154,7 +154,7 @@ def load_scale(workdir: str | os.PathLike) -> Optional[HighlightScale]:
     return HighlightScale(**{k: v for k, v in raw.items() if k in fields})
   except (ValueError, TypeError) as e:   # JSONDecodeError is a ValueError
     raise CheckpointError(f"{path}: not a highlight scale ({e}); delete it and refit it with "
-                          "ctjax.reporting.fit_highlight_scale") from e
+                          "python -m ctjax.evaluate --split val --fit_highlight_scale") from e
 
 
 def upsample(highlight: Any, size_hw: tuple[int, int]) -> np.ndarray:

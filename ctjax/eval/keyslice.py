@@ -31,7 +31,7 @@ which pooling explains (scans with many lesion slices score higher and weigh mor
 top-5 reading could not exceed 5 / 10.7 ≈ 47%. The scan-averaged value is returned alongside
 (`macro`). The model has one slice attention for all labels, so every disease ranks by it.
 
-`python -m ctjax.eval.keyslice DrCT2=eval2.json DrCT1=eval1.json` prints measured figures (from
+`python -m ctjax.evaluate compare DrCT2=eval2.json DrCT1=eval1.json` prints measured figures (from
 `python -m ctjax.evaluate --json` outputs) next to the paper's Tables 5 and 6.
 """
 
@@ -255,37 +255,3 @@ def from_metrics(metrics: Mapping[str, Any], prefix: str = "keyslice/"
     else:
       tasks[rest] = value
   return tasks, per
-
-
-def _compare(_flags, _config, args) -> int:
-  import json
-  from ctjax import cli
-  from ctjax.errors import CTJaxError
-  if not args or any("=" not in a for a in args):
-    raise cli.UsageError("usage: python -m ctjax.eval.keyslice NAME=EVAL.json [NAME=EVAL.json …]")
-  measured, per = {}, {}
-  for arg in args:
-    name, path = arg.split("=", 1)
-    try:
-      with open(path, encoding="utf-8") as f:
-        tasks, diseases = from_metrics(json.load(f))
-    except (OSError, ValueError) as e:
-      raise CTJaxError(f"{path}: {e}") from e
-    if not tasks:
-      raise CTJaxError(f"{path}: no keyslice/… metrics (a data set without per-slice labels?)")
-    measured[name], per[name] = tasks, diseases
-  print(format_paper_comparison(measured, per))
-  return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  """`python -m ctjax.eval.keyslice DrCT2=eval2.json [DrCT1=eval1.json]`: the paper comparison.
-
-  Each JSON is a `python -m ctjax.evaluate --json` output (flat `keyslice/…` scalars).
-  """
-  from ctjax import cli
-  return cli.run(_compare, argv, prog="ctjax.eval.keyslice", workdir=None, positional=True)
-
-
-if __name__ == "__main__":
-  raise SystemExit(main())

@@ -9,7 +9,6 @@ the left/right/top/bottom distances of the box, in feature-map cells (CenterNet/
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -17,27 +16,11 @@ import jax
 import jax.numpy as jnp
 
 from ctjax.errors import ConfigError
-
-# name → (module, class) of the backbones; each returns {"feature_map", "pooled", ...}.
-BACKBONES: Mapping[str, tuple[str, str]] = {
-    "resnet50": ("ctjax.models.resnet", "ResNet50"),
-    "vgg16": ("ctjax.models.vgg", "VGG16"),
-    "inception_v3": ("ctjax.models.inception", "InceptionV3"),
-}
+from ctjax.models.backbones import FEATURE_BACKBONES, build_backbone
 
 NUM_DET_CHANNELS = 5   # centre logit + (left, right, top, bottom) distances.
 # Prior probability of a centre at init (CenterNet's focal-loss bias trick: -log((1-p)/p)).
 CENTRE_PRIOR = 0.01
-
-
-def make_backbone(name: str, *, width: float = 1.0, dtype: Any = jnp.float32,
-                  param_dtype: Any = jnp.float32) -> nn.Module:
-  """The backbone `name` ("resnet50" | "vgg16" | "inception_v3")."""
-  if name not in BACKBONES:
-    raise ConfigError(f"config.model.backbone={name!r}; expected one of {sorted(BACKBONES)}")
-  module_name, cls_name = BACKBONES[name]
-  cls = getattr(importlib.import_module(module_name), cls_name)
-  return cls(width=width, dtype=dtype, param_dtype=param_dtype)
 
 
 class BlendNet(nn.Module):
@@ -85,8 +68,12 @@ def build_blendnet(model_config) -> BlendNet:
   from ctjax.models import compute_dtype
   dtype = compute_dtype(model_config.get("dtype", "float32"))
   param_dtype = compute_dtype(model_config.get("param_dtype", "float32"))
-  backbone = make_backbone(model_config.backbone, width=model_config.get("backbone_width", 1.0),
-                           dtype=dtype, param_dtype=param_dtype)
+  if model_config.backbone not in FEATURE_BACKBONES:
+    raise ConfigError(f"config.model.backbone={model_config.backbone!r}; expected one of "
+                      f"{FEATURE_BACKBONES}")
+  backbone = build_backbone(model_config.backbone,
+                            width=model_config.get("backbone_width", 1.0), dtype=dtype,
+                            param_dtype=param_dtype)
   return BlendNet(backbone=backbone, num_classes=model_config.get("num_classes", 3),
                   det_hidden=model_config.get("det_hidden", 256), dtype=dtype,
                   param_dtype=param_dtype)

@@ -6,8 +6,8 @@ label, a confidence of 0–3 and the reading time are recorded for every scan, a
 gives Table 8 (precision / recall / F1, confidence, times, per reader and arm, beside the
 model's row) with paired statistics.
 
-Modules: `study` (the study folder, made once by `create`), `model_reports` (the only access
-to the model), `db` (SQLite through SQLAlchemy: readers, orders, answers, the study's rules),
+Modules: `study` (the study folder, made once by `create`), `model_reports` (what the study
+takes from the run: its description, one case's report), `db` (SQLite through SQLAlchemy: readers, orders, answers, the study's rules),
 `server` (the Flask app), `analysis` (Table 8, bootstrap CI, Wilcoxon), `clock` (injectable
-time). Entry point: `python -m ctjax.reader`.
+time). Command: `python -m ctjax.reader` (`ctjax.commands.reader`).
 """

@@ -1,12 +1,9 @@
-"""The reader study's only access to the model: restore a run, report one scan.
+"""What the reader study takes from a trained run: its description and one case's report.
 
-Everything the study needs from a trained DrCT run goes through the functions here, so
-that the model side can change without touching the study:
+The run is opened as every consumer opens one (`ctjax.inference.runs.load_run`); from it:
 
-* `open_run(workdir, step)` → `ctjax.reporting.load_run` (a `ctjax.inference.Run`);
-* `run_config(run)` → the run's config (its data split, for the default sample of scans);
 * `run_info(run)` → what the study records about the run (labels, model, step);
-* `report_case(run, scan_dir, series_uid, out_html)` → `ctjax.reporting.report_for_scan`
+* `report_case(run, scan_dir, series_uid, out_html)` → `ctjax.inference.scan_reports.report_for_scan`
   (the HTML report of DrCT2 paper, Figure 2) plus the model's outputs as data, from the same
   single model call (`ReportResult` carries the probabilities, the slice attention and the
   sampled→source slice map).
@@ -20,7 +17,7 @@ import pathlib
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:   # jax is imported only when a run is opened
-  from ctjax.inference import Run
+  from ctjax.inference.runs import Run
 
 
 @dataclasses.dataclass
@@ -43,17 +40,6 @@ class CaseOutput:
     return {**dataclasses.asdict(self), "predicted": self.predicted}
 
 
-def open_run(workdir: str | os.PathLike, step: Optional[int] = None) -> Run:
-  """Restores a `python -m ctjax.train` DrCT workdir (best checkpoint, else latest)."""
-  from ctjax import reporting
-  return reporting.load_run(workdir, step=step)
-
-
-def run_config(run: Run) -> Any:
-  """The run's resolved config (for its data split and label order)."""
-  return run.config
-
-
 def run_info(run: Run) -> dict[str, Any]:
   """What the study records about the run; thresholds come with each case's report."""
   cfg = run.config
@@ -69,8 +55,8 @@ def run_info(run: Run) -> dict[str, Any]:
 def report_case(run: Run, scan_dir: str | os.PathLike, series_uid: Optional[str],
                 out_html: str | os.PathLike) -> CaseOutput:
   """Writes the case's HTML report to `out_html` and returns the model's outputs."""
-  from ctjax import reporting
-  r = reporting.report_for_scan(run, scan_dir, out_html, series_uid=series_uid)
+  from ctjax.inference import scan_reports
+  r = scan_reports.report_for_scan(run, scan_dir, out_html, series_uid=series_uid)
   return CaseOutput(
       probabilities=[float(p.probability) for p in r.predictions],
       thresholds=[float(p.threshold) for p in r.predictions],

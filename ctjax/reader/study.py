@@ -8,7 +8,7 @@ must not change while the study runs, up front:
 STUDY/study.json               labels, arms, washout, seed, the run, the cases and their truth
 STUDY/reads.sqlite             readers, their case orders, every answer (ctjax.reader.db)
 STUDY/cases/<case_id>/hu.npy       the full series in HU, int16 [S, H, W] (all slices)
-STUDY/cases/<case_id>/report.html  the model's report (ctjax.reporting), shown when assisted
+STUDY/cases/<case_id>/report.html  the model's report (ctjax.inference.scan_reports), shown when assisted
 STUDY/cases/<case_id>/model.json   the model's outputs as data (probabilities, attention, …)
 STUDY/cases/<case_id>/dicom/       links to the case's source DICOM files (provenance)
 ```
@@ -194,7 +194,7 @@ def dataset_scans(layout: str, root: str | os.PathLike, num: int, seed: int
 def folder_scans(folder: str | os.PathLike, num: int, seed: int
                  ) -> tuple[dict[str, Any], list[ScanSource]]:
   """Every DICOM series under a folder (no truth: accuracy needs a labelled layout)."""
-  from ctjax.reporting import find_series
+  from ctjax.inference.scan_reports import find_series
   found = find_series(folder)
   found = _sample(found, num, seed, f"{folder}")
   root = pathlib.Path(folder).absolute()
@@ -248,7 +248,7 @@ def create_study(study_dir: str | os.PathLike, run_workdir: str | os.PathLike, *
   `scans` (from `dataset_scans` / `folder_scans`) overrides the default, a seeded sample of
   `num_scans` scans of the run's test split. `view_size` > 0 resizes the stored slices to that
   many pixels a side (the paper's readers saw 224 × 224); 0 keeps the source resolution.
-  `run` is an already opened run (`model_reports.open_run`, a `ctjax.inference.Run`; tests
+  `run` is an already opened run (`ctjax.inference.runs.load_run`; tests
   share one). `progress` None follows
   the run's config.log.progress_bar (default on).
   """
@@ -263,9 +263,11 @@ def create_study(study_dir: str | os.PathLike, run_workdir: str | os.PathLike, *
                             "and run create again)")
   if washout_days < 0:
     raise errors.StudyError(f"washout of {washout_days} days: must be >= 0")
-  run = run if run is not None else model_reports.open_run(run_workdir, step=step)
+  if run is None:
+    from ctjax.inference import runs
+    run = runs.load_run(run_workdir, step, require_task="drct")
   info = model_reports.run_info(run)
-  config = model_reports.run_config(run)
+  config = run.config
   if progress is None:
     log_cfg = config.get("log") if hasattr(config, "get") else None
     progress = bool(log_cfg.get("progress_bar", True)) if log_cfg is not None else True

@@ -4,7 +4,7 @@
 `ctjax.tables.blend` (blend-sign paper: Tables 3-4, Figure 6) define each table's grid of
 cells and how its rows are read from them; `ctjax.tables.grid` trains and evaluates the cells
 (resumable, shared between tables); `ctjax.tables.render` writes the Markdown + CSV + PNG with
-our figures, their 95 % CIs and the paper's numbers side by side; `ctjax.tables.report` gathers
+our figures, their 95 % CIs and the paper's numbers side by side; `ctjax.tables.publish` gathers
 the written tables into docs/.
 """
 
@@ -31,7 +31,7 @@ RUN_LOG = "run_log.jsonl"
 
 @dataclasses.dataclass(frozen=True)
 class CpuCost:
-  """Measured wall time of `--preset cpu` on 2 busy CPU cores: once per data set (phantom
+  """Measured wall time of `--preset cpu` on 2 CPU cores: once per data set (phantom
   generation, DICOM → int16 cache, the frozen backbone's feature store, shared by every fold
   and variant), then per cell (training the heads, its evaluations, the test split's
   bootstrap). None: not measured."""
@@ -81,7 +81,7 @@ def cpu_estimate(spec: Spec, ctx: Context) -> str:
   if unknown:
     return text + f"; not measured on {', '.join(unknown)}" + (
         f" (the rest ~{total / 60:.0f} min)" if total else "")
-  return text + f": ~{total / 60:.0f} min on 2 busy cores"
+  return text + f": ~{total / 60:.0f} min on 2 CPU cores"
 
 
 def expand(names: Sequence[str]) -> list[str]:

@@ -215,27 +215,27 @@ def run_cell(cell: Cell, ctx: Context) -> CellResult:
       raise ConfigError(f"{path} was made with another config ({result.meta.get('config')}); "
                         "use another --workdir or delete that cell folder")
     return result
-  from ctjax import inference
+  from ctjax.inference import runs
   from ctjax.eval import uncertainty
   from ctjax.jsonable import to_jsonable
   import jax
   t0 = time.perf_counter()
   log.info("cell %s: %s", cell.key, cell.config_spec())
-  if cell.runner == "train":
+  if cell.runner == "train":   # as `python -m ctjax.train` does
+    from ctjax.inference import highlight_scale
     from ctjax.train import loop
     loop.train_and_evaluate(config, path)
+    highlight_scale.fit_after_training(path)
   elif cell.runner == "distill":
-    from ctjax import distill
-    distill.run(config, str(path), figures=False)
+    from ctjax.experiments import skd
+    skd.run(config, str(path), figures=False)
   else:
     raise ConfigError(f"cell runner {cell.runner!r}; expected train or distill")
   t_train = time.perf_counter() - t0
   final = _final_workdir(cell, config, path)
-  run = inference.load_run(final)
-  outputs = inference.predict_split(run, "test")
-  report = dict(run.task.summarize(outputs, run.config))
-  report.setdefault("step", run.step)
-  report.setdefault("split", "test")
+  run = runs.load_run(final)
+  outputs = runs.predict_split(run, "test")
+  report = runs.summarize(run, outputs, "test")
   uncertainty.add_uncertainty(report, outputs, run.config, n_boot=ctx.n_boot, seed=ctx.seed)
   order = np.argsort(np.asarray(outputs["example_index"]), kind="stable")
   preds = {k: np.asarray(outputs[k])[order] for k in PREDICTION_KEYS if k in outputs}

@@ -39,6 +39,7 @@ import ml_collections
 import numpy as np
 
 from ctjax import fileio
+from ctjax.train.data_modules import WrappedData
 from ctjax.errors import CTDataError
 
 log = logging.getLogger(__name__)
@@ -210,9 +211,10 @@ def store_path(scans: Any, key: str) -> pathlib.Path:
 
 
 def build_store(config: ml_collections.ConfigDict, scans: Any, model: nn.Module,
-                variables: Mapping[str, Any], *, progress: Optional[bool] = None
-                ) -> FeatureStore:
-  """The complete store for (config, scans, backbone), built now where shards are missing.
+                variables: Mapping[str, Any], *, progress: Optional[bool] = None,
+                build: bool = True) -> FeatureStore:
+  """The complete store for (config, scans, backbone), built now where shards are missing
+  (`build` False: a store that is not complete raises CacheNotPreparedError instead).
 
   Every process of the run must call this (it runs sharded over the global mesh). `scans` is
   the HU cache (`ctjax.data.cache.CachedScans`); `variables` the full DrCT variables (host).
@@ -224,6 +226,11 @@ def build_store(config: ml_collections.ConfigDict, scans: Any, model: nn.Module,
   if (path / "manifest.json").is_file():
     log.info("feature store: reusing %s", path)
     return FeatureStore(path, scans)
+  if not build:
+    from ctjax.errors import CacheNotPreparedError
+    raise CacheNotPreparedError(
+        "no complete feature store of this run's backbone for this data; training builds it "
+        "(or pass --prepare to build it now)", path)
   if progress is None:
     progress = bool(config.get("log", {}).get("progress_bar", True))
   dtype = store_dtype(config)
@@ -347,18 +354,16 @@ def _local_rows(x: jax.Array) -> np.ndarray:
   return np.concatenate([np.asarray(s.data) for s in shards])
 
 
-class FeatureData:
+class FeatureData(WrappedData):
   """The trainer's data module with stored backbone features in place of HU (DrCT only):
   the pipeline reads each example's rows from the memory-mapped store."""
 
   def __init__(self, inner: Any, store: FeatureStore):
-    self._inner, self.store = inner, store
-
-  def __getattr__(self, name: str) -> Any:   # build_splits, steps_per_epoch, …
-    return getattr(self._inner, name)
+    super().__init__(inner)
+    self.store = store
 
   def train_iterator(self, config, splits, **kwargs):
-    return self._inner.train_iterator(config, splits, features=self.store, **kwargs)
+    return self.inner.train_iterator(config, splits, features=self.store, **kwargs)
 
   def eval_batches(self, config, splits, split, **kwargs):
-    return self._inner.eval_batches(config, splits, split, features=self.store, **kwargs)
+    return self.inner.eval_batches(config, splits, split, features=self.store, **kwargs)

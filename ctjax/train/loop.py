@@ -32,11 +32,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from ctjax import fileio, inference
+from ctjax import fileio
 from ctjax.errors import CheckpointError, CTJaxError, ConfigError
 from ctjax.eval import metrics as metrics_lib
 from ctjax.jsonable import to_jsonable
-from ctjax.train import optim, parallel
+from ctjax.train import evaluation, optim, parallel
 from ctjax.train import state as state_lib
 from ctjax.train import steps as steps_lib
 from ctjax.train.checkpoint import Checkpointer, restore_state
@@ -266,12 +266,7 @@ def _close_all(*closers) -> None:
 def evaluate_split(eval_step, state, task, config: ml_collections.ConfigDict, data: Any,
                    splits: Any, split: str, mesh) -> dict[str, Any]:
   """`task.summarize` of the predictions on one split (every process gets the same report)."""
-  batches = data.eval_batches(config, splits, split, process_index=jax.process_index(),
-                              process_count=jax.process_count())
-  try:
-    outputs = inference.collect_outputs(eval_step, state, batches, mesh)
-  except CTJaxError as e:
-    raise CTJaxError(f"split {split!r}: {e}") from e
+  outputs = evaluation.split_outputs(eval_step, state, config, data, splits, split, mesh)
   return task.summarize(outputs, config)
 
 
@@ -287,16 +282,14 @@ class _Setup:
         lambda: data.build_splits(config, str(workdir)), "ctjax_build_splits")
     self.model = self.task.build_model(config)
     parallel.local_batch_size(int(config.train.batch_size), mesh)   # divisibility check
-    if hasattr(data, "steps_per_epoch"):   # the pipeline knows its per-process sharding.
-      spe = int(data.steps_per_epoch(config, self.splits, jax.process_count()))
-    else:
-      spe = len(self.splits["train"]) // int(config.train.batch_size)
+    # The data module knows its per-process sharding.
+    spe = int(data.steps_per_epoch(config, self.splits, jax.process_count()))
     self.steps_per_epoch = max(1, spe)
     self.num_steps = optim.total_steps(config, self.steps_per_epoch)
     self.tx, self.schedule = optim.make_optimizer(
         config, self.num_steps, self.steps_per_epoch,
         lambda params: self.task.param_groups(config, params))
-    template, self.state_sharding = inference.abstract_state(self.task, self.model, config,
+    template, self.state_sharding = state_lib.abstract_state(self.task, self.model, config,
                                                              mesh, self.tx)
     # The newest step that restores; unreadable newer ones are logged and set aside.
     self.state, self.resume_step = ckpt.restore_latest(template)

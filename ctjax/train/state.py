@@ -93,3 +93,19 @@ def create_state(task, model, config: ml_collections.ConfigDict, rng: jax.Array,
 
 def param_count(tree: Any) -> int:
   return int(sum(x.size for x in jax.tree.leaves(tree)))
+
+
+def abstract_state(task, model, config: ml_collections.ConfigDict, mesh: Any,
+                   tx: Any = None) -> tuple[Any, Any]:
+  """(state template of ShapeDtypeStructs on the mesh, the state's sharding): no compute.
+  `tx` None: an optimizer of the config's structure (enough to restore a checkpoint)."""
+  from ctjax.train import optim, parallel
+  if tx is None:
+    tx, _ = optim.make_optimizer(config, 1, 1, lambda p: task.param_groups(config, p))
+  shapes = jax.eval_shape(lambda rng: create_state(task, model, config, rng, tx),
+                          jax.random.PRNGKey(0))
+  repl = parallel.replicated(mesh)
+  sharding = jax.tree.map(lambda _: repl, shapes)
+  template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
+                          shapes)
+  return template, sharding

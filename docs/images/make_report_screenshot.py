@@ -22,7 +22,7 @@ from ctjax.data.labels import RSNA_LABELS  # noqa: E402
 from ctjax.data import phantom  # noqa: E402
 from ctjax.data.sampling import uniform_indices  # noqa: E402
 from ctjax.data.windows import apply_windows  # noqa: E402
-from ctjax.eval import report  # noqa: E402
+from ctjax.inference import report_html
 from ctjax.eval.highlight import HighlightScale  # noqa: E402
 
 # The synthetic maps peak at 1.0; drawn on a fixed scale like a run's (ctjax.eval.highlight).
@@ -52,16 +52,16 @@ def demo_inputs(seed: int = 3, m: int = 28, feat: int = 14):
   highlight /= highlight.max(axis=(1, 2), keepdims=True)
   attention = np.exp(score) / np.exp(score).sum()
   probs = dict(zip(RSNA_LABELS, (0.94, 0.03, 0.88, 0.71, 0.12, 0.06)))
-  preds = [report.Prediction(n, p, 0.5) for n, p in probs.items()]
-  prov = report.Provenance(
+  preds = [report_html.Prediction(n, p, 0.5) for n, p in probs.items()]
+  prov = report_html.Provenance(
       scan_path="phantom/rsna/stage_2_train (series of 40 slices)",
       series_uid="1.2.826.0.1.3680043.8.498.10253412871629382711",
       study_uid="1.2.826.0.1.3680043.8.498.77",
       num_source_slices=hu.shape[0], slice_index=[int(i) for i in idx],
       spacing_mm=(truth["thickness"], truth["pixel_spacing"], truth["pixel_spacing"]),
       source_shape=hu.shape,
-      model_windows=report.describe_windows("rsna3"),
-      display_window=report.describe_windows("brain"),
+      model_windows=report_html.describe_windows("rsna3"),
+      display_window=report_html.describe_windows("brain"),
       model_input=f"{m} × 224 × 224 HU → 224 px", config_name="configs/drct2_phantom.py",
       model_name="DrCT2 (vgg16 backbone)", checkpoint_step=1200, workdir="runs/drct2_phantom",
       report_seconds=0.84, created="(synthetic demo: attention and maps are not model outputs)")
@@ -73,7 +73,7 @@ def main():
   ap.add_argument("--html", default=None)
   ap.add_argument("--out", default=str(ROOT / "docs/images/report_screenshot.png"))
   args = ap.parse_args()
-  page = report.render_report_html(*demo_inputs(), scale=SCALE)
+  page = report_html.render_report_html(*demo_inputs(), scale=SCALE)
   with tempfile.TemporaryDirectory() as tmp:
     html = pathlib.Path(args.html or pathlib.Path(tmp) / "report.html")
     html.write_text(page, encoding="utf-8")

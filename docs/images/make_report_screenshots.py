@@ -8,7 +8,7 @@ on the run's fixed highlight scale (ctjax.eval.highlight; the colour bar on the 
 The scans are the README's demo scans (`python -m ctjax.synth --layout cq500 --scans 6 --seed 5
 --size 256`, generated here into a temporary folder); the first with a bleeding lesion and the
 first without, by the phantom's truth. A run trained before the scale was stored gets it fitted
-on its validation split first (`ctjax.reporting.fit_highlight_scale`). Needs headless Chromium.
+on its validation split first (`ctjax.inference.highlight_scale.fit`). Needs headless Chromium.
 
 The committed images come from the README job's run itself (its best checkpoint).
 """
@@ -24,7 +24,7 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from ctjax import reporting  # noqa: E402
+from ctjax.inference import highlight_scale, runs, scan_reports  # noqa: E402
 from ctjax.data import phantom  # noqa: E402
 from ctjax.data.phantom_lesions import BLEEDS  # noqa: E402
 
@@ -42,8 +42,8 @@ def main():
   ap.add_argument("--out", default=str(ROOT / "docs/images"))
   ap.add_argument("--keep_html", default=None, help="also keep the two pages in this folder")
   args = ap.parse_args()
-  run = reporting.load_run(args.workdir)
-  scale = reporting.highlight_scale(run) or reporting.fit_highlight_scale(run)
+  run = runs.load_run(args.workdir, require_task="drct")
+  scale = scan_reports.highlight_scale(run) or highlight_scale.fit(run)
   out = pathlib.Path(args.out).absolute()
   pages = pathlib.Path(args.keep_html).absolute() if args.keep_html else None
   home = os.getcwd()
@@ -60,7 +60,7 @@ def main():
         # the study's thin soft-tissue series (the one training reads; ctjax.data.series_policy)
         folder = pathlib.Path("scans", phantom._cq500_study(scan_id), "CT PLAIN THIN")  # noqa: SLF001
         html = (pages or pathlib.Path(tmp)) / f"report_{kind}.html"
-        r = reporting.report_for_scan(run, folder, html, scale=scale)
+        r = scan_reports.report_for_scan(run, folder, html, scale=scale)
         png = out / f"report_{kind}.png"
         screenshot(html, png, tmp)
         above = [f"{p.name} {p.probability:.2f}" for p in r.predictions if p.above]

@@ -283,7 +283,7 @@ def test_plan_sizes_are_the_configs():
 def test_chunked_torch_drct2_equals_torch_reference():
   torch = pytest.importorskip("torch")
   from benchmarks import gpu_torch
-  from benchmarks.torch_reference import TorchDrCT2
+  from tests.support.torch_models import TorchDrCT2
   s = gpu_plan.SMOKE.drct
   spec = gpu_torch.drct_spec(s)
   torch.manual_seed(0)
@@ -305,7 +305,7 @@ def test_chunked_torch_drct2_equals_torch_reference():
 
 def test_prepare_for_cuda_keeps_the_function():
   torch = pytest.importorskip("torch")
-  from benchmarks.torch_reference import TorchBlendNet, prepare_for_cuda
+  from tests.support.torch_models import TorchBlendNet, prepare_for_cuda
   flags = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
            torch.backends.cudnn.allow_tf32)
   try:
@@ -332,7 +332,7 @@ def test_prepare_for_cuda_keeps_the_function():
 
 def test_walker_counts_convs_forward_backward_and_loops():
   torch = pytest.importorskip("torch")
-  from benchmarks import torch_models
+  from tests.support import torch_models
   from ctjax.models.vgg import VGG16
   # Forward: the textbook count (2 × MACs of every conv, padding taps included; torch hooks).
   net = torch_models.build("vgg16", width=1 / 8, classifier=False).eval()

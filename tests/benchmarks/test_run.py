@@ -101,7 +101,7 @@ def test_torch_reference_does_the_same_work(tmp_path):
   """
   import torch
   from benchmarks import drct2
-  from benchmarks.torch_reference import torch_flops
+  from tests.support.torch_models import torch_flops
   settings = run.preset_settings("tiny")
   ctx = common.Context(preset="tiny", settings=settings, workdir=pathlib.Path(tmp_path))
   config = drct2.drct_config(ctx)

@@ -8,7 +8,7 @@ import pytest
 
 from ctjax import errors
 from ctjax.data import cache, datasets, dicom
-from ctdicom_helpers import write_blend_tree, write_rsna_tree
+from tests.support.ctdicom_helpers import write_blend_tree, write_rsna_tree
 
 
 def test_resize_hu_identity_area_and_clip():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ctjax.data import datasets, labels, series_policy
-from ctdicom_helpers import CQ500_SERIES, write_cq500_download
+from tests.support.ctdicom_helpers import CQ500_SERIES, write_cq500_download
 
 NUM_STUDIES = 10
 

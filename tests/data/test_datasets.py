@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from ctjax import errors
 from ctjax.data import labels
 from ctjax.data import datasets, dicom
-from ctdicom_helpers import (write_blend_tree, write_cq500_tree, write_rsna_tree, write_series,
+from tests.support.ctdicom_helpers import (write_blend_tree, write_cq500_tree, write_rsna_tree, write_series,
                              ramp_volume)
 
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ctjax import errors
 from ctjax.data import dicom
-from ctdicom_helpers import ramp_volume, write_series, write_slice
+from tests.support.ctdicom_helpers import ramp_volume, write_series, write_slice
 
 DIRTESTS = pathlib.Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests"
 

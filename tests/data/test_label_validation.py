@@ -7,7 +7,7 @@ import pytest
 
 from ctjax import errors
 from ctjax.data import datasets
-from ctdicom_helpers import (write_blend_tree, write_cq500_tree, write_rsna_tree, write_series,
+from tests.support.ctdicom_helpers import (write_blend_tree, write_cq500_tree, write_rsna_tree, write_series,
                              ramp_volume)
 
 

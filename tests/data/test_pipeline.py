@@ -12,7 +12,7 @@ from ctjax.data import labels
 from ctjax.configs.common import base_config
 from ctjax import errors
 from ctjax.data import pipeline, sampling
-from ctdicom_helpers import write_blend_tree, write_rsna_tree
+from tests.support.ctdicom_helpers import write_blend_tree, write_rsna_tree
 
 
 def _config(root, task="drct", batch=2, layout="rsna"):
@@ -235,7 +235,7 @@ def test_config_errors(rsna):
     pipeline.build_splits(config)
 
 
-@pytest.mark.slow   # ~25 s on 2 busy cores: Grain starts worker processes
+@pytest.mark.slow   # ~25 s on 2 CPU cores: Grain starts worker processes
 def test_worker_processes_give_the_same_batches(rsna):
   """Grain mp_prefetch workers: same batches as in-process, and the state still restores."""
   config, splits = rsna

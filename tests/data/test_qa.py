@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ctjax.data import cache, datasets, qa
-from ctdicom_helpers import ramp_volume, write_series, write_slice, write_cq500_download
+from tests.support.ctdicom_helpers import ramp_volume, write_series, write_slice, write_cq500_download
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ctjax.data import series_policy as sp
-from ctdicom_helpers import write_series
+from tests.support.ctdicom_helpers import write_series
 
 OPTS = sp.options(None)
 

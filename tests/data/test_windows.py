@@ -37,7 +37,7 @@ def test_bone_window_and_cq500_preset():
   np.testing.assert_allclose(out[..., 2], windows.apply_windows(hu, "bone")[..., 0])
   np.testing.assert_allclose(out[..., :2], windows.apply_windows(hu, "rsna3")[..., :2])
   assert windows.PRESETS["soft_tissue"] == (windows.PRESETS["rsna3"][2],)
-  from ctjax.eval.report import describe_windows
+  from ctjax.inference.report_html import describe_windows
   assert describe_windows("drct_cq500") == ("drct_cq500: brain 40/80, subdural 80/200, "
                                             "bone 600/2800")
 

@@ -161,8 +161,9 @@ def test_comparison_command_reads_evaluate_json(tmp_path, capsys):
   assert tasks["easy"] == pytest.approx(3 / 5) and tasks["num_easy"] == 1
   assert per["subdural"]["accuracy"] == pytest.approx(4 / 6)   # top 6: 0, 1, 2, 20, 21, then 3
   (tmp_path / "e.json").write_text(json.dumps({"macro_f1": 0.5, **flat}))
-  assert keyslice.main([f"DrCT2={tmp_path / 'e.json'}"]) == 0
+  from ctjax.commands import evaluate
+  assert evaluate.main(["compare", f"DrCT2={tmp_path / 'e.json'}"]) == 0
   out = capsys.readouterr().out
   assert "60.00%" in out and "83.92%" in out and "84.84%" in out   # ours, Table 5, Table 6
   (tmp_path / "none.json").write_text("{}")
-  assert keyslice.main([f"DrCT1={tmp_path / 'none.json'}"]) == 1
+  assert evaluate.main(["compare", f"DrCT1={tmp_path / 'none.json'}"]) == 1

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ctjax.models import drct, weights
+from ctjax.models import drct
+from ctjax.models import pretrained
 from ctjax.models.vgg import VGG16
 
 
@@ -29,8 +30,8 @@ def small(**kw):
 
 def init(model, x, **kw):
   """He-scaled numpy weights with the shapes of `model.init` (eager Flax init compiles its RNG
-  initialisers op by op: ~10 s per model on 2 busy cores, for values no test depends on)."""
-  return weights.random_variables(model, x, **kw)
+  initialisers op by op: ~10 s per model on 2 CPU cores, for values no test depends on)."""
+  return pretrained.random_variables(model, x, **kw)
 
 
 @pytest.fixture

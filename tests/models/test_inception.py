@@ -1,13 +1,13 @@
-"""Inception v3 against torchvision's architecture (rebuilt in torch.nn) with random weights."""
+"""Inception v3 against torchvision's architecture (rebuilt in torch.nn) with random pretrained."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import torch_models
+from tests.support import torch_models
 from ctjax.errors import ConfigError
-from ctjax.models import weights
+from ctjax.models import pretrained
 from ctjax.models.inception import MIN_SIZE, InceptionAux, InceptionV3
 
 TOL = 1e-4
@@ -38,7 +38,7 @@ def test_parity_full_width(size):
 
 def test_parameter_counts_match_torchvision():
   n = lambda **kw: sum(int(np.prod(v)) for k, v in  # noqa: E731
-                       weights.expected_shapes("inception_v3", **kw).items()
+                       pretrained.expected_shapes("inception_v3", **kw).items()
                        if k.startswith("params/"))
   assert n(include_fc=True, aux_logits=True) == 27_161_264   # torchvision inception_v3
   assert n(include_fc=True, aux_logits=True) == sum(
@@ -50,7 +50,7 @@ def test_aux_logits_and_transform_input_match_torch():
   torch = pytest.importorskip("torch")
   tmodel = torch_models.randomize_(
       torch_models.inception_v3(width=0.125, aux_logits=True, transform_input=True), 4).eval()
-  variables = weights.convert_torchvision(tmodel.state_dict(), "inception_v3")
+  variables = pretrained.convert_torchvision(tmodel.state_dict(), "inception_v3")
   x = np.random.default_rng(1).standard_normal((2, 299, 299, 3), np.float32)
   xt = torch.from_numpy(x).permute(0, 3, 1, 2)
   with torch.no_grad():

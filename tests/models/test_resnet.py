@@ -1,11 +1,11 @@
-"""ResNet-50 against torchvision's architecture (rebuilt in torch.nn) with random weights."""
+"""ResNet-50 against torchvision's architecture (rebuilt in torch.nn) with random pretrained."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import torch_models
-from ctjax.models import weights
+from tests.support import torch_models
+from ctjax.models import pretrained
 from ctjax.models.resnet import ResNet50
 
 TOL = 1e-4
@@ -35,7 +35,7 @@ def test_parity_full_width(size):
 
 
 def test_parameter_counts_match_torchvision():
-  shapes = weights.expected_shapes("resnet50", include_fc=True)
+  shapes = pretrained.expected_shapes("resnet50", include_fc=True)
   n = sum(int(np.prod(v)) for k, v in shapes.items() if k.startswith("params/"))
   assert n == 25_557_032                 # torchvision resnet50, fc included
   assert n == sum(p.numel() for p in torch_models.resnet50().parameters())
@@ -47,7 +47,7 @@ def test_parameter_counts_match_torchvision():
 def test_any_size_from_32_px_and_output_contract():
   model = ResNet50(width=0.0625, include_fc=True, num_classes=5)
   x = jnp.ones((2, 32, 40, 3))
-  variables = weights.random_variables(model, x)
+  variables = pretrained.random_variables(model, x)
   out = torch_models.run_once(model.apply, variables, x)
   assert out["feature_map"].shape == (2, 1, 2, 128)    # 2048 · 1/16, stride 32
   assert out["pooled"].shape == (2, 128) and out["logits"].shape == (2, 5)
@@ -67,7 +67,7 @@ def test_train_mode_matches_torch_batch_statistics():
   """train=True normalises with batch statistics, as torch's train mode does."""
   torch = pytest.importorskip("torch")
   tmodel = torch_models.randomize_(torch_models.resnet50(width=0.125), seed=2).train()
-  variables = weights.convert_torchvision(tmodel.state_dict(), "resnet50", include_fc=False)
+  variables = pretrained.convert_torchvision(tmodel.state_dict(), "resnet50", include_fc=False)
   x = np.random.default_rng(0).standard_normal((4, 64, 64, 3), np.float32)
   with torch.no_grad():
     want = tmodel.features(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()

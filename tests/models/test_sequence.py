@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ctjax.models import sequence, weights
+from ctjax.models import sequence
+from ctjax.models import pretrained
 
 
 @pytest.mark.parametrize("num_layers", [1, 2])
@@ -33,7 +34,7 @@ def test_bigru_matches_torch(num_layers):
 def test_bigru_directions_are_causal_each_way():
   model = sequence.BiGRU(4)
   x = jax.random.normal(jax.random.key(1), (2, 6, 5))
-  params = weights.random_variables(model, x)   # eager Flax init of a GRU costs seconds
+  params = pretrained.random_variables(model, x)   # eager Flax init of a GRU costs seconds
   y = model.apply(params, x)
   x2 = x.at[:, 5].set(7.0)   # change only the last step
   y2 = model.apply(params, x2)
@@ -71,7 +72,7 @@ def test_slice_attention_softmax_over_slices():
 def test_dependency_learning_shapes_and_bf16():
   x = jax.random.normal(jax.random.key(0), (2, 6, 12))
   mod = sequence.DependencyLearning(hidden_size=8, out_dim=10, dtype=jnp.bfloat16)
-  params = weights.random_variables(mod, x)
+  params = pretrained.random_variables(mod, x)
   y = jax.jit(mod.apply)(params, x)
   assert y.shape == (2, 6, 10) and y.dtype == jnp.bfloat16
   assert jax.tree.leaves(params)[0].dtype == jnp.float32

@@ -1,12 +1,12 @@
-"""VGG16 / VGG16-BN against torchvision's architecture (rebuilt in torch.nn) with random weights."""
+"""VGG16 / VGG16-BN against torchvision's architecture (rebuilt in torch.nn) with random pretrained."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import torch_models
-from ctjax.models import weights
+from tests.support import torch_models
+from ctjax.models import pretrained
 from ctjax.models.vgg import VGG16, adaptive_avg_pool
 
 TOL = 1e-4
@@ -41,7 +41,7 @@ def test_parity_full_width(arch, size):
 
 def test_parameter_counts_match_torchvision():
   n = lambda arch, **kw: sum(int(np.prod(v)) for k, v in  # noqa: E731
-                             weights.expected_shapes(arch, **kw).items() if k.startswith("params/"))
+                             pretrained.expected_shapes(arch, **kw).items() if k.startswith("params/"))
   assert n("vgg16") == 14_714_688                       # torchvision vgg16 .features
   assert n("vgg16", include_fc=True) == 138_357_544     # torchvision vgg16, classifier included
   assert n("vgg16_bn", include_fc=True) == 138_365_992  # torchvision vgg16_bn
@@ -54,7 +54,7 @@ def test_pooled_is_global_max_of_feature_map_any_size():
   model = VGG16(width=0.125)
   apply = lambda v, x: torch_models.run_once(model.apply, v, x)  # noqa: E731
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 48, 3))
-  variables = weights.random_variables(model, x, seed=1)
+  variables = pretrained.random_variables(model, x, seed=1)
   out = apply(variables, x)
   assert out["feature_map"].shape == (2, 1, 1, 64)     # 32 px → 1×1 after five pools
   np.testing.assert_array_equal(out["pooled"], out["feature_map"].max(axis=(1, 2)))
@@ -84,7 +84,7 @@ def test_bfloat16_within_1e2_of_float32():
 def test_train_mode_updates_batch_stats_like_torch_momentum():
   model = VGG16(width=0.125, batch_norm=True)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
-  variables = weights.random_variables(model, x, seed=1)
+  variables = pretrained.random_variables(model, x, seed=1)
   _, updates = torch_models.run_once(
       lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]), variables, x)
   conv0 = variables["params"]["conv0"]
@@ -111,7 +111,7 @@ def test_fold_batch_norm_equals_bn_model_in_inference():
   from ctjax.models.vgg import fold_batch_norm
   bn_model = VGG16(width=0.125, batch_norm=True)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
-  variables = weights.random_variables(bn_model, x, seed=3)
+  variables = pretrained.random_variables(bn_model, x, seed=3)
   rng = np.random.default_rng(4)   # non-trivial running statistics and affine parameters
   stats = jax.tree.map(lambda a: np.asarray(a), variables["batch_stats"])
   for name, s in stats.items():

@@ -30,7 +30,7 @@ def tiny_config(data_root: str):
 def tiny_run(tmp_path_factory) -> pathlib.Path:
   import jax
   from ctjax.data import phantom
-  from ctjax.models import weights
+  from ctjax.models import pretrained
   from ctjax.train import optim
   from ctjax.train import state as state_lib
   from ctjax.train.checkpoint import Checkpointer
@@ -43,7 +43,7 @@ def tiny_run(tmp_path_factory) -> pathlib.Path:
   model = task.build_model(c)
   # Numpy weights of init's shapes: the jitted Flax init of the VGG16 compiles for ~10 s.
   from ctjax.train.tasks import drct
-  variables = dict(weights.random_variables(drct.init_model(model), drct.init_input(c)))
+  variables = dict(pretrained.random_variables(drct.init_model(model), drct.init_input(c)))
   tx, _ = optim.make_optimizer(c, 1, 1, lambda p: task.param_groups(c, p))
   state = state_lib.state_from_variables(task, c, variables, jax.random.PRNGKey(0), tx)
   ck = Checkpointer(wd, c)
@@ -55,8 +55,8 @@ def tiny_run(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_run):
-  from ctjax.reader import model_reports
-  return model_reports.open_run(tiny_run)
+  from ctjax.inference import runs
+  return runs.load_run(tiny_run, require_task="drct")
 
 
 @pytest.fixture(scope="session")

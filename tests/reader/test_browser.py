@@ -86,7 +86,7 @@ def _rate(page, level):
 
 def test_a_scripted_reader_gives_table_8(live, browser, study_dir, tmp_path):
   from ctjax.data.windows import apply_windows
-  from ctjax.reader import __main__ as cli
+  from ctjax.commands import reader as cli
   base, clock, db = live
   study = db.study
   info, token = db.add_reader("JR A")

@@ -11,8 +11,7 @@ from ctjax import errors
 from ctjax.reader import db as db_lib
 from ctjax.reader import study as study_lib
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "data"))
-import ctdicom_helpers  # noqa: E402  (the DICOM writer of the data tests)
+from tests.support import ctdicom_helpers  # noqa: E402  (the DICOM writer of the data tests)
 
 
 def test_cases_are_a_seeded_sample_of_the_runs_test_split(study_dir, tiny_run):
@@ -38,9 +37,9 @@ def test_cases_are_a_seeded_sample_of_the_runs_test_split(study_dir, tiny_run):
 def test_each_case_stores_every_slice_in_hu_and_the_models_report(study_dir, tiny_model):
   from ctjax.data import cache, dicom
   from ctjax.data.sampling import uniform_indices
-  from ctjax import inference
+  from ctjax.inference import runs
   from ctjax.eval import keyslice
-  from ctjax.reporting import scan_batch
+  from ctjax.inference.scan_reports import scan_batch
   s = study_lib.Study(study_dir)
   for c in s.cases:
     vol = dicom.read_series(s.case_dir(c.case_id) / "dicom", series_uid=c.series_uid)
@@ -49,7 +48,7 @@ def test_each_case_stores_every_slice_in_hu_and_the_models_report(study_dir, tin
     np.testing.assert_array_equal(hu, np.clip(np.rint(vol.hu), cache.HU_MIN, cache.HU_MAX))
     out = s.model_output(c.case_id)
     batch, _ = scan_batch(vol, tiny_model.config)
-    want = inference.predict_batch(tiny_model, batch)
+    want = runs.predict_batch(tiny_model, batch)
     np.testing.assert_allclose(out["probabilities"], want["probs"][0], atol=1e-6)
     np.testing.assert_allclose(out["slice_attention"], want["slice_attention"][0], atol=1e-6)
     assert out["slice_index"] == [int(i) for i in uniform_indices(c.num_slices, 8)]

@@ -9,13 +9,13 @@ import jax
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "train"))
-import stand_ins  # noqa: E402  (tests/train's helpers: small_drct_config)
+from tests.support import stand_ins  # noqa: E402  (tests/train's helpers: small_drct_config)
 from configs import drct1_fusion, drct1_hires
 from ctjax.configs.common import load_config_file
 from ctjax.data import fake, pipeline
 from ctjax.errors import ConfigError
-from ctjax.models import drct, weights
+from ctjax.models import drct
+from ctjax.models import pretrained
 from ctjax.train import features as F
 from ctjax.train.tasks import drct as drct_task
 from ctjax.train.tasks.drct import TASK
@@ -48,7 +48,7 @@ def test_fusion_stored_rows_equal_the_full_model(x):
   """Slices 2-3 at the APS size, the rest at the primary size: the end-to-end model equals the
   stored-feature path fed the APS rows of those slices, and differs from plain DrCT1."""
   model = small(hires_slices=(2, 4))
-  v = weights.random_variables(model, x)
+  v = pretrained.random_variables(model, x)
   full = model.apply(v, x)
   flat = x.reshape((12, 32, 32, 3))
   f = model.apply(v, flat, flat, want_map=False, method=drct.DrCT.backbone_features)
@@ -65,7 +65,7 @@ def test_fusion_stored_rows_equal_the_full_model(x):
 def test_high_resolution_everywhere_is_drct1_on_zoomed_slices(x):
   """hires over all m slices = DrCT1 whose input is every slice zoomed to aps_size (eq. 8)."""
   model = small(hires_slices=(0, 6))
-  v = weights.random_variables(model, x)
+  v = pretrained.random_variables(model, x)
   zoomed = jax.image.resize(x, (2, 6, 40, 40, 3), method="bilinear",
                             precision=jax.lax.Precision.DEFAULT)
   want = small().apply(v, zoomed)
@@ -77,7 +77,7 @@ def test_high_resolution_everywhere_is_drct1_on_zoomed_slices(x):
 def test_bad_hires_range_is_a_value_error(x):
   model = small(hires_slices=(4, 9))
   with pytest.raises(ValueError, match="hires_slices"):
-    weights.random_variables(model, x)
+    pretrained.random_variables(model, x)
 
 
 def test_configs_give_the_papers_ranges():
@@ -115,7 +115,7 @@ def stores(tmp_path_factory):
   fake.write_random_cache_for(config, num_scans=9, slices=(5, 8), scans_per_shard=3, seed=0)
   splits = pipeline.build_splits(config)
   model = TASK.build_model(config)
-  variables = weights.random_variables(drct_task.init_model(model), drct_task.init_input(config))
+  variables = pretrained.random_variables(drct_task.init_model(model), drct_task.init_input(config))
   data = TASK.wrap_data(config, pipeline, splits, model, variables)
   return root, splits, variables, data.store
 
@@ -171,7 +171,7 @@ def test_without_a_drct2_store_drct1_builds_its_own(tmp_path):
   fake.write_random_cache_for(config, num_scans=6, slices=(5, 6), scans_per_shard=3, seed=1)
   splits = pipeline.build_splits(config)
   model = TASK.build_model(config)
-  variables = weights.random_variables(drct_task.init_model(model), drct_task.init_input(config))
+  variables = pretrained.random_variables(drct_task.init_model(model), drct_task.init_input(config))
   data = TASK.wrap_data(config, pipeline, splits, model, variables)
   assert data.store.names == ("pooled",)
   # Now its own store exists: nothing to look for beyond it.

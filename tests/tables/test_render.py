@@ -1,4 +1,4 @@
-"""ctjax.tables.render and ctjax.tables.report on hand-made cell results: the fold statistics
+"""ctjax.tables.render and ctjax.tables.publish on hand-made cell results: the fold statistics
 equal scipy's, orderings are read from the CIs, files are written, docs keep what is theirs."""
 
 import json
@@ -9,7 +9,8 @@ import pytest
 from scipy import stats as sps
 
 from ctjax.eval import metrics
-from ctjax.tables import render, report
+from ctjax.tables import render
+from ctjax.tables import publish
 from ctjax.tables.grid import Cell, CellResult
 
 NAMES = ("a", "b", "c")
@@ -101,24 +102,24 @@ def test_table_files_and_docs_section(tmp_path, rows):
   docs = tmp_path / "docs"
   docs.mkdir()
   (docs / "RESULTS.md").write_text("# README job\n\nfigures of the README job\n")
-  report.write_docs(tmp_path / "out", docs)
+  publish.write_docs(tmp_path / "out", docs)
   text = (docs / "RESULTS.md").read_text()
   assert text.startswith("# README job\n\nfigures of the README job\n")
-  assert report.BEGIN in text and "![demo.png](tables/demo.png)" in text
+  assert publish.BEGIN in text and "![demo.png](tables/demo.png)" in text
   assert (docs / "tables" / "demo.png").is_file()
   # Regenerating replaces the section only.
   (docs / "RESULTS.md").write_text(text + "\nafter\n")
-  report.write_docs(tmp_path / "out", docs)
+  publish.write_docs(tmp_path / "out", docs)
   again = (docs / "RESULTS.md").read_text()
-  assert again.count(report.BEGIN) == 1 and again.rstrip().endswith("after")
+  assert again.count(publish.BEGIN) == 1 and again.rstrip().endswith("after")
   # A second workdir's table joins the first's; the run logs merge, each command once.
   (tmp_path / "out" / "run_log.jsonl").write_text(json.dumps(_log("a")) + "\n")
-  report.write_docs(tmp_path / "out", docs)
+  publish.write_docs(tmp_path / "out", docs)
   other = tmp_path / "other"
   other.mkdir()
   (other / "other_table.md").write_text("## Other\n")
   (other / "run_log.jsonl").write_text(json.dumps(_log("a")) + "\n" + json.dumps(_log("b")) + "\n")
-  report.write_docs(other, docs)
+  publish.write_docs(other, docs)
   both = (docs / "RESULTS.md").read_text()
   assert "## Demo" in both and "## Other" in both
   assert [json.loads(ln)["command"] for ln in

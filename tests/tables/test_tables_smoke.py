@@ -5,7 +5,7 @@ finished cell made with another config is refused.
 
 Each cell's training is replaced by a checkpoint of random weights of the model's shapes (what
 `python -m ctjax.train` leaves in a workdir: config.json + checkpoints/), so everything else runs
-as it does for a trained cell — data generation and caching, `ctjax.inference` restoring and
+as it does for a trained cell — data generation and caching, `ctjax.inference.runs` restoring and
 predicting the test split, the bootstrap CIs, calibration, the paired comparisons and the
 rendering — in seconds rather than minutes of compilation. The same tables with trained cells
 (and resuming a killed cell): tests/tables/test_tables_trained.py (slow).
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from ctjax.tables import __main__ as tables_main
+from ctjax.commands import tables as tables_main
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 DRCT = ["drct2_table3", "drct2_table5_6", "drct2_table7", "drct2_figure7", "drct2_per_label",
@@ -72,7 +72,7 @@ def _untrained_run(config, workdir) -> None:
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory):
   """Patches the trainer and the distiller of every cell with `_untrained_run`."""
-  from ctjax import distill
+  from ctjax.commands import distill
   from ctjax.train import loop
   mp = pytest.MonkeyPatch()
   made = []

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from ctjax import evaluate
-from ctjax.tables import __main__ as tables_main
+from ctjax.commands import evaluate
+from ctjax.commands import tables as tables_main
 
 pytestmark = pytest.mark.slow
 

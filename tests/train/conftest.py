@@ -5,9 +5,8 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import stand_ins  # noqa: E402
+from tests.support import stand_ins  # noqa: E402
 
 
 @pytest.fixture(scope="session")

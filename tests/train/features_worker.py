@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 def build(spec):
   import test_features as tf
   from ctjax.data import cache
-  from ctjax.models import weights
+  from ctjax.models import pretrained
   from ctjax.train import features
   from ctjax.train.tasks.drct import TASK
   config = tf.small_config(spec["cache"], **{"features.store_maps": True})
@@ -31,7 +31,7 @@ def build(spec):
   scans = cache.CachedScans(fake.cache_path_for(config))
   model = TASK.build_model(config)
   from ctjax.train.tasks import drct
-  variables = weights.random_variables(drct.init_model(model), drct.init_input(config))
+  variables = pretrained.random_variables(drct.init_model(model), drct.init_input(config))
   if spec.get("delay"):
     write = features._write_shard
 

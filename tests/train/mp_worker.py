@@ -11,7 +11,6 @@ import sys
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=4" if sys.argv[1] == "-"
                            else "--xla_force_host_platform_device_count=2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
@@ -23,7 +22,7 @@ def main():
     parallel.initialize_distributed(address, int(nproc), int(pid))
     import jax
     assert jax.process_count() == int(nproc) and jax.device_count() == 2 * int(nproc)
-  import stand_ins
+  from tests.support import stand_ins
   from ctjax.train import loop
   overrides = json.loads(overrides)
   delay = overrides.pop("_delay", 0.0)

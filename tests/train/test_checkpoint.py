@@ -30,10 +30,10 @@ def old_workdir(tmp_path, *dotted):
 
 
 def test_load_run_names_missing_field(tmp_path):
-  from ctjax import inference
+  from ctjax.inference import runs
   workdir = old_workdir(tmp_path, "model.feature_norm")
   with pytest.raises(ConfigError) as info:
-    inference.load_run(workdir)
+    runs.load_run(workdir)
   text = str(info.value)
   assert "\n" not in text
   assert str(workdir / "config.json") in text and "config.model.feature_norm" in text
@@ -106,12 +106,11 @@ import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-import stand_ins  # noqa: E402
-from ctjax import cli  # noqa: E402
+from tests.support import stand_ins  # noqa: E402
+from ctjax.commands import cli
 from ctjax.errors import CheckpointError, DiskFullError  # noqa: E402
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import storage_helpers  # noqa: E402
+from tests.support import storage_helpers  # noqa: E402
 
 
 def corrupt_arrays(step_dir):

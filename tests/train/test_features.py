@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import stand_ins
+from tests.support import stand_ins
 from configs import drct2_rsna
 from ctjax.data import cache, fake, pipeline
 from ctjax.errors import ConfigError
-from ctjax.models import weights
+from ctjax.models import pretrained
 from ctjax.train import features as F
 from ctjax.train.tasks.drct import TASK, check_config
 
@@ -43,7 +43,7 @@ def built(tmp_path_factory):
   scans = random_cache(config)
   model = TASK.build_model(config)
   from ctjax.train.tasks import drct
-  variables = weights.random_variables(drct.init_model(model), drct.init_input(config))
+  variables = pretrained.random_variables(drct.init_model(model), drct.init_input(config))
   store = F.build_store(config, scans, model, variables)
   return config, scans, model, variables, store
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-import stand_ins
+from tests.support import stand_ins
 from ctjax.errors import CheckpointError, ConfigError
 from ctjax.train import loop
 
@@ -73,8 +73,7 @@ def test_metrics_writer_is_idempotent_over_a_resume(tmp_path):
 def test_workdir_that_cannot_be_written(tmp_path):
   import pathlib
   import sys
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  import storage_helpers
+  from tests.support import storage_helpers
   from ctjax.errors import StorageError
   config = stand_ins.tiny_config()
   afile = tmp_path / "afile"
@@ -108,10 +107,10 @@ def test_resume_refuses_another_configs_checkpoints(reference_run, tmp_path):
 
 
 def test_evaluate_restores_best(reference_run):
-  from ctjax import inference
+  from ctjax.inference import runs
   workdir, _, _ = reference_run
   best = json.loads((workdir / "checkpoints" / "best" / "best.json").read_text())
-  report = inference.evaluate(workdir, "val", task=stand_ins.TinyTask(),
+  report = runs.evaluate(workdir, "val", task=stand_ins.TinyTask(),
                               data=stand_ins.MemoryData())
   assert report["step"] == best["step"]
   assert report["macro_f1"] == pytest.approx(best["value"], abs=1e-9)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-import stand_ins
+from tests.support import stand_ins
 from ctjax.errors import ConfigError
 from ctjax.train import parallel
 

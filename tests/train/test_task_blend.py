@@ -11,7 +11,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-import stand_ins
+from tests.support import stand_ins
 from configs import blend_phantom
 from ctjax.models import blendnet
 from ctjax.train import optim
@@ -305,7 +305,7 @@ def test_predict_summarize_match_sklearn_and_figures(model_and_vars, tmp_path):
     ("resnet50", "conv1"), ("vgg16", "conv0"), ("inception_v3", "Conv2d_1a_3x3")])
 def test_blend_phantom_fine_tunes_the_shipped_backbone_of_another_seed(backbone, first_conv):
   from configs import pretrain_blend_phantom
-  from ctjax.models import weights
+  from ctjax.models import pretrained
   c = blend_phantom.get_config(f"backbone={backbone}")
   assert c.model.backbone == backbone
   assert c.model.backbone_weights == f"asset:{backbone}_w0125_blend_phantom.npz"
@@ -314,7 +314,7 @@ def test_blend_phantom_fine_tunes_the_shipped_backbone_of_another_seed(backbone,
   shapes = jax.eval_shape(lambda: blend.TASK.init_variables(model, c, jax.random.PRNGKey(0)))
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   loaded = blend.TASK.load_pretrained(c, zeros)
-  asset = weights.load_variables(weights.resolve_weights_path(c.model.backbone_weights))
+  asset = pretrained.load_variables(pretrained.resolve_weights_path(c.model.backbone_weights))
   # VGG16 has no BatchNorm (the pretraining's is folded into its convolutions on export).
   cols = ("params",) if backbone == "vgg16" else ("params", "batch_stats")
   assert set(asset) == set(cols)

@@ -10,7 +10,7 @@ from sklearn.metrics import f1_score
 from configs import drct2_rsna, drct2_cq500
 from ctjax.train import optim
 from ctjax.errors import ConfigError
-from ctjax.models import weights
+from ctjax.models import pretrained
 from ctjax.train.state import partition_params
 from ctjax.train.tasks import get_task
 from ctjax.train.tasks.drct import TASK, check_config
@@ -40,9 +40,9 @@ def setup():
   config.loss.pos_weight = (2.0, 1.0, 1.0, 3.0, 1.0, 1.0)
   model = TASK.build_model(config)
   # He-scaled numpy weights of init's shapes: init_variables' jitted Flax init of the VGG16
-  # compiles for ~15 s on 2 busy cores (its output structure is checked below, untraced).
+  # compiles for ~15 s on 2 CPU cores (its output structure is checked below, untraced).
   from ctjax.train.tasks import drct
-  variables = weights.random_variables(drct.init_model(model), drct.init_input(config))
+  variables = pretrained.random_variables(drct.init_model(model), drct.init_input(config))
   return config, model, variables
 
 
@@ -272,19 +272,3 @@ def test_bad_config_fails_with_config_error(field, value):
   config[section][name] = value
   with pytest.raises(ConfigError, match=name):
     check_config(config)
-
-
-def test_highlight_scale_after_training_can_be_switched_off(tmp_path, caplog):
-  """config.evals.highlight_scale_split="" skips the fit (no prediction, no file, no warning);
-  the default fits on "val", here warning that the folder holds no run."""
-  import logging
-  config = drct2_rsna.get_config()
-  assert config.evals.highlight_scale_split == "val"
-  with caplog.at_level(logging.WARNING, logger="ctjax.train.tasks.drct"):
-    config.evals.highlight_scale_split = ""
-    TASK.after_training(config, str(tmp_path), {})
-    assert not caplog.records and not list(tmp_path.iterdir())
-    config.evals.highlight_scale_split = "val"
-    TASK.after_training(config, str(tmp_path), {})
-  (record,) = caplog.records
-  assert "highlight scale not fitted" in record.getMessage()

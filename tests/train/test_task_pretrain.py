@@ -6,9 +6,9 @@ import torch
 
 import jax
 import jax.numpy as jnp
-import stand_ins
+from tests.support import stand_ins
 from configs import pretrain_phantom
-from ctjax.models import weights
+from ctjax.models import pretrained
 from ctjax.train import loop
 from ctjax.train.tasks import pretrain
 
@@ -57,9 +57,9 @@ def test_loss_is_torch_weighted_bce():
   task = pretrain.TASK
   model = task.build_model(config)
   # init_variables' structure, numpy He-scaled values (a jitted Flax init of the VGG16 compiles
-  # for ~10 s on 2 busy cores; the loss check does not depend on the initialiser).
+  # for ~10 s on 2 CPU cores; the loss check does not depend on the initialiser).
   shapes = jax.eval_shape(lambda r: task.init_variables(model, config, r), jax.random.PRNGKey(0))
-  variables = weights.random_variables(model, jnp.zeros((1, 32, 32, 3)), train=False)
+  variables = pretrained.random_variables(model, jnp.zeros((1, 32, 32, 3)), train=False)
   assert jax.tree.structure(shapes) == jax.tree.structure(variables)
   assert [a.shape for a in jax.tree.leaves(shapes)] == [
       a.shape for a in jax.tree.leaves(variables)]
@@ -88,18 +88,18 @@ def test_pretrain_loop_exports_backbone(tmp_path, monkeypatch, capsys):
   # Numpy weights of init's shapes (test_loss_is_torch_weighted_bce checks the structure): the
   # jitted Flax init would add ~10 s of compiling to the train + eval steps' ~20 s.
   monkeypatch.setattr(pretrain.TASK, "init_variables", lambda model, config, rng: (
-      weights.random_variables(model, jnp.zeros((1, 32, 32, 3)), train=False)))
+      pretrained.random_variables(model, jnp.zeros((1, 32, 32, 3)), train=False)))
   final = loop.train_and_evaluate(config, tmp_path / "w", task=pretrain.TASK, data=SliceData())
   assert final["step"] == 2 and "val/macro_auc" in final
-  saved = weights.load_variables(out)
+  saved = pretrained.load_variables(out)
   kernels = sorted(k for k in saved["params"])
   assert kernels == sorted(f"conv{i}" for i in range(13))
   assert saved["params"]["conv0"]["kernel"].shape == (3, 3, 3, 4)   # 64 * 1/16 channels
   # The exported file equals the trained backbone restored from the checkpoint.
-  from ctjax import inference
-  from ctjax import weights as weights_cli
+  from ctjax.inference import runs
+  from ctjax.commands import weights as weights_cli
   from ctjax.models.vgg import fold_batch_norm
-  variables = inference.load_run(tmp_path / "w", task=pretrain.TASK).host_variables()
+  variables = runs.load_run(tmp_path / "w", task=pretrain.TASK).host_variables()
   assert config.model.batch_norm   # the config's default: written with BN folded in
   folded = fold_batch_norm({"params": variables["params"]["backbone"],
                             "batch_stats": variables["batch_stats"]["backbone"]})
@@ -109,7 +109,7 @@ def test_pretrain_loop_exports_backbone(tmp_path, monkeypatch, capsys):
   again = tmp_path / "again.npz"
   assert weights_cli.main(["export", "--workdir", str(tmp_path / "w"), "--out", str(again)]) == 0
   assert "from step 2" in capsys.readouterr().out
-  np.testing.assert_array_equal(weights.load_variables(again)["params"]["conv12"]["kernel"],
+  np.testing.assert_array_equal(pretrained.load_variables(again)["params"]["conv12"]["kernel"],
                                 saved["params"]["conv12"]["kernel"])
 
 
@@ -118,12 +118,12 @@ def test_batch_norm_backbone_exports_as_plain_vgg16(tmp_path):
   config = _config(**{"model.batch_norm": True})
   model = pretrain.TASK.build_model(config)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
-  variables = weights.random_variables(model, x, seed=2, train=False)
+  variables = pretrained.random_variables(model, x, seed=2, train=False)
   rng = np.random.default_rng(0)   # running statistics away from their (0, 1) initial values
   variables["batch_stats"] = jax.tree.map(
       lambda a: rng.uniform(0.5, 1.5, a.shape).astype(np.float32), variables["batch_stats"])
   out = pretrain.export_backbone(variables, tmp_path / "vgg.npz")
-  saved = weights.load_variables(out)
+  saved = pretrained.load_variables(out)
   assert "batch_stats" not in saved and not any(k.startswith("bn") for k in saved["params"])
   want = VGG16(width=0.0625, batch_norm=True).apply(
       {"params": variables["params"]["backbone"],
@@ -136,7 +136,7 @@ def test_zoom_sizes_train_each_part_at_its_size():
   config = _config(**{"model.batch_norm": True, "pretrain.zoom_sizes": (48,),
                       "pretrain.flip": False})
   model = pretrain.TASK.build_model(config)
-  variables = weights.random_variables(model, jnp.zeros((1, 32, 32, 3)), seed=1, train=False)
+  variables = pretrained.random_variables(model, jnp.zeros((1, 32, 32, 3)), seed=1, train=False)
   src = SliceSource(4, 3)
   batch = {"hu": jnp.asarray(src.hu), "labels": jnp.asarray(src.labels)}
   params, extra = variables["params"], {"batch_stats": variables["batch_stats"]}
@@ -193,8 +193,8 @@ def _blend_r50_config(width=0.0625):
 
 def _numpy_variables(model, size=32, seed=0):
   """He-scaled numpy values of `model.init`'s shapes (an eager Flax init of a ResNet-50
-  compiles op by op for ~30 s on 2 busy cores; loading does not depend on the initialiser)."""
-  return weights.random_variables(model, jnp.zeros((1, size, size, 3)), seed=seed, train=False)
+  compiles op by op for ~30 s on 2 CPU cores; loading does not depend on the initialiser)."""
+  return pretrained.random_variables(model, jnp.zeros((1, size, size, 3)), seed=seed, train=False)
 
 
 def test_resnet50_export_is_what_the_blend_task_loads(tmp_path):
@@ -209,7 +209,7 @@ def test_resnet50_export_is_what_the_blend_task_loads(tmp_path):
   variables["batch_stats"] = jax.tree.map(
       lambda a: rng.uniform(0.5, 1.5, a.shape).astype(np.float32), variables["batch_stats"])
   out = pretrain.export_backbone(variables, tmp_path / "r50.npz", backbone="resnet50")
-  saved = weights.load_variables(out)
+  saved = pretrained.load_variables(out)
   # Native BatchNorm: the file is the backbone's params AND running statistics, unfolded.
   assert set(saved) == {"params", "batch_stats"}
   for col in saved:
@@ -244,23 +244,23 @@ def test_resnet50_export_is_what_the_blend_task_loads(tmp_path):
 def test_resnet50_pretraining_exports_the_trained_backbone(tmp_path, monkeypatch, capsys):
   """configs/pretrain_blend_phantom.py:runlocal through the loop: `<workdir>/backbone.npz` and
   `python -m ctjax.weights export` are the trained state's backbone (params and statistics)."""
-  from ctjax import inference
-  from ctjax import weights as weights_cli
+  from ctjax.inference import runs
+  from ctjax.commands import weights as weights_cli
   config = _blend_r50_config(0.0625)
   monkeypatch.setattr(pretrain.TASK, "init_variables",
                       lambda model, config, rng: _numpy_variables(model))
   final = loop.train_and_evaluate(config, tmp_path / "w", task=pretrain.TASK,
                                   data=BlendSliceData())
   assert final["step"] == 2
-  saved = weights.load_variables(tmp_path / "w" / "backbone.npz")
-  variables = inference.load_run(tmp_path / "w", task=pretrain.TASK).host_variables()
+  saved = pretrained.load_variables(tmp_path / "w" / "backbone.npz")
+  variables = runs.load_run(tmp_path / "w", task=pretrain.TASK).host_variables()
   again = tmp_path / "again.npz"
   assert weights_cli.main(["export", "--workdir", str(tmp_path / "w"), "--out", str(again)]) == 0
   assert set(saved) == {"params", "batch_stats"}
   for col in saved:
     want = jax.tree.map(np.asarray, variables[col]["backbone"])
     jax.tree.map(np.testing.assert_array_equal, saved[col], want)
-    jax.tree.map(np.testing.assert_array_equal, weights.load_variables(again)[col], want)
+    jax.tree.map(np.testing.assert_array_equal, pretrained.load_variables(again)[col], want)
   assert not np.allclose(saved["batch_stats"]["bn1"]["mean"], 0.0)   # trained statistics
 
 
@@ -316,7 +316,7 @@ def test_inception_v3_export_keeps_batch_norm_and_the_blend_task_loads_it(tmp_pa
   rng = np.random.default_rng(1)
   variables["batch_stats"] = jax.tree.map(
       lambda a: rng.uniform(0.5, 1.5, a.shape).astype(np.float32), variables["batch_stats"])
-  saved = weights.load_variables(pretrain.export_backbone(variables, tmp_path / "inc.npz",
+  saved = pretrained.load_variables(pretrain.export_backbone(variables, tmp_path / "inc.npz",
                                                           backbone="inception_v3"))
   assert set(saved) == {"params", "batch_stats"}
   for col in saved:

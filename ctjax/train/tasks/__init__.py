@@ -27,11 +27,13 @@ Variables = Mapping[str, Any]   # {"params": ..., "batch_stats": ...}
 
 
 class DataModule(Protocol):
-  """What the trainer and `ctjax.inference` need of a data provider (ctjax.data.pipeline;
+  """What the trainer and `ctjax.inference.runs` need of a data provider (ctjax.data.pipeline;
   tests pass in-memory stand-ins)."""
 
-  def build_splits(self, config: ml_collections.ConfigDict, workdir: str) -> Mapping[str, Any]:
-    """{"train", "val", "test"} → random-access sources (`len`, `example_info`)."""
+  def build_splits(self, config: ml_collections.ConfigDict, workdir: str, *,
+                   build: bool = True) -> Mapping[str, Any]:
+    """{"train", "val", "test"} → random-access sources (`len`, `example_info`). `build` False:
+    read what was prepared, write nothing (CacheNotPreparedError when it is missing)."""
 
   def steps_per_epoch(self, config: ml_collections.ConfigDict, splits: Mapping[str, Any],
                       process_count: int = 1) -> int:
@@ -78,8 +80,11 @@ class Task:
     return jax.tree.map(lambda _: True, params)
 
   def wrap_data(self, config: ml_collections.ConfigDict, data: Any, splits: Mapping[str, Any],
-                model: nn.Module, variables: Variables, *, workdir: Any) -> Any:
-    """The data module the steps read (e.g. DrCT's frozen-feature store). Default: `data`."""
+                model: nn.Module, variables: Variables, *, workdir: Any,
+                build: bool = True) -> Any:
+    """The data module the steps read (e.g. DrCT's frozen-feature store). `build` False
+    (evaluation, prediction): write nothing; a missing derived store raises
+    CacheNotPreparedError. Default: `data`."""
     return data
 
   def loss_fn(self, model: nn.Module, params: Any, extra: Variables, batch: Batch,

@@ -31,6 +31,7 @@ from ctjax.data.labels import BLEND_CLASSES
 from ctjax.errors import ConfigError
 from ctjax.eval import detection
 from ctjax.models import blendnet, compute_dtype
+from ctjax.models.backbones import FEATURE_BACKBONES
 from ctjax.train.tasks import Task
 from ctjax.train.tasks.blend_losses import (detection_loss, distillation_kl,
                                             weighted_cross_entropy)
@@ -155,9 +156,9 @@ class BlendTask(Task):
     if not 0.0 <= config.distill.alpha <= 1.0 or config.distill.temperature <= 0:
       raise ConfigError(f"config.distill.alpha={config.distill.alpha} must lie in [0, 1] and "
                         f"temperature={config.distill.temperature} be > 0")
-    if config.model.backbone not in blendnet.BACKBONES:
+    if config.model.backbone not in FEATURE_BACKBONES:
       raise ConfigError(f"config.model.backbone={config.model.backbone!r}; expected one of "
-                        f"{sorted(blendnet.BACKBONES)}")
+                        f"{FEATURE_BACKBONES}")
 
   def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
     return blendnet.build_blendnet(config.model)
@@ -172,9 +173,9 @@ class BlendTask(Task):
     spec = config.model.get("backbone_weights", "")
     if not spec:
       return variables
-    from ctjax.models import weights
+    from ctjax.models import pretrained
     like = {col: tree["backbone"] for col, tree in variables.items() if "backbone" in tree}
-    loaded = weights.load_backbone_like(spec, config.model.backbone, like,
+    loaded = pretrained.load_backbone_like(spec, config.model.backbone, like,
                                         full_width=float(config.model.backbone_width) == 1.0)
     out = dict(variables)
     for col, tree in loaded.items():
@@ -182,13 +183,13 @@ class BlendTask(Task):
     log.info("loaded pretrained %s backbone from %s", config.model.backbone, spec)
     return out
 
-  def wrap_data(self, config, data, splits, model, variables, *, workdir=None):
+  def wrap_data(self, config, data, splits, model, variables, *, workdir=None, build=True):
     """Under self-knowledge distillation, training batches carry the teacher's `soft_labels`
     (looked up on the host by example_index; the jitted loss gets them as batch data)."""
     path = config.get("distill", {}).get("soft_labels_path", "")
     if not path:
       return data
-    from ctjax.data.pipeline import MappedData
+    from ctjax.train.data_modules import MappedData
     table, present = load_soft_labels(path)
     train = splits["train"]
     return MappedData(data, lambda batch, source: (

@@ -5,7 +5,7 @@ windows (`config.data.windows`, default "rsna3"), ImageNet-normalises and resize
 `config.model.primary_size` (224 in the paper) chunk by chunk inside its backbone pass
 (`preprocess_slices`, `config.model.backbone_chunk` slices at a time). Losses (eq. 11): primary + APS + fusion, MSE /
 MSE / BCE by default (Table 2's switch: `config.loss.{primary,aps,fusion}`), optional per-label
-positive weights. Adam with per-module learning rates (VI.A.1: APS 3e-4, primary and fusion
+positive pretrained. Adam with per-module learning rates (VI.A.1: APS 3e-4, primary and fusion
 5e-4) over the parameter groups `backbone`, `primary`, `aps`, `fusion` (`param_groups`, fed to
 `ctjax.train.optim`); the frozen backbone is outside the optimizer (the trainer splits it off by
 `trainable_mask`) and behind `stop_gradient` in the model. With `config.features.enabled` the
@@ -31,6 +31,7 @@ from ctjax.errors import ConfigError
 from ctjax.models import compute_dtype
 from ctjax.models.drct import APS_SOURCES, SELECTIONS, DrCT
 from ctjax.train import features as features_lib
+from ctjax.train.data_modules import WrappedData
 from ctjax.train.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -180,9 +181,9 @@ class DrCTTask(Task):
       if mc.freeze_backbone:
         log.warning("config.model.backbone_weights is empty: the frozen backbone stays random")
       return variables
-    from ctjax.models import weights
+    from ctjax.models import pretrained
     like = {"params": variables["params"]["backbone"]}
-    loaded = weights.load_backbone_like(mc.backbone_weights, "vgg16", like,
+    loaded = pretrained.load_backbone_like(mc.backbone_weights, "vgg16", like,
                                         full_width=float(mc.backbone_width) == 1.0)
     out = dict(variables)
     out["params"] = {**dict(variables["params"]), "backbone": loaded["params"]}
@@ -208,12 +209,14 @@ class DrCTTask(Task):
     return model.apply(variables, batch["hu"], train=train, rngs=rngs, mutable=mutable)
 
   def wrap_data(self, config: ml_collections.ConfigDict, data: Any, splits: Any,
-                model: nn.Module, variables: Mapping[str, Any], *, workdir: Any = None) -> Any:
+                model: nn.Module, variables: Mapping[str, Any], *, workdir: Any = None,
+                build: bool = True) -> Any:
     """Host side, once the state exists: the data module whose evaluation batches carry the
     sampled slices' lesion boxes where the cache has them (`WithLesionBoxes`) and, with
     `config.features.enabled`, the frozen backbone's stored per-slice features instead of HU
     (the store is built beside the HU cache, sharded over every device of every process, when
-    missing — `ctjax.train.features.build_store`)."""
+    missing — `ctjax.train.features.build_store`; `build` False: a missing store raises
+    CacheNotPreparedError instead)."""
     data = WithLesionBoxes(data, config)   # truth for the highlight's pointing game
     if not features_lib.enabled(config):
       return data
@@ -235,10 +238,10 @@ class DrCTTask(Task):
     store = None if store_config.model.aps else superset_store(store_config, scans, model,
                                                                variables)
     if store is None:
-      store = features_lib.build_store(store_config, scans, model, variables)
+      store = features_lib.build_store(store_config, scans, model, variables, build=build)
     data = features_lib.FeatureData(data, store)
     if aps_is_primary:
-      from ctjax.data.pipeline import MappedData
+      from ctjax.train.data_modules import MappedData
       data = MappedData(data, _aps_rows_from_primary)
     return data
 
@@ -323,22 +326,6 @@ class DrCTTask(Task):
       report.update(highlight_metrics(keep, image_size=int(config.data.image_size)))
     return report
 
-  def after_training(self, config: ml_collections.ConfigDict, workdir: str,
-                     variables: Mapping[str, Any]) -> None:
-    """Fits the report's highlight scale on the validation split with the state that reports
-    load (restored as they restore it, the best checkpoint else the latest, rather than from
-    `variables`) and stores it as `<workdir>/highlight_scale.json`."""
-    from ctjax import inference
-    from ctjax.errors import CTJaxError
-    split = config.evals.get("highlight_scale_split", "val")
-    if not split or has_hires_slices(config):   # a model-fusion DrCT1 draws no highlight
-      return
-    try:
-      fit_highlight_scale(inference.load_run(workdir, task=self), split)
-    except (CTJaxError, ValueError) as e:   # training is done and saved: say so, do not fail
-      log.warning("highlight scale not fitted (%s); reports of %s draw no highlight until "
-                  "ctjax.reporting.fit_highlight_scale(%r) runs", e, workdir, workdir)
-
 
 # Store description fields that only say which APS rows a store holds besides the primary ones.
 _APS_DESC = ("aps", "aps_size", "aps_source")
@@ -377,28 +364,7 @@ def has_hires_slices(config: ml_collections.ConfigDict) -> bool:
   return bool(tuple(config.model.get("hires_slices", ()) or ()))
 
 
-def fit_highlight_scale(run: Any, split: str = "val") -> Any:
-  """Predicts `split` with `run` (a `ctjax.inference.Run`), fits the fixed highlight scale
-  (`ctjax.eval.highlight.fit_scale`) and writes it to `<run.workdir>/highlight_scale.json`
-  (process 0). Returns the scale."""
-  from ctjax import inference
-  from ctjax.eval import highlight
-  fc = run.config.get("features", {})
-  if fc.get("enabled", False) and not fc.get("store_maps", False):
-    # Stored features without maps give no highlight: predict this split end to end.
-    run = inference.load_run(run.workdir, run.step, config_overrides={"features.enabled": False},
-                             task=run.task)
-  outputs = inference.predict_split(run, split)
-  scale = highlight.fit_scale(outputs["highlight"], outputs["slice_attention"],
-                              outputs["labels"], split=split, step=run.step)
-  if jax.process_index() == 0:
-    path = highlight.save_scale(run.workdir, scale)
-    log.info("highlight scale %.4g (floor %.2f) from %d %s scans written to %s",
-             scale.reference, scale.floor, scale.num_positive + scale.num_negative, split, path)
-  return scale
-
-
-class WithLesionBoxes:
+class WithLesionBoxes(WrappedData):
   """A data module whose evaluation batches gain `lesion_boxes` float32 [B, m, K, 4]: the
   boxes (pixels of the cached image, -1 padded, K = config.data.max_boxes) on each sampled
   slice, when every scan of the split's cache has per-slice boxes (phantoms; blend). Training
@@ -406,18 +372,15 @@ class WithLesionBoxes:
 
   def __init__(self, inner: Any, config: ml_collections.ConfigDict):
     from ctjax.data.cache import data_option
-    self._inner = inner
+    super().__init__(inner)
     self._max_boxes = int(data_option(config, "max_boxes"))
-
-  def __getattr__(self, name: str) -> Any:   # build_splits, train_iterator, …
-    return getattr(self._inner, name)
 
   def eval_batches(self, config, splits, split, **kwargs):
     source = splits[split]
     scans = getattr(getattr(source, "scans", None), "scans", None)
     has = scans is not None and len(source) > 0 and all(
         scans[source[i]["scan"]].boxes is not None for i in range(len(source)))
-    for batch in self._inner.eval_batches(config, splits, split, **kwargs):
+    for batch in self.inner.eval_batches(config, splits, split, **kwargs):
       yield add_lesion_boxes(batch, source, self._max_boxes) if has else batch
 
 

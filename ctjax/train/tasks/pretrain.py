@@ -9,7 +9,7 @@ separately seeded phantom set, never the evaluation data): `configs/pretrain_pha
 for DrCT, shipped as ctjax/assets/vgg16_w0125_phantom.npz), `configs/pretrain_blend_phantom.py`
 (the blend-sign detector's ResNet-50, ctjax/assets/resnet50_w0125_blend_phantom.npz, and its
 Table 4 backbones VGG16 and Inception v3, `<backbone>_w0125_blend_phantom.npz`). The
-backbone's variables are written with `ctjax.models.weights.save_variables` to
+backbone's variables are written with `ctjax.models.pretrained.save_variables` to
 `config.pretrain.export_path` (default `<workdir>/backbone.npz`). Re-export from a finished
 workdir: `python -m ctjax.weights export --workdir DIR --out FILE`.
 
@@ -37,12 +37,13 @@ import optax
 
 from ctjax.errors import ConfigError
 from ctjax.models import compute_dtype
+from ctjax.models.backbones import FEATURE_BACKBONES
 from ctjax.train.tasks import Task
 
 log = logging.getLogger(__name__)
 
 EXPORT_NAME = "backbone.npz"   # written into the workdir when config.pretrain.export_path is ""
-BACKBONES = ("vgg16", "resnet50", "inception_v3")
+BACKBONES = FEATURE_BACKBONES   # what pretraining trains and exports
 # Backbones whose BatchNorm is a layer of their own (kept on export, fine-tuned downstream).
 NATIVE_BATCH_NORM = ("resnet50", "inception_v3")
 
@@ -64,7 +65,7 @@ class BackboneClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    from ctjax.models.weights import build_backbone
+    from ctjax.models.backbones import build_backbone
     arch = "vgg16_bn" if self.backbone == "vgg16" and self.batch_norm else self.backbone
     net = build_backbone(arch, width=self.backbone_width, dtype=self.dtype,
                          param_dtype=self.param_dtype, name="backbone")
@@ -197,16 +198,16 @@ class PretrainTask(Task):
 
 def export_backbone(variables: Mapping[str, Any], path: str, *,
                     backbone: str = "vgg16") -> pathlib.Path:
-  """The backbone's variables → .npz via ctjax.models.weights.save_variables.
+  """The backbone's variables → .npz via ctjax.models.pretrained.save_variables.
 
   A VGG16 trained with BatchNorm (`config.model.batch_norm`) is written with its BN layers
   folded into the convolutions (`ctjax.models.vgg.fold_batch_norm`, exact in inference mode),
   so the file is always the plain VGG16 that DrCT loads frozen. A ResNet-50 or Inception v3
   keeps its BatchNorm
   (part of the architecture, fine-tuned by the blend task): its file holds "params/…" and
-  "batch_stats/…", what `ctjax.models.weights.load_backbone_like` gives the blend task."""
+  "batch_stats/…", what `ctjax.models.pretrained.load_backbone_like` gives the blend task."""
   from ctjax.models.vgg import fold_batch_norm
-  from ctjax.models.weights import save_variables
+  from ctjax.models.pretrained import save_variables
   if backbone not in BACKBONES:
     raise ConfigError(f"backbone={backbone!r}; exports {' or '.join(map(repr, BACKBONES))}")
   params = jax.tree.map(np.asarray, dict(variables["params"]["backbone"]))

@@ -1,0 +1,40 @@
+"""`python -m ctjax.train --config configs/X.py --workdir DIR [--config.a.b=v …]`.
+
+Trains and evaluates via ctjax.train.loop.train_and_evaluate (a workdir with checkpoints
+resumes); a DrCT run then fits the report's highlight scale on its validation split
+(`ctjax.inference.highlight_scale`).
+Several processes (multi-host, or several on one host): give every process the same
+--coordinator_address host:port and --num_processes N, and its own --process_id i (or the
+environment variables CTJAX_COORDINATOR_ADDRESS / CTJAX_NUM_PROCESSES / CTJAX_PROCESS_ID).
+Errors in the config or the data paths: one line on stderr (ctjax.commands.cli).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ctjax.commands import cli
+
+
+def main(argv=None) -> int:
+  return cli.run(_train, argv, prog="ctjax.train", config=cli.REQUIRED,
+                 extra_flags=cli.distributed_flags)
+
+
+def _train(flags, config, _args) -> int:
+  import json
+  from ctjax.jsonable import to_jsonable
+  from ctjax.train import loop, parallel
+  parallel.initialize_distributed(flags.coordinator_address, flags.num_processes,
+                                  flags.process_id)
+  final = loop.train_and_evaluate(config, flags.workdir)
+  if config.task == "drct":   # the report's highlight scale, from the state reports load
+    from ctjax.inference import highlight_scale
+    highlight_scale.fit_after_training(flags.workdir)
+  headline = {k: v for k, v in final.items() if k.count("/") <= 1}
+  print(json.dumps(to_jsonable(headline), sort_keys=True))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

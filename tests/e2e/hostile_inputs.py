@@ -1,0 +1,889 @@
+"""Hostile and unlucky inputs, each tried through the command line → docs/hostile_inputs.md.
+
+  python -m tests.e2e.hostile_inputs                      # every case, a few minutes on 2 cores
+  python -m tests.e2e.hostile_inputs --only slope_nan,split_typo --out /tmp/table.md
+  python -m tests.e2e.hostile_inputs --list
+
+Builds tiny synthetic data sets (`python -m ctjax.synth`) and a tiny trained DrCT2 run (the
+runlocal configs), applies one corruption at a time to a fresh copy (a header field, a CSV cell,
+a file, a checkpoint, a full or read-only disk, a Ctrl-C, a killed process), runs the command a
+user would run and records what happened: the exit status, the stderr line count (and whether a
+traceback or a C++ stack dump is among them), the last stderr line and, where the exit status
+alone cannot tell, a note measured from the files (e.g. whether a stale cache was rebuilt, how
+many slices were skipped, whether a file named in config.json was executed). It does not judge:
+the table is the evidence, regenerated after any change to the error handling.
+
+Also writes the records as JSON (tests/e2e/hostile_inputs.json). Real full disks and
+read-only folders use small tmpfs mounts (root only); elsewhere those cases say "not run".
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Optional
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+PY = sys.executable
+RSNA_CFG = "configs/drct2_rsna.py:runlocal"
+CQ500_CFG = "configs/drct2_cq500.py:runlocal"
+RUN_CFG = "configs/drct2_phantom.py:runlocal"
+TIMEOUT_S = 300
+
+
+@dataclasses.dataclass
+class Outcome:
+  case: str
+  group: str
+  what: str
+  command: str = ""
+  exit: Optional[int] = None
+  seconds: float = 0.0
+  stderr_lines: int = 0
+  traceback: bool = False
+  last_line: str = ""
+  note: str = ""
+  stderr_tail: list = dataclasses.field(default_factory=list)   # JSON only: the last lines
+  signalled: str = ""      # interrupt cases: whether and when the signal went out
+
+
+class Context:
+  """The work folder, the shared base artefacts (built once, on first use) and the runner."""
+
+  def __init__(self, work: pathlib.Path):
+    self.work = work
+    self.env = {k: v for k, v in os.environ.items() if not k.startswith(("CTJAX_", "XLA_"))}
+    self.env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
+                    JAX_COMPILATION_CACHE_DIR=str(work / "jax_cache"),
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    self._built: dict[str, pathlib.Path] = {}
+    self._memo: dict[str, object] = {}
+    self.last_stderr: list[str] = []
+
+  def memo(self, key: str, make: Callable[[], object]) -> object:
+    if key not in self._memo:
+      self._memo[key] = make()
+    return self._memo[key]
+
+  # ------------------------------------------------------------------ running commands
+
+  def popen(self, argv: list[str], env: Optional[dict] = None) -> subprocess.Popen:
+    return subprocess.Popen([PY, *argv], cwd=REPO, env=env or self.env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+  def run(self, out: Outcome, argv: list[str], *, timeout: float = TIMEOUT_S,
+          interrupt_when: Optional[Callable[[], bool]] = None) -> Outcome:
+    """Runs `python argv…` and records it in `out`; `interrupt_when`: SIGINT to the process
+    group (a terminal's Ctrl-C) once that returns True."""
+    out.command = self.show(" ".join(["python", *[_quote(a) for a in argv]]))
+    t0 = time.time()
+    proc = self.popen(argv)
+    try:
+      if interrupt_when is not None:
+        while proc.poll() is None and time.time() - t0 < timeout and not interrupt_when():
+          time.sleep(0.05)
+        if proc.poll() is None:
+          os.killpg(proc.pid, signal.SIGINT)
+          out.signalled = f"SIGINT sent at {time.time() - t0:.1f} s"
+        else:
+          out.signalled = "the command ended before the signal was due (not interrupted)"
+      stdout, stderr = proc.communicate(timeout=max(1.0, timeout - (time.time() - t0)))
+    except subprocess.TimeoutExpired:
+      os.killpg(proc.pid, signal.SIGKILL)
+      stdout, stderr = proc.communicate()
+      out.note = _join(out.note, f"killed after {timeout:.0f} s")
+    out.seconds = time.time() - t0
+    self.record(out, proc.returncode, stderr)
+    return out
+
+  def record(self, out: Outcome, rc: int, stderr: str) -> None:
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    out.exit = rc
+    out.stderr_lines = len(lines)
+    out.traceback = any(ln.startswith("Traceback") or "Check failure stack trace" in ln
+                        for ln in lines)
+    out.last_line = self.show(_strip_log_prefix(lines[-1])) if lines else ""
+    out.stderr_tail = [self.show(_strip_log_prefix(ln))[:400] for ln in lines[-8:]]
+    self.last_stderr = [self.show(_strip_log_prefix(ln)) for ln in lines]
+
+  def logged(self, needle: str) -> str:
+    """The last command's first stderr line containing `needle` ("" if none)."""
+    return next((ln for ln in self.last_stderr if needle in ln), "")
+
+  def show(self, text: str) -> str:
+    """Paths of this machine out of the text: the work folder is W, the checkout is `.`,
+    installed packages are under site-packages/ and the interpreter is `python`."""
+    import sysconfig
+    text = text.replace(str(self.work), "W").replace(str(REPO) + "/", "").replace(str(REPO), ".")
+    text = text.replace(PY, "python")
+    for lib in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["stdlib"]}:
+      text = text.replace(lib, "site-packages" if "site-packages" in lib else "stdlib")
+    return text
+
+  # ------------------------------------------------------------------ base artefacts
+
+  def synth(self, name: str, layout: str, scans: int, size: int, slices: str) -> pathlib.Path:
+    if name not in self._built:
+      path = self.work / "base" / name
+      r = subprocess.run([PY, "-m", "ctjax.synth", "--layout", layout, "--scans", str(scans),
+                          "--seed", "1", "--size", str(size), "--slices", slices,
+                          "--workers", "0", "--out", str(path)], cwd=REPO, env=self.env,
+                         capture_output=True, text=True, timeout=TIMEOUT_S)
+      if r.returncode:
+        raise RuntimeError(f"ctjax.synth {layout}: {r.stderr.strip()[-300:]}")
+      self._built[name] = path
+    return self._built[name]
+
+  def rsna(self) -> pathlib.Path:
+    return self.synth("rsna", "rsna", 6, 32, "6,8")
+
+  def cq500(self) -> pathlib.Path:
+    return self.synth("cq500", "cq500", 4, 32, "6,8")
+
+  def phantom(self) -> pathlib.Path:
+    """The data of the trained run (RSNA layout, read as layout "phantom")."""
+    return self.synth("phantom", "rsna", 12, 64, "8,10")
+
+  def many_shards(self) -> pathlib.Path:
+    """Enough scans for several cache shards (8 scans each): something to interrupt."""
+    return self.synth("many", "rsna", 40, 64, "24,28")
+
+  def trained(self) -> pathlib.Path:
+    """DrCT2 runlocal, 3 steps, a checkpoint every step (latest keeps 2), best at the end."""
+    if "run" not in self._built:
+      path = self.work / "base" / "run"
+      r = subprocess.run([PY, "-m", "ctjax.train", "--config", RUN_CFG, "--workdir", str(path),
+                          *self.run_overrides(), "--config.train.num_epochs=3",
+                          "--config.checkpoint.every_steps=1"], cwd=REPO, env=self.env,
+                         capture_output=True, text=True, timeout=TIMEOUT_S)
+      if r.returncode:
+        raise RuntimeError(f"base training: {r.stderr.strip()[-300:]}")
+      self._built["run"] = path
+    return self._built["run"]
+
+  def run_overrides(self, root: Optional[pathlib.Path] = None) -> list[str]:
+    return [f"--config.data.root={root or self.phantom()}"]
+
+  def scan_folder(self) -> pathlib.Path:
+    """One series of the phantom set in a folder of its own (for `ctjax.report --scan`)."""
+    if "scan" not in self._built:
+      import pydicom
+      path = self.work / "base" / "scan"
+      path.mkdir(parents=True, exist_ok=True)
+      files = sorted((self.phantom() / "stage_2_train").glob("*.dcm"))
+      first = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
+      for f in files:
+        if pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID == first:
+          shutil.copy(f, path / f.name)
+      self._built["scan"] = path
+    return self._built["scan"]
+
+
+def _quote(arg: str) -> str:
+  return arg if re.fullmatch(r"[\w./:=,+@%-]+", arg) else "'" + arg.replace("'", "'\\''") + "'"
+
+
+def _join(*notes: str) -> str:
+  return "; ".join(n for n in notes if n)
+
+
+def _strip_log_prefix(line: str) -> str:
+  return re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ", "", line)
+
+
+# ------------------------------------------------------------------------ corruption helpers
+
+
+def _copy(src: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
+  shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".ctjax_cache"))
+  return dest
+
+
+def _rsna_files(root: pathlib.Path) -> list[pathlib.Path]:
+  return sorted((root / "stage_2_train").glob("*.dcm"))
+
+
+def _series_files(root: pathlib.Path) -> list[pathlib.Path]:
+  """The files of the first series (by SeriesInstanceUID) of an RSNA-layout root."""
+  import pydicom
+  files = _rsna_files(root)
+  uid = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
+  same = [f for f in files if pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID == uid]
+  return sorted(same, key=lambda f: float(
+      pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
+
+
+def _edit_header(path: pathlib.Path, **fields) -> None:
+  import pydicom
+  cfg = pydicom.config.settings
+  old = cfg.writing_validation_mode, cfg.reading_validation_mode
+  cfg.writing_validation_mode = cfg.reading_validation_mode = pydicom.config.IGNORE
+  try:
+    ds = pydicom.dcmread(path)
+    for key, value in fields.items():
+      setattr(ds, key, value)
+    ds.save_as(path)
+  finally:
+    cfg.writing_validation_mode, cfg.reading_validation_mode = old
+
+
+def _shift_pixels(path: pathlib.Path, new_path: Optional[pathlib.Path] = None,
+                  new_sop: Optional[str] = None) -> None:
+  """Stored pixels + 100 (a different image at the same position); optionally as a new file."""
+  import numpy as np
+  import pydicom
+  ds = pydicom.dcmread(path)
+  arr = ds.pixel_array.astype(np.int32) + 100
+  ds.PixelData = arr.astype(ds.pixel_array.dtype).tobytes()
+  if new_sop:
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = new_sop
+  ds.save_as(new_path or path)
+
+
+def _rsna_rows(root: pathlib.Path) -> list[list[str]]:
+  with open(root / "stage_2_train.csv", newline="") as f:
+    return list(csv.reader(f))
+
+
+def _write_rows(path: pathlib.Path, rows: list[list[str]]) -> None:
+  with open(path, "w", newline="") as f:
+    csv.writer(f).writerows(rows)
+
+
+def _set_label(root: pathlib.Path, value: str, row: int = 1) -> None:
+  rows = _rsna_rows(root)
+  rows[row][1] = value
+  _write_rows(root / "stage_2_train.csv", rows)
+
+
+def _cq500_rows(root: pathlib.Path) -> list[list[str]]:
+  with open(root / "reads.csv", newline="") as f:
+    return list(csv.reader(f))
+
+
+def _break_j2k(path: pathlib.Path) -> None:
+  """Re-encodes the slice as JPEG 2000 (Pillow/OpenJPEG) and keeps half of the codestream."""
+  import io
+  import numpy as np
+  import pydicom
+  from PIL import Image
+  from pydicom.encaps import encapsulate
+  from pydicom.uid import JPEG2000Lossless
+  ds = pydicom.dcmread(path)
+  arr = ds.pixel_array
+  buf = io.BytesIO()
+  Image.fromarray(arr.astype(np.uint16) if arr.dtype.kind == "u" else
+                  (arr.astype(np.int32) + 32768).astype(np.uint16)).save(
+      buf, format="JPEG2000", irreversible=False, no_jp2=True)
+  stream = buf.getvalue()
+  ds.PixelData = encapsulate([stream[:len(stream) // 2]])
+  ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+  ds.save_as(path, enforce_file_format=True)
+
+
+def _corrupt_step(step_dir: pathlib.Path) -> None:
+  """Truncates the array data files of a checkpoint step to a third of their size."""
+  for p in (step_dir / "state").rglob("*"):
+    if p.is_file() and p.parent.name == "d":
+      p.write_bytes(p.read_bytes()[:max(1, p.stat().st_size // 3)])
+
+
+def _steps(directory: pathlib.Path) -> list[int]:
+  return sorted(int(p.name) for p in directory.glob("*") if p.name.isdigit()) \
+      if directory.is_dir() else []
+
+
+def _cache_summary(cache_root: pathlib.Path) -> str:
+  """scans / slices / skipped slices / failed scans of the newest complete cache under it."""
+  manifests = sorted(cache_root.rglob("manifest.json"), key=lambda p: p.stat().st_mtime_ns)
+  manifests = [m for m in manifests if json.loads(m.read_text()).get("complete")]
+  if not manifests:
+    return "no complete cache"
+  m = json.loads(manifests[-1].read_text())
+  skipped = 0
+  for shard in m.get("shards", []):
+    meta = json.loads((manifests[-1].parent / shard["file"].replace(".hu.npy", ".json"))
+                      .read_text())
+    skipped += sum(len(s.get("skipped", [])) for s in meta["scans"])
+  return (f"cache: {m['num_scans']} scans, {m['num_slices']} slices, {skipped} slice(s) "
+          f"skipped, {len(m.get('failures', []))} scan(s) failed")
+
+
+def _cached_labels(cache_root: pathlib.Path) -> dict[str, list]:
+  """file name → its cached slice labels, from the newest complete cache."""
+  manifests = sorted((m for m in cache_root.rglob("manifest.json")
+                      if json.loads(m.read_text()).get("complete")),
+                     key=lambda p: p.stat().st_mtime_ns)
+  out = {}
+  if manifests:
+    m = json.loads(manifests[-1].read_text())
+    for shard in m["shards"]:
+      meta = json.loads((manifests[-1].parent / shard["file"].replace(".hu.npy", ".json"))
+                        .read_text())
+      for scan in meta["scans"]:
+        for f, lab in zip(scan["files"], scan["slice_labels"]):
+          out[pathlib.Path(f).name] = lab
+  return out
+
+
+def _mount_tmpfs(path: pathlib.Path, options: str) -> bool:
+  if os.geteuid() != 0:
+    return False
+  path.mkdir(parents=True, exist_ok=True)
+  return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                        capture_output=True).returncode == 0
+
+
+def _umount(path: pathlib.Path) -> None:
+  subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _readonly(path: pathlib.Path) -> bool:
+  """An empty read-only folder at `path` (a read-only tmpfs for root, else permission bits)."""
+  if os.geteuid() == 0:
+    return _mount_tmpfs(path, "ro,size=64k")
+  path.mkdir(parents=True, exist_ok=True)
+  path.chmod(0o555)
+  return True
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------ cases
+
+
+def prepare_case(layout: str, edit: Callable[[pathlib.Path], None], *extra: str,
+                 note: Optional[Callable[[pathlib.Path], str]] = None):
+  """A fresh copy of the RSNA / CQ500 set, `edit` applied, then `python -m ctjax.prepare`."""
+  def case(ctx: Context, out: Outcome, d: pathlib.Path) -> None:
+    root = _copy(ctx.rsna() if layout == "rsna" else ctx.cq500(), d / layout)
+    edit(root)
+    cfg = RSNA_CFG if layout == "rsna" else CQ500_CFG
+    ctx.run(out, ["-m", "ctjax.prepare", "--config", cfg, f"--config.data.root={root}",
+                  f"--config.data.cache_dir={d / 'cache'}", "--config.data.image_size=32",
+                  *extra])
+    out.note = _join(out.note, _cache_summary(d / "cache") if note is None else note(d))
+  return case
+
+
+def _slice(k: int = 2):
+  def pick(root: pathlib.Path) -> pathlib.Path:
+    return _series_files(root)[k]
+  return pick
+
+
+def header(**fields):
+  return lambda root: _edit_header(_slice()(root), **fields)
+
+
+def _foreign(root):
+  _edit_header(_slice()(root), PatientID="SOMEONE-ELSE")
+
+
+def _duplicate(root):
+  """A copy of one slice under a new SOP UID (with its label rows), pixels + 100."""
+  src = _slice()(root)
+  dup = "ID_dup" + src.stem[3:]
+  _shift_pixels(src, root / "stage_2_train" / f"{dup}.dcm",
+                new_sop="1.2.826.0.1.3680043.8.498.999")
+  rows = _rsna_rows(root)
+  rows += [[r[0].replace(src.stem, dup), r[1]] for r in rows[1:]
+           if r[0].startswith(src.stem + "_")]
+  _write_rows(root / "stage_2_train.csv", rows)
+
+
+def _missing_label_column(root):
+  rows = _rsna_rows(root)
+  rows[0] = ["ID", "Lable"]
+  _write_rows(root / "stage_2_train.csv", rows)
+
+
+def _conflicting_rows(root):
+  rows = _rsna_rows(root)
+  rows.append([rows[1][0], "1" if rows[1][1] == "0" else "0"])
+  _write_rows(root / "stage_2_train.csv", rows)
+
+
+def _dicom_without_rows(root):
+  sop = _slice()(root).stem
+  rows = [r for r in _rsna_rows(root) if not r[0].startswith(sop + "_")]
+  _write_rows(root / "stage_2_train.csv", rows)
+
+
+def _cq500_cell(value: str, column: str = "R1:ICH"):
+  def edit(root):
+    rows = _cq500_rows(root)
+    rows[1][rows[0].index(column)] = value
+    _write_rows(root / "reads.csv", rows)
+  return edit
+
+
+def _cq500_no_name(root):
+  rows = _cq500_rows(root)
+  rows[0][rows[0].index("name")] = "nom"
+  _write_rows(root / "reads.csv", rows)
+
+
+def _cq500_traversal(root):
+  outside = root.parent / "outside" / "CQ500-CT-9"
+  study = next(root / c for c in ("CQ500-CT-0", "CQ500CT0 CQ500CT0") if (root / c).is_dir())
+  shutil.copytree(study, outside)
+  rows = _cq500_rows(root)
+  rows.append(["../outside/CQ500-CT-9"] + rows[1][1:])
+  _write_rows(root / "reads.csv", rows)
+
+
+def _outside_read(d: pathlib.Path) -> str:
+  cached = any("outside/CQ500-CT-9" in s.read_text() for s in (d / "cache").rglob("shard_*.json"))
+  return _join(_cache_summary(d / "cache"),
+               f"files from outside the root cached: {'yes' if cached else 'no'}")
+
+
+def _empty_dcm(root):
+  _slice()(root).write_bytes(b"")
+
+
+def _text_dcm(root):
+  _slice()(root).write_text("this is not a DICOM file\n")
+
+
+def _j2k(root):
+  _break_j2k(_slice()(root))
+
+
+def stale_case(kind: str):
+  """prepare → edit the label CSV (or replace a slice's pixels) → prepare again."""
+  def case(ctx: Context, out: Outcome, d: pathlib.Path) -> None:
+    root = _copy(ctx.rsna(), d / "rsna")
+    argv = ["-m", "ctjax.prepare", "--config", RSNA_CFG, f"--config.data.root={root}",
+            f"--config.data.cache_dir={d / 'cache'}", "--config.data.image_size=32"]
+    first = ctx.popen(argv)
+    first.communicate(timeout=TIMEOUT_S)
+    target = _slice()(root)
+    before = _cached_labels(d / "cache").get(target.name)
+    if kind == "labels":
+      rows = _rsna_rows(root)
+      for r in rows[1:]:
+        if r[0].startswith(target.stem + "_"):
+          r[1] = "1" if r[1] == "0" else "0"
+      _write_rows(root / "stage_2_train.csv", rows)
+    else:
+      stamp = {p: p.stat().st_mtime_ns for p in (d / "cache").rglob("*.npy")}
+      _shift_pixels(target)
+    ctx.run(out, argv)
+    if kind == "labels":
+      after = _cached_labels(d / "cache").get(target.name)
+      out.note = (f"cached labels of the edited slice: {before} → {after} "
+                  f"({'updated' if after != before else 'stale'})")
+    else:
+      now = {p: p.stat().st_mtime_ns for p in (d / "cache").rglob("*.npy")}
+      rebuilt = set(now) != set(stamp) or any(now[p] != t for p, t in stamp.items())
+      out.note = f"cache shards rewritten after the pixel change: {'yes' if rebuilt else 'no'}"
+  return case
+
+
+def evil_config_case(command: str):
+  """config.json of a trained run names Python files (the dropped
+  model.backbone_pretrain_config, an unknown field); each leaves a marker if executed."""
+  def case(ctx: Context, out: Outcome, d: pathlib.Path) -> None:
+    run = _copy(ctx.trained(), d / "run")
+    marker = d / "executed"
+    for name in ("pretrain", "hook"):
+      (d / f"{name}.py").write_text(
+          f"open({str(marker)!r}, 'a').write({name!r})\ndef get_config(arg=None):\n  return {{}}\n")
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["backbone_pretrain_config"] = str(d / "pretrain.py")
+    config["hook"] = str(d / "hook.py")
+    (run / "config.json").write_text(json.dumps(config, indent=2))
+    if command == "evaluate":
+      ctx.run(out, ["-m", "ctjax.evaluate", "--workdir", str(run), "--split", "val"])
+    else:
+      ctx.run(out, ["-m", "ctjax.report", "--workdir", str(run), "--scan",
+                    str(ctx.scan_folder()), "--out", str(d / "report.html")])
+    out.note = f"a .py named in config.json executed: {'yes' if marker.exists() else 'no'}"
+  return case
+
+
+def lenient_header_scan(kind: str):
+  edit = _empty_dcm if kind == "empty" else _text_dcm
+  return prepare_case("rsna", edit, "--config.data.lenient=True")
+
+
+def corrupt_checkpoint_case(command: str):
+  """The newest step of latest/ and of best/ truncated (a disk that lost the end of its
+  writes), then evaluate (restores best, else latest) or resume training."""
+  def case(ctx: Context, out: Outcome, d: pathlib.Path) -> None:
+    run = _copy(ctx.trained(), d / "run")
+    latest, best = run / "checkpoints" / "latest", run / "checkpoints" / "best"
+    newest = _steps(latest)[-1]
+    _corrupt_step(latest / str(newest))
+    for s in _steps(best):
+      _corrupt_step(best / str(s))
+    if command == "evaluate":
+      ctx.run(out, ["-m", "ctjax.evaluate", "--workdir", str(run), "--split", "val"])
+      out.note = _join(f"best {_steps(best)} and latest {newest} of latest {_steps(latest)} "
+                       "truncated", ctx.logged("cannot be restored"))
+    else:
+      ctx.run(out, ["-m", "ctjax.train", "--config", RUN_CFG, "--workdir", str(run),
+                    *ctx.run_overrides(), "--config.train.num_epochs=4",
+                    "--config.checkpoint.every_steps=1"])
+      out.note = _join(f"step {newest} truncated; latest steps after: {_steps(latest)}; set "
+                       f"aside: {_steps(run / 'checkpoints' / 'unreadable')}",
+                       ctx.logged("cannot be restored"))
+  return case
+
+
+def missing_config(ctx, out, d):
+  ctx.run(out, ["-m", "ctjax.train", "--config", str(d / "nope.py") + ":runlocal",
+                "--workdir", str(d / "run")])
+
+
+def unknown_override(ctx, out, d):
+  ctx.run(out, ["-m", "ctjax.prepare", "--config", RSNA_CFG, "--config.data.bogus=3"])
+
+
+def workdir_is_file(ctx, out, d):
+  d.mkdir(parents=True, exist_ok=True)
+  (d / "afile").write_text("a file, not a folder\n")
+  ctx.run(out, ["-m", "ctjax.train", "--config", RUN_CFG, "--workdir", str(d / "afile"),
+                *ctx.run_overrides()])
+
+
+def workdir_readonly(ctx, out, d):
+  ro = d / "ro"
+  if not _readonly(ro):
+    out.note = "not run: no read-only folder can be made here"
+    return
+  try:
+    ctx.run(out, ["-m", "ctjax.train", "--config", RUN_CFG, "--workdir", str(ro / "run"),
+                  *ctx.run_overrides()])
+  finally:
+    _umount(ro) if os.geteuid() == 0 else ro.chmod(0o755)
+
+
+def report_out_readonly(ctx, out, d):
+  ro = d / "ro"
+  if not _readonly(ro):
+    out.note = "not run: no read-only folder can be made here"
+    return
+  try:
+    ctx.run(out, ["-m", "ctjax.report", "--workdir", str(ctx.trained()), "--scan",
+                  str(ctx.scan_folder()), "--out", str(ro / "report.html")])
+  finally:
+    _umount(ro) if os.geteuid() == 0 else ro.chmod(0o755)
+
+
+def split_typo(ctx, out, d):
+  ctx.run(out, ["-m", "ctjax.evaluate", "--workdir", str(ctx.trained()), "--split", "tset"])
+
+
+def truncated_shard(ctx, out, d):
+  cache = d / "cache"
+  argv = ["--config", RUN_CFG, *ctx.run_overrides(), f"--config.data.cache_dir={cache}"]
+  subprocess.run([PY, "-m", "ctjax.prepare", *argv], cwd=REPO, env=ctx.env,
+                 capture_output=True, timeout=TIMEOUT_S)
+  (shard,) = sorted(cache.rglob("shard_00000.hu.npy"))[:1] or [None]
+  if shard is None:
+    out.note = "not run: prepare made no shard"
+    return
+  shard.write_bytes(shard.read_bytes()[:shard.stat().st_size // 2])
+  ctx.run(out, ["-m", "ctjax.train", *argv, "--workdir", str(d / "run")])
+  out.note = "shard_00000.hu.npy cut to half its size"
+
+
+def disk_full_checkpoint(ctx, out, d):
+  small = d / "small"
+  if not _mount_tmpfs(small, "size=600k"):
+    out.note = "not run: a small tmpfs needs root"
+    return
+  try:
+    ctx.run(out, ["-m", "ctjax.train", "--config", RUN_CFG, "--workdir", str(small / "run"),
+                  *ctx.run_overrides()])
+    base = ctx.trained() / "checkpoints" / "latest"
+    size = sum(f.stat().st_size for f in (base / str(_steps(base)[-1])).rglob("*")
+               if f.is_file())
+    out.note = f"workdir on a 600 KB tmpfs; one checkpoint of this run takes {size / 2**20:.1f} MB"
+  finally:
+    _umount(small)
+
+
+def disk_full_prepare(ctx, out, d):
+  small = d / "small"
+  if not _mount_tmpfs(small, "size=48k"):
+    out.note = "not run: a small tmpfs needs root"
+    return
+  try:
+    ctx.run(out, ["-m", "ctjax.prepare", "--config", RSNA_CFG,
+                  f"--config.data.root={ctx.rsna()}", f"--config.data.cache_dir={small}",
+                  "--config.data.image_size=32"])
+    out.note = "cache folder on a 48 KB tmpfs"
+  finally:
+    _umount(small)
+
+
+def ctrl_c_prepare(ctx, out, d):
+  cache = d / "cache"
+  ctx.run(out, ["-m", "ctjax.prepare", "--config", RSNA_CFG,
+                f"--config.data.root={ctx.many_shards()}", f"--config.data.cache_dir={cache}",
+                "--config.data.image_size=64", "--config.data.num_workers=2"],
+          interrupt_when=lambda: bool(list(cache.glob("*/shard_*"))))
+  kept = len(list(cache.glob("*/shard_*.json")))
+  out.note = (f"SIGINT to the process group after the first shard ({out.signalled}); {kept} "
+              "of 5 shard(s) kept")
+
+
+def ctrl_c_train(ctx, out, d):
+  run = d / "run"
+  ctx.run(out, ["-m", "ctjax.train", "--config", RUN_CFG, "--workdir", str(run),
+                *ctx.run_overrides(), "--config.train.num_epochs=40",
+                "--config.train.max_steps=40", "--config.checkpoint.every_steps=2"],
+          interrupt_when=lambda: bool(_steps(run / "checkpoints" / "latest")))
+  out.note = (f"SIGINT after the first checkpoint ({out.signalled}); checkpoints kept: "
+              f"{_steps(run / 'checkpoints' / 'latest')}")
+
+
+def _two_processes(ctx: Context, run: pathlib.Path, victim: int) -> dict:
+  """2 processes train; after their first checkpoint `victim` gets SIGKILL. The survivor's exit
+  status, the seconds from the kill to its exit, its stderr, the command."""
+  shutil.rmtree(run, ignore_errors=True)
+  address = f"127.0.0.1:{_free_port()}"
+  argv = ["-m", "ctjax.train", "--config", RUN_CFG, "--workdir", str(run),
+          *ctx.run_overrides(), "--config.train.num_epochs=60", "--config.train.max_steps=60",
+          "--config.checkpoint.every_steps=2", "--coordinator_address", address,
+          "--num_processes", "2"]
+  procs = [ctx.popen(argv + ["--process_id", str(i)]) for i in range(2)]
+  try:
+    t0 = time.time()
+    while time.time() - t0 < TIMEOUT_S and all(p.poll() is None for p in procs):
+      if _steps(run / "checkpoints" / "latest"):
+        break
+      time.sleep(0.1)
+    try:
+      os.killpg(procs[victim].pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+    killed = time.time()
+    survivor = procs[1 - victim]
+    try:
+      _, err = survivor.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+      os.killpg(survivor.pid, signal.SIGKILL)
+      _, err = survivor.communicate()
+    return {"rc": survivor.returncode, "seconds": time.time() - killed, "stderr": err,
+            "command": " ".join(["python", *argv, "--process_id", "i"]), "run": run}
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+      p.communicate()
+
+
+def _kill_run(ctx: Context, victim: int) -> dict:
+  return ctx.memo(f"kill{victim}", lambda: _two_processes(
+      ctx, ctx.work / "cases" / f"two_processes_kill_{victim}", victim))
+
+
+def peer_death(victim: int):
+  def case(ctx, out, d):
+    r = _kill_run(ctx, victim)
+    command = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", ctx.show(r["command"]))
+    out.command = command + f"  (then SIGKILL to process {victim})"
+    ctx.record(out, r["rc"], r["stderr"])
+    out.seconds = r["seconds"]
+    out.note = (f"process {1 - victim} exited {r['seconds']:.1f} s after process {victim} "
+                "was killed")
+  return case
+
+
+def two_process_resume(ctx, out, d):
+  """The workdir of the 2-process run whose process 1 was killed, resumed as 1 process."""
+  run = _kill_run(ctx, 1)["run"]
+  ctx.run(out, ["-m", "ctjax.train", "--config", RUN_CFG, "--workdir", str(run),
+                *ctx.run_overrides(), "--config.train.num_epochs=60",
+                "--config.train.max_steps=60", "--config.checkpoint.every_steps=2"])
+  out.note = (f"checkpoints {_steps(run / 'checkpoints' / 'latest')} written by 2 processes; "
+              "resumed as 1")
+
+
+def _rsna(edit, *extra):
+  return prepare_case("rsna", edit, *extra)
+
+
+def _label(value: str):
+  return _rsna(lambda root: _set_label(root, value))
+
+
+# (name, group, what) → case function(ctx, outcome, case folder)
+CASES: list[tuple[str, str, str, Callable]] = [
+    ("slope_nan", "header", "RescaleSlope NaN in one slice", _rsna(header(RescaleSlope="NaN"))),
+    ("slope_inf", "header", "RescaleSlope inf", _rsna(header(RescaleSlope="inf"))),
+    ("intercept_nan", "header", "RescaleIntercept NaN", _rsna(header(RescaleIntercept="NaN"))),
+    ("slope_zero", "header", "RescaleSlope 0", _rsna(header(RescaleSlope="0"))),
+    ("slope_negative", "header", "RescaleSlope -1", _rsna(header(RescaleSlope="-1"))),
+    ("slope_huge", "header", "RescaleSlope 1e30", _rsna(header(RescaleSlope="1e30"))),
+    ("slope_nan_lenient", "header", "RescaleSlope NaN, lenient mode",
+     _rsna(header(RescaleSlope="NaN"), "--config.data.lenient=True")),
+    ("foreign_patient", "header", "a slice with another PatientID inside a series",
+     _rsna(_foreign)),
+    ("duplicate_position", "header", "a second file at one slice position, other pixels",
+     _rsna(_duplicate)),
+    ("corrupt_jpeg2000", "header", "a slice with half a JPEG 2000 codestream", _rsna(_j2k)),
+    ("rsna_label_2", "labels", "RSNA Label `2`", _label("2")),
+    ("rsna_label_0.7", "labels", "RSNA Label `0.7`", _label("0.7")),
+    ("rsna_label_-1", "labels", "RSNA Label `-1`", _label("-1")),
+    ("rsna_label_yes", "labels", "RSNA Label `yes`", _label("yes")),
+    ("rsna_label_empty", "labels", "RSNA Label empty", _label("")),
+    ("rsna_label_nan", "labels", "RSNA Label `nan`", _label("nan")),
+    ("rsna_label_column", "labels", "RSNA CSV without a `Label` column",
+     _rsna(_missing_label_column)),
+    ("rsna_conflict", "labels", "RSNA: one ID twice with different labels",
+     _rsna(_conflicting_rows)),
+    ("rsna_unlabelled_dicom", "labels", "RSNA: a DICOM file whose rows are all missing",
+     _rsna(_dicom_without_rows)),
+    ("cq500_vote_2", "labels", "CQ500 reader vote `2`", prepare_case("cq500", _cq500_cell("2"))),
+    ("cq500_empty_cell", "labels", "CQ500 empty vote cell",
+     prepare_case("cq500", _cq500_cell(""))),
+    ("cq500_no_name", "labels", "CQ500 reads.csv without a `name` column",
+     prepare_case("cq500", _cq500_no_name)),
+    ("cq500_traversal", "labels", "CQ500 `name` with `../` (a folder outside the root)",
+     prepare_case("cq500", _cq500_traversal, note=_outside_read)),
+    ("stale_labels", "cache", "label CSV edited after prepare", stale_case("labels")),
+    ("stale_pixels", "cache", "a DICOM's pixels replaced after prepare", stale_case("pixels")),
+    ("truncated_shard", "cache", "a cache shard cut short, then train", truncated_shard),
+    ("lenient_empty_dcm", "lenient", "an empty .dcm, lenient mode", lenient_header_scan("empty")),
+    ("lenient_text_dcm", "lenient", "a text file named .dcm, lenient mode",
+     lenient_header_scan("text")),
+    ("config_json_code_evaluate", "run folder", "config.json names .py files: evaluate",
+     evil_config_case("evaluate")),
+    ("config_json_code_report", "run folder", "config.json names .py files: report",
+     evil_config_case("report")),
+    ("checkpoint_corrupt_evaluate", "checkpoint", "newest checkpoint truncated: evaluate",
+     corrupt_checkpoint_case("evaluate")),
+    ("checkpoint_corrupt_resume", "checkpoint", "newest checkpoint truncated: resume training",
+     corrupt_checkpoint_case("train")),
+    ("config_missing", "command line", "a nonexistent --config file", missing_config),
+    ("unknown_override", "command line", "an unknown override in ctjax.prepare",
+     unknown_override),
+    ("workdir_file", "command line", "--workdir is a file", workdir_is_file),
+    ("workdir_readonly", "command line", "--workdir in a read-only folder", workdir_readonly),
+    ("report_out_readonly", "command line", "report --out in a read-only folder",
+     report_out_readonly),
+    ("split_typo", "command line", "evaluate --split tset", split_typo),
+    ("disk_full_checkpoint", "disk", "disk full while checkpointing", disk_full_checkpoint),
+    ("disk_full_prepare", "disk", "disk full during prepare", disk_full_prepare),
+    ("ctrl_c_prepare", "interrupt", "Ctrl-C during prepare (2 workers)", ctrl_c_prepare),
+    ("ctrl_c_train", "interrupt", "Ctrl-C during training", ctrl_c_train),
+    ("peer_death_1", "processes", "process 1 of 2 killed: process 0", peer_death(1)),
+    ("peer_death_0", "processes", "process 0 of 2 (the coordinator) killed: process 1",
+     peer_death(0)),
+    ("two_process_resume", "processes", "a 2-process run resumed as 1 process",
+     two_process_resume),
+]
+
+
+def _md(text: str) -> str:
+  text = " ".join(str(text).split())
+  text = text if len(text) <= 400 else text[:399] + "…"
+  return text.replace("|", "\\|")
+
+
+def write_table(outcomes: list[Outcome], path: pathlib.Path, seconds: float) -> None:
+  lines = [
+      "# Hostile and unlucky inputs, tried through the command line",
+      "",
+      "Generated by `python -m tests.e2e.hostile_inputs` (do not edit by hand): tiny synthetic "
+      "data sets (`python -m ctjax.synth`) and a tiny DrCT2 run (`configs/drct2_phantom.py:"
+      "runlocal`), one corruption at a time on a fresh copy, then the command. `W` is the "
+      "script's work folder. *stderr* counts the lines written to stderr (log lines included) "
+      "and says whether a Python traceback or a C++ stack dump is among them; *last stderr line* "
+      "is what the user sees last; *note* is measured from the files afterwards.",
+      "",
+      f"{len(outcomes)} cases, {seconds:.0f} s on {os.cpu_count()} CPU cores.",
+      "",
+      "| # | case | command | exit | stderr | last stderr line | note |",
+      "|---|---|---|---|---|---|---|",
+  ]
+  for i, o in enumerate(outcomes, 1):
+    stderr = f"{o.stderr_lines} lines" + (", **traceback**" if o.traceback else "")
+    lines.append(f"| {i} | {_md(o.what)} (`{o.case}`) | `{_md(o.command)}` | "
+                 f"{'—' if o.exit is None else o.exit} | {stderr} | {_md(o.last_line)} | "
+                 f"{_md(o.note)} |")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--out", default=str(REPO / "docs" / "hostile_inputs.md"))
+  ap.add_argument("--json", default=str(pathlib.Path(__file__).with_name("hostile_inputs.json")))
+  ap.add_argument("--only", default="", help="comma-separated case names")
+  ap.add_argument("--list", action="store_true", help="print the case names and exit")
+  ap.add_argument("--keep", default="", help="work folder to keep (default: a temporary one)")
+  args = ap.parse_args(argv)
+  import warnings
+  warnings.filterwarnings("ignore", module="pydicom")   # the corruptions are on purpose
+  # A shell without job control starts background commands with SIGINT ignored, and children
+  # inherit that: the Ctrl-C cases would then test nothing. Commands start as from a terminal.
+  if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  if args.list:
+    for name, group, what, _ in CASES:
+      print(f"{name:30s} {group:14s} {what}")
+    return 0
+  only = {s for s in args.only.split(",") if s}
+  unknown = only - {c[0] for c in CASES}
+  if unknown:
+    ap.error(f"unknown case(s) {sorted(unknown)}; see --list")
+  work = pathlib.Path(args.keep) if args.keep else pathlib.Path(tempfile.mkdtemp(
+      prefix="ctjax_hostile_"))
+  work.mkdir(parents=True, exist_ok=True)
+  ctx = Context(work.resolve())
+  outcomes, t0 = [], time.time()
+  try:
+    for name, group, what, fn in CASES:
+      if only and name not in only:
+        continue
+      out = Outcome(name, group, what)
+      t = time.time()
+      case_dir = ctx.work / "cases" / name
+      shutil.rmtree(case_dir, ignore_errors=True)   # every case starts from fresh copies
+      try:
+        fn(ctx, out, case_dir)
+      except Exception as e:   # a case that could not be set up is recorded, not fatal
+        out.note = _join(out.note, f"setup failed: {type(e).__name__}: {ctx.show(str(e))[:200]}")
+      print(f"{name:30s} exit {out.exit!s:5s} {time.time() - t:6.1f} s  {out.last_line[:90]}",
+            flush=True)
+      outcomes.append(out)
+  finally:
+    if not args.keep:
+      shutil.rmtree(work, ignore_errors=True)
+  seconds = time.time() - t0
+  write_table(outcomes, pathlib.Path(args.out), seconds)
+  pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+  pathlib.Path(args.json).write_text(json.dumps(
+      {"seconds": round(seconds, 1), "cpus": os.cpu_count(),
+       "cases": [dataclasses.asdict(o) for o in outcomes]}, indent=1))
+  print(f"{len(outcomes)} cases in {seconds:.0f} s → {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
