@@ -537,7 +537,7 @@ def fig_environment(run: Run, det: dict) -> dict:
   return line
 
 
-# Not on the device machine: nothing this run imports may need them.
+# Not on a bare GPU host's python3: nothing this run imports may need them.
 NOT_ON_DEVICE = ("grain", "pydicom", "tensorboardX", "ml_collections")
 
 

@@ -56,9 +56,13 @@ def _one_line(e: BaseException, argv: Sequence[str] = ()) -> str:
     e = cause
   if isinstance(e, KeyError):   # ml_collections: an override names a field the config lacks.
     overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
-    field = str(e.args[0]).strip("'\"")
-    return (f"unknown config field '{field}' (overrides: {', '.join(overrides)}); "
-            "see the config file for the fields it defines")
+    # ml_collections' message: "'name'" or "'name\nDid you mean "x" instead of "name"?'".
+    field, _, hint = str(e.args[0]).partition("\n")
+    field, hint = field.strip("'\""), " ".join(hint.split()).rstrip("'\"")
+    prog = argv[0] if argv else "ctjax.train"
+    return (f"unknown config field '{field}' (overrides: {', '.join(overrides)})"
+            f"{'; ' + hint if hint else ''}; python -m {prog} --helpfull --config FILE "
+            "lists the fields")
   text = str(e)
   if "Traceback" in text:        # a config file raised: keep the exception's last line.
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
@@ -153,6 +157,67 @@ def _finish(status: int, in_process: bool) -> int:
   return status
 
 
+HELP_FLAGS = ("--help", "-h", "-help", "--helpshort", "--helpfull")
+
+
+def _config_spec(argv: Sequence[str]) -> Optional[str]:
+  """The --config value of `argv`, if any (before the flags are parsed)."""
+  for k, a in enumerate(argv):
+    if a.startswith("--config="):
+      return a.split("=", 1)[1]
+    if a == "--config" and k + 1 < len(argv):
+      return argv[k + 1]
+  return None
+
+
+def help_text(fn: Callable, prog: str, fv: flags.FlagValues, argv: Sequence[str], *,
+              full: bool = False) -> str:
+  """What `--help` prints: the command's own page (its module docstring: usage and examples),
+  its flags with defaults, and with `--config FILE` the config file's page and (--helpfull)
+  every field it sets, each overridable as --config.a.b=value."""
+  module = sys.modules.get(getattr(fn, "__module__", ""), None)
+  page = (getattr(module, "__doc__", None) or f"python -m {prog}").strip()
+  lines = [page, "", "flags:"]
+  for name in sorted(fv):
+    flag = fv[name]
+    if flag.name != name:   # a short alias of a flag listed under its name
+      continue
+    default = "" if flag.default in (None, "", []) else f" (default: {flag.default!r})"
+    lines.append(f"  --{name}: {' '.join(str(flag.help or '').split())}{default}")
+  if "config" in fv:
+    lines += ["", "config: --config configs/<name>.py[:args] chooses the experiment; any field it "
+              "sets is overridden as --config.a.b=value (e.g. --config.train.batch_size=8)."]
+    spec = _config_spec(argv)
+    if spec:
+      from ctjax.configs.common import load_config_file
+      path, _, arg = spec.partition(":")
+      try:
+        import importlib.util
+        loaded = importlib.util.spec_from_file_location("ctjax_help_config", path)
+        mod = importlib.util.module_from_spec(loaded)
+        loaded.loader.exec_module(mod)
+        lines += ["", f"{path}:", (mod.__doc__ or "").strip()]
+        if full:
+          cfg = load_config_file(path, arg or None)
+          lines += ["", "its fields (--config.<field>=value):"]
+          lines += [f"  {k} = {v!r}" for k, v in _flat_fields(cfg.to_dict())]
+      except Exception as e:   # help still prints; the config's own error comes on a real run
+        lines += ["", f"{path}: cannot load ({type(e).__name__}: {' '.join(str(e).split())[:200]})"]
+  lines += ["", f"Run `python -m {prog} --helpfull --config FILE` for every field of a config."
+            if "config" in fv else ""]
+  return "\n".join(lines).rstrip() + "\n"
+
+
+def _flat_fields(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
+  out = []
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out += _flat_fields(v, f"{prefix}{k}.")
+    else:
+      out.append((f"{prefix}{k}", v))
+  return out
+
+
 def run(fn: Callable, argv: Optional[Sequence[str]] = None, *, prog: str = "ctjax",
         config: Optional[str] = None, workdir: Optional[str] = REQUIRED,
         extra_flags: Optional[Callable] = None, workdir_help: str = "run directory",
@@ -165,6 +230,7 @@ def run(fn: Callable, argv: Optional[Sequence[str]] = None, *, prog: str = "ctja
   from ml_collections import config_flags
   in_process = argv is not None
   argv = [prog] + list(sys.argv[1:] if argv is None else argv)
+  want_help = next((a for a in argv[1:] if a in HELP_FLAGS), None)
   fv = flags.FlagValues()
   holder = None
   if config is not None:
@@ -175,6 +241,9 @@ def run(fn: Callable, argv: Optional[Sequence[str]] = None, *, prog: str = "ctja
     flags.DEFINE_string("workdir", None, workdir_help, flag_values=fv)
   if extra_flags is not None:
     extra_flags(fv)
+  if want_help is not None:
+    print(help_text(fn, prog, fv, argv, full=want_help == "--helpfull"))
+    return EXIT_OK
   try:
     rest = fv(argv)[1:]
     if rest and not positional:

@@ -154,8 +154,8 @@ def split_scans(run: Any, split: str) -> list[SeriesRef]:
   """The series of a split of the run's own data set (config.data.layout / root), in the
   split's order: the examples `ctjax.evaluate` predicts, read again from their DICOM files."""
   from ctjax.data import pipeline
-  layout, root = pipeline.resolve_root(run.config, str(run.workdir))
-  splits = pipeline.build_splits(run.config, str(run.workdir))
+  layout, root = pipeline.resolve_root(run.config, str(run.workdir), generate=False)
+  splits = pipeline.build_splits(run.config, str(run.workdir), build=False)
   if split not in splits:
     raise ConfigError(f"split {split!r} does not exist; splits: {', '.join(splits)}")
   return layout_scans(layout, root, splits[split].scan_ids)

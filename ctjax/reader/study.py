@@ -158,23 +158,19 @@ def _truth(labels: np.ndarray) -> list[int]:
 
 def test_split_scans(config: Any, run_workdir: str | os.PathLike, num: int, seed: int, *,
                      progress: bool = True) -> tuple[dict[str, Any], list[ScanSource]]:
-  """A seeded random sample of the run's test split, exactly the split the run held out.
-
-  The split is `ctjax.data.datasets.split_indices` over the run's prepared cache (the scans it
-  decoded, in its order), as `ctjax.data.pipeline.build_splits` makes it for training.
-  """
-  from ctjax.data import cache, datasets
-  path = cache.ensure_cache(config, os.fspath(run_workdir), progress=progress)
-  scans = cache.CachedScans(path)
-  idx = datasets.split_indices([s.patient_id for s in scans.scans],
-                               num_folds=int(cache.data_option(config, "num_folds")),
-                               fold=int(cache.data_option(config, "fold")),
-                               seed=int(cache.data_option(config, "split_seed")))["test"]
-  metas = _sample([scans.scans[int(i)] for i in idx], num, seed, "the run's test split")
+  """A seeded random sample of the run's test split, exactly the split the run held out: the
+  data pipeline's own `build_splits` over the run's prepared cache (read only: a cache that
+  was never prepared is one line naming `ctjax.prepare`)."""
+  from ctjax.data import cache, pipeline
+  splits = pipeline.build_splits(config, os.fspath(run_workdir), build=False)
+  test = splits["test"]
+  scans = test.scans
+  metas = _sample([scans.scans[int(i)] for i in test.indices], num, seed,
+                  "the run's test split")
   out = [ScanSource(m.scan_id, m.patient_id, list(m.info["files"]), None,
                     m.info.get("series_uid"), _truth(m.labels)) for m in metas]
-  info = {"kind": "test_split", "cache": str(path), "layout": scans.manifest["layout"],
-          "fold": int(cache.data_option(config, "fold")), "num_available": int(len(idx))}
+  info = {"kind": "test_split", "cache": str(scans.path), "layout": scans.manifest["layout"],
+          "fold": int(cache.data_option(config, "fold")), "num_available": int(len(test.indices))}
   return info, out
 
 

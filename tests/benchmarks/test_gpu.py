@@ -1,7 +1,7 @@
 """`python -m benchmarks.gpu`: the device run rehearsed on the CPU, and what its figures rest on.
 
 - The `--smoke` run in a subprocess with grain, pydicom, tensorboardX and ml_collections made
-  unimportable (none is on the device machine): every figure's line, in the schema, a forced
+  unimportable (a bare GPU host's python3 has none of them): every figure's line, in the schema, a forced
   out-of-memory recorded while the others still run, an out-of-memory fallback to a smaller
   batch, and the budget guard.
 - The chunked DrCT2 program against the library's model, the losses against the tasks' own

@@ -186,3 +186,49 @@ def test_logged_and_thread_exceptions_are_one_line(caplog):
   (rec,) = [r for r in caplog.records if r.name == "ctjax.commands.cli"]
   assert rec.getMessage() == "thread writer stopped: ZeroDivisionError: division by zero"
   assert threading.excepthook is not None and sys.unraisablehook is not None
+
+
+COMMANDS = sorted(p.stem for p in (ROOT / "ctjax" / "commands").glob("*.py")
+                  if p.stem not in ("__init__", "cli"))
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_answers_help(name, capsys):
+  """`--help` (and `-h`, `--helpfull`) prints the command's page and flags and exits 0: it was an
+  'Unknown command line flag' error with exit 2."""
+  import importlib
+  module = importlib.import_module(f"ctjax.commands.{name}")
+  for flag in ("--help", "-h", "--helpfull"):
+    assert module.main([flag]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert f"python -m ctjax.{name}" in out and "\nflags:\n" in out, out[:300]
+    assert "Unknown command line flag" not in out
+
+
+def test_help_with_a_config_shows_its_arguments_and_fields(capsys):
+  from ctjax.commands import train
+  config = str(ROOT / "configs" / "drct2_phantom.py")
+  assert train.main(["--help", "--config", config]) == cli.EXIT_OK
+  out = capsys.readouterr().out
+  assert "Arguments:" in out and "--config.a.b=value" in out
+  assert train.main(["--helpfull", "--config", config + ":runlocal"]) == cli.EXIT_OK
+  out = capsys.readouterr().out
+  assert "  train.batch_size = " in out and "  model.backbone_weights = " in out
+
+
+def test_help_of_the_installed_entry_point_exits_zero():
+  r = subprocess.run([sys.executable, "-m", "ctjax.evaluate", "--help"], capture_output=True,
+                     text=True, timeout=120, cwd=ROOT)
+  assert r.returncode == 0 and "python -m ctjax.evaluate" in r.stdout and not r.stderr.strip()
+
+
+def test_an_override_typo_is_one_line_with_the_hint(capsys):
+  from ctjax.commands import train
+  config = str(ROOT / "configs" / "drct2_phantom.py")
+  assert train.main(["--config", config, "--workdir", "w",
+                     "--config.train.batch_sise=3"]) == cli.EXIT_USAGE
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and "''" not in err, err
+  assert err.startswith("error: unknown config field 'batch_sise' (overrides: "
+                        "--config.train.batch_sise); Did you mean \"batch_size\"")
+  assert "python -m ctjax.train --helpfull --config FILE" in err

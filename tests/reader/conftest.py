@@ -50,6 +50,8 @@ def tiny_run(tmp_path_factory) -> pathlib.Path:
   ck.save(3, state, None, force=True)
   ck.close()
   (wd / "config.json").write_text(c.to_json_best_effort(indent=2))
+  from ctjax.data import cache
+  cache.ensure_cache(c, str(wd), progress=False)   # prepared, as training leaves it
   return wd
 
 

@@ -130,3 +130,29 @@ def test_the_database_belongs_to_its_study(study_dir, tmp_path):
   (other / study_lib.STUDY_FILE).write_text(json.dumps(meta))
   with pytest.raises(errors.StudyError, match="belongs to another study"):
     db_lib.StudyDB(study_lib.Study(other))
+
+
+def test_the_sampled_scans_are_the_runs_own_test_split(tiny_run):
+  """The study samples the split the run held out, as the pipeline made it, stratification
+  included (an unstratified split of the same cache put training scans before the readers)."""
+  from ctjax.data import pipeline
+  from ctjax.train.checkpoint import load_config
+  config = load_config(tiny_run)
+  config.data.stratify = True
+  want = set(pipeline.build_splits(config, str(tiny_run), build=False)["test"].scan_ids)
+  info, picked = study_lib.test_split_scans(config, tiny_run, 100, 0)
+  assert {s.scan_id for s in picked} == want and info["num_available"] == len(want)
+  config.data.stratify = False
+  plain = set(pipeline.build_splits(config, str(tiny_run), build=False)["test"].scan_ids)
+  assert plain != want   # the two partitions differ on this data set: the check can fail
+
+
+def test_a_run_whose_data_was_never_prepared_is_one_line(tiny_run, tmp_path):
+  from ctjax.errors import CacheNotPreparedError
+  from ctjax.train.checkpoint import load_config
+  config = load_config(tiny_run)
+  config.data.root = str(tmp_path / "elsewhere")
+  (tmp_path / "elsewhere").mkdir()
+  with pytest.raises(CacheNotPreparedError, match="ctjax.prepare"):
+    study_lib.test_split_scans(config, tiny_run, 3, 0)
+  assert not list((tmp_path / "elsewhere").iterdir())
