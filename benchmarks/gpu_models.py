@@ -31,6 +31,7 @@ from ctjax.data.windows import apply_windows, imagenet_normalize
 from ctjax.models.blendnet import decode
 from ctjax.train.tasks import blend_losses
 from ctjax.models import blendnet
+from ctjax.models.backbones import build_backbone
 from ctjax.models.drct import DrCT
 from ctjax.models.vgg import VGG16
 
@@ -257,7 +258,7 @@ def drct2_store_build(model: DrCT, s: DrCT2Sizes) -> Callable:
 # --------------------------------------------------------------------------------------------
 
 def build_blend(s: BlendSizes, dtype: Any) -> blendnet.BlendNet:
-  backbone = blendnet.make_backbone("resnet50", width=s.width, dtype=dtype,
+  backbone = build_backbone("resnet50", width=s.width, dtype=dtype,
                                     param_dtype=jnp.float32)
   return blendnet.BlendNet(backbone=backbone, num_classes=s.num_classes,
                            det_hidden=s.det_hidden, dtype=dtype, param_dtype=jnp.float32)

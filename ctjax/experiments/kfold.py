@@ -53,7 +53,7 @@ def run_crossval(config: ml_collections.ConfigDict, workdir: str | os.PathLike, 
     loop.train_and_evaluate(cfg, fold_dir, task=task, data=data)
     if task is None:   # as `python -m ctjax.train` does (a stand-in task draws nothing)
       highlight_scale.fit_after_training(fold_dir)
-    report = runs.evaluate(fold_dir, split, task=task, data=data)
+    report = runs.evaluate(fold_dir, split, task=task, data=data, prepare=True)
     reports[f] = report
   summary = summarize_folds({f: flatten_scalars(r) for f, r in reports.items()})
   out = {"split": split, "num_folds": k, "folds": {str(f): r for f, r in reports.items()},

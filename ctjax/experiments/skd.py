@@ -35,7 +35,7 @@ def predict_splits(workdir: str, split_names, config: ml_collections.ConfigDict 
   data location (the rounds' shared data set)."""
   overrides = None if config is None else {"data.root": config.data.root}
   run = runs.load_run(workdir, config_overrides=overrides)
-  data, splits = runs.split_data(run)
+  data, splits = runs.split_data(run, prepare=True)   # the rounds train: they prepare
   return ({name: runs.predict_split(run, name, data=data, splits=splits)
            for name in split_names}, run)
 

@@ -221,11 +221,9 @@ def run_cell(cell: Cell, ctx: Context) -> CellResult:
   import jax
   t0 = time.perf_counter()
   log.info("cell %s: %s", cell.key, cell.config_spec())
-  if cell.runner == "train":   # as `python -m ctjax.train` does
-    from ctjax.inference import highlight_scale
+  if cell.runner == "train":   # the training loop alone: the tables draw no report highlight
     from ctjax.train import loop
     loop.train_and_evaluate(config, path)
-    highlight_scale.fit_after_training(path)
   elif cell.runner == "distill":
     from ctjax.experiments import skd
     skd.run(config, str(path), figures=False)
@@ -234,7 +232,7 @@ def run_cell(cell: Cell, ctx: Context) -> CellResult:
   t_train = time.perf_counter() - t0
   final = _final_workdir(cell, config, path)
   run = runs.load_run(final)
-  outputs = runs.predict_split(run, "test")
+  outputs = runs.predict_split(run, "test", prepare=True)   # it trained: it prepares
   report = runs.summarize(run, outputs, "test")
   uncertainty.add_uncertainty(report, outputs, run.config, n_boot=ctx.n_boot, seed=ctx.seed)
   order = np.argsort(np.asarray(outputs["example_index"]), kind="stable")

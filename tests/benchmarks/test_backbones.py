@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks import backbones
 from tests.support import torch_models
-from ctjax.models import backbones
+from ctjax.models import backbones as model_backbones
 
 torch = pytest.importorskip("torch")
 
@@ -33,7 +33,7 @@ def _conv_flops(arch: str, size: int) -> float:
 def test_xla_flop_count_is_close_to_the_conv_count(arch):
   # XLA's cost analysis (the benchmark's basis) skips the taps that fall on zero padding, so it
   # sits a few % under 2 × conv MACs (VGG16 29.7 vs 30.7 GFLOP, ResNet-50 7.94 vs 8.17 at 224).
-  model = backbones.build_backbone(arch)
+  model = model_backbones.build_backbone(arch)
   x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
   v = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(x.shape)))
   analysis = jax.jit(model.apply).lower(v, x).cost_analysis()

@@ -152,7 +152,7 @@ def test_variants_read_the_drct2_store_exactly(stores, over, monkeypatch):
   monkeypatch.setattr(F, "_write_shard", lambda *a, **k: built.append(a[1]))
   data = TASK.wrap_data(config, pipeline, splits, model, variables)
   assert built == []
-  inner = getattr(data, "_inner", data)
+  inner = getattr(data, "inner", data)
   assert getattr(inner, "store", getattr(data, "store", None)).path == store.path
   batch = _first_eval_batch(data, config, splits)
   if over.get("model.aps_size") == 32:

@@ -72,7 +72,7 @@ def _untrained_run(config, workdir) -> None:
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory):
   """Patches the trainer and the distiller of every cell with `_untrained_run`."""
-  from ctjax.commands import distill
+  from ctjax.experiments import skd
   from ctjax.train import loop
   mp = pytest.MonkeyPatch()
   made = []
@@ -87,7 +87,7 @@ def untrained(tmp_path_factory):
     _untrained_run(config, pathlib.Path(workdir) / f"round_{rounds}")
 
   mp.setattr(loop, "train_and_evaluate", train)
-  mp.setattr(distill, "run", distill_run)
+  mp.setattr(skd, "run", distill_run)
   yield made
   mp.undo()
 

@@ -244,7 +244,7 @@ def test_evaluation_batches_carry_the_sampled_slices_lesion_boxes(setup):
            "slice_index": np.array([[0, 0, 1], [2, 1, 0], [0, 1, 2]], np.int32),
            "valid": np.array([True, True, False])}
   data = WithLesionBoxes(_BatchData([batch]), config)
-  assert data.steps_per_epoch() == 3                      # everything else passes through
+  assert data.steps_per_epoch(config, {}) == 3            # everything else passes through
   got = list(data.eval_batches(config, {"val": _BoxSource(per_scan, [1, 0])}, "val"))[0]
   lb = got["lesion_boxes"]
   assert lb.shape == (3, 3, 2, 4) and lb.dtype == np.float32
