@@ -114,6 +114,52 @@ def write_series(folder, hu: np.ndarray, *, spacing: float = 5.0,
   return paths
 
 
+# ------------------------------------------------------- one volume stored in any axial layout
+
+AXES = {"+x": np.array([1.0, 0, 0]), "-x": np.array([-1.0, 0, 0]),
+        "+y": np.array([0, 1.0, 0]), "-y": np.array([0, -1.0, 0])}
+
+
+def write_oriented_series(folder, truth: np.ndarray, *, columns_along: str = "+x",
+                          rows_along: str = "+y", reverse: bool = False,
+                          spacing=(2.0, 0.7, 0.5), origin=(-10.0, 20.0, 30.0),
+                          sop_uids: Optional[Sequence[str]] = None, seed: int = 0,
+                          **kw) -> list[pathlib.Path]:
+  """`truth` [S, H, W] known in patient space — rows along +y (posterior), columns along +x
+  (patient left), slices along +z from `origin` (the position of truth[0, 0, 0]) at `spacing`
+  (z, y, x) mm — stored with the column index running along `columns_along` and the row index
+  along `rows_along` (any of ±x, ±y), slices written in reverse order if `reverse`, under
+  shuffled file names. Every stored pixel is looked up from its patient position (no flips or
+  transposes here). `sop_uids[k]` is the UID of truth slice k in every layout."""
+  folder = pathlib.Path(folder)
+  r, c = AXES[columns_along], AXES[rows_along]
+  assert abs(r @ c) < 0.5, "two directions along one axis"
+  X, Y, Z = np.eye(3)
+  s, h, w = truth.shape
+  dz, dy, dx = spacing
+  step = lambda d: dx if abs(d @ X) > 0.5 else dy       # noqa: E731
+  count = lambda d: w if abs(d @ X) > 0.5 else h        # noqa: E731
+  sr, sc, nr, nc = step(r), step(c), count(r), count(c)
+  origin = np.asarray(origin, np.float64)
+  corner = origin.copy()                                # every other voxel at + along r, c
+  for d, n, sp in ((r, nr, sr), (c, nc, sc)):
+    if d @ (X + Y) < 0:
+      corner -= (n - 1) * sp * d
+  b, a = np.meshgrid(np.arange(nr), np.arange(nc))      # stored (row a, column b)
+  p = corner[None, None] + b[..., None] * sr * r + a[..., None] * sc * c - origin
+  yi = np.rint(p @ Y / dy).astype(int)
+  xi = np.rint(p @ X / dx).astype(int)
+  order = list(range(s))[::-1] if reverse else list(range(s))
+  names = [f"f{n:04d}.dcm" for n in np.random.default_rng(seed).permutation(s)]
+  paths = []
+  for f, k in enumerate(order):
+    paths.append(write_slice(folder / names[f], truth[k][yi, xi],
+                             position=corner + k * dz * Z, orientation=tuple(r) + tuple(c),
+                             instance=f + 1, pixel_spacing=(sc, sr),
+                             sop_uid=None if sop_uids is None else sop_uids[k], **kw))
+  return paths
+
+
 # ------------------------------------------------------------------ tiny trees in public layouts
 
 RSNA_SUBTYPES = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural",

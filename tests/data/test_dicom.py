@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ctjax import errors
 from ctjax.data import dicom
-from ctdicom_helpers import pattern_volume, ramp_volume, write_series, write_slice
+from ctdicom_helpers import (pattern_volume, ramp_volume, write_oriented_series,
+                             write_series, write_slice)
 
 DIRTESTS = pathlib.Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests"
 
@@ -169,49 +170,32 @@ def test_reversed_positions_and_reversed_orientation(tmp_path):
 
 # The eight axis-aligned ways to store an axial slice: (direction of increasing column index,
 # direction of increasing row index) as patient axes (x left, y posterior).
-X, Y = np.eye(3)[0], np.eye(3)[1]
-LAYOUTS = [(a, b) for a in (X, -X, Y, -Y) for b in (X, -X, Y, -Y) if abs(a @ b) < 0.5]
+LAYOUTS = [(a, b) for a in ("+x", "-x", "+y", "-y") for b in ("+x", "-x", "+y", "-y")
+           if a[1] != b[1]]
 
 
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("layout", range(8))
 def test_every_axial_storage_gives_the_canonical_array(tmp_path, layout, reverse):
   """A volume known in patient space (rows +y, columns +x, slices +z) stored in each of the
-  eight in-plane layouts and both slice directions reads back as that volume. The stored
-  pixels are built here voxel by voxel from their patient positions, not by flips."""
+  eight in-plane layouts and both slice directions reads back as that volume; the stored
+  pixels are looked up voxel by voxel from their patient positions (write_oriented_series)."""
   dz, dy, dx = 2.0, 0.7, 0.5
   truth = pattern_volume(4, 6, 5)                    # [k, i (y), j (x)]
-  s, h, w = truth.shape
-  origin = np.array([-10.0, 20.0, 30.0])             # patient position of truth[0, 0, 0]
-  r, c = LAYOUTS[layout]                             # stored column / row directions
-  step = {tuple(X): dx, tuple(-X): dx, tuple(Y): dy, tuple(-Y): dy}
-  count = {tuple(X): w, tuple(-X): w, tuple(Y): h, tuple(-Y): h}
-  sr, sc = step[tuple(r)], step[tuple(c)]
-  nr, nc = count[tuple(r)], count[tuple(c)]
-  corner = origin.copy()                             # the stored first voxel: every other
-  for d, n, sp in ((r, nr, sr), (c, nc, sc)):        # voxel is at + along r and c
-    if d @ (X + Y) < 0:
-      corner -= (n - 1) * sp * d
-  order = list(range(s))[::-1] if reverse else list(range(s))
-  rng = np.random.default_rng(layout)
-  names = [f"f{n}.dcm" for n in rng.permutation(s)]
-  for f, k in enumerate(order):
-    stored = np.empty((nc, nr))
-    for a in range(nc):
-      for b in range(nr):
-        p = corner + b * sr * r + a * sc * c - origin
-        stored[a, b] = truth[k, int(round(p @ Y / dy)), int(round(p @ X / dx))]
-    write_slice(tmp_path / names[f], stored, position=corner + k * dz * np.eye(3)[2],
-                orientation=tuple(r) + tuple(c), instance=f + 1, pixel_spacing=(sc, sr),
-                sop_uid=f"1.2.7.{k}")
+  origin = np.array([-10.0, 20.0, 30.0])
+  columns_along, rows_along = LAYOUTS[layout]
+  write_oriented_series(tmp_path, truth, columns_along=columns_along, rows_along=rows_along,
+                        reverse=reverse, spacing=(dz, dy, dx), origin=origin,
+                        sop_uids=[f"1.2.7.{k}" for k in range(4)], seed=layout)
   vol = dicom.read_series(tmp_path)
   np.testing.assert_array_equal(vol.hu, truth.astype(np.float32))
   assert vol.spacing == (dz, dy, dx)
-  np.testing.assert_allclose(vol.positions, origin + np.arange(s)[:, None] * dz * np.eye(3)[2],
+  np.testing.assert_allclose(vol.positions, origin + np.arange(4)[:, None] * dz * np.eye(3)[2],
                              atol=1e-9)
   np.testing.assert_allclose(vol.orientation, dicom.CANONICAL_ORIENTATION, atol=1e-12)
-  assert vol.sop_uids == [f"1.2.7.{k}" for k in range(s)]      # UIDs follow their slices
+  assert vol.sop_uids == [f"1.2.7.{k}" for k in range(4)]      # UIDs follow their slices
   assert vol.oblique_deg == 0.0 and vol.tilt_deg < 1e-6
+  assert (vol.reoriented == ()) == (LAYOUTS[layout] == ("+x", "+y"))   # only DICOM's default
 
 
 @pytest.mark.parametrize("orientation,plane", [
