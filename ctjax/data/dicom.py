@@ -1066,8 +1066,8 @@ def _vector_text(v) -> str:
 def _lossy_words(h: SliceHeader) -> str:
   if h.transfer_syntax in LOSSY_TRANSFER_SYNTAXES:
     return pydicom.uid.UID(h.transfer_syntax).name
-  ratio = _header_text(h.ds, "LossyImageCompressionRatio")
-  return "LossyImageCompression 01" + (f", ratio {ratio}" if ratio else "")
+  ratio = _floats(_raw(h.ds, "LossyImageCompressionRatio"), 1)
+  return "LossyImageCompression 01" + (f", ratio {ratio[0]:.0f}" if ratio is not None else "")
 
 
 def _check_orientation(o: np.ndarray, path: str) -> None:
