@@ -5,7 +5,9 @@ ROOT/.ctjax_cache>/<key>`, key = hash of layout, root, image_size, lenient, the 
 change what is cached (series policy, reader rule) and the format version — no other path, so a
 cache moves with its root):
   source.json          what the cache is built from (`source_fingerprint`), written first
-  shard_00000.hu.npy   int16 [slices of the shard's scans, S, S] HU clipped to [-1024, 3071]
+  shard_00000.hu.npy   int16 [slices of the shard's scans, S, S] HU clipped to [-1024, 3071],
+                       in `read_series`' canonical orientation (rows anterior → posterior,
+                       columns right → left, slices inferior → superior)
   shard_00000.json     per scan: offset/num_slices into the .npy, labels, per-slice labels,
                        blend classes and boxes (pixels of the cached image), provenance (source
                        files in slice order, SOP UIDs, spacing, reader notes and skips, the

@@ -155,10 +155,12 @@ def check_volume(vol: Any) -> HeadVerdict:
   return check(vol.hu, vol.spacing)
 
 
-def require_head(vol: Any, *, label: Optional[str] = None) -> HeadVerdict:
+def require_head(vol: Any, *, label: Optional[str] = None,
+                 verdict: Optional[HeadVerdict] = None) -> HeadVerdict:
   """The verdict, or `NotHeadCTError` (one line naming the series and the reasons) when the
-  volume is no head CT. `label` names the series (default: the folder of its first file)."""
-  verdict = check_volume(vol)
+  volume is no head CT. `label` names the series (default: the folder of its first file);
+  `verdict`: one already computed for `vol` (e.g. the one given to `qa.flags`)."""
+  verdict = verdict if verdict is not None else check_volume(vol)
   if not verdict.is_head:
     files = getattr(vol, "files", None) or []
     where = label or (os.path.dirname(files[0]) if files else None)

@@ -104,3 +104,6 @@ def test_require_head_is_one_line_naming_the_series():
   assert "\n" not in msg and e.value.path == str(pathlib.Path(path).parent)
   assert "no skull around brain-range tissue" in msg and "config.data.require_head=False" in msg
   assert headcheck.require_head(_read("693_UNCR.dcm")).is_head
+  verdict = headcheck.check_volume(vol)               # a verdict computed once is reused
+  with pytest.raises(errors.NotHeadCTError, match="^series: "):
+    headcheck.require_head(vol, label="series", verdict=verdict)
