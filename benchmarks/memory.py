@@ -48,6 +48,7 @@ def paper_config(batch: int = 256, dtype: str = "auto", chunk: int = 64):
   c.train.batch_size = batch
   c.model.dtype = dtype
   c.model.backbone_chunk = chunk
+  c.model.backbone_weights = "random"   # shapes only: no weights file is read
   return c
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import ml_collections
 
 from ctjax.configs import common
-from ctjax.configs.drct import drct_config, runlocal_overrides
+from ctjax.configs.drct import RANDOM_BACKBONE, drct_config, runlocal_overrides
 from ctjax.data.labels import CQ500_LABELS, RSNA_LABELS
 
 # Shipped with the package (ctjax/assets); configs/pretrain_phantom.py's recipe made it.
@@ -128,7 +128,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.image_size = 64
     c.model.primary_size = 64
     c.model.aps_size = 96
-    c.model.backbone_weights = ""
+    c.model.backbone_weights = RANDOM_BACKBONE   # a smoke run: no weights file read
     c.features.enabled = False
     c.evals.val.every_epochs = 0
     c.evals.test.every_steps = -1

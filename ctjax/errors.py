@@ -98,6 +98,27 @@ class UnsupportedDicomError(CTDataError):
   """Valid DICOM that ctjax does not read (Enhanced multi-frame CT, colour images, oversized)."""
 
 
+class NotAxialError(UnsupportedDicomError):
+  """The series' slice plane is sagittal or coronal (its normal more than
+  `ctjax.data.dicom.AXIAL_MAX_DEG` from the patient's head-foot axis): ctjax reads axial CT and
+  does not resample other planes."""
+
+
+class PixelDataSizeError(InvalidDicomValueError):
+  """The Pixel Data element is longer than Rows × Columns × frames × samples × BitsAllocated
+  (native) or than any compressed form of that image: refused before anything is decoded."""
+
+
+class PixelRepresentationError(InvalidDicomValueError):
+  """Stored values that only make sense with the other PixelRepresentation (signed data declared
+  unsigned): most voxels land at the top of the HU range."""
+
+
+class NotHeadCTError(CTDataError):
+  """The pixels do not show a head CT (`ctjax.data.headcheck`): no skull ring around brain-range
+  tissue, a field of view or z coverage no head has."""
+
+
 class InvalidRescaleError(CTDataError):
   """RescaleSlope / RescaleIntercept unparseable, not finite, non-positive (slope) or outside the
   bounds of real CT images (`ctjax.data.dicom.RESCALE_SLOPE_RANGE`, `MAX_ABS_RESCALE_INTERCEPT`):

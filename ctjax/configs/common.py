@@ -115,6 +115,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.series = ml_collections.ConfigDict(dict(
       policy="soft_tissue_axial", min_slices=0, exclude_contrast=True))
   c.data.reader_rule = "majority"  # CQ500 labels from R1–R3: majority | any | R1 | R2 | R3
+  # Predict and report refuse a series whose pixels are no head CT (ctjax.data.headcheck; the
+  # `not_head` QA flag); False reads other anatomy too (research), still flagged.
+  c.data.require_head = True
   c.data.max_boxes = 8        # blend: boxes per slice, padded with -1.
   c.data.eval_batch_size = 0  # 0 = train.batch_size.
   c.data.augment = ml_collections.ConfigDict()

@@ -54,7 +54,9 @@ def drct_config(*, dataset: str, variant: str) -> ml_collections.ConfigDict:
   c.model.backbone = "vgg16"       # V.A: VGG16 pre-trained on ImageNet, conv layers frozen
   c.model.backbone_width = 1.0
   # .npz from `python -m ctjax.weights convert …` (or "asset:<name>" for a file shipped in
-  # ctjax/assets); loaded after init when a run starts, never when it resumes.
+  # ctjax/assets); loaded after init when a run starts, never when it resumes. "" (unset) is
+  # refused at start-up while the backbone is frozen (V.A: ImageNet weights, frozen): a random
+  # frozen VGG16 is no reproduction; RANDOM_BACKBONE ("random") asks for one explicitly.
   c.model.backbone_weights = ""
   c.model.freeze_backbone = True   # V.A "We froze the convolutional layers"
   c.model.primary_size = 224       # V.B: key images zoomed "from 224 × 224 …"
@@ -117,8 +119,25 @@ def drct_config(*, dataset: str, variant: str) -> ml_collections.ConfigDict:
   return c
 
 
+# `model.backbone_weights` value that keeps the initialised (random) backbone on purpose.
+RANDOM_BACKBONE = "random"
+
+
+def check_backbone_weights(config: ml_collections.ConfigDict) -> None:
+  """One-line ConfigError when a frozen backbone would stay random without being asked to."""
+  mc = config.model
+  if mc.get("freeze_backbone", True) and not str(mc.get("backbone_weights", "") or ""):
+    raise ConfigError(
+        "config.model.backbone_weights is empty and the backbone is frozen (DrCT2 V.A: "
+        "ImageNet VGG16, frozen): pass --config.model.backbone_weights=FILE.npz (made once "
+        "with python -m ctjax.weights convert …), or "
+        f"--config.model.backbone_weights={RANDOM_BACKBONE} to train on a random frozen "
+        "backbone on purpose")
+
+
 def runlocal_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """big_vision's `runlocal`: the same experiment shrunk to seconds on a CPU."""
+  """big_vision's `runlocal`: the same experiment shrunk to seconds on a CPU (on a random
+  backbone, said explicitly: a smoke run checks the machinery, not the numbers)."""
   c.train.batch_size = 4
   c.train.num_epochs = 1
   c.train.max_steps = 4
@@ -126,6 +145,7 @@ def runlocal_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   c.data.num_slices = 8
   c.data.image_size = 64
   c.model.backbone_width = 0.125
+  c.model.backbone_weights = RANDOM_BACKBONE
   c.model.primary_size = 64
   c.model.aps_size = 96
   c.model.mkey = 4

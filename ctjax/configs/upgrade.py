@@ -68,6 +68,10 @@ def upgrade(saved: dict) -> dict:
     _set(c, "model.backbone", "vgg16")
   if c.get("model", {}).get("backbone_weights", "") == "ctjax/assets/vgg16_w0125_phantom.npz":
     c["model"]["backbone_weights"] = "asset:vgg16_w0125_phantom.npz"
+  model = c.get("model", {})
+  if task == "drct" and model.get("freeze_backbone", True) and \
+      model.get("backbone_weights", "") == "":
+    model["backbone_weights"] = "random"   # what "" meant before it was refused
   for dotted in _DROPPED:
     _pop(c, dotted)
   for key, value in (("name", "adam"), ("lr_mults", {}), ("schedule", "constant"),

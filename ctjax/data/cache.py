@@ -5,7 +5,9 @@ ROOT/.ctjax_cache>/<key>`, key = hash of layout, root, image_size, lenient, the 
 change what is cached (series policy, reader rule) and the format version — no other path, so a
 cache moves with its root):
   source.json          what the cache is built from (`source_fingerprint`), written first
-  shard_00000.hu.npy   int16 [slices of the shard's scans, S, S] HU clipped to [-1024, 3071]
+  shard_00000.hu.npy   int16 [slices of the shard's scans, S, S] HU clipped to [-1024, 3071],
+                       in `read_series`' canonical orientation (rows anterior → posterior,
+                       columns right → left, slices inferior → superior)
   shard_00000.json     per scan: offset/num_slices into the .npy, labels, per-slice labels,
                        blend classes and boxes (pixels of the cached image), provenance (source
                        files in slice order, SOP UIDs, spacing, reader notes and skips, the
@@ -18,9 +20,11 @@ to a temporary name and renamed, so a re-run (resume) skips finished shards; a s
 size differs from its JSON is rebuilt.
 
 Freshness: the source fingerprint holds the SHA-256 of every label file in the root (*.csv,
-manifest.json) and an order-independent digest over (relative path, size, mtime) of every other
+manifest.json), an order-independent digest over (relative path, size, mtime) of every other
 file under the root (hidden files and folders and the cache itself excluded): a few µs a file,
-so checking 752k files costs seconds. `ensure_cache` compares it with the manifest's; on a
+so checking 752k files costs seconds — and the DICOM reader's version
+(`ctjax.data.dicom.READER_VERSION`), so a cache decoded by an older reader (e.g. before
+canonical orientation) counts as stale. `ensure_cache` compares it with the manifest's; on a
 difference it rebuilds the cache (`config.data.stale_cache="rebuild"`, the default) or refuses
 with one line (`"error"`). A shard whose size differs from the manifest (truncated, replaced) is
 a `CacheCorruptError` naming it and saying how to rebuild it: `python -m ctjax.prepare` with the
@@ -55,7 +59,7 @@ import numpy as np
 
 from ctjax import errors
 from ctjax import fileio
-from ctjax.data import datasets
+from ctjax.data import datasets, dicom
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +116,10 @@ LABEL_NAMES = ("manifest.json",)
 
 
 def source_fingerprint(root, *, exclude: Sequence[os.PathLike] = ()) -> dict[str, Any]:
-  """What a cache is built from: label files' SHA-256, and a digest of every other file's
-  (relative path, size, mtime) under `root` (hidden entries and `exclude` folders skipped)."""
+  """What a cache is built from: label files' SHA-256, a digest of every other file's
+  (relative path, size, mtime) under `root` (hidden entries and `exclude` folders skipped),
+  and the version of the DICOM reader that decodes them (`dicom.READER_VERSION`: a cache of
+  another reader holds other pixels, e.g. not in canonical orientation)."""
   root = pathlib.Path(root)
   skip = {os.path.realpath(e) for e in exclude}
   labels: dict[str, str] = {}
@@ -140,7 +146,8 @@ def source_fingerprint(root, *, exclude: Sequence[os.PathLike] = ()) -> dict[str
       digest = (digest + int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")) \
           % (1 << 64)
   return {"labels": dict(sorted(labels.items())),
-          "files": {"count": count, "bytes": total, "digest": f"{digest:016x}"}}
+          "files": {"count": count, "bytes": total, "digest": f"{digest:016x}"},
+          "reader": dicom.READER_VERSION}
 
 
 def describe_change(old: Optional[dict], new: dict) -> str:
@@ -148,6 +155,10 @@ def describe_change(old: Optional[dict], new: dict) -> str:
   if not old:
     return "the cache records no source (built by an older ctjax)"
   parts = []
+  if old.get("reader") != new.get("reader"):
+    parts.append(f"built by DICOM reader version {old.get('reader', 1)}, now "
+                 f"{new.get('reader')} (ctjax.data.dicom.READER_VERSION: e.g. canonical "
+                 "orientation)")
   for name in sorted(set(old.get("labels", {})) | set(new["labels"])):
     a, b = old.get("labels", {}).get(name), new["labels"].get(name)
     if a != b:
@@ -170,7 +181,7 @@ DEFAULTS = {
     "prefetch": 2, "lenient": False, "max_boxes": 8, "eval_batch_size": 0,
     "balance_share": 0.0, "stratify": False, "strict_labels": False,
     "max_unlabelled": datasets.MAX_UNLABELLED, "stale_cache": "rebuild", "series": None,
-    "reader_rule": "majority",
+    "reader_rule": "majority", "require_head": True,
 }
 SYNTH_DEFAULTS = {"layout": "rsna", "num_scans": 24, "seed": 0, "size": 64}
 

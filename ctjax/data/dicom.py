@@ -1,37 +1,63 @@
-"""One DICOM CT series → an HU volume ordered along the slice normal.
+"""One DICOM CT series → an HU volume in ctjax's canonical orientation.
 
 `read_series(path_or_files, *, series_uid=None, lenient=False) -> Volume` is the only door from
 DICOM into ctjax. What it does, and why:
 
 - Files are read with pydicom without `force=True` (so text/PNG/empty files and headerless
   junk are rejected, not parsed as garbage), with pydicom's value validation off and its
-  warnings silenced (RSNA's non-UID `ID_…` identifiers would otherwise flood the log).
+  warnings silenced (RSNA's non-UID `ID_…` identifiers would otherwise flood the log). Pixel
+  Data larger than `DEFER_BYTES` is not read with the header (pydicom's deferred read): its
+  declared length is checked against Rows × Columns × frames × samples × BitsAllocated first
+  (`PixelDataSizeError` when longer, `TruncatedDicomError` when the file or the element is
+  shorter), so an oversized element is refused without being read or decoded.
 - Non-image files in a folder (DICOMDIR, README, non-DICOM strays) are skipped and recorded in
   `Volume.skipped`; broken image files raise a typed `ctjax.errors.CTDataError` naming the file
   and the fix, or, with `lenient=True`, are skipped and recorded. Nothing is dropped silently.
 - Several series in the input need a selector: `series_uid` is a UID string or a callable
   `(list[SeriesSummary]) -> uid` (e.g. `largest_series`, `prefer_description("PLAIN THIN")`).
 - Within the series, localizers (ImageType LOCALIZER, or slices whose orientation differs from
-  the majority) are skipped and recorded; slices are ordered by their position along the slice
-  normal n = row × col of ImageOrientationPatient (projection of ImagePositionPatient on n), so
-  gantry tilt, reversed orientation and InstanceNumber running against position come out right.
-  Only when positions are missing does it fall back to InstanceNumber, then to file order, and
-  says so in `Volume.notes`.
+  the majority) are skipped and recorded.
+- **Canonical orientation.** Every axial series becomes the same array however it was stored
+  (rows or columns flipped, rows and columns transposed, slices in any order): `Volume.hu[k, i,
+  j]` has rows running anterior → posterior (patient +y), columns running patient right → left
+  (patient +x; the radiological convention: the patient's right on the viewer's left) and
+  slices running inferior → superior (patient +z), as DICOM's standard axial orientation
+  ImageOrientationPatient [1, 0, 0, 0, 1, 0] stores them (`CANONICAL_ORIENTATION`). The
+  stored pixels are transposed and/or flipped (`Volume.reoriented` says which), pixel spacing
+  follows the transpose, and slices are ordered by their position along the canonical slice
+  normal n = row × column of the canonical orientation (ImagePositionPatient · n), so gantry
+  tilt, reversed orientation and InstanceNumber running against position come out right.
+  A slice plane whose normal lies more than `AXIAL_MAX_DEG` from the patient's head-foot axis
+  (sagittal or coronal acquisitions) is refused with `NotAxialError` — ctjax does not resample;
+  oblique and gantry-tilted axial series within that tolerance are read and their angles kept
+  (`Volume.oblique_deg`, `Volume.tilt_deg`) for the QA flags (`ctjax.data.qa`). Only flips and
+  transposes are applied: an oblique plane stays oblique. `Volume.positions` and
+  `Volume.orientation` describe the canonical array (the patient position of voxel [k, 0, 0]
+  and the canonical row/column directions); `Volume.stored_orientation` keeps the files' own.
+  Only when positions or orientation are missing does it fall back to InstanceNumber, then to
+  file order, with the pixels as stored, and says so in `Volume.notes`.
 - A series is one patient's one study: a slice whose PatientID or StudyInstanceUID differs from
   the series' majority raises `ForeignSliceError` (lenient: skipped and recorded).
-- Duplicates (same position along the normal, or same SOPInstanceUID) are compared by their HU:
-  identical → one kept, the others recorded in `skipped` and counted in `notes`; different →
-  `DuplicateSliceError` naming both files (lenient: every slice at that position is dropped and
-  recorded — which one is the series' own is unknown, and file names are no evidence).
+- Duplicates (same SOPInstanceUID, or positions along the normal closer than
+  `duplicate_tolerance_mm`: `DUPLICATE_FRACTION` of the series' slice step, at least
+  `SAME_POSITION_MM`) are compared by their HU: identical → one kept, the others recorded in
+  `skipped` and counted in `notes`; different → `DuplicateSliceError` naming both files
+  (lenient: every slice at that position is dropped and recorded — which one is the series'
+  own is unknown, and file names are no evidence).
 - HU = stored × RescaleSlope + RescaleIntercept on pydicom's `pixel_array` (which honours
   PixelRepresentation and BitsStored), or pydicom's Modality LUT Sequence when present. Slope and
   intercept are validated first (`check_rescale`: finite, slope in `RESCALE_SLOPE_RANGE`,
   |intercept| <= `MAX_ABS_RESCALE_INTERCEPT`) → `InvalidRescaleError` (lenient: skipped); when
   absent, identity is assumed and said in `notes`. The
   RSNA files with BitsStored 12 / PixelRepresentation 0 / intercept > -100 get the community fix
-  (stored + 1000 wrapped at 4096, intercept -1000). HU is clipped to [-1024, 3071] by default,
-  which also maps padding / out-of-field fill (-2000, -3024 HU) to air without matching the
-  padding value exactly.
+  (stored + 1000 wrapped at 4096, intercept -1000). Other unsigned data whose values only make
+  sense signed (more than `SIGNED_AS_UNSIGNED_SHARE` of the voxels above `HU_MAX` read unsigned,
+  almost none read as two's complement) raise `PixelRepresentationError` (lenient: skipped). HU
+  is clipped to [-1024, 3071] by default, which also maps padding / out-of-field fill (-2000,
+  -3024 HU) to air without matching the padding value exactly.
+- Lossy compression (LossyImageCompression "01", or a lossy-only transfer syntax) is recorded
+  in `Volume.lossy`; compressed files without an installed decoder raise
+  `UnsupportedTransferSyntaxError` naming the `ctjax[codecs]` extra.
 - Memory is bounded from Rows × Columns × frames before any pixel is decoded.
 - pydicom's own warnings and log records (a decoder's traceback on a broken JPEG 2000 stream,
   "End of file reached …") are silenced while ctjax reads: ctjax turns those failures into one
@@ -70,7 +96,10 @@ ENHANCED_CT_SOP_CLASSES = CT_SOP_CLASSES[1:]
 HEADER_FIELDS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesDescription",
                  "StudyDate", "Manufacturer", "ManufacturerModelName", "ConvolutionKernel",
                  "KVP", "SliceThickness", "BodyPartExamined", "InstitutionName")
-_DECODER_PACKAGES = ("pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or python-gdcm)")
+# The `codecs` extra of pyproject.toml: pylibjpeg with its libjpeg (JPEG lossless, JPEG-LS) and
+# openjpeg (JPEG 2000) plugins, checked on pydicom's own test files with pydicom 3.
+_DECODER_PACKAGES = ("pip install 'ctjax[codecs]' (pylibjpeg, pylibjpeg-libjpeg, "
+                     "pylibjpeg-openjpeg; python-gdcm also works)")
 # Bounds on the CT modality rescale HU = stored × RescaleSlope + RescaleIntercept (DICOM PS3.3
 # C.8.2.1, CT Image Module, Table C.8-3; both attributes Type 1). Values outside them come from
 # corrupt or hand-edited headers, not from scanners; every CT file in pydicom's and pydicom-data's
@@ -85,13 +114,47 @@ _DECODER_PACKAGES = ("pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or python-
 #   intercept -32768); scanners use 0, -1000 or -1024.
 RESCALE_SLOPE_RANGE = (1.0 / 16.0, 10.0)
 MAX_ABS_RESCALE_INTERCEPT = 32768.0
-# Two slices closer than this along the slice normal (mm) are at the same position.
+# Two slices closer than `duplicate_tolerance_mm` along the slice normal are at the same
+# position: DUPLICATE_FRACTION of the series' slice step (the median of the steps longer than
+# MIN_SLICE_STEP_MM; no CT reconstructs slices closer than that), at least SAME_POSITION_MM.
+# Positions written with 2-10 µm of rounding noise are duplicates at any real slice step
+# (0.5 mm → 25 µm); a deliberate overlap of reconstructions is far larger than 5 % of a step.
 SAME_POSITION_MM = 1e-3
+DUPLICATE_FRACTION = 0.05
+MIN_SLICE_STEP_MM = 0.1
+# DICOM's standard axial orientation (PS3.3 C.7.6.2.1.1): rows along patient +x (towards the
+# patient's left), columns along +y (posterior); slices are stacked along +z (superior).
+CANONICAL_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+# A slice normal more than this from the patient's z axis is a sagittal or coronal plane (gantry
+# tilts of head CT, up to about 30°, stay axial); ctjax.data.series_policy uses the same rule.
+AXIAL_MAX_DEG = 45.0
+# Angles (degrees) from which an oblique plane / a gantry tilt is noted (and flagged by qa).
+OBLIQUE_NOTE_DEG = 0.5
+TILT_NOTE_DEG = 0.5
+# Unsigned data read as signed (`PixelRepresentationError`): more than this share of the voxels
+# above HU_MAX as unsigned, and under a tenth of that as two's complement. A real CT slice has
+# metal at most above 3071 HU (a few percent of the voxels of a dental or coil artefact slice).
+SIGNED_AS_UNSIGNED_SHARE = 0.1
+# Pixel Data larger than this is not read with the header (pydicom's deferred read); its
+# declared length is checked before anything is read or decoded.
+DEFER_BYTES = 64 * 1024
+# Encapsulated (compressed) Pixel Data longer than this many times the decoded image (+ 1 MiB of
+# headers and tables) is no compressed form of that image.
+MAX_COMPRESSED_RATIO = 2.0
+# Transfer syntaxes that are always lossy (JPEG baseline/extended, JPEG-LS near-lossless); the
+# others that may be lossy (JPEG 2000, HTJ2K) say so in LossyImageCompression (PS3.3 C.7.6.1.1.5).
+LOSSY_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
+                           "1.2.840.10008.1.2.4.81")
+# What a cache built by this reader holds changes with this number (ctjax.data.cache puts it in
+# its source fingerprint, so caches of an older reader are rebuilt). 2: canonical orientation.
+READER_VERSION = 2
 # Header fields that must agree across the slices of one series (DICOM's Patient → Study →
 # Series hierarchy, PS3.3 A.1.2: a series belongs to one study of one patient).
 SERIES_IDENTITY_FIELDS = ("PatientID", "StudyInstanceUID")
 
 PathLike = Union[str, "os.PathLike[str]"]
+# `Volume.reoriented` names, in the order they are applied to the stored [S, rows, columns].
+REORIENT_STEPS = ("transpose", "flip_rows", "flip_columns")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +188,8 @@ class SliceHeader:
   samples: int = 1
   slope_text: str = ""                # the header's RescaleSlope as written ("" when absent)
   intercept_text: str = ""            # the header's RescaleIntercept as written
+  transfer_syntax: str = ""           # the file's TransferSyntaxUID
+  lossy: bool = False                 # lossy-compressed now or before (see `_is_lossy`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,20 +204,26 @@ class SeriesSummary:
 
 @dataclasses.dataclass
 class Volume:
-  """A CT series in HU, slices ordered along the slice normal (increasing position)."""
+  """A CT series in HU in the canonical orientation (see the module docstring): rows anterior →
+  posterior, columns patient right → left, slices inferior → superior. Every per-slice list
+  follows the slice order of `hu`."""
   hu: np.ndarray                 # float32 [S, H, W]
-  spacing: tuple[float, float, float]   # (z, y, x) mm; z = median step along the normal
-  positions: np.ndarray          # float64 [S, 3] ImagePositionPatient (NaN where missing)
+  spacing: tuple[float, float, float]   # (z, y, x) mm of `hu`; z = median step along the normal
+  positions: np.ndarray          # float64 [S, 3] patient position of voxel [k, 0, 0] (NaN: none)
   sop_uids: list[str]
   files: list[str]
   instance_numbers: list[Optional[int]]
   series_uid: str
-  orientation: Optional[np.ndarray]   # [6] or None
+  orientation: Optional[np.ndarray]   # [6] row and column directions of `hu`, or None
   header: dict[str, str]
   skipped: list[Skip] = dataclasses.field(default_factory=list)
   notes: list[str] = dataclasses.field(default_factory=list)
   ordered_by: str = "position"   # position | instance_number | file_order
   tilt_deg: float = 0.0          # angle between the slice normal and the slice-to-slice step
+  stored_orientation: Optional[np.ndarray] = None   # [6] ImageOrientationPatient of the files
+  reoriented: tuple[str, ...] = ()   # applied to the stored pixels, in order: REORIENT_STEPS
+  oblique_deg: float = 0.0       # angle between the slice normal and the patient's z axis
+  lossy: bool = False            # some slice is or was lossy-compressed
 
   @property
   def num_slices(self) -> int:
@@ -286,7 +357,7 @@ def _read_header(path: PathLike, *, max_pixels: int, check: bool) -> SliceHeader
     raise errors.NotDicomError(f"cannot open: {e}", path) from e
   with _quiet_pydicom():
     try:
-      ds = pydicom.dcmread(path)
+      ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
     except InvalidDicomError as e:
       raise errors.NotDicomError(
           "not a DICOM file (no 'DICM' prefix / file meta); ctjax does not force-read "
@@ -328,27 +399,23 @@ def _read_header(path: PathLike, *, max_pixels: int, check: bool) -> SliceHeader
         f"{rows}x{cols}x{frames} frames x{samples} samples exceeds the per-file bound of "
         f"{max_pixels} pixels (raise max_pixels if this is intended)", path)
   tsyntax = meta and _raw(meta, "TransferSyntaxUID")
-  if tsyntax is not None:
-    uid = pydicom.uid.UID(_text(tsyntax))
-    if uid.is_compressed:
-      try:
-        from pydicom.pixels import get_decoder
-        decoder = get_decoder(uid)
-        available = decoder.is_available
-        missing = "; ".join(getattr(decoder, "missing_dependencies", []) or [])
-      except NotImplementedError:
-        available, missing = False, "no pydicom decoder for this transfer syntax"
-      if not available:
-        raise errors.UnsupportedTransferSyntaxError(
-            f"compressed pixel data ({uid.name}) and no decoder installed ({missing}); "
-            f"install one of: {_DECODER_PACKAGES}", path)
-    elif uid.is_transfer_syntax:
-      expected = rows * cols * frames * samples * bits // 8
-      got = len(ds.PixelData) if ds.PixelData is not None else 0
-      if got < expected:
-        raise errors.TruncatedDicomError(
-            f"pixel data has {got} bytes, {expected} expected from Rows/Columns/Bits; the "
-            "file is truncated — re-download or re-export it", path)
+  uid = pydicom.uid.UID(_text(tsyntax)) if tsyntax is not None else None
+  if uid is not None and uid.is_compressed:
+    try:
+      from pydicom.pixels import get_decoder
+      decoder = get_decoder(uid)
+      available = decoder.is_available
+      missing = "; ".join(getattr(decoder, "missing_dependencies", []) or [])
+    except NotImplementedError:
+      available, missing = False, "no pydicom decoder for this transfer syntax"
+    if not available:
+      raise errors.UnsupportedTransferSyntaxError(
+          f"compressed pixel data ({uid.name}) and no decoder installed ({missing}); "
+          f"install the decoders: {_DECODER_PACKAGES}", path)
+  if uid is not None and uid.is_transfer_syntax:
+    _check_pixel_data_size(ds, path, uid, rows * cols * frames * samples * bits // 8,
+                           f"{rows} x {cols} x {frames} frame(s) x {samples} sample(s) x "
+                           f"{bits} bits")
   modality = _header_text(ds, "Modality")
   image_type = _header_text(ds, "ImageType").upper()
   spacing = _floats(_raw(ds, "PixelSpacing"), 2)
@@ -365,10 +432,66 @@ def _read_header(path: PathLike, *, max_pixels: int, check: bool) -> SliceHeader
       slope=slope, intercept=intercept, slope_text=slope_text, intercept_text=intercept_text,
       is_localizer="LOCALIZER" in image_type,
       series_description=_header_text(ds, "SeriesDescription"),
-      sop_class=sop_class, frames=frames, samples=samples)
+      sop_class=sop_class, frames=frames, samples=samples,
+      transfer_syntax=str(uid or ""), lossy=_is_lossy(ds, uid))
   if check:
     check_ct_image(h)
   return h
+
+
+_PIXEL_DATA_TAG = 0x7FE00010
+# Native Pixel Data may carry a pad byte and, in some exports, a little trailing excess (pydicom
+# trims it); more than this share of the image is not padding.
+PIXEL_DATA_EXCESS = 0.01
+
+
+def _pixel_data_bytes(ds, path: str) -> int:
+  """Length of the Pixel Data value, without reading it when pydicom deferred it (an
+  undefined-length, encapsulated one: the rest of the file); `TruncatedDicomError` when the file
+  ends before a declared length."""
+  elem = ds.get_item(_PIXEL_DATA_TAG, keep_deferred=True)
+  if isinstance(elem, pydicom.dataelem.RawDataElement) and elem.value is None:
+    n = int(elem.length)         # deferred: only its offset and declared length are known
+    start = getattr(elem, "value_tell", None)
+    size = os.path.getsize(path)
+    if n == 0xFFFFFFFF:          # undefined length (encapsulated): at most the rest of the file
+      return size - (start or 0)
+    if start is not None and start + n > size:
+      raise errors.TruncatedDicomError(
+          f"the file ends {size - start} bytes into its {n}-byte Pixel Data; the file is "
+          "truncated — re-download or re-export it", path)
+    return n
+  value = elem.value if elem is not None else None
+  return 0 if value is None else len(value)
+
+
+def _check_pixel_data_size(ds, path: str, uid, expected: int, shape: str) -> None:
+  """Pixel Data's length against the image the header declares, before any pixel is read."""
+  got = _pixel_data_bytes(ds, path)
+  if uid.is_compressed:
+    bound = int(expected * MAX_COMPRESSED_RATIO) + (1 << 20)
+    if got > bound:
+      raise errors.PixelDataSizeError(
+          f"compressed Pixel Data of {got} bytes for a {shape} image ({expected} bytes "
+          f"decoded; more than {MAX_COMPRESSED_RATIO:g}x that is no compressed form of it); "
+          "not decoded — re-export the file", path)
+    return
+  if got < expected:
+    raise errors.TruncatedDicomError(
+        f"pixel data has {got} bytes, {expected} expected from Rows/Columns/Bits; the "
+        "file is truncated — re-download or re-export it", path)
+  if got > expected + max(1, int(expected * PIXEL_DATA_EXCESS)):
+    raise errors.PixelDataSizeError(
+        f"Pixel Data has {got} bytes, {expected} expected from {shape} ({got - expected} "
+        "bytes more); not decoded — the header or the pixel data is wrong, re-export the "
+        "file", path)
+
+
+def _is_lossy(ds, uid) -> bool:
+  """Lossy-compressed now (a lossy-only transfer syntax) or before (LossyImageCompression
+  "01", PS3.3 C.7.6.1.1.5: set by whoever compressed it, kept when decompressed)."""
+  return _header_text(ds, "LossyImageCompression") == "01" or \
+      (uid is not None and str(uid) in LOSSY_TRANSFER_SYNTAXES)
 
 
 def _ends_inside_an_element(path: str) -> bool:
@@ -440,6 +563,27 @@ def needs_rsna_fix(h: SliceHeader) -> bool:
   return bits_stored == 12 and pixel_rep == 0 and h.intercept > -100
 
 
+def _check_signedness(h: SliceHeader, stored: np.ndarray, hu: np.ndarray) -> None:
+  """`PixelRepresentationError` when unsigned stored values only make sense signed (see
+  SIGNED_AS_UNSIGNED_SHARE): e.g. int16 air (-1000) written with PixelRepresentation 0 reads
+  64536 and would become a slice of 3071 HU."""
+  if stored.dtype.kind != "u":
+    return
+  top = float(np.mean(hu > HU_MAX))
+  if top <= SIGNED_AS_UNSIGNED_SHARE:
+    return
+  bits = _int(_raw(h.ds, "BitsStored")) or stored.dtype.itemsize * 8
+  signed = stored.astype(np.int64)
+  signed[signed >= (1 << (bits - 1))] -= 1 << bits
+  top_signed = float(np.mean(signed * h.slope + h.intercept > HU_MAX))
+  if top_signed < top / 10:
+    raise errors.PixelRepresentationError(
+        f"PixelRepresentation 0 (unsigned) but {top:.0%} of the voxels lie above {HU_MAX:g} HU "
+        f"read unsigned and {top_signed:.0%} read signed ({bits} bits stored): the values are "
+        "signed — set PixelRepresentation to 1 or re-export the file (lenient=True skips the "
+        "slice)", h.path)
+
+
 def decode_hu(h: SliceHeader, *, clip: bool = True) -> np.ndarray:
   """float32 [H, W] HU of one slice (see the module docstring for the rules)."""
   check_rescale(h)
@@ -458,13 +602,15 @@ def decode_hu(h: SliceHeader, *, clip: bool = True) -> np.ndarray:
         hu += np.float32(h.intercept)
       else:
         hu = arr.astype(np.float64) * h.slope + h.intercept
+      if "ModalityLUTSequence" not in h.ds and not needs_rsna_fix(h):
+        _check_signedness(h, arr, hu)
   except errors.CTDataError:
     raise
   except Exception as e:  # noqa: BLE001
     msg = " ".join(str(e).split())   # pydicom lists each plugin's failure on its own line
     if "missing" in msg.lower() and "plugin" in msg.lower():
       raise errors.UnsupportedTransferSyntaxError(
-          f"{str(e).splitlines()[0]}; install one of: {_DECODER_PACKAGES}", h.path) from e
+          f"{str(e).splitlines()[0]}; install the decoders: {_DECODER_PACKAGES}", h.path) from e
     if "less than expected" in msg:
       raise errors.TruncatedDicomError(msg, h.path) from e
     raise errors.CorruptPixelDataError(
@@ -570,12 +716,22 @@ def _duplicate_field(h: SliceHeader, ref: SliceHeader) -> str:
   return "SOPInstanceUID / position"
 
 
+def duplicate_tolerance_mm(depth: Sequence[float]) -> float:
+  """Distance along the normal under which two slices are at one position: DUPLICATE_FRACTION
+  of the slice step (median of the sorted steps longer than MIN_SLICE_STEP_MM), at least
+  SAME_POSITION_MM."""
+  steps = np.diff(np.sort(np.asarray(depth, np.float64)))
+  steps = steps[steps > MIN_SLICE_STEP_MM]
+  step = float(np.median(steps)) if steps.size else 0.0
+  return max(SAME_POSITION_MM, DUPLICATE_FRACTION * step)
+
+
 def _deduplicate(headers: list[SliceHeader], depth: Optional[np.ndarray], *, lenient: bool,
                  clip: bool, skipped: list[Skip], notes: list[str],
                  decoded: dict[int, np.ndarray]) -> list[int]:
   """Indices of `headers` (sorted along the normal) to keep, one per position / SOPInstanceUID.
 
-  Files that share a position (closer than SAME_POSITION_MM along the normal) or a
+  Files that share a position (closer than `duplicate_tolerance_mm` along the normal) or a
   SOPInstanceUID are decoded and compared by the HU the volume would hold (clipped when `clip`):
   identical → the first in slice order is kept, the others recorded; different →
   `DuplicateSliceError`, or (lenient) all of them dropped — the series' own slice cannot be told
@@ -584,10 +740,11 @@ def _deduplicate(headers: list[SliceHeader], depth: Optional[np.ndarray], *, len
   """
   groups: list[list[int]] = []
   group_of_uid: dict[str, int] = {}
+  same = None if depth is None else duplicate_tolerance_mm(depth)
   for i, h in enumerate(headers):
     g = group_of_uid.get(h.sop_uid) if h.sop_uid else None
     if g is None and depth is not None and groups and \
-        abs(depth[i] - depth[groups[-1][0]]) < SAME_POSITION_MM:
+        abs(depth[i] - depth[groups[-1][0]]) < same:
       g = len(groups) - 1
     if g is None:
       groups.append([i])
@@ -766,12 +923,24 @@ def _read_series(path_or_files, *, series_uid, lenient, clip_hu, max_pixels,
                      for h in rest)
       headers = kept
 
-  # Order along the slice normal.
-  orientation = headers[0].orientation
-  have_pos = all(h.position is not None for h in headers) and orientation is not None
+  # Canonical orientation, then order along the canonical slice normal.
+  stored_orientation = headers[0].orientation
+  have_pos = all(h.position is not None for h in headers) and stored_orientation is not None
+  h0 = headers[0]
+  dy, dx = h0.pixel_spacing if h0.pixel_spacing is not None else (1.0, 1.0)
+  canon = None
+  if stored_orientation is not None:
+    _check_orientation(stored_orientation, h0.path)
+    plane, oblique = slice_plane(stored_orientation)
+    if plane != "axial":
+      raise errors.NotAxialError(
+          f"{plane} slices (slice normal {oblique:.0f} degrees from the patient's head-foot "
+          f"axis, ImageOrientationPatient {_vector_text(stored_orientation)}); ctjax reads "
+          "axial CT and does not resample — select the axial series or reformat it axially",
+          label)
+    canon = canonical_geometry(stored_orientation, (h0.rows, h0.columns), (dy, dx))
   if have_pos:
-    normal = np.cross(orientation[:3], orientation[3:])
-    normal /= np.linalg.norm(normal)
+    normal = canon.normal
     depth = np.asarray([h.position @ normal for h in headers])
     inst = np.asarray([h.instance_number if h.instance_number is not None else 0
                        for h in headers])
@@ -788,6 +957,8 @@ def _read_series(path_or_files, *, series_uid, lenient, clip_hu, max_pixels,
     depth = None
     ordered_by = "file_order"
     notes.append("positions and InstanceNumber missing: slices kept in file-name order")
+  if stored_orientation is None:
+    notes.append("ImageOrientationPatient missing: pixels kept as stored (orientation unknown)")
   headers = [headers[i] for i in order]
   depth = None if depth is None else depth[order]
   decoded: dict[int, np.ndarray] = {}    # id(header) → HU decoded while deduplicating
@@ -801,7 +972,7 @@ def _read_series(path_or_files, *, series_uid, lenient, clip_hu, max_pixels,
     headers = [headers[i] for i in keep]
     depth = None if depth is None else depth[keep]
 
-  s, h0 = len(headers), headers[0]
+  s = len(headers)
   if s * h0.rows * h0.columns > max_voxels:
     raise errors.UnsupportedDicomError(
         f"{s} slices of {h0.rows}x{h0.columns} exceed the bound of {max_voxels} voxels", label)
@@ -815,16 +986,15 @@ def _read_series(path_or_files, *, series_uid, lenient, clip_hu, max_pixels,
       notes.append(f"uneven slice spacing (median {dz:.3f} mm; irregular after sorted slices "
                    f"{gaps[:10]})")
     disp = headers[-1].position - headers[0].position
-    cosang = abs(disp @ normal) / max(np.linalg.norm(disp), 1e-9)
+    cosang = abs(disp @ canon.normal) / max(np.linalg.norm(disp), 1e-9)
     tilt = float(np.degrees(np.arccos(np.clip(cosang, -1.0, 1.0))))
-    if tilt > 0.5:
+    if tilt > TILT_NOTE_DEG:
       notes.append(f"gantry tilt {tilt:.1f} degrees (from IOP/IPP)")
   else:
     dz = _float(_raw(h0.ds, "SpacingBetweenSlices"), None) or \
         _float(_raw(h0.ds, "SliceThickness"), None) or 1.0
     if s == 1:
       notes.append("single slice")
-  dy, dx = h0.pixel_spacing if h0.pixel_spacing is not None else (1.0, 1.0)
   if h0.pixel_spacing is None:
     notes.append("PixelSpacing missing: 1 mm assumed")
 
@@ -854,14 +1024,139 @@ def _read_series(path_or_files, *, series_uid, lenient, clip_hu, max_pixels,
                  f"{os.path.basename(no_rescale[0].path)}): slope 1 / intercept 0 assumed there")
   positions = np.asarray([h.position if h.position is not None else np.full(3, np.nan)
                           for h in headers], np.float64)
+  spacing = (float(dz), float(dy), float(dx))
+  orientation, reoriented, oblique = stored_orientation, (), 0.0
+  if canon is not None:
+    hu = to_canonical(hu, canon.steps)
+    positions = positions + canon.origin_shift
+    spacing = (float(dz), *canon.spacing)
+    orientation, reoriented, oblique = canon.orientation, canon.steps, canon.oblique_deg
+    if reoriented:
+      notes.append(f"stored orientation {_vector_text(stored_orientation)} made canonical: "
+                   + ", ".join(_STEP_WORDS[k] for k in reoriented))
+    if oblique > OBLIQUE_NOTE_DEG:
+      notes.append(f"oblique slice plane: normal {oblique:.1f} degrees from the patient's "
+                   "head-foot axis")
+  lossy = [h for h in headers if h.lossy]
+  if lossy:
+    notes.append(f"lossy compression in {len(lossy)} slice(s) (e.g. "
+                 f"{os.path.basename(lossy[0].path)}: {_lossy_words(lossy[0])})")
   for n in notes:
     log.debug("%s: %s", label, n)
   return Volume(
-      hu=hu, spacing=(float(dz), float(dy), float(dx)), positions=positions,
+      hu=hu, spacing=spacing, positions=positions,
       sop_uids=[h.sop_uid for h in headers], files=[h.path for h in headers],
       instance_numbers=[h.instance_number for h in headers], series_uid=h0.series_uid,
       orientation=orientation, header={k: _header_text(h0.ds, k) for k in HEADER_FIELDS},
-      skipped=skipped, notes=notes, ordered_by=ordered_by, tilt_deg=tilt)
+      skipped=skipped, notes=notes, ordered_by=ordered_by, tilt_deg=tilt,
+      stored_orientation=stored_orientation, reoriented=reoriented, oblique_deg=oblique,
+      lossy=bool(lossy))
+
+
+# ------------------------------------------------------------------ canonical orientation
+
+_STEP_WORDS = {"transpose": "rows and columns transposed", "flip_rows": "rows flipped",
+               "flip_columns": "columns flipped"}
+
+
+def _vector_text(v) -> str:
+  return "[" + ", ".join(f"{x:g}" for x in np.round(np.asarray(v, np.float64), 4)) + "]"
+
+
+def _lossy_words(h: SliceHeader) -> str:
+  if h.transfer_syntax in LOSSY_TRANSFER_SYNTAXES:
+    return pydicom.uid.UID(h.transfer_syntax).name
+  ratio = _floats(_raw(h.ds, "LossyImageCompressionRatio"), 1)
+  return "LossyImageCompression 01" + (f", ratio {ratio[0]:.0f}" if ratio is not None else "")
+
+
+def _check_orientation(o: np.ndarray, path: str) -> None:
+  """Two (near-)unit, (near-)orthogonal directions, or InvalidDicomValueError."""
+  r, c = o[:3], o[3:]
+  if not (0.9 < np.linalg.norm(r) < 1.1 and 0.9 < np.linalg.norm(c) < 1.1
+          and abs(r @ c) < 0.1):
+    raise errors.InvalidDicomValueError(
+        f"ImageOrientationPatient {_vector_text(o)} is not two orthogonal unit directions; "
+        "the header is corrupt — re-export the file", path)
+
+
+def slice_plane(orientation) -> tuple[str, float]:
+  """("axial" | "coronal" | "sagittal", degrees between the slice normal and the patient's z
+  axis) of ImageOrientationPatient [6]; axial up to AXIAL_MAX_DEG."""
+  o = np.asarray(orientation, np.float64)
+  n = np.cross(o[:3], o[3:])
+  norm = np.linalg.norm(n)
+  if norm < 1e-6:
+    raise ValueError(f"ImageOrientationPatient {_vector_text(o)} has parallel directions")
+  n = np.abs(n / norm)
+  deg = float(np.degrees(np.arccos(min(1.0, n[2]))))
+  if deg <= AXIAL_MAX_DEG:
+    return "axial", deg
+  return ("coronal" if n[1] >= n[0] else "sagittal"), deg
+
+
+@dataclasses.dataclass(frozen=True)
+class CanonicalGeometry:
+  """How a stored axial slice becomes canonical (`to_canonical`), and what it then is."""
+  steps: tuple[str, ...]         # REORIENT_STEPS to apply, in order
+  orientation: np.ndarray        # [6] row (along columns) and column directions afterwards
+  spacing: tuple[float, float]   # (y, x) mm afterwards (swapped by a transpose)
+  origin_shift: np.ndarray       # [3] mm from the stored first voxel to the canonical one
+  oblique_deg: float             # slice normal vs the patient's z axis
+
+  @property
+  def normal(self) -> np.ndarray:
+    n = np.cross(self.orientation[:3], self.orientation[3:])
+    return n / np.linalg.norm(n)
+
+
+def canonical_geometry(orientation, shape: tuple[int, int],
+                       pixel_spacing: tuple[float, float]) -> CanonicalGeometry:
+  """The transpose/flips that bring stored pixels of ImageOrientationPatient `orientation`,
+  `shape` (rows, columns) and PixelSpacing (row spacing, column spacing) to the canonical
+  orientation: column index along patient +x, row index along +y.
+
+  A stored voxel (i, j) lies at IPP + j·dx·r + i·dy·c (r, c = orientation[:3], [3:]). The axis
+  whose direction is nearer patient x becomes the columns (a transpose when that is the row
+  axis); an axis running against +x (columns) or +y (rows) is flipped.
+  """
+  o = np.asarray(orientation, np.float64)
+  r, c = o[:3] / np.linalg.norm(o[:3]), o[3:] / np.linalg.norm(o[3:])
+  rows, cols = shape
+  dy, dx = float(pixel_spacing[0]), float(pixel_spacing[1])
+  steps = []
+  # (direction, spacing, count) along the canonical columns (u) and rows (v).
+  if abs(r[1]) > abs(r[0]):
+    steps.append("transpose")
+    u, v = (c, dy, rows), (r, dx, cols)
+  else:
+    u, v = (r, dx, cols), (c, dy, rows)
+  shift = np.zeros(3)
+  if v[0][1] < 0:
+    steps.append("flip_rows")
+    shift += (v[2] - 1) * v[1] * v[0]
+    v = (-v[0], v[1], v[2])
+  if u[0][0] < 0:
+    steps.append("flip_columns")
+    shift += (u[2] - 1) * u[1] * u[0]
+    u = (-u[0], u[1], u[2])
+  _, oblique = slice_plane(o)
+  return CanonicalGeometry(steps=tuple(steps), orientation=np.concatenate([u[0], v[0]]),
+                           spacing=(v[1], u[1]), origin_shift=shift, oblique_deg=oblique)
+
+
+def to_canonical(hu: np.ndarray, steps: Sequence[str]) -> np.ndarray:
+  """Applies `CanonicalGeometry.steps` to [..., rows, columns] (a contiguous copy when any)."""
+  for step in steps:
+    if step == "transpose":
+      hu = np.swapaxes(hu, -1, -2)
+    elif step == "flip_rows":
+      hu = hu[..., ::-1, :]
+    elif step == "flip_columns":
+      hu = hu[..., ::-1]
+    else:
+      raise ValueError(f"unknown step {step!r}; expected one of {REORIENT_STEPS}")
+  return np.ascontiguousarray(hu) if steps else hu
 
 
 def list_series(path: PathLike) -> list[SeriesSummary]:

@@ -54,6 +54,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from ctjax import errors
+from ctjax.data import dicom
 
 POLICIES = ("soft_tissue_axial", "one_per_study", "all")
 FIELDS = ("SeriesInstanceUID", "StudyInstanceUID", "PatientID", "Modality", "SeriesDescription",
@@ -66,7 +67,6 @@ REFORMAT_DESCRIPTIONS = (r"\bMPR\b|\bMIP\b|\bMINIP\b|\b3D\b|\bVRT?\b|VOLUME REND
                          r"\bCOR(ONAL)?\b|\bSAG(ITTAL)?\b")
 CONTRAST_DESCRIPTIONS = r"POST[\s_-]*CONTRAST|\bCECT\b|\bC\+|CONTRAST"
 PRE_CONTRAST_DESCRIPTIONS = r"PRE[\s_-]*CONTRAST|NON[\s_-]*CONTRAST|\bNCCT\b"
-AXIAL_MAX_DEG = 45.0
 DEFAULTS = {"policy": "soft_tissue_axial", "min_slices": 0, "exclude_contrast": True,
             "bone_kernels": BONE_KERNELS, "bone_descriptions": BONE_DESCRIPTIONS}
 
@@ -128,21 +128,18 @@ def options(section: Optional[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _plane(iop_text: str) -> tuple[str, Optional[float]]:
+  """`ctjax.data.dicom.slice_plane` of ImageOrientationPatient as header text ("unknown" when
+  it is not six numbers of two directions)."""
   try:
     v = np.asarray([float(x) for x in iop_text.split("\\")], np.float64)
   except ValueError:
     return "unknown", None
   if v.shape != (6,) or not np.all(np.isfinite(v)):
     return "unknown", None
-  n = np.cross(v[:3], v[3:])
-  norm = np.linalg.norm(n)
-  if norm < 1e-6:
+  try:
+    return dicom.slice_plane(v)
+  except ValueError:
     return "unknown", None
-  n = np.abs(n / norm)
-  deg = float(np.degrees(np.arccos(min(1.0, n[2]))))
-  if deg <= AXIAL_MAX_DEG:
-    return "axial", deg
-  return ("coronal" if n[1] >= n[0] else "sagittal"), deg
 
 
 def _thickness(text: str) -> Optional[float]:

@@ -1,6 +1,6 @@
 """A trained run → a model folder that serves without the training code (`ctjax.inference.serving`).
 
-    run = inference.load_run("runs/drct2_phantom")
+    run = runs.load_run("runs/drct2_phantom")
     manifest = export_run(run, "model_dir")
 
 The program is the run's own `Task.predict` (windowing, ImageNet normalisation, resize, the

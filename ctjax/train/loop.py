@@ -120,8 +120,8 @@ def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> N
 # Fields a resumed run may change (schedule length, logging, I/O); any other difference means the
 # checkpoint belongs to another experiment and resuming it would silently mix the two.
 _RESUMABLE_CHANGES = ("train.num_epochs", "train.max_steps", "train.log_every_steps",
-                      "data.num_workers", "data.prefetch", "data.cache_dir", "log", "checkpoint",
-                      "evals", "parallel")
+                      "data.num_workers", "data.prefetch", "data.cache_dir",
+                      "data.require_head", "log", "checkpoint", "evals", "parallel")
 
 
 def experiment_identity(config_json: dict) -> dict:

@@ -220,3 +220,34 @@ def test_corrupt_jpeg2000_slice_is_one_line_end_to_end(tmp_path, capfd):
   assert len(lines) == 1 and lines[0].startswith(f"error: {paths[1]}"), err
   assert "PixelData" in lines[0]
   assert "pydicom" not in out + err.replace(str(paths[1]), "") and "Traceback" not in err
+
+
+def test_prepare_qa_flags_one_slice_small_matrix_and_non_head(tmp_path):
+  """`--qa` flags a single-slice series (few_slices), a 16 px matrix (small_matrix) and
+  pydicom's abdominal slice (not_head); a phantom head of 20 slices at 256 px has no flag."""
+  import shutil
+  import numpy as np
+  from pydicom.data import get_testdata_file
+  from ctjax.data import phantom
+  from tests.support.ctdicom_helpers import write_series
+  root = tmp_path / "data"
+  for name, size, slices in (("head", 256, 20), ("one_slice", 256, 1), ("tiny", 16, 20)):
+    hu, truth = phantom.generate_scan(np.random.default_rng(5), size=size, num_slices=20)
+    hu = hu[10:11] if slices == 1 else hu
+    d = truth["pixel_spacing"]
+    write_series(root / name, hu, spacing=truth["thickness"], pixel_spacing=(d, d),
+                 series_uid=f"1.2.{size}.{slices}")
+  (root / "abdomen").mkdir()
+  shutil.copy(get_testdata_file("explicit_VR-UN.dcm"), root / "abdomen" / "IM0.dcm")
+  (root / "labels.csv").write_text("scan_id,bleed\nhead,0\none_slice,0\ntiny,0\nabdomen,0\n")
+  cfg = _config_file(tmp_path, root, tmp_path / "cache", layout="folder", image_size=16)
+  r = _run(cfg, "--qa", "--qa_csv", str(tmp_path / "qa.csv"))
+  assert r.returncode == 0, r.stderr
+  assert "QA: 3 of 4 series flagged: not_head 1, few_slices 2, small_matrix 1" in r.stdout
+  import csv
+  with open(tmp_path / "qa.csv", newline="") as f:
+    flags = {row["scan_id"]: row["flags"] for row in csv.DictReader(f)}
+  assert flags == {"head": "", "one_slice": "few_slices", "tiny": "small_matrix",
+                   "abdomen": "not_head;few_slices"}
+  table = r.stdout.splitlines()
+  assert any(line.startswith("abdomen") and "not_head;few_slices" in line for line in table)

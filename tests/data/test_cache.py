@@ -227,6 +227,32 @@ def test_replaced_dicom_makes_the_cache_stale(tmp_path):
   assert m["source"]["files"]["count"] == 4 and "stage_2_train.csv" in m["source"]["labels"]
 
 
+def test_cache_of_another_dicom_reader_is_stale(tmp_path, monkeypatch):
+  """The fingerprint carries dicom.READER_VERSION: a cache decoded by an older reader (e.g. one
+  without canonical orientation, whose manifests have no "reader" entry) is rebuilt, or refused
+  in one line with stale_cache="error"."""
+  root = tmp_path / "rsna"
+  write_rsna_tree(root, num_scans=2, slices=2, size=8)
+  cfg = _config(root, tmp_path / "cache")
+  path = cache.ensure_cache(cfg)
+  manifest = path / "manifest.json"
+  m = json.loads(manifest.read_text())
+  assert m["source"]["reader"] == dicom.READER_VERSION == 2
+  del m["source"]["reader"]                              # as written before the reader version
+  manifest.write_text(json.dumps(m))
+  with pytest.raises(errors.StaleCacheError) as e:
+    cache.ensure_cache(_config(root, tmp_path / "cache", stale_cache="error"))
+  assert "\n" not in str(e.value)
+  assert "built by DICOM reader version 1, now 2" in str(e.value)
+  assert cache.ensure_cache(cfg) == path                # rebuilt in place
+  assert json.loads(manifest.read_text())["source"]["reader"] == 2
+  stamp = manifest.stat().st_mtime_ns
+  assert cache.ensure_cache(cfg) == path and manifest.stat().st_mtime_ns == stamp   # fresh
+  monkeypatch.setattr(dicom, "READER_VERSION", 3)
+  cache.ensure_cache(cfg)
+  assert json.loads(manifest.read_text())["source"]["reader"] == 3
+
+
 def test_cache_key_has_no_new_absolute_paths(tmp_path):
   a = cache.cache_key("rsna", str(tmp_path / "r"), 8, False)
   b = cache.cache_key("rsna", str(tmp_path / "r"), 8, False, {"reader_rule": "any"})

@@ -5,10 +5,12 @@ import sys
 import pathlib
 import os
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from ctjax.data import cache, datasets, qa
+from ctjax.data import cache, datasets, dicom, phantom, qa
 from tests.support.ctdicom_helpers import ramp_volume, write_series, write_slice, write_cq500_download
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -26,6 +28,9 @@ def qa_rows(tmp_path_factory):
   for k, z in enumerate((0, 5, 10, 20, 25)):                 # a 10 mm gap after slice 2
     write_slice(root / "gap" / f"IM{k}.dcm", vol[k], position=(0, 0, z), series_uid="1.4",
                 instance=k + 1)
+  for k, z in enumerate((0, 5, 10, 15.6, 20.6)):             # one step of 5.6 mm
+    write_slice(root / "uneven" / f"IM{k}.dcm", vol[k], position=(0, 0, z), series_uid="1.7",
+                instance=k + 1)
   for k in range(3):                                         # RSNA's 12-bit unsigned quirk
     write_slice(root / "rsna12" / f"IM{k}.dcm", vol[k], position=(0, 0, 5 * k),
                 series_uid="1.5", instance=k + 1, intercept=0.0, BitsStored=12, HighBit=11,
@@ -33,7 +38,7 @@ def qa_rows(tmp_path_factory):
   for k in range(3):                                         # a NaN intercept (lenient: skip)
     write_slice(root / "nan" / f"IM{k}.dcm", vol[k], position=(0, 0, 5 * k), series_uid="1.6",
                 instance=k + 1, header_intercept="nan" if k == 1 else None)
-  names = ["plain", "tilted", "dup", "gap", "rsna12", "nan"]
+  names = ["plain", "tilted", "dup", "gap", "uneven", "rsna12", "nan"]
   (root / "labels.csv").write_text("scan_id,bleed\n" + "".join(f"{n},0\n" for n in names))
   ds = datasets.load("folder", root)
   out = root / ".cache"
@@ -42,32 +47,41 @@ def qa_rows(tmp_path_factory):
   return rows, out
 
 
+# Every series of the fixture is 8 px, 3-5 slices of a ramp: none is a head CT.
+TINY = {"not_head", "few_slices", "small_matrix"}
+
+
 def _flags(row):
   return set(row["flags"].split(";")) - {""}
 
 
-def test_plain_series_has_no_flag(qa_rows):
+def test_plain_series_has_only_the_size_flags(qa_rows):
   rows, _ = qa_rows
   r = rows["plain"]
-  assert _flags(r) == set() and r["slices"] == 5 and r["spacing_mm"] == 5.0
+  assert _flags(r) == TINY and r["slices"] == 5 and r["spacing_mm"] == 5.0
   assert r["kept"] and r["label_source"].startswith("labels.csv row")
+  assert r["matrix"] == "8x8" and r["head"].startswith("not a head CT: field of view 4 x 4 mm")
 
 
 def test_tilted_series(qa_rows):
   r = qa_rows[0]["tilted"]
-  assert _flags(r) == {"tilt"} and r["tilt_deg"] == pytest.approx(np.degrees(np.arctan(0.4)),
-                                                                   abs=1e-3)
+  assert _flags(r) == TINY | {"gantry_tilt"}
+  assert r["tilt_deg"] == pytest.approx(np.degrees(np.arctan(0.4)), abs=1e-3)
+  assert r["oblique_deg"] == 0.0
 
 
 def test_duplicate_position(qa_rows):
   r = qa_rows[0]["dup"]
-  assert "duplicate_position" in _flags(r) and r["duplicate_positions"] == 1 and r["slices"] == 5
-  assert "duplicate" in r["skip_reasons"]
+  assert _flags(r) == TINY | {"duplicate_position"}
+  assert r["duplicate_positions"] == 1 and r["slices"] == 5 and "duplicate" in r["skip_reasons"]
 
 
-def test_irregular_gap(qa_rows):
+def test_gap_and_uneven_spacing(qa_rows):
   r = qa_rows[0]["gap"]
-  assert _flags(r) == {"irregular_gap"} and r["max_gap_deviation_mm"] == 5.0
+  assert _flags(r) == TINY | {"gap"} and r["max_gap_deviation_mm"] == 5.0
+  r = qa_rows[0]["uneven"]
+  assert _flags(r) == TINY | {"uneven_spacing"}
+  assert r["max_gap_deviation_mm"] == pytest.approx(0.6)
 
 
 def test_bad_intercept(qa_rows):
@@ -82,10 +96,62 @@ def test_bad_intercept(qa_rows):
 def test_table_and_csv(qa_rows):
   rows, out = qa_rows
   table = qa.format_table(list(rows.values()))
-  assert "6 series, 6 kept; flags: tilt 1, duplicate_position 1, irregular_gap 1, " \
-         "bad_intercept 2" in table
+  assert table.splitlines()[-1] == (
+      "7 series, 7 kept; flags: not_head 7, few_slices 7, small_matrix 7, gap 1, "
+      "uneven_spacing 1, gantry_tilt 1, duplicate_position 1, bad_intercept 2, "
+      "skipped_slices 1")
   csv_text = (out / "qa.csv").read_text().splitlines()
-  assert csv_text[0].split(",") == list(qa.COLUMNS) and len(csv_text) == 7
+  assert csv_text[0].split(",") == list(qa.COLUMNS) and len(csv_text) == 8
+
+
+# ------------------------------------------------------------------ flags of a Volume directly
+
+
+@pytest.fixture(scope="module")
+def head():
+  """A phantom head CT at 256 px, 20 slices, as the reader returns it: no flag at all."""
+  hu, truth = phantom.generate_scan(np.random.default_rng(3), size=256, num_slices=20)
+  dz, d = truth["thickness"], truth["pixel_spacing"]
+  s = hu.shape[0]
+  return dicom.Volume(
+      hu=hu.astype(np.float32), spacing=(dz, d, d),
+      positions=np.stack([np.zeros(s), np.zeros(s), dz * np.arange(s)], axis=1),
+      sop_uids=[f"1.2.{k}" for k in range(s)], files=[f"s/{k}.dcm" for k in range(s)],
+      instance_numbers=list(range(1, s + 1)), series_uid="1.2",
+      orientation=np.asarray(dicom.CANONICAL_ORIENTATION), header={})
+
+
+def test_phantom_head_has_no_flag(head):
+  assert qa.flags(head) == []
+
+
+@pytest.mark.parametrize("change,flag", [
+    (lambda v: dataclasses.replace(v, hu=v.hu[:1], positions=v.positions[:1]), "few_slices"),
+    (lambda v: dataclasses.replace(v, lossy=True), "lossy"),
+    (lambda v: dataclasses.replace(v, oblique_deg=12.0), "oblique"),
+    (lambda v: dataclasses.replace(v, tilt_deg=12.0), "gantry_tilt"),
+    (lambda v: dataclasses.replace(v, orientation=None), "orientation_unknown"),
+    (lambda v: dataclasses.replace(v, hu=np.where(np.arange(256)[None, :, None] < 8, 3071.0,
+                                                  v.hu).astype(np.float32)), "pixel_range"),
+    (lambda v: dataclasses.replace(v, positions=v.positions + [0, 0, 1] * (
+        np.arange(20)[:, None] >= 10) * 20.0), "gap"),
+    (lambda v: dataclasses.replace(v, hu=v.hu[:, ::8, ::8],
+                                   spacing=(v.spacing[0], v.spacing[1] * 8, v.spacing[2] * 8)),
+     "small_matrix"),
+    (lambda v: dataclasses.replace(v, hu=np.where(v.hu > 200, 40.0, v.hu).astype(np.float32)),
+     "not_head"),                                            # no skull
+])
+def test_each_flag_alone(head, change, flag):
+  assert qa.flags(change(head)) == [flag]
+
+
+def test_flags_of_real_non_head_slices():
+  """pydicom's abdominal and chest slices: flagged not_head (and few_slices: one slice)."""
+  from pydicom.data import get_testdata_file
+  for name in ("explicit_VR-UN.dcm", "CT_small.dcm"):
+    vol = dicom.read_series([get_testdata_file(name)])
+    got = qa.flags(vol)
+    assert got[:2] == ["not_head", "few_slices"], (name, got)
 
 
 def test_prepare_qa_cli_lists_excluded_cq500_series(tmp_path):

@@ -40,6 +40,8 @@ def run_dir(tmp_path_factory):
   c.log.progress_bar = False
   c.parallel.num_devices = 2        # trained on 2 of the 4 devices: predict uses all 4
   write_run(tmp / "run", c, seed=4)
+  from ctjax.data import cache
+  cache.ensure_cache(c, str(tmp / "run"), progress=False)   # the data, as training prepares it
   return tmp / "run"
 
 

@@ -89,6 +89,13 @@ def ramp_volume(num_slices: int, size: int = 32) -> np.ndarray:
   return np.stack([np.full((size, size), 10.0 * k) + base for k in range(num_slices)])
 
 
+def pattern_volume(num_slices: int, rows: int = 6, cols: int = 5) -> np.ndarray:
+  """HU [S, rows, cols] with every voxel distinct (up to 10 slices of up to 10 columns):
+  10·k + column + 100·row, so order, flips and transposes are all visible."""
+  k, i, j = np.meshgrid(np.arange(num_slices), np.arange(rows), np.arange(cols), indexing="ij")
+  return (10.0 * k + j + 100.0 * i).astype(np.float64)
+
+
 def write_series(folder, hu: np.ndarray, *, spacing: float = 5.0,
                  orientation=(1, 0, 0, 0, 1, 0), origin=(0.0, 0.0, 0.0),
                  step: Optional[Sequence[float]] = None, names: Optional[Sequence[str]] = None,
@@ -104,6 +111,52 @@ def write_series(folder, hu: np.ndarray, *, spacing: float = 5.0,
     inst = instances[k] if instances is not None else k + 1
     paths.append(write_slice(folder / name, hu[k], position=np.asarray(origin) + k * step,
                              orientation=orientation, instance=inst, **kw))
+  return paths
+
+
+# ------------------------------------------------------- one volume stored in any axial layout
+
+AXES = {"+x": np.array([1.0, 0, 0]), "-x": np.array([-1.0, 0, 0]),
+        "+y": np.array([0, 1.0, 0]), "-y": np.array([0, -1.0, 0])}
+
+
+def write_oriented_series(folder, truth: np.ndarray, *, columns_along: str = "+x",
+                          rows_along: str = "+y", reverse: bool = False,
+                          spacing=(2.0, 0.7, 0.5), origin=(-10.0, 20.0, 30.0),
+                          sop_uids: Optional[Sequence[str]] = None, seed: int = 0,
+                          **kw) -> list[pathlib.Path]:
+  """`truth` [S, H, W] known in patient space — rows along +y (posterior), columns along +x
+  (patient left), slices along +z from `origin` (the position of truth[0, 0, 0]) at `spacing`
+  (z, y, x) mm — stored with the column index running along `columns_along` and the row index
+  along `rows_along` (any of ±x, ±y), slices written in reverse order if `reverse`, under
+  shuffled file names. Every stored pixel is looked up from its patient position (no flips or
+  transposes here). `sop_uids[k]` is the UID of truth slice k in every layout."""
+  folder = pathlib.Path(folder)
+  r, c = AXES[columns_along], AXES[rows_along]
+  assert abs(r @ c) < 0.5, "two directions along one axis"
+  X, Y, Z = np.eye(3)
+  s, h, w = truth.shape
+  dz, dy, dx = spacing
+  step = lambda d: dx if abs(d @ X) > 0.5 else dy       # noqa: E731
+  count = lambda d: w if abs(d @ X) > 0.5 else h        # noqa: E731
+  sr, sc, nr, nc = step(r), step(c), count(r), count(c)
+  origin = np.asarray(origin, np.float64)
+  corner = origin.copy()                                # every other voxel at + along r, c
+  for d, n, sp in ((r, nr, sr), (c, nc, sc)):
+    if d @ (X + Y) < 0:
+      corner -= (n - 1) * sp * d
+  b, a = np.meshgrid(np.arange(nr), np.arange(nc))      # stored (row a, column b)
+  p = corner[None, None] + b[..., None] * sr * r + a[..., None] * sc * c - origin
+  yi = np.rint(p @ Y / dy).astype(int)
+  xi = np.rint(p @ X / dx).astype(int)
+  order = list(range(s))[::-1] if reverse else list(range(s))
+  names = [f"f{n:04d}.dcm" for n in np.random.default_rng(seed).permutation(s)]
+  paths = []
+  for f, k in enumerate(order):
+    paths.append(write_slice(folder / names[f], truth[k][yi, xi],
+                             position=corner + k * dz * Z, orientation=tuple(r) + tuple(c),
+                             instance=f + 1, pixel_spacing=(sc, sr),
+                             sop_uid=None if sop_uids is None else sop_uids[k], **kw))
   return paths
 
 
@@ -231,3 +284,67 @@ def write_cq500_download(root, votes, *, series_of=None, size=8):
       layout[name].append((folder, keep))
   (root / "reads.csv").write_text("\n".join(lines) + "\n")
   return layout
+
+
+# ------------------------------------------------------------ JPEG lossless (process 14, SV1)
+
+def encode_jpeg_lossless_sv1(image: np.ndarray, precision: int = 16) -> bytes:
+  """One grey frame [rows, columns] (its bits read unsigned, as DICOM stores them) as a JPEG
+  lossless codestream: SOF3, predictor 1 (left), point transform 0 — ITU-T T.81 Annex H, the
+  transfer syntax 1.2.840.10008.1.2.4.70. One Huffman table gives each difference category
+  0–16 a 5-bit code (T.81 C: canonical codes by length; no all-ones code)."""
+  img = np.asarray(image).astype(np.int64) & ((1 << precision) - 1)
+  rows, cols = img.shape
+  pred = np.empty_like(img)
+  pred[0, 0] = 1 << (precision - 1)                 # H.1.2.1: the first sample of the scan
+  pred[0, 1:] = img[0, :-1]                         # first line: left (Ra)
+  pred[1:, 0] = img[:-1, 0]                         # first column: above (Rb)
+  pred[1:, 1:] = img[1:, :-1]                       # predictor 1: Ra
+  diff = (img - pred) % 65536                       # H.1.2.1: modulo 2^16
+  diff = np.where(diff >= 32768, diff - 65536, diff)
+  bits, nbits, out = 0, 0, bytearray()
+
+  def put(value: int, length: int):
+    nonlocal bits, nbits
+    bits = (bits << length) | (value & ((1 << length) - 1))
+    nbits += length
+    while nbits >= 8:
+      byte = (bits >> (nbits - 8)) & 0xFF
+      out.append(byte)
+      if byte == 0xFF:
+        out.append(0x00)                            # byte stuffing (F.1.2.3)
+      nbits -= 8
+    bits &= (1 << nbits) - 1
+
+  for d in diff.ravel().tolist():
+    if d == -32768:
+      put(16, 5)                                    # category 16: no extra bits (H.1.2.2)
+      continue
+    size = abs(d).bit_length()
+    put(size, 5)
+    if size:
+      put(d if d > 0 else d - 1, size)
+  if nbits:
+    put((1 << (8 - nbits)) - 1, 8 - nbits)          # pad with 1-bits
+  sof = bytes([0xFF, 0xC3, 0, 11, precision, rows >> 8, rows & 255, cols >> 8, cols & 255, 1, 1,
+               0x11, 0])
+  counts = [0] * 16
+  counts[4] = 17                                    # 17 codes of length 5
+  dht = bytes([0xFF, 0xC4, 0, 2 + 1 + 16 + 17, 0x00, *counts, *range(17)])
+  sos = bytes([0xFF, 0xDA, 0, 8, 1, 1, 0x00, 1, 0, 0])   # Ss = 1: predictor 1
+  return b"\xff\xd8" + sof + dht + sos + bytes(out) + b"\xff\xd9"
+
+
+def write_jpeg_lossless_copy(src, dst) -> pathlib.Path:
+  """`src` (an uncompressed single-frame file) re-stored as JPEG lossless SV1 at `dst`."""
+  from pydicom.encaps import encapsulate
+  from pydicom.uid import JPEGLosslessSV1
+  ds = pydicom.dcmread(src)
+  frame = encode_jpeg_lossless_sv1(ds.pixel_array.view(np.uint16) if ds.pixel_array.dtype ==
+                                   np.int16 else ds.pixel_array, int(ds.BitsStored))
+  ds.PixelData = encapsulate([frame])
+  ds["PixelData"].VR = "OB"
+  ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+  dst = pathlib.Path(dst)
+  ds.save_as(dst, enforce_file_format=True)
+  return dst

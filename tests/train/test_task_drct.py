@@ -272,3 +272,59 @@ def test_bad_config_fails_with_config_error(field, value):
   config[section][name] = value
   with pytest.raises(ConfigError, match=name):
     check_config(config)
+
+
+# ------------------------------------------------------- the frozen backbone's weights
+
+
+@pytest.mark.parametrize("config_module", [drct2_rsna, drct2_cq500])
+def test_paper_configs_refuse_a_random_frozen_backbone(config_module):
+  config = config_module.get_config()
+  assert config.model.freeze_backbone and config.model.backbone_weights == ""
+  with pytest.raises(ConfigError) as e:
+    TASK.validate_config(config)
+  msg = str(e.value)
+  assert "\n" not in msg and "--config.model.backbone_weights=FILE.npz" in msg
+  assert "python -m ctjax.weights convert" in msg and "backbone_weights=random" in msg
+  config.model.backbone_weights = "random"                  # said explicitly: allowed
+  TASK.validate_config(config)
+  config.model.backbone_weights = ""
+  config.model.freeze_backbone = False                      # trained from scratch: allowed
+  TASK.validate_config(config)
+
+
+def test_train_command_refuses_before_any_data_work(tmp_path, capsys):
+  from ctjax.commands import cli
+  from ctjax.commands import train as train_cli
+  cfg = str(drct2_rsna.__file__)
+  (tmp_path / "rsna").mkdir()        # empty: reading it would be a DatasetLayoutError
+  rc = train_cli.main(["--config", cfg, "--workdir", str(tmp_path / "w"),
+                       f"--config.data.root={tmp_path / 'rsna'}"])
+  err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+  assert rc == cli.EXIT_ERROR and len(err) == 1, err
+  assert err[0].startswith("error: config.model.backbone_weights is empty")
+
+
+def test_runlocal_and_phantom_configs_say_which_weights(caplog):
+  from configs import drct2_phantom
+  assert drct2_phantom.get_config().model.backbone_weights.startswith("asset:")
+  for config in (drct2_rsna.get_config("runlocal"), drct2_phantom.get_config("runlocal")):
+    assert config.model.backbone_weights == "random"
+    TASK.validate_config(config)
+    variables = {"params": {"backbone": {"w": np.zeros(2)}, "primary": {}}}
+    with caplog.at_level("INFO", logger="ctjax.train.tasks.drct"):
+      caplog.clear()
+      assert TASK.load_pretrained(config, variables) is variables
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+    assert "keeps its random initialisation" in caplog.records[0].getMessage()
+
+
+def test_saved_runs_with_an_empty_backbone_load_as_random(tmp_path):
+  import json
+  from ctjax.train import checkpoint
+  saved = json.loads(drct2_rsna.get_config("runlocal").to_json_best_effort())
+  saved["model"]["backbone_weights"] = ""                  # written before "" was refused
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  loaded = checkpoint.load_config(tmp_path)
+  assert loaded.model.backbone_weights == "random"
+  TASK.validate_config(loaded)

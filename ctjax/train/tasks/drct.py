@@ -155,6 +155,8 @@ class DrCTTask(Task):
   def validate_config(self, config: ml_collections.ConfigDict) -> None:
     """Called by the trainer before any data or model work: one clear line on bad values."""
     check_config(config)
+    from ctjax.configs.drct import check_backbone_weights
+    check_backbone_weights(config)
 
   def build_model(self, config: ml_collections.ConfigDict) -> nn.Module:
     check_config(config)
@@ -177,9 +179,11 @@ class DrCTTask(Task):
                       variables: Mapping[str, Any]) -> Mapping[str, Any]:
     """The backbone from `config.model.backbone_weights` (host side, when a run starts)."""
     mc = config.model
-    if not mc.backbone_weights:
-      if mc.freeze_backbone:
-        log.warning("config.model.backbone_weights is empty: the frozen backbone stays random")
+    from ctjax.configs.drct import RANDOM_BACKBONE, check_backbone_weights
+    check_backbone_weights(config)
+    if mc.backbone_weights == RANDOM_BACKBONE or not mc.backbone_weights:
+      log.info("config.model.backbone_weights=%r: the backbone keeps its random initialisation",
+               mc.backbone_weights)
       return variables
     from ctjax.models import pretrained
     like = {"params": variables["params"]["backbone"]}
