@@ -8,7 +8,9 @@ GET  /r/TOKEN/                       where the reader stands (progress, washout,
 GET  /r/TOKEN/case                   the open case: viewer (+ the model's report when assisted)
                                      or, once diagnosed, its confidence step
 GET  /r/TOKEN/case/CASE/volume       the case's HU, int16 little-endian [S, H, W] (open case)
-GET  /r/TOKEN/case/CASE/report       the model's report (open case, assisted arm only)
+GET  /r/TOKEN/case/CASE/report       the model's report (open case, assisted arm only), as
+                                     stored; ?embed=1: laid out for the frame beside the
+                                     viewer (`embedded_report`)
 POST /r/TOKEN/case/CASE/answer       form fields `label` (repeated): the positive labels
 POST /r/TOKEN/case/CASE/confidence   form field `confidence`: 0–3
 ```
@@ -187,8 +189,10 @@ def create_app(study_dir: str | os.PathLike, *, clock: Optional[clock_lib.Clock]
       read = db.get_read(reader.id, st.arm, case.case_id)
       return render_template("confidence.html", levels=CONFIDENCE_LEVELS, answer=read.answer,
                              **step)
-    return render_template("case.html", assisted=st.arm == "assisted", windows=windows,
-                           labels=study.labels, **step)
+    assisted = st.arm == "assisted"
+    slice_index = study.model_output(case.case_id)["slice_index"] if assisted else []
+    return render_template("case.html", assisted=assisted, windows=windows,
+                           labels=study.labels, slice_index=slice_index, **step)
 
   @app.get("/r/<token>/case/<case_id>/volume")
   def volume(token: str, case_id: str):
@@ -205,7 +209,10 @@ def create_app(study_dir: str | os.PathLike, *, clock: Optional[clock_lib.Clock]
     st = db.current_read(reader.id, case_id)
     if st.arm != "assisted":
       raise errors.ReadRefusedError("the model's report is shown in the assisted arm only", 403)
-    resp = Response(study.report_path(case_id).read_bytes(), mimetype="text/html")
+    body = study.report_path(case_id).read_bytes()
+    if request.args.get("embed") == "1":
+      body = embedded_report(body)
+    resp = Response(body, mimetype="text/html")
     resp.headers["Content-Security-Policy"] = REPORT_CSP
     return resp
 
@@ -226,6 +233,20 @@ def create_app(study_dir: str | os.PathLike, *, clock: Optional[clock_lib.Clock]
     return redirect(url_for("home", token=token), 303)
 
   return app
+
+
+def embedded_report(page: bytes) -> bytes:
+  """The report page with the frame's layout (static/report_embed.{css,js}) inlined: the
+  report's policy allows inline style and script only, and the frame's origin is opaque."""
+  from importlib import resources
+  static = resources.files("ctjax.reader") / "static"
+  css = (static / "report_embed.css").read_bytes()
+  js = (static / "report_embed.js").read_bytes()
+  if b"</head>" not in page or b"</body>" not in page:
+    return page
+  page = page.replace(b"</head>", b"<style>" + css + b"</style></head>", 1)
+  head, _, tail = page.rpartition(b"</body>")
+  return head + b"<script>" + js + b"</script></body>" + tail
 
 
 def _view_windows(study: Study) -> list[list]:
