@@ -272,10 +272,10 @@ def _http(method, url, data=None):
     return e.code, e.read().decode("utf-8", "replace")
 
 
-def _start(study_dir, port):
+def _start(study_dir, port, *flags):
   proc = subprocess.Popen(
       [sys.executable, "-m", "ctjax.reader", "serve", "--workdir", str(study_dir),
-       "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+       "--port", str(port), *flags], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
       env={**os.environ, "PYTHONPATH": str(ROOT)})
   deadline = time.time() + 30
   while time.time() < deadline:
@@ -488,8 +488,7 @@ def test_a_full_disk_is_a_one_sentence_503_and_loses_nothing(study_dir, monkeypa
 def test_a_real_full_disk_under_the_database_is_a_503(study_template, tmp_path):
   """The study on a small tmpfs, filled: SQLite's own "database or disk is full"."""
   import shutil
-  sys.path.insert(0, str(ROOT / "tests"))
-  import storage_helpers
+  from tests.support import storage_helpers
   size = sum(p.stat().st_size for p in study_template.rglob("*") if p.is_file())
   with storage_helpers.small_disk(tmp_path / "disk", f"{size // 1024 + 512}k") as disk:
     shutil.copytree(study_template, disk / "study", symlinks=True)
@@ -537,7 +536,7 @@ def test_serve_runs_waitress_with_the_given_threads_and_body_cap(study_dir, monk
 
 def test_the_served_study_runs_on_waitress_without_the_development_banner(study_dir):
   port = _free_port()
-  proc = _start(study_dir, port)
+  proc = _start(study_dir, port, "--threads", "3")
   try:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
       assert r.headers["Server"] == "ctjax-reader"
@@ -546,3 +545,4 @@ def test_the_served_study_runs_on_waitress_without_the_development_banner(study_
     proc.wait(timeout=10)
   log = proc.stdout.read().decode()
   assert "development server" not in log.lower() and "GET / 200" in log
+  assert f"waitress: 3 threads on 127.0.0.1:{port}" in log
