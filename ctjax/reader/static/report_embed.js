@@ -5,7 +5,7 @@
 // the viewer beside the frame to show that slice (postMessage {ctjax: "slice", sampled: i}).
 (function () {
   "use strict";
-  var MIN_THUMB_PX = 56;
+  var MIN_THUMB_PX = 50;
   var seq = document.querySelector(".seq");
   var strip = seq && seq.querySelector(".strip");
   var svg = seq && seq.querySelector("svg.histogram");
@@ -14,10 +14,14 @@
     var thumbs = Array.prototype.slice.call(strip.children);
     var labels = Array.prototype.slice.call(ticks.children);
     var m = thumbs.length;
-    var perRow = Math.max(1, Math.floor(seq.clientWidth / MIN_THUMB_PX));
-    var rows = Math.ceil(m / perRow);
-    var per = Math.ceil(m / rows);
-    if (rows > 1) {
+    var shown = 0;   // thumbnails per row as laid out now (0: the report's own single row)
+    var layout = function () {
+      var width = seq.clientWidth;
+      if (width < 4 * MIN_THUMB_PX) { return; }   // not laid out yet: wait for a resize
+      var rows = Math.ceil(m / Math.max(1, Math.floor(width / MIN_THUMB_PX)));
+      var per = Math.ceil(m / rows);
+      if (per === shown || (rows === 1 && shown === 0)) { return; }
+      shown = per;
       seq.textContent = "";
       for (var start = 0; start < m; start += per) {
         var n = Math.min(per, m - start);
@@ -38,7 +42,9 @@
         row.appendChild(k);
         seq.appendChild(row);
       }
-    }
+    };
+    layout();
+    window.addEventListener("resize", layout);
   }
   var scale = document.getElementById("highlight-scale");
   var note = document.getElementById("highlight-meaning");
