@@ -546,3 +546,14 @@ def test_the_served_study_runs_on_waitress_without_the_development_banner(study_
   log = proc.stdout.read().decode()
   assert "development server" not in log.lower() and "GET / 200" in log
   assert f"waitress: 3 threads on 127.0.0.1:{port}" in log
+
+
+def test_the_documented_window_presets_are_the_served_ones(study_dir):
+  """docs/reader.md names the viewer's presets as level/width; they are the ones served."""
+  doc = " ".join((ROOT / "docs" / "reader.md").read_text(encoding="utf-8").split())
+  h = Harness(study_dir)
+  served = server._view_windows(h.study)
+  assert [w[0] for w in served] == ["brain", "subdural", "bone"]
+  said = re.search(r"brain (\S+), subdural (\S+) and bone (\S+) \(level/width in HU", doc)
+  assert said, "docs/reader.md no longer lists the presets"
+  assert list(said.groups()) == [f"{level:g}/{width:g}" for _, level, width in served]
