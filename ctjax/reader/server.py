@@ -81,13 +81,13 @@ def _posted_form(*, whole: bool) -> MultiDict:
   """The posted form, or ReadRefusedError (400) if it is not the page's form, whole."""
   if request.mimetype not in FORM_TYPES:
     raise errors.ReadRefusedError(
-        f"nothing was recorded: send the page's form, not a {request.mimetype or 'untyped'} "
-        "body", 400)
+        "nothing was recorded: send the page's form, not a body of type "
+        f"{request.mimetype or '(none)'}", 400)
   try:
     form = request.form
-  except ValueError as e:
-    raise errors.ReadRefusedError(f"nothing was recorded: the form arrived damaged ({e}); "
-                                  "submit it again", 400) from e
+  except ValueError as e:   # the parser's words go to the log (the refusal handler's line)
+    raise errors.ReadRefusedError("nothing was recorded: the form arrived damaged; submit it "
+                                  "again", 400) from e
   if whole and form.get(FORM_END) != "1":
     raise errors.ReadRefusedError("nothing was recorded: the form arrived incomplete (its last "
                                   "field is missing); submit it again", 400)
@@ -140,7 +140,8 @@ def create_app(study_dir: str | os.PathLike, *, clock: Optional[clock_lib.Clock]
 
   @app.errorhandler(errors.ReadRefusedError)
   def _refused(e: errors.ReadRefusedError):
-    log.info("refused %s %s: %s", request.method, _redact(request.path), e)
+    log.info("refused %s %s: %s%s", request.method, _redact(request.path), e,
+             f" ({e.__cause__})" if e.__cause__ else "")
     return message("Refused", str(e), e.status)
 
   @app.errorhandler(404)

@@ -368,7 +368,7 @@ def test_a_malformed_body_is_refused_and_stores_nothing(study_dir):
     assert h.db.state(info.id).status == "case" and h.db.reads()[0].answered_at is None, what
   js = h.client.post(url, json={"label": []}, headers={"Accept": "application/json"})
   assert js.status_code == 400 and js.get_json()["error"] == (
-      "nothing was recorded: send the page's form, not a application/json body")
+      "nothing was recorded: send the page's form, not a body of type application/json")
   r = h.client.post(url, data=whole, content_type=ctype)            # the whole multipart form
   assert r.status_code == 303 and h.db.reads()[0].answer == ["any", "subdural"]
   r = h.client.post(f"/r/{token}/case/{cid}/confidence", json={"confidence": "2"})
