@@ -42,6 +42,11 @@ class DiskFullError(StorageError):
   was needed and how much is free."""
 
 
+class LockedError(StorageError):
+  """Another process holds the lock of a workdir or output (`ctjax.fileio.exclusive_lock`): the
+  message names its pid, host and start time."""
+
+
 class PeerProcessError(CTJaxError):
   """Another process of a multi-process run stopped (a collective failed)."""
 

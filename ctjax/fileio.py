@@ -1,5 +1,6 @@
 """Writing files: early checks of output locations, atomic writes, OSError → one-line error;
-and opening .npy memory maps from several threads (`open_npy`).
+one writer per output (`exclusive_lock`); and opening .npy memory maps from several threads
+(`open_npy`).
 
 Every command writes somewhere (a workdir, a cache, a report); a read-only folder, a file where a
 folder is expected or a full disk must end in one line naming the path (`StorageError`,
@@ -11,25 +12,35 @@ space left on device [os_error_code='28']")`, so `is_disk_full` reads the text a
 from __future__ import annotations
 
 import errno
+import json
+import logging
 import os
 import pathlib
 import re
+import secrets
+import shlex
 import shutil
+import socket
+import sys
 import tempfile
 import threading
-from typing import Optional, Union
+import time
+from typing import Any, Optional, Union
 
 import numpy as np
 
-from ctjax.errors import DiskFullError, StorageError
+from ctjax.errors import DiskFullError, LockedError, StorageError
+
+log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 # numpy's tofile/np.save reports a short write without an errno: "16384 requested and 12224
 # written" (a regular file is written short only when the disk is full).
+# SQLite says "database or disk is full" (SQLITE_FULL).
 _FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|os_error_code='28'|"
-                        r"\d+ requested and \d+ written")
+                        r"\d+ requested and \d+ written|database or disk is full")
 
 
 def human_bytes(n: Optional[float]) -> str:
@@ -187,3 +198,265 @@ def open_npy(path: PathLike, mmap_mode: Optional[str] = "r") -> np.ndarray:
   with _NPY_OPEN:
     return np.load(path, mmap_mode=mmap_mode)
 
+
+
+# ------------------------------------------------------------------------------ one writer
+#
+# A lock file holds its holder's record (JSON: pid, host, start time, command). It is created
+# whole, atomically: the record is written to a private file that is then hard-linked to the
+# lock's name (link() fails if the name exists, also over NFS), so the name never holds half a
+# record. Two ways a holder can be gone:
+# - on this host (same host name, boot and pid namespace): its pid no longer runs, or runs
+#   another program (the process start time differs) — decided at once;
+# - on another host, whose pids cannot be checked here: the holder refreshes the file's mtime
+#   every LOCK_REFRESH_S, and a lock silent for LOCK_STALE_S (well above any clock skew between
+#   the hosts of a shared file system) is stale.
+# A stale lock is removed under flock() of that very file, after checking that the name still
+# holds the record judged stale, so that two processes breaking it at once cannot delete each
+# other's new lock; then the link is tried again.
+
+LOCK_REFRESH_S = 60.0
+LOCK_STALE_S = 600.0
+_LOCK_ATTEMPTS = 5
+
+
+def _read_first_line(path: str) -> Optional[str]:
+  try:
+    with open(path) as f:
+      return f.readline().strip() or None
+  except OSError:
+    return None
+
+
+def _proc_start(pid: int) -> Optional[int]:
+  """The process's start time (clock ticks after boot, /proc/PID/stat field 22) or None."""
+  try:
+    with open(f"/proc/{int(pid)}/stat") as f:
+      fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[19])
+  except (OSError, IndexError, ValueError):
+    return None
+
+
+def _pid_namespace() -> Optional[str]:
+  try:
+    return os.readlink("/proc/self/ns/pid")
+  except OSError:
+    return None
+
+
+def _this_process(what: str) -> dict[str, Any]:
+  now = time.time()
+  return {"pid": os.getpid(), "host": socket.gethostname(),
+          "boot_id": _read_first_line("/proc/sys/kernel/random/boot_id"),
+          "pid_ns": _pid_namespace(), "proc_start": _proc_start(os.getpid()),
+          "started": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(now)),
+          "started_unix": round(now, 3), "what": what,
+          "command": _command_line()}
+
+
+def _command_line(limit: int = 160) -> str:
+  """This process's command line (`python -m ctjax.train --config …`), shortened."""
+  argv = list(getattr(sys, "orig_argv", None) or ["python"] + sys.argv)
+  text = " ".join(shlex.join([os.path.basename(argv[0])] + argv[1:]).split())   # one line
+  return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _same_host(holder: dict[str, Any], me: dict[str, Any]) -> bool:
+  """The holder's pid can be checked here (same host name, boot and pid namespace)."""
+  return all(holder.get(k) == me[k] for k in ("host", "boot_id", "pid_ns"))
+
+
+def _holder_running(holder: dict[str, Any]) -> bool:
+  """The holder's pid (of this host) runs, and is the same process (not a reused pid)."""
+  pid = holder.get("pid")
+  if not isinstance(pid, int) or pid <= 0:
+    return False
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:   # another user's process: it exists
+    pass
+  want, got = holder.get("proc_start"), _proc_start(pid)
+  return want is None or got is None or want == got
+
+
+def _read_lock(path: pathlib.Path) -> tuple[Optional[dict[str, Any]], Optional[os.stat_result]]:
+  """(record, stat) of a lock file; (None, None) if it is gone; ({}, stat) if unreadable."""
+  try:
+    st = path.stat()
+    text = path.read_text()
+  except FileNotFoundError:
+    return None, None
+  except OSError:
+    return {}, None
+  try:
+    record = json.loads(text)
+  except ValueError:
+    return {}, st
+  return (record if isinstance(record, dict) else {}), st
+
+
+def _describe(holder: dict[str, Any]) -> str:
+  return f"pid {holder.get('pid')} on host {holder.get('host')} since {holder.get('started')}"
+
+
+def _command(holder: dict[str, Any]) -> str:
+  return f"`{holder['command']}`; " if holder.get("command") else ""
+
+
+def _break_stale(path: pathlib.Path, holder: dict[str, Any], why: str) -> None:
+  """Removes `path` if it still holds `holder`'s record (serialised by flock on the file)."""
+  import fcntl
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except FileNotFoundError:
+    return
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:   # no flock on this file system: the checks below still hold mostly
+      pass
+    try:
+      st = os.stat(path)
+    except FileNotFoundError:
+      return
+    mine = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino):
+      return                                   # replaced meanwhile: judge the new one
+    with os.fdopen(os.dup(fd)) as f:
+      try:
+        now = json.loads(f.read())
+      except ValueError:
+        now = {}
+    if now != holder:
+      return
+    os.unlink(path)
+    log.warning("%s: taking over the lock of %s: %s", path, _describe(holder), why)
+  finally:
+    os.close(fd)
+
+
+class FileLock:
+  """A held `exclusive_lock`; `release()` (or leaving the `with` block) removes the file."""
+
+  def __init__(self, path: pathlib.Path, record: dict[str, Any], identity: tuple[int, int],
+               refresh_s: float):
+    self.path, self.record, self._identity = path, record, identity
+    self._stop = threading.Event()
+    self._thread = None
+    if refresh_s > 0:
+      self._thread = threading.Thread(target=self._refresh, args=(refresh_s,), daemon=True,
+                                      name="ctjax-lock-refresh")
+      self._thread.start()
+
+  def _ours(self) -> bool:
+    """The file at `path` is still this lock (same inode, and our record: inodes are reused)."""
+    record, st = _read_lock(self.path)
+    return st is not None and (st.st_dev, st.st_ino) == self._identity and record == self.record
+
+  def _refresh(self, every: float) -> None:
+    warned = False
+    while not self._stop.wait(every):
+      if self._ours():
+        try:
+          os.utime(self.path)
+        except OSError:
+          pass
+      elif not warned:
+        warned = True
+        log.warning("%s: this process's lock file was removed or replaced; another process may "
+                    "now write here", self.path)
+
+  def release(self) -> None:
+    if self._stop.is_set():
+      return
+    self._stop.set()
+    if self._ours():
+      try:
+        os.unlink(self.path)
+      except OSError:
+        pass
+
+  def __enter__(self) -> "FileLock":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+
+def exclusive_lock(path: PathLike, what: str, *, target: Optional[PathLike] = None,
+                   advice: str = "", refresh_s: float = LOCK_REFRESH_S,
+                   stale_s: float = LOCK_STALE_S) -> FileLock:
+  """Takes the lock file `path` for this process, or raises `LockedError` naming its holder.
+
+  `what` names the locked thing for the message ("--workdir", "--out file"); `target` is the
+  path the message starts with (default: `path`'s folder); `advice` ends the message when the
+  holder runs. A stale lock (see above) is taken over with a warning. Use as
+  `with exclusive_lock(...):` or call `.release()`; the holder's record also names it.
+  """
+  path = pathlib.Path(path)
+  target = pathlib.Path(target) if target is not None else path.parent
+  me = _this_process(what)
+  text = json.dumps(me)
+  private = path.with_name(f".{path.name}.{me['pid']}.{secrets.token_hex(4)}")
+  try:
+    private.write_text(text)
+  except OSError as e:
+    raise storage_error(e, path, f"taking the lock of {what}") from e
+  try:
+    for _ in range(_LOCK_ATTEMPTS):
+      try:
+        os.link(private, path)
+        break
+      except FileExistsError:
+        pass
+      except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV,
+                           errno.EMLINK, errno.ENOSYS):
+          raise storage_error(e, path, f"taking the lock of {what}") from e
+        if _create_exclusive(path, text):   # no hard links here (some FUSE file systems)
+          break
+      holder, st = _read_lock(path)
+      if holder is None:
+        continue                                 # released meanwhile: try again
+      if not holder:
+        raise LockedError(f"{what} is locked by {path}, which cannot be read; delete it if no "
+                          "other process uses this", target)
+      if _same_host(holder, me):
+        if not _holder_running(holder):
+          _break_stale(path, holder, "that process is no longer running")
+          continue
+      elif st is not None and time.time() - st.st_mtime > stale_s:
+        _break_stale(path, holder, f"its lock has not been refreshed for "
+                     f"{(time.time() - st.st_mtime) / 60:.0f} min")
+        continue
+      else:
+        raise LockedError(
+            f"{what} is in use by {_describe(holder)} ({_command(holder)}lock file {path}); "
+            f"that host's processes cannot be checked from here: wait for it, or if it has "
+            f"ended delete the lock file (it is taken over once unrefreshed for "
+            f"{stale_s / 60:g} min)", target)
+      raise LockedError(f"{what} is in use by {_describe(holder)} ({_command(holder)}lock file "
+                        f"{path})" + (f"; {advice}" if advice else ""), target)
+    else:
+      raise LockedError(f"{what}: the lock {path} kept changing hands; try again", target)
+  finally:
+    try:
+      private.unlink()
+    except OSError:
+      pass
+  st = os.stat(path)
+  return FileLock(path, me, (st.st_dev, st.st_ino), refresh_s)
+
+
+def _create_exclusive(path: pathlib.Path, text: str) -> bool:
+  """O_CREAT | O_EXCL creation with `text` (where hard links are not supported)."""
+  try:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+  except FileExistsError:
+    return False
+  with os.fdopen(fd, "w") as f:
+    f.write(text)
+  return True

@@ -5,7 +5,7 @@
   add-reader  --workdir STUDY --name NAME        prints the reader's link (shown once)
   new-token   --workdir STUDY --name NAME        a new link for a reader (the old one stops)
   readers     --workdir STUDY                    readers and where each stands
-  serve       --workdir STUDY [--host 127.0.0.1 --port 8765]
+  serve       --workdir STUDY [--host 127.0.0.1 --port 8765 --threads 8]
   export      --workdir STUDY [--out STUDY/reads.csv]
   analyze     --workdir STUDY [--out STUDY/analysis --n_resamples 9999 --seed 0]
 
@@ -133,6 +133,9 @@ def _serve_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("host", "127.0.0.1", "address to bind (loopback by default)",
                       flag_values=fv)
   flags.DEFINE_integer("port", 8765, "port", flag_values=fv)
+  from ctjax.reader.server import DEFAULT_THREADS
+  flags.DEFINE_integer("threads", DEFAULT_THREADS, "requests served at once (waitress worker "
+                       "threads)", lower_bound=1, flag_values=fv)
 
 
 def _serve(fv: flags.FlagValues) -> int:
@@ -141,7 +144,7 @@ def _serve(fv: flags.FlagValues) -> int:
   print(f"serving study {s.name!r} ({len(s.cases)} cases) on http://{fv.host}:{fv.port}/ — "
         "readers open their own links; Ctrl-C stops", flush=True)
   try:
-    server.serve(fv.workdir, fv.host, fv.port)
+    server.serve(fv.workdir, fv.host, fv.port, threads=fv.threads)
   except KeyboardInterrupt:
     return 0
   except OSError as e:   # the port is taken, the address is not this machine's

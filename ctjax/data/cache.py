@@ -313,7 +313,8 @@ def ensure_cache(config, workdir: Optional[str] = None, *, progress: Optional[bo
       log.warning("prepared cache %s is stale (%s): rebuilding it", path, change)
       clear(path)
     else:
-      damaged = damaged_shards(path, manifest, checksum=checksum)
+      # Repairing (prepare) also reads the shards' JSON records, as loading them will.
+      damaged = damaged_shards(path, manifest, checksum=checksum, markers=repair)
       if not damaged:
         return path
       if not repair:
@@ -323,6 +324,7 @@ def ensure_cache(config, workdir: Optional[str] = None, *, progress: Optional[bo
       log.warning("rebuilding %d damaged shard(s): %s", len(damaged),
                   "; ".join(f"{f}: {why}" for f, why in damaged[:3]))
       for f, _ in damaged:
+        f = f.replace(".json", ".hu.npy")
         for p in (path / f, path / f.replace(".hu.npy", ".json")):
           if p.exists():
             p.unlink()
@@ -350,10 +352,11 @@ def _check_prepared(path: pathlib.Path, source: dict, checksum: bool) -> None:
         f"{damaged[0][0]}: {damaged[0][1]} ({len(damaged)} damaged shard(s)); {hint}", path)
 
 
-def damaged_shards(path: pathlib.Path, manifest: dict, *, checksum: bool = False
-                   ) -> list[tuple[str, str]]:
+def damaged_shards(path: pathlib.Path, manifest: dict, *, checksum: bool = False,
+                   markers: bool = False) -> list[tuple[str, str]]:
   """(shard file, what is wrong) for every shard missing, of the wrong size or (checksum)
-  content."""
+  content; `markers` also reads each shard's JSON (its done-marker and the scans' records),
+  which must parse and name the .npy's size and SHA-1 that the manifest holds."""
   out = []
   for shard in manifest.get("shards", []):
     f = path / shard["file"]
@@ -364,9 +367,27 @@ def damaged_shards(path: pathlib.Path, manifest: dict, *, checksum: bool = False
     got = f.stat().st_size
     if want is not None and got != want:
       out.append((shard["file"], f"{got} bytes, {want} expected (truncated or replaced)"))
+    elif markers and (why := _marker_problem(path / shard["file"].replace(".hu.npy", ".json"),
+                                             shard)):
+      out.append((shard["file"].replace(".hu.npy", ".json"), why))
     elif checksum and shard.get("sha1") and _sha1(f) != shard["sha1"]:
       out.append((shard["file"], "SHA-1 differs from the manifest (altered)"))
   return out
+
+
+def _marker_problem(marker: pathlib.Path, shard: dict) -> Optional[str]:
+  try:
+    meta = json.loads(marker.read_text())
+  except FileNotFoundError:
+    return "missing"
+  except (OSError, ValueError) as e:
+    return f"unreadable ({type(e).__name__})"
+  if not isinstance(meta, dict) or not isinstance(meta.get("scans"), list):
+    return "holds no scan records"
+  for k in ("bytes", "sha1"):
+    if None not in (meta.get(k), shard.get(k)) and meta[k] != shard[k]:
+      return f"records another .npy than the manifest ({k} differs)"
+  return None
 
 
 def _sha1(path: pathlib.Path) -> str:

@@ -8,6 +8,10 @@ study are enforced here rather than in the pages:
   order of all the study's cases (`numpy.random.default_rng([seed, reader number, arm])`);
 * one read per reader, arm and case (a UNIQUE constraint, and an UPDATE … WHERE answered_at IS
   NULL that succeeds once): an answer cannot be changed or given twice;
+* every step that writes runs in a `BEGIN IMMEDIATE` transaction: it holds the database's write
+  lock from its first read, so concurrent requests (a double click, two tabs) run one after the
+  other and see each other's result — the second opening of a case counts a view, the same
+  answer or confidence sent twice is accepted once (a different one is refused);
 * the reading time runs from the case's first display to the diagnosis; the confidence is a
   second step whose time is not counted (DrCT2 paper, section VI.B);
 * the second arm opens `washout_days` after the reader's first read of the first arm ("After an
@@ -141,16 +145,26 @@ class StudyDB:
 
     @sa.event.listens_for(self.engine, "connect")
     def _pragmas(dbapi_connection, _record):
+      dbapi_connection.isolation_level = None   # pysqlite's own BEGIN off: see _begin
       cur = dbapi_connection.cursor()
       cur.execute("PRAGMA foreign_keys=ON")
       cur.execute("PRAGMA journal_mode=WAL")
       cur.execute("PRAGMA synchronous=FULL")
       cur.close()
 
+    @sa.event.listens_for(self.engine, "begin")
+    def _begin(conn):
+      # A deferred transaction that reads, then writes after another commit fails at once
+      # (SQLITE_BUSY_SNAPSHOT); IMMEDIATE takes the write lock first and waits for it.
+      conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write")
+                           else "BEGIN")
+
     Base.metadata.create_all(self.engine)
     self.Session = orm.sessionmaker(self.engine, expire_on_commit=False)
+    self.WriteSession = orm.sessionmaker(self.engine.execution_options(write=True),
+                                         expire_on_commit=False)
     key = f"{study.meta.get('created')} seed={study.seed} cases={len(study.cases)}"
-    with self.Session.begin() as s:
+    with self.WriteSession.begin() as s:
       got = s.get(Meta, "study")
       if got is None:
         s.add_all([Meta(key="study", value=key), Meta(key="schema", value=SCHEMA_VERSION)])
@@ -170,7 +184,7 @@ class StudyDB:
       raise errors.StudyError(f"reader name {name!r}: give 1–200 characters")
     token = secrets.token_urlsafe(18)
     n = len(self.study.cases)
-    with self.Session.begin() as s:
+    with self.WriteSession.begin() as s:
       if s.scalar(sa.select(Reader).where(Reader.name == name)) is not None:
         raise errors.StudyError(f"{self.study.db_path}: a reader named {name!r} exists "
                                 "(new-token gives them a new link)")
@@ -189,7 +203,7 @@ class StudyDB:
   def new_token(self, name: str) -> str:
     """Replaces a reader's link (the old one stops working); answers are kept."""
     token = secrets.token_urlsafe(18)
-    with self.Session.begin() as s:
+    with self.WriteSession.begin() as s:
       r = s.scalar(sa.select(Reader).where(Reader.name == name))
       if r is None:
         raise errors.StudyError(f"{self.study.db_path}: no reader named {name!r}")
@@ -245,9 +259,16 @@ class StudyDB:
       return self._state(s, reader_id, self.clock.now())
 
   def open_case(self, reader_id: int) -> ReaderState:
-    """Displays the reader's current case: its reading time starts at the first display."""
+    """Displays the reader's current case: its reading time starts at the first display.
+    Idempotent: concurrent openings (a double click) give one read and count every view."""
+    try:
+      return self._open_case(reader_id)
+    except sa.exc.IntegrityError:   # another writer of this file without IMMEDIATE: it won
+      return self._open_case(reader_id)
+
+  def _open_case(self, reader_id: int) -> ReaderState:
     now = self.clock.now()
-    with self.Session.begin() as s:
+    with self.WriteSession.begin() as s:
       st = self._state(s, reader_id, now)
       if st.status == "washout":
         raise errors.ReadRefusedError(
@@ -314,8 +335,12 @@ class StudyDB:
     """Commits the diagnosis (positive labels) of the reader's open case."""
     labels = self.check_labels(labels)
     now = self.clock.now()
-    with self.Session.begin() as s:
+    with self.WriteSession.begin() as s:
       st = self._state(s, reader_id, now)
+      if st.status == "confidence" and st.case_id == case_id:
+        done = self._info(s, reader_id, st.arm, case_id)
+        if done.answer == labels:   # the same answer sent twice (a double click): accepted once
+          return done
       if st.status != "case" or st.case_id != case_id:
         self._refuse_stale(s, reader_id, case_id, st, "diagnosis")
       res = s.execute(sa.update(Read).where(
@@ -330,9 +355,14 @@ class StudyDB:
     """Commits the confidence (0–3) of the reader's answered open case."""
     level = self.check_confidence(confidence)
     now = self.clock.now()
-    with self.Session.begin() as s:
+    with self.WriteSession.begin() as s:
       st = self._state(s, reader_id, now)
       if st.status != "confidence" or st.case_id != case_id:
+        last = s.scalar(sa.select(Read).where(Read.reader_id == reader_id,
+                                              Read.confidence_at.is_not(None))
+                        .order_by(Read.confidence_at.desc(), Read.id.desc()).limit(1))
+        if last is not None and last.case_id == case_id and last.confidence == level:
+          return self._info(s, reader_id, last.arm, case_id)   # the same rating sent twice
         self._refuse_stale(s, reader_id, case_id, st, "confidence")
       res = s.execute(sa.update(Read).where(
           Read.reader_id == reader_id, Read.arm == st.arm, Read.case_id == case_id,

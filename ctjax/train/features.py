@@ -144,8 +144,36 @@ def _shard_stem(path: pathlib.Path, index: int) -> pathlib.Path:
   return path / f"shard_{index:05d}"
 
 
+def _shard_problem(path: pathlib.Path, index: int) -> Optional[str]:
+  """Why shard `index` is not whole on disk: no done-marker, or a file of another size than
+  the marker recorded (truncated or replaced); None when it is whole."""
+  stem = _shard_stem(path, index)
+  marker = stem.with_suffix(".done.json")
+  try:
+    sizes = json.loads(marker.read_text())["bytes"]
+  except FileNotFoundError:
+    return "not built"
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    return f"{marker.name} unreadable ({type(e).__name__})"
+  for name, want in sizes.items():
+    f = stem.with_name(f"{stem.name}.{name}.npy")
+    try:
+      got = f.stat().st_size
+    except FileNotFoundError:
+      return f"{f.name} missing"
+    if got != want:
+      return f"{f.name}: {got} bytes, {want} expected (truncated or replaced)"
+  return None
+
+
 def _shard_done(path: pathlib.Path, index: int) -> bool:
-  return _shard_stem(path, index).with_suffix(".done.json").is_file()
+  return _shard_problem(path, index) is None
+
+
+def damaged_shards(path: pathlib.Path, num_shards: int) -> list[tuple[int, str]]:
+  """(shard, what is wrong) for every shard of a finished store that is not whole on disk."""
+  found = ((j, _shard_problem(path, j)) for j in range(num_shards))
+  return [(j, why) for j, why in found if why is not None]
 
 
 def _write_shard(path: pathlib.Path, index: int, arrays: Mapping[str, np.ndarray],
@@ -223,14 +251,23 @@ def build_store(config: ml_collections.ConfigDict, scans: Any, model: nn.Module,
   from ctjax.train import parallel
   key, desc = store_key(config, scans, model, variables["params"]["backbone"])
   path = store_path(scans, key)
+  num_shards = len(scans.manifest["shards"])
   if (path / "manifest.json").is_file():
-    log.info("feature store: reusing %s", path)
-    return FeatureStore(path, scans)
+    # Every process judges the same files before any of them writes (writes follow the
+    # barrier below), so all take the same branch.
+    damaged = damaged_shards(path, num_shards)
+    if not damaged:
+      log.info("feature store: reusing %s", path)
+      return FeatureStore(path, scans)
+  else:
+    damaged = []
   if not build:
     from ctjax.errors import CacheNotPreparedError
-    raise CacheNotPreparedError(
-        "no complete feature store of this run's backbone for this data; training builds it "
-        "(or pass --prepare to build it now)", path)
+    what = (f"feature store shard {damaged[0][0]}: {damaged[0][1]} ({len(damaged)} damaged "
+            "shard(s))" if damaged else
+            "no complete feature store of this run's backbone for this data")
+    raise CacheNotPreparedError(f"{what}; training builds it (or pass --prepare to build it "
+                                "now)", path)
   if progress is None:
     progress = bool(config.get("log", {}).get("progress_bar", True))
   dtype = store_dtype(config)
@@ -238,8 +275,12 @@ def build_store(config: ml_collections.ConfigDict, scans: Any, model: nn.Module,
   want_map = bool(_option(config, "store_maps", False))
   path.mkdir(parents=True, exist_ok=True)
   parallel.barrier("ctjax_features_start")
-  num_shards = len(scans.manifest["shards"])
-  todo = [j for j in range(num_shards) if not _shard_done(path, j)]
+  problems = [(j, _shard_problem(path, j)) for j in range(num_shards)]
+  todo = [j for j, why in problems if why is not None]
+  damaged = [(j, why) for j, why in problems if why not in (None, "not built")]
+  if damaged:   # a done-marker whose files were cut or replaced since: built again
+    log.warning("feature store %s: rebuilding %d damaged shard(s): %s", path, len(damaged),
+                "; ".join(f"shard {j}: {why}" for j, why in damaged[:3]))
   pcount, pid = jax.process_count(), jax.process_index()
   rows = _shard_rows(scans)
   assigned = [todo[p::pcount] for p in range(pcount)]   # disjoint shards per process

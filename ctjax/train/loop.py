@@ -19,6 +19,7 @@ end)}; with none configured, "val" runs at the end. Their metrics are logged as 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -74,12 +75,28 @@ def evaluators(config: ml_collections.ConfigDict, steps_per_epoch: int = 1
   return out or {"val": {"split": "val", "every_steps": 0}}
 
 
+def non_finite_fields(node: Any, prefix: str = "config") -> list[str]:
+  """`prefix.a.b=nan` for every NaN or infinite float in a config (lists included)."""
+  if isinstance(node, (ml_collections.ConfigDict, dict)):
+    return [bad for key, value in node.items()
+            for bad in non_finite_fields(value, f"{prefix}.{key}")]
+  if isinstance(node, (list, tuple)):
+    return [bad for i, value in enumerate(node)
+            for bad in non_finite_fields(value, f"{prefix}[{i}]")]
+  if isinstance(node, float) and not math.isfinite(node):
+    return [f"{prefix}={node}"]
+  return []
+
+
 def validate_config(config: ml_collections.ConfigDict, task: Any = None) -> None:
   """Raises ConfigError (one line) on values that would fail later or silently mislead."""
   def check(ok, message):
     if not ok:
       raise ConfigError(message)
 
+  bad = non_finite_fields(config)
+  check(not bad, f"{', '.join(bad[:4])}{' …' if len(bad) > 4 else ''}: not a finite number "
+        "(NaN and infinity are refused in every config field)")
   check(isinstance(config.get("task"), str) and config.task,
         "config.task must name a task (drct, blend, pretrain)")
   t = config.train
@@ -318,16 +335,60 @@ class _Setup:
     return make(variables, state_rng)
 
 
+WORKDIR_LOCK = "train.lock"
+
+
+def lock_workdir(workdir: pathlib.Path) -> Any:
+  """One process group per workdir: process 0 takes `workdir/train.lock` (its record names the
+  holder); every process of the run raises the same one-line `LockedError` if it is held.
+
+  Only process 0 locks, so the run's processes on other hosts need not share a lock file with it
+  (a shared file system is what makes two groups on one workdir meet at the same file).
+  """
+  def take():
+    return fileio.exclusive_lock(workdir / WORKDIR_LOCK, "--workdir", target=workdir,
+                                 advice="wait for that run to end or stop it, or train in "
+                                 "another --workdir")
+  if jax.process_count() == 1:
+    return take()
+  from jax.experimental import multihost_utils
+  from ctjax.errors import LockedError, StorageError
+  lock, refusal, error = contextlib.nullcontext(), "", None
+  if jax.process_index() == 0:
+    try:
+      lock = take()
+    except StorageError as e:
+      refusal, error = str(e), e
+  size = 2048   # the refusal's bytes, broadcast from process 0 (a collective: also a barrier)
+  buf = np.zeros(size, np.uint8)
+  raw = refusal.encode()[:size]
+  buf[:len(raw)] = np.frombuffer(raw, np.uint8)
+  got = np.asarray(multihost_utils.broadcast_one_to_all(buf)).astype(np.uint8)
+  text = got.tobytes().rstrip(b"\0").decode(errors="replace")
+  if error is not None:
+    raise error
+  if text:
+    raise LockedError(f"process {jax.process_index()} of {jax.process_count()}: {text}")
+  return lock
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                        task: Any = None, data: Any = None) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns final metrics.
 
   `task` / `data` replace `get_task(config.task)` / ctjax.data.pipeline (tests, stand-ins).
+  The workdir is locked for the run (`lock_workdir`) before anything heavy starts.
   """
   started = time.perf_counter()   # this invocation's wall time goes into final_metrics.json
   workdir = pathlib.Path(workdir)
   validate_config(config)
   fileio.writable_dir(workdir, "--workdir")   # a file or a read-only folder: one line, now
+  with lock_workdir(workdir):
+    return _train_and_evaluate(config, workdir, task, data, started)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Any,
+                        data: Any, started: float) -> dict[str, float]:
   check_resumable(config, workdir)
   mesh = parallel.make_mesh(config)
   ckpt = Checkpointer(workdir, config)

@@ -3,10 +3,12 @@
   python docs/images/make_reader_screenshots.py --link http://127.0.0.1:8765/r/TOKEN/ --out docs/images
 
 Drives a running `python -m ctjax.reader serve` as the reader of LINK, in headless Chromium
-(Playwright with the system's chromium): screenshots the first case alone, answers every case
-of the alone arm (a fixed script: no finding, confidence 2), then screenshots the first case
-of the assisted arm. The assisted arm opens only after the study's washout, so this is for a
-demo study made with `create --washout_days 0`, read by a reader made for the screenshots.
+(Playwright with the system's chromium) at 1400 x 900 (a common laptop window): screenshots
+the first case alone, answers every case of the alone arm (a fixed script: no finding,
+confidence 2), then screenshots the first case of the assisted arm and checks that its page
+and the report's frame fit the window (exit status 1 if either would scroll). The assisted arm
+opens only after the study's washout, so this is for a demo study made with
+`create --washout_days 0`, read by a reader made for the screenshots.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ def main(argv=None) -> int:
   ap.add_argument("--link", required=True, help="the reader's link, http://HOST:PORT/r/TOKEN/")
   ap.add_argument("--out", default="docs/images", help="folder for the PNGs")
   ap.add_argument("--slice_step", type=int, default=3, help="slices to step down before the shot")
+  ap.add_argument("--width", type=int, default=1400, help="window width (CSS pixels)")
+  ap.add_argument("--height", type=int, default=900, help="window height (CSS pixels)")
   args = ap.parse_args(argv)
   from playwright.sync_api import sync_playwright
   chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -33,10 +37,10 @@ def main(argv=None) -> int:
   link = args.link.rstrip("/") + "/"
   with sync_playwright() as p:
     browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page = browser.new_page(viewport={"width": args.width, "height": args.height})
     page.goto(link)
     shot = {"alone": out / "reader_alone.png", "assisted": out / "reader_assisted.png"}
-    taken = set()
+    taken, scrolls = set(), []
     while page.locator("#open-case").count():
       page.click("#open-case")
       page.wait_for_selector("#viewer[data-ready='1']", timeout=30000)
@@ -46,9 +50,15 @@ def main(argv=None) -> int:
           page.keyboard.press("ArrowDown")
         if arm == "assisted":
           page.frame_locator("#report").locator(".key-slice").first.wait_for(timeout=30000)
+          page.frame_locator("#report").locator(".seq-row, .seq").first.wait_for()
         page.screenshot(path=str(shot[arm]))
         taken.add(arm)
-        print(f"{shot[arm]}: {arm} arm")
+        over = {"page": _overflow(page.main_frame)}
+        if arm == "assisted":
+          over["report frame"] = _overflow(page.locator("#report").element_handle().content_frame())
+        print(f"{shot[arm]}: {arm} arm; " + ", ".join(
+            f"{k} {'fits' if v <= 0 else f'needs {v} px of scrolling'}" for k, v in over.items()))
+        scrolls.extend(k for k, v in over.items() if v > 0)
         if arm == "assisted":
           break
       page.click("#submit-answer")
@@ -62,7 +72,16 @@ def main(argv=None) -> int:
     print(f"error: no {', '.join(missing)} case reached (washout not over? reader finished?)",
           file=sys.stderr)
     return 1
+  if scrolls:
+    print(f"error: at {args.width} x {args.height} the {' and the '.join(scrolls)} would "
+          "scroll", file=sys.stderr)
+    return 1
   return 0
+
+
+def _overflow(frame) -> int:
+  """CSS pixels by which `frame`'s document is taller than its window (<= 0: no scrolling)."""
+  return int(frame.evaluate("() => document.documentElement.scrollHeight - window.innerHeight"))
 
 
 if __name__ == "__main__":

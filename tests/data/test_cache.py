@@ -300,3 +300,26 @@ def test_mmap_of_a_shard_cut_after_opening_is_a_one_line_error(tmp_path):
   with pytest.raises(errors.CacheCorruptError) as e:
     scans.hu(0)
   assert "re-prepare" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_damaged_shard_record_is_repaired_by_prepare(tmp_path):
+  """A shard's JSON (its done-marker and its scans' records) cut or deleted under a complete
+  manifest: loading refuses in one line naming it, and prepare (repair) rebuilds that shard."""
+  root = tmp_path / "rsna"
+  write_rsna_tree(root, num_scans=10, slices=2, size=8)    # 2 shards of 8 and 2 scans
+  cfg = _config(root, tmp_path / "cache")
+  path = cache.ensure_cache(cfg)
+  want = [cache.CachedScans(path).scan_hu(i).copy() for i in range(10)]
+  good, record = path / "shard_00000.hu.npy", path / "shard_00001.json"
+  stamp = good.stat().st_mtime_ns
+  for damage in (lambda: record.write_text(record.read_text()[:50]), record.unlink):
+    damage()
+    with pytest.raises(errors.CacheCorruptError) as e:
+      cache.CachedScans(path)
+    assert "shard_00001.json" in str(e.value) and "\n" not in str(e.value)
+    assert "python -m ctjax.prepare" in str(e.value)
+    cache.ensure_cache(cfg, repair=True)                # what python -m ctjax.prepare does
+    assert good.stat().st_mtime_ns == stamp             # only the damaged shard rebuilt
+    scans = cache.CachedScans(path)
+    for i in range(10):
+      np.testing.assert_array_equal(scans.scan_hu(i), want[i])

@@ -723,6 +723,256 @@ def two_process_resume(ctx, out, d):
               "resumed as 1")
 
 
+def _train_argv(ctx: Context, run: pathlib.Path, *extra: str) -> list[str]:
+  return ["-m", "ctjax.train", "--config", RUN_CFG, "--workdir", str(run), *ctx.run_overrides(),
+          *extra]
+
+
+def _start_holder(ctx: Context, argv: list[str], lock: pathlib.Path) -> subprocess.Popen:
+  """A training started and left running until it holds its workdir's lock."""
+  proc = ctx.popen(argv)
+  t0 = time.time()
+  while not lock.exists() and proc.poll() is None and time.time() - t0 < TIMEOUT_S:
+    time.sleep(0.05)
+  return proc
+
+
+def _stop(proc: subprocess.Popen, sig=signal.SIGINT) -> str:
+  """Stops a command started with `Context.popen`; its stderr."""
+  if proc.poll() is None:
+    os.killpg(proc.pid, sig)
+  try:
+    return proc.communicate(timeout=120)[1] or ""
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    return proc.communicate()[1] or ""
+
+
+def second_train(ctx, out, d):
+  run = d / "run"
+  argv = _train_argv(ctx, run, "--config.train.num_epochs=40", "--config.train.max_steps=40")
+  first = _start_holder(ctx, argv, run / "train.lock")
+  try:
+    ctx.run(out, argv)
+    out.note = (f"a first identical run held the workdir; still running afterwards: "
+                f"{'yes' if first.poll() is None else 'no'}")
+  finally:
+    _stop(first)
+
+
+def stale_lock(ctx, out, d):
+  run = d / "run"
+  long = _train_argv(ctx, run, "--config.train.num_epochs=40", "--config.train.max_steps=40")
+  first = _start_holder(ctx, long, run / "train.lock")
+  _stop(first, signal.SIGKILL)
+  left = (run / "train.lock").exists()
+  ctx.run(out, _train_argv(ctx, run, "--config.train.num_epochs=40",
+                           "--config.train.max_steps=2"))
+  out.note = _join(f"a first run SIGKILLed while holding the lock (lock file left: "
+                   f"{'yes' if left else 'no'})", ctx.logged("taking over the lock"),
+                   f"lock file after the run: {'yes' if (run / 'train.lock').exists() else 'no'}")
+
+
+def nonfinite_lr(value: str):
+  def case(ctx, out, d):
+    run = d / "run"
+    ctx.run(out, _train_argv(ctx, run, f"--config.optimizer.lr={value}"))
+    made = sorted(p.name for p in run.iterdir()) if run.exists() else []
+    out.note = f"files in the workdir afterwards: {made or 'none'}"
+  return case
+
+
+def truncated_feature_shard(ctx, out, d):
+  cache = d / "cache"
+  store = ("--config.features.enabled=True", f"--config.data.cache_dir={cache}",
+           "--config.train.max_steps=1")
+  first = _train_argv(ctx, d / "first", *store)
+  subprocess.run([PY, *first], cwd=REPO, env=ctx.env, capture_output=True, timeout=TIMEOUT_S)
+  shards = sorted(cache.rglob("features/*/shard_00000.pooled.npy"))
+  if not shards:
+    out.note = "not run: the first training built no feature store"
+    return
+  shard = shards[0]
+  full = shard.stat().st_size
+  shard.write_bytes(shard.read_bytes()[:full // 2])
+  ctx.run(out, _train_argv(ctx, d / "run", *store))
+  out.note = _join(f"feature shard_00000.pooled.npy cut to half under its done-marker; size "
+                   f"after: {shard.stat().st_size} of {full} bytes",
+                   ctx.logged("damaged shard"))
+
+
+def _cut_shard_record(ctx, d) -> tuple[list[str], pathlib.Path]:
+  cache = d / "cache"
+  argv = ["--config", RUN_CFG, *ctx.run_overrides(), f"--config.data.cache_dir={cache}"]
+  subprocess.run([PY, "-m", "ctjax.prepare", *argv], cwd=REPO, env=ctx.env,
+                 capture_output=True, timeout=TIMEOUT_S)
+  (record,) = sorted(cache.rglob("shard_00000.json"))[:1]
+  record.write_text(record.read_text()[:50])
+  return argv, record
+
+
+def truncated_shard_record(command: str):
+  def case(ctx, out, d):
+    argv, record = _cut_shard_record(ctx, d)
+    if command == "train":
+      ctx.run(out, ["-m", "ctjax.train", *argv, "--workdir", str(d / "run")])
+      out.note = "shard_00000.json (the shard's done-marker and scan records) cut to 50 bytes"
+    else:
+      ctx.run(out, ["-m", "ctjax.prepare", *argv])
+      import json as json_lib
+      try:
+        ok = bool(json_lib.loads(record.read_text())["scans"])
+      except (OSError, ValueError, KeyError):
+        ok = False
+      out.note = ("shard_00000.json cut to 50 bytes; after prepare it is whole again: "
+                  f"{'yes' if ok else 'no'}")
+  return case
+
+
+def _study(ctx: Context) -> dict:
+  """A 2-case study of the trained run (no washout) with one reader, served on a free port."""
+  def make():
+    study = ctx.work / "base" / "study"
+    r = subprocess.run([PY, "-m", "ctjax.reader", "create", "--workdir", str(study), "--run",
+                        str(ctx.trained()), "--num_scans", "2", "--washout_days", "0",
+                        "--readers", "A"], cwd=REPO, env=ctx.env, capture_output=True,
+                       text=True, timeout=TIMEOUT_S)
+    token = re.search(r"/r/([\w-]+)/", r.stdout)
+    if r.returncode or not token:
+      raise RuntimeError(f"reader create: {r.stderr.strip()[-300:]}")
+    return {"study": study, "token": token.group(1)}
+  return ctx.memo("study", make)
+
+
+def _http(url: str, method: str = "GET", body: bytes = b"", ctype: str = "") -> tuple[int, str]:
+  import urllib.error
+  import urllib.request
+  req = urllib.request.Request(url, data=body if method == "POST" else None, method=method,
+                               headers={"Content-Type": ctype} if ctype else {})
+
+  class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+      return None
+
+  try:
+    with urllib.request.build_opener(NoRedirect).open(req, timeout=60) as r:
+      return r.status, r.read().decode("utf-8", "replace")
+  except urllib.error.HTTPError as e:
+    return e.code, e.read().decode("utf-8", "replace")
+
+
+def _announce_huge_body(port: int, path: str, size: int) -> tuple[int, str]:
+  """POSTs a form body of `size` bytes, reading the answer after its first 64 KB (as curl does
+  after `Expect: 100-continue`): (status, body)."""
+  with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+    s.sendall((f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
+               f"application/x-www-form-urlencoded\r\nContent-Length: {size}\r\n"
+               "Connection: close\r\n\r\n").encode() + b"x" * (64 << 10))
+    data = b""
+    try:
+      while True:
+        chunk = s.recv(65536)
+        if not chunk:
+          break
+        data += chunk
+    except OSError:
+      pass
+  head, _, body = data.partition(b"\r\n\r\n")
+  status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+  return status, body.decode("utf-8", "replace")
+
+
+def _message(page: str) -> str:
+  m = re.search(r'id="message"[^>]*>(.*?)</p>', page, re.S)
+  import html as html_lib
+  return html_lib.unescape(" ".join(m.group(1).split())) if m else " ".join(page.split())[:160]
+
+
+def reader_request(kind: str):
+  """One hostile request to `python -m ctjax.reader serve`: `exit` is the HTTP status, the
+  last line the page's sentence, the note what the database holds afterwards."""
+  def case(ctx, out, d):
+    base = _study(ctx)
+    study = _copy(base["study"], d / "study")
+    disk = None
+    if kind == "full_disk":
+      disk = d / "disk"
+      size = sum(p.stat().st_size for p in study.rglob("*") if p.is_file())
+      if not _mount_tmpfs(disk, f"size={size // 1024 + 512}k"):
+        out.note = "not run: a small tmpfs needs root"
+        return
+      study = _copy(study, disk / "study")
+    port = _free_port()
+    server = ctx.popen(["-m", "ctjax.reader", "serve", "--workdir", str(study), "--port",
+                        str(port)])
+    try:
+      link = f"http://127.0.0.1:{port}/r/{base['token']}"
+      t0 = time.time()
+      while time.time() - t0 < 60:
+        try:
+          if _http(f"http://127.0.0.1:{port}/")[0] == 200:
+            break
+        except OSError:
+          time.sleep(0.1)
+      page = _http(f"{link}/case")[1]
+      cid = re.search(r"/case/([0-9a-f]+)/volume", page).group(1)
+      answer = f"{link}/case/{cid}/answer"
+      if kind == "json":
+        got = _http(answer, "POST", b'{"label": ["any"]}', "application/json")
+        out.command = ("curl -X POST -H 'Content-Type: application/json' -d '{\"label\": "
+                       "[\"any\"]}' http://127.0.0.1:PORT/r/TOKEN/case/CASE/answer")
+      elif kind == "multipart_cut":
+        b = "B0undary"
+        body = (f'--{b}\r\nContent-Disposition: form-data; name="label"\r\n\r\nany\r\n'
+                f'--{b}\r\nContent-Disposition: form-data; name="form_end"\r\n\r\n1\r\n'
+                f"--{b}--\r\n").encode()
+        got = _http(answer, "POST", body[:-20], f"multipart/form-data; boundary={b}")
+        out.command = ("curl -X POST -H 'Content-Type: multipart/form-data; boundary=B0undary' "
+                       "--data-binary @cut.txt http://127.0.0.1:PORT/r/TOKEN/case/CASE/answer "
+                       "(the form's multipart body without its last 20 bytes)")
+      elif kind == "huge":
+        got = _announce_huge_body(port, answer.split(str(port), 1)[1], 20 << 20)
+        out.command = ("curl -X POST --data-binary @20MB.txt http://127.0.0.1:PORT/r/TOKEN/"
+                       "case/CASE/answer (a 20 MB form body; the answer read after its first "
+                       "64 KB are sent)")
+      elif kind == "double_open":
+        import concurrent.futures
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+          codes = list(pool.map(lambda _: _http(f"{link}/case")[0], range(8)))
+        got = (max(codes), f"statuses {sorted(codes)}")
+        out.command = "8 × curl http://127.0.0.1:PORT/r/TOKEN/case at once (a double click)"
+      elif kind == "full_disk":
+        with open(disk / "filler", "wb", buffering=0) as f:
+          try:
+            while True:
+              f.write(b"\0" * 4096)
+          except OSError:
+            pass
+        got = _http(answer, "POST", b"label=any&form_end=1",
+                    "application/x-www-form-urlencoded")
+        out.command = ("curl -X POST -d 'label=any&form_end=1' http://127.0.0.1:PORT/r/TOKEN/"
+                       "case/CASE/answer (the study on a full file system)")
+      out.exit = got[0]
+      out.last_line = got[1] if kind == "double_open" else _message(got[1])
+      err = _stop(server)
+      import sqlite3
+      db = sqlite3.connect(str(study / "reads.sqlite"))
+      rows = db.execute("SELECT answer, views FROM reads").fetchall()
+      db.close()
+    finally:
+      _stop(server)
+      if disk is not None:
+        _umount(disk)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    out.traceback = any(ln.startswith("Traceback") for ln in lines)
+    out.stderr_lines = len(lines)
+    out.note = _join("the study on a tmpfs filled to its last block" if disk else "",
+                     f"reads in the database (answer, views): {rows}",
+                     f"server log {len(lines)} lines, development-server warning: "
+                     f"{'yes' if any('development server' in ln.lower() for ln in lines) else 'no'}")
+  return case
+
+
 def _rsna(edit, *extra):
   return prepare_case("rsna", edit, *extra)
 
@@ -796,6 +1046,24 @@ CASES: list[tuple[str, str, str, Callable]] = [
      peer_death(0)),
     ("two_process_resume", "processes", "a 2-process run resumed as 1 process",
      two_process_resume),
+    ("second_train", "workdir", "a second ctjax.train on a workdir in use", second_train),
+    ("stale_lock", "workdir", "the workdir lock of a SIGKILLed run", stale_lock),
+    ("lr_nan", "workdir", "--config.optimizer.lr=nan", nonfinite_lr("nan")),
+    ("lr_inf", "workdir", "--config.optimizer.lr=inf", nonfinite_lr("inf")),
+    ("truncated_feature_shard", "cache", "a feature-store shard cut under its done-marker, "
+     "then train", truncated_feature_shard),
+    ("truncated_shard_record", "cache", "a cache shard's JSON record cut short, then train",
+     truncated_shard_record("train")),
+    ("truncated_shard_record_prepare", "cache", "a cache shard's JSON record cut short, then "
+     "prepare", truncated_shard_record("prepare")),
+    ("reader_json_body", "reader", "reader: a diagnosis posted as JSON", reader_request("json")),
+    ("reader_cut_multipart", "reader", "reader: a multipart diagnosis cut short",
+     reader_request("multipart_cut")),
+    ("reader_huge_body", "reader", "reader: a 20 MB request body", reader_request("huge")),
+    ("reader_double_open", "reader", "reader: a case opened 8 times at once",
+     reader_request("double_open")),
+    ("reader_full_disk", "reader", "reader: an answer on a full disk",
+     reader_request("full_disk")),
 ]
 
 

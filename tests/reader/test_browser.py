@@ -84,13 +84,42 @@ def _rate(page, level):
   page.wait_for_selector("#home")
 
 
+def _overflow(frame) -> int:
+  return frame.evaluate("() => document.documentElement.scrollHeight - window.innerHeight")
+
+
+def _check_assisted_layout(page, slice_index):
+  """At 1400 x 900: nothing scrolls, the report sits beside the viewer, every thumbnail of the
+  strip is readable, the five key slices lie inside the frame's window, and a click on a
+  thumbnail shows that slice in the viewer."""
+  report = page.locator("#report")
+  frame = report.element_handle().content_frame()
+  assert _overflow(page.main_frame) <= 0 and _overflow(frame) <= 0
+  viewer, box = page.locator("#viewer").bounding_box(), report.bounding_box()
+  assert box["x"] >= viewer["x"] + viewer["width"] and box["width"] >= 700
+  assert box["height"] >= 750                              # the window's height, not a slot
+  thumbs = frame.evaluate("() => Array.from(document.querySelectorAll('.thumb'), "
+                          "t => t.getBoundingClientRect().width)")
+  assert len(thumbs) == len(slice_index) and min(thumbs) >= 48, thumbs
+  keys = frame.evaluate("() => Array.from(document.querySelectorAll('.key-slice'), k => {"
+                        " const r = k.getBoundingClientRect(); return [r.top, r.bottom]; })")
+  height = frame.evaluate("() => window.innerHeight")
+  assert len(keys) == 5 and all(0 <= top and bottom <= height for top, bottom in keys), keys
+  for sampled in (0, len(slice_index) - 1):
+    page.frame_locator("#report").locator(f".thumb[data-slice='{sampled}']").click()
+    page.wait_for_function(f"() => document.getElementById('viewer').dataset.slice === "
+                           f"'{slice_index[sampled]}'", timeout=5000)
+  page.keyboard.press("Home")                              # the keys are the viewer's again
+  assert page.get_attribute("#viewer", "data-slice") == "0"
+
+
 def test_a_scripted_reader_gives_table_8(live, browser, study_dir, tmp_path):
   from ctjax.data.windows import apply_windows
   from ctjax.commands import reader as cli
   base, clock, db = live
   study = db.study
   info, token = db.add_reader("JR A")
-  page = browser.new_page(viewport={"width": 1500, "height": 1000})
+  page = browser.new_page(viewport={"width": 1400, "height": 900})   # a laptop's window
   problems = []
   page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
   page.on("pageerror", lambda e: problems.append(str(e)))
@@ -165,6 +194,7 @@ def test_a_scripted_reader_gives_table_8(live, browser, study_dir, tmp_path):
     assert frame.locator(".key-slice").count() == 5
     if k == 0:
       page.screenshot(path=str(tmp_path / "assisted.png"))
+      _check_assisted_layout(page, study.model_output(cid)["slice_index"])
     clock.advance(ASSISTED_SECONDS[k])
     # Assisted, the scripted reader answers the truth on the first two cases, nothing on the
     # third.
@@ -227,4 +257,4 @@ def test_a_scripted_reader_gives_table_8(live, browser, study_dir, tmp_path):
   from PIL import Image
   for name in ("alone.png", "assisted.png"):
     img = np.asarray(Image.open(tmp_path / name))
-    assert img.shape[:2] == (1000, 1500) and img.std() > 10
+    assert img.shape[:2] == (900, 1400) and img.std() > 10

@@ -24,6 +24,11 @@ T0 = 1_636_000_000.0      # 2021-11-04, the study clock's start in these tests
 DAY = 86400.0
 
 
+def answer_form(labels):
+  """The diagnosis form as the page posts it: the ticked labels, then its last field."""
+  return {"label": list(labels), "form_end": "1"}
+
+
 class Harness:
   def __init__(self, study_dir):
     self.clock = clock_lib.ManualClock(T0)
@@ -45,7 +50,7 @@ class Harness:
     assert r.status_code == 200, r.text
     cid = self.case_id(info)
     self.clock.advance(seconds)
-    r = self.client.post(f"/r/{token}/case/{cid}/answer", data={"label": list(labels)})
+    r = self.client.post(f"/r/{token}/case/{cid}/answer", data=answer_form(list(labels)))
     assert r.status_code == 303, r.text
     self.clock.advance(rating_seconds)
     r = self.client.post(f"/r/{token}/case/{cid}/confidence", data={"confidence": confidence})
@@ -66,7 +71,7 @@ def test_a_read_records_answer_confidence_and_exact_time(study_dir):
   for name in h.study.labels:
     assert f'value="{name}"' in r.text
   h.clock.advance(42.5)
-  r = h.client.post(f"/r/{token}/case/{cid}/answer", data={"label": ["subdural", "any"]})
+  r = h.client.post(f"/r/{token}/case/{cid}/answer", data=answer_form(["subdural", "any"]))
   assert r.status_code == 303 and r.headers["Location"].endswith(f"/r/{token}/case")
   conf = h.client.get(f"/r/{token}/case")
   assert 'id="confidence-form"' in conf.text and "any, subdural" in conf.text
@@ -85,14 +90,14 @@ def test_a_case_cannot_be_answered_twice(study_dir):
   h.client.get(f"/r/{token}/case")
   cid = h.case_id(info)
   assert h.client.post(f"/r/{token}/case/{cid}/answer",
-                       data={"label": ["any"]}).status_code == 303
-  again = h.client.post(f"/r/{token}/case/{cid}/answer", data={"label": ["epidural"]})
+                       data=answer_form(["any"])).status_code == 303
+  again = h.client.post(f"/r/{token}/case/{cid}/answer", data=answer_form(["epidural"]))
   assert again.status_code == 409 and "already answered" in again.text
   h.client.post(f"/r/{token}/case/{cid}/confidence", data={"confidence": "3"})
   twice = h.client.post(f"/r/{token}/case/{cid}/confidence", data={"confidence": "0"})
   assert twice.status_code == 409 and "cannot be changed" in twice.text
   h.client.get(f"/r/{token}/case")        # the next case is open now
-  late = h.client.post(f"/r/{token}/case/{cid}/answer", data={"label": []})
+  late = h.client.post(f"/r/{token}/case/{cid}/answer", data=answer_form([]))
   assert late.status_code == 409 and "already answered" in late.text
   first = [r for r in h.db.reads() if r.case_id == cid]
   assert len(first) == 1 and first[0].answer == ["any"] and first[0].confidence == 3
@@ -109,10 +114,10 @@ def test_unknown_token_is_refused(study_dir):
   info, token = h.reader()
   h.client.get(f"/r/{token}/case")
   cid = h.case_id(info)
-  bogus = "x" + token[1:]
+  bogus = ("y" if token[0] == "x" else "x") + token[1:]   # never the token itself
   for r in (h.client.get(f"/r/{bogus}/"), h.client.get(f"/r/{bogus}/case"),
             h.client.get(f"/r/{bogus}/case/{cid}/volume"),
-            h.client.post(f"/r/{bogus}/case/{cid}/answer", data={"label": ["any"]})):
+            h.client.post(f"/r/{bogus}/case/{cid}/answer", data=answer_form(["any"]))):
     assert r.status_code == 404 and "unknown reader link" in r.text
   assert h.db.reads()[0].answered_at is None
   js = h.client.get(f"/r/{bogus}/", headers={"Accept": "application/json"})
@@ -127,15 +132,15 @@ def test_bad_label_or_confidence_is_refused_with_a_clear_message(study_dir):
   info, token = h.reader()
   h.client.get(f"/r/{token}/case")
   cid = h.case_id(info)
-  r = h.client.post(f"/r/{token}/case/{cid}/answer", data={"label": ["any", "haematoma"]})
+  r = h.client.post(f"/r/{token}/case/{cid}/answer", data=answer_form(["any", "haematoma"]))
   assert r.status_code == 400
   assert ("unknown label &#39;haematoma&#39;; the labels are: any, epidural, intraparenchymal, "
           "intraventricular, subarachnoid, subdural") in r.text
-  js = h.client.post(f"/r/{token}/case/{cid}/answer", data={"label": ["Any"]},
+  js = h.client.post(f"/r/{token}/case/{cid}/answer", data=answer_form(["Any"]),
                      headers={"Accept": "application/json"})
   assert js.status_code == 400 and js.get_json()["error"].startswith("unknown label 'Any'")
   assert h.db.state(info.id).status == "case"       # nothing committed
-  h.client.post(f"/r/{token}/case/{cid}/answer", data={"label": ["any"]})
+  h.client.post(f"/r/{token}/case/{cid}/answer", data=answer_form(["any"]))
   for bad in ("4", "-1", "1.5", "two", ""):
     r = h.client.post(f"/r/{token}/case/{cid}/confidence", data={"confidence": bad},
                       headers={"Accept": "application/json"})
@@ -171,7 +176,7 @@ def test_images_and_report_only_for_the_readers_open_case(study_dir):
   assert h.client.get(f"/r/{tb}/case/{open_a}/volume").status_code == 403   # B has no open case
   assert h.client.get(f"/r/{ta}/case/nosuchcase/volume").status_code == 403
   # Assisted arm: the report of the open case only, with its own narrow policy.
-  h.client.post(f"/r/{ta}/case/{open_a}/answer", data={})
+  h.client.post(f"/r/{ta}/case/{open_a}/answer", data=answer_form([]))
   h.client.post(f"/r/{ta}/case/{open_a}/confidence", data={"confidence": "1"})
   for _ in range(2):
     h.read(ta, a, [], "1")
@@ -202,7 +207,7 @@ def test_the_assisted_arm_waits_for_the_washout(study_dir):
   r = h.client.get(f"/r/{token}/case")
   assert r.status_code == 403 and "opens on" in r.text
   first = h.db.order(info.id, "assisted")[0]
-  r = h.client.post(f"/r/{token}/case/{first}/answer", data={"label": ["any"]})
+  r = h.client.post(f"/r/{token}/case/{first}/answer", data=answer_form(["any"]))
   assert r.status_code in (403, 409) and len(h.db.reads()) == 3
   h.clock.set(T0 + 7 * DAY - 1)
   assert h.client.get(f"/r/{token}/case").status_code == 403
@@ -235,7 +240,7 @@ def test_a_reload_keeps_the_clock_running_and_counts_views(study_dir):
   h.client.get(f"/r/{token}/case")          # reload: same case, same start
   assert h.case_id(info) == cid
   h.clock.advance(7)
-  h.client.post(f"/r/{token}/case/{cid}/answer", data={"label": ["any"]})
+  h.client.post(f"/r/{token}/case/{cid}/answer", data=answer_form(["any"]))
   (r,) = h.db.reads()
   assert r.views == 2 and r.reading_seconds == 12.0
 
@@ -267,10 +272,10 @@ def _http(method, url, data=None):
     return e.code, e.read().decode("utf-8", "replace")
 
 
-def _start(study_dir, port):
+def _start(study_dir, port, *flags):
   proc = subprocess.Popen(
       [sys.executable, "-m", "ctjax.reader", "serve", "--workdir", str(study_dir),
-       "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+       "--port", str(port), *flags], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
       env={**os.environ, "PYTHONPATH": str(ROOT)})
   deadline = time.time() + 30
   while time.time() < deadline:
@@ -300,12 +305,12 @@ def test_a_killed_server_loses_no_committed_answer(study_dir):
     for labels, conf in ((["any", "subdural"], "3"), ([], "1")):
       assert _http("GET", f"{base}/case")[0] == 200
       cid = re.search(r"/case/([0-9a-f]+)/volume", _http("GET", f"{base}/case")[1]).group(1)
-      assert _http("POST", f"{base}/case/{cid}/answer", {"label": labels})[0] == 303
+      assert _http("POST", f"{base}/case/{cid}/answer", answer_form(labels))[0] == 303
       assert _http("POST", f"{base}/case/{cid}/confidence", {"confidence": conf})[0] == 303
       answered.append(cid)
     _http("GET", f"{base}/case")
     third = re.search(r"/case/([0-9a-f]+)/volume", _http("GET", f"{base}/case")[1]).group(1)
-    assert _http("POST", f"{base}/case/{third}/answer", {"label": ["epidural"]})[0] == 303
+    assert _http("POST", f"{base}/case/{third}/answer", answer_form(["epidural"]))[0] == 303
   finally:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
@@ -317,7 +322,7 @@ def test_a_killed_server_loses_no_committed_answer(study_dir):
     # Resumes where the reader was: the third case's confidence step.
     status, page = _http("GET", f"{base}/case")
     assert status == 200 and 'id="confidence-form"' in page and "epidural" in page
-    assert _http("POST", f"{base}/case/{answered[0]}/answer", {"label": []})[0] == 409
+    assert _http("POST", f"{base}/case/{answered[0]}/answer", answer_form([]))[0] == 409
     assert _http("POST", f"{base}/case/{third}/confidence", {"confidence": "2"})[0] == 303
   finally:
     os.kill(proc.pid, signal.SIGKILL)
@@ -329,3 +334,226 @@ def test_a_killed_server_loses_no_committed_answer(study_dir):
   assert got == [(answered[0], ["any", "subdural"], 3), (answered[1], [], 1),
                  (third, ["epidural"], 2)]
   assert all(r.reading_seconds is not None and r.reading_seconds >= 0 for r in reads)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile and unlucky requests: malformed bodies, double clicks, huge bodies, a full disk.
+
+def _multipart(fields, boundary="ctjaxB0undary"):
+  parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+           for k, v in fields]
+  return ("".join(parts) + f"--{boundary}--\r\n").encode(), \
+      f"multipart/form-data; boundary={boundary}"
+
+
+def test_a_malformed_body_is_refused_and_stores_nothing(study_dir):
+  h = Harness(study_dir)
+  info, token = h.reader()
+  h.client.get(f"/r/{token}/case")
+  cid = h.case_id(info)
+  url = f"/r/{token}/case/{cid}/answer"
+  whole, ctype = _multipart([("label", "any"), ("label", "subdural"), ("form_end", "1")])
+  bad = {
+      "JSON instead of the form": dict(json={"label": ["any"], "form_end": "1"}),
+      "a multipart body cut short": dict(data=whole[:-20], content_type=ctype),
+      "a multipart body cut inside a field": dict(data=whole[:70], content_type=ctype),
+      "a form without its last field": dict(data={"label": ["any"]}),
+      "an empty form": dict(data={}),
+      "a plain-text body": dict(data=b"label=any&form_end=1", content_type="text/plain"),
+  }
+  for what, kwargs in bad.items():
+    r = h.client.post(url, **kwargs)
+    assert r.status_code == 400, (what, r.status_code)
+    assert "nothing was recorded" in r.text, what
+    assert h.db.state(info.id).status == "case" and h.db.reads()[0].answered_at is None, what
+  js = h.client.post(url, json={"label": []}, headers={"Accept": "application/json"})
+  assert js.status_code == 400 and js.get_json()["error"] == (
+      "nothing was recorded: send the page's form, not a body of type application/json")
+  r = h.client.post(url, data=whole, content_type=ctype)            # the whole multipart form
+  assert r.status_code == 303 and h.db.reads()[0].answer == ["any", "subdural"]
+  r = h.client.post(f"/r/{token}/case/{cid}/confidence", json={"confidence": "2"})
+  assert r.status_code == 400 and h.db.reads()[0].confidence is None
+
+
+def test_request_bodies_are_capped_before_they_are_read(study_dir):
+  h = Harness(study_dir)
+  info, token = h.reader()
+  h.client.get(f"/r/{token}/case")
+  cid = h.case_id(info)
+  big = "x" * (20 << 20)                                   # 20 MB
+  body, ctype = _multipart([("label", "any"), ("form_end", "1"), ("blob", big)])
+  for kwargs in (dict(json={"label": ["any"], "form_end": "1", "blob": big}),
+                 dict(data=body, content_type=ctype),
+                 dict(data={"label": ["any"], "form_end": "1", "blob": big})):
+    r = h.client.post(f"/r/{token}/case/{cid}/answer", **kwargs)
+    assert r.status_code == 413 and "larger than the 64 KB this study accepts" in r.text
+  assert h.db.reads()[0].answered_at is None
+  assert server.MAX_BODY_BYTES == 64 * 1024
+
+
+def _at_once(n, fn):
+  """`fn(i)` in n threads released together; their results in order."""
+  import threading
+  gate = threading.Barrier(n)
+  out = [None] * n
+
+  def run(i):
+    gate.wait()
+    out[i] = fn(i)
+
+  threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(timeout=60)
+  return out
+
+
+@pytest.fixture
+def slow_state(monkeypatch):
+  """Widens the window between a step's read of the state and its write (as a loaded server
+  would), so that concurrent requests overlap there."""
+  from ctjax.reader import db as db_lib
+  real = db_lib.StudyDB._state
+
+  def slow(self, *args, **kwargs):
+    got = real(self, *args, **kwargs)
+    time.sleep(0.05)
+    return got
+
+  monkeypatch.setattr(db_lib.StudyDB, "_state", slow)
+
+
+def test_opening_a_case_is_idempotent_under_concurrent_requests(study_dir, slow_state):
+  h = Harness(study_dir)
+  info, token = h.reader()
+  clients = [h.app.test_client() for _ in range(8)]
+  codes = _at_once(8, lambda i: clients[i].get(f"/r/{token}/case").status_code)
+  assert codes == [200] * 8
+  (read,) = h.db.reads()
+  assert read.views == 8 and read.position == 0 and read.answered_at is None
+
+
+def test_a_double_submit_records_one_answer_and_one_confidence(study_dir, slow_state):
+  h = Harness(study_dir)
+  info, token = h.reader()
+  h.client.get(f"/r/{token}/case")
+  cid = h.case_id(info)
+  clients = [h.app.test_client() for _ in range(4)]
+  h.clock.advance(12.0)
+  codes = _at_once(4, lambda i: clients[i].post(f"/r/{token}/case/{cid}/answer",
+                                               data=answer_form(["epidural"])).status_code)
+  assert codes == [303] * 4
+  h.clock.advance(5.0)
+  codes = _at_once(4, lambda i: clients[i].post(f"/r/{token}/case/{cid}/confidence",
+                                               data={"confidence": "1"}).status_code)
+  assert codes == [303] * 4
+  (read,) = h.db.reads()
+  assert read.answer == ["epidural"] and read.reading_seconds == 12.0 and read.confidence == 1
+  # A different answer or confidence is still refused: an answer cannot be changed.
+  assert h.client.post(f"/r/{token}/case/{cid}/answer",
+                       data=answer_form(["any"])).status_code == 409
+  assert h.client.post(f"/r/{token}/case/{cid}/confidence",
+                       data={"confidence": "3"}).status_code == 409
+  assert h.db.reads()[0].answer == ["epidural"] and h.db.reads()[0].confidence == 1
+
+
+def test_a_full_disk_is_a_one_sentence_503_and_loses_nothing(study_dir, monkeypatch):
+  import errno
+  from ctjax.reader import db as db_lib
+  h = Harness(study_dir)
+  info, token = h.reader()
+  h.client.get(f"/r/{token}/case")
+  cid = h.case_id(info)
+  real = db_lib.StudyDB.answer
+
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(db_lib.StudyDB, "answer", full)
+  r = h.client.post(f"/r/{token}/case/{cid}/answer", data=answer_form(["any"]))
+  assert r.status_code == 503
+  assert ("The study&#39;s disk is full, so this step was not recorded; tell the study owner "
+          "(your earlier answers are kept).") in r.text
+  assert "Traceback" not in r.text and f"/r/{token}/" in r.text        # a way back
+  js = h.client.post(f"/r/{token}/case/{cid}/answer", data=answer_form(["any"]),
+                     headers={"Accept": "application/json"})
+  assert js.status_code == 503 and js.get_json()["error"].startswith("The study's disk is full")
+  monkeypatch.setattr(db_lib.StudyDB, "answer", real)   # space freed: the same step works
+  assert h.client.post(f"/r/{token}/case/{cid}/answer",
+                       data=answer_form(["any"])).status_code == 303
+  assert h.db.reads()[0].answer == ["any"]
+
+
+def test_a_real_full_disk_under_the_database_is_a_503(study_template, tmp_path):
+  """The study on a small tmpfs, filled: SQLite's own "database or disk is full"."""
+  import shutil
+  from tests.support import storage_helpers
+  size = sum(p.stat().st_size for p in study_template.rglob("*") if p.is_file())
+  with storage_helpers.small_disk(tmp_path / "disk", f"{size // 1024 + 512}k") as disk:
+    shutil.copytree(study_template, disk / "study", symlinks=True)
+    h = Harness(disk / "study")
+    info, token = h.reader()
+    assert h.client.get(f"/r/{token}/case").status_code == 200
+    cid = h.case_id(info)
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:           # every free block taken
+      try:
+        while True:
+          f.write(b"\0" * 4096)
+      except OSError:
+        pass
+    r = h.client.post(f"/r/{token}/case/{cid}/answer", data=answer_form(["subdural"]))
+    assert r.status_code == 503 and "disk is full" in r.text
+    assert h.db.reads()[0].answered_at is None
+    filler.unlink()
+    assert h.client.post(f"/r/{token}/case/{cid}/answer",
+                         data=answer_form(["subdural"])).status_code == 303
+    assert h.db.reads()[0].answer == ["subdural"]
+    h.db.close()
+
+
+def test_serve_runs_waitress_with_the_given_threads_and_body_cap(study_dir, monkeypatch):
+  import waitress
+  seen = {}
+
+  class Fake:
+    def run(self):
+      seen["ran"] = True
+
+    def close(self):
+      seen["closed"] = True
+
+  def create_server(app, **kwargs):
+    seen.update(kwargs)
+    return Fake()
+
+  monkeypatch.setattr(waitress, "create_server", create_server)
+  server.serve(study_dir, "127.0.0.1", 9999, threads=3)
+  assert seen["threads"] == 3 and seen["port"] == 9999 and seen["ran"] and seen["closed"]
+  assert seen["max_request_body_size"] == server.MAX_BODY_BYTES
+
+
+def test_the_served_study_runs_on_waitress_without_the_development_banner(study_dir):
+  port = _free_port()
+  proc = _start(study_dir, port, "--threads", "3")
+  try:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+      assert r.headers["Server"] == "ctjax-reader"
+  finally:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+  log = proc.stdout.read().decode()
+  assert "development server" not in log.lower() and "GET / 200" in log
+  assert f"waitress: 3 threads on 127.0.0.1:{port}" in log
+
+
+def test_the_documented_window_presets_are_the_served_ones(study_dir):
+  """docs/reader.md names the viewer's presets as level/width; they are the ones served."""
+  doc = " ".join((ROOT / "docs" / "reader.md").read_text(encoding="utf-8").split())
+  h = Harness(study_dir)
+  served = server._view_windows(h.study)
+  assert [w[0] for w in served] == ["brain", "subdural", "bone"]
+  said = re.search(r"brain (\S+), subdural (\S+) and bone (\S+) \(level/width in HU", doc)
+  assert said, "docs/reader.md no longer lists the presets"
+  assert list(said.groups()) == [f"{level:g}/{width:g}" for _, level, width in served]

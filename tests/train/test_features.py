@@ -255,3 +255,31 @@ def test_sigkill_during_the_build_then_rerun_equals_an_uninterrupted_build(tmp_p
   assert got.keys() == want.keys()
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=str(k))
+
+
+def test_a_shard_cut_under_its_done_marker_is_rebuilt(built, monkeypatch, caplog):
+  """The marker records each array's byte count; a file of another size is not taken as done:
+  neither when the finished store is reused nor when a killed build resumes."""
+  import logging
+  config, scans, model, variables, store = built
+  calls = []
+  real = F._write_shard
+  monkeypatch.setattr(F, "_write_shard", lambda *a, **k: (calls.append(a[1]), real(*a, **k)))
+  want = {n: np.array(store.array(1, n)) for n in store.names}
+  cut = store.path / "shard_00001.aps_pooled.npy"
+  full = cut.stat().st_size
+  cut.write_bytes(cut.read_bytes()[:full // 2])
+  assert (store.path / "shard_00001.done.json").is_file()
+  with caplog.at_level(logging.WARNING, logger="ctjax.train.features"):
+    again = F.build_store(config, scans, model, variables)   # the finished store
+  assert calls == [1]
+  assert (f"rebuilding 1 damaged shard(s): shard 1: shard_00001.aps_pooled.npy: {full // 2} "
+          f"bytes, {full} expected (truncated or replaced)") in caplog.text
+  for n in store.names:
+    np.testing.assert_array_equal(again.array(1, n), want[n])
+  # A killed build (no manifest) resuming over a shard whose file was since replaced.
+  (store.path / "manifest.json").unlink()
+  (store.path / "shard_00003.pooled.npy").write_bytes(b"\0" * 10)
+  F.build_store(config, scans, model, variables)
+  assert calls == [1, 3] and F.damaged_shards(store.path, 4) == []
+  assert (store.path / "manifest.json").is_file()

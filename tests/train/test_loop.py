@@ -142,6 +142,9 @@ def test_frozen_params_unchanged_and_trainable_moved(reference_run):
     ({"model.dtype": "float64"}, "dtype"),
     ({"checkpoint.best_metric": "test/macro_f1"}, "best_metric"),
     ({"data.layout": "rsna", "data.root": "/no/such/dir"}, "/no/such/dir"),
+    ({"optimizer.lr": float("nan")}, r"config.optimizer.lr=nan: not a finite number"),
+    ({"optimizer.lr": float("inf")}, r"config.optimizer.lr=inf: not a finite number"),
+    ({"optimizer.weight_decay": float("-inf")}, r"config.optimizer.weight_decay=-inf"),
 ])
 def test_bad_config_fails_at_start(tmp_path, override, message):
   config = stand_ins.tiny_config(**override)
@@ -205,3 +208,125 @@ def test_resume_after_sigkill_matches_uninterrupted(reference_run, tmp_path):
   assert sorted(got) == [1, 2, 3, 4, 5, 6]
   np.testing.assert_allclose([got[s] for s in range(1, 7)], [ref[s] for s in range(1, 7)],
                              rtol=1e-6)
+
+
+# ---------------------------------------------------------------- one run per workdir
+
+HOLD = ("import sys, time\n"
+        "from ctjax import fileio\n"
+        "lock = fileio.exclusive_lock(sys.argv[1], '--workdir', refresh_s=0)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(120)\n")
+
+
+@pytest.fixture
+def held_workdir(tmp_path):
+  """A workdir whose lock another live process holds (as a running `ctjax.train` would)."""
+  import subprocess
+  import sys
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  p = subprocess.Popen([sys.executable, "-c", HOLD, str(workdir / loop.WORKDIR_LOCK)],
+                       stdout=subprocess.PIPE, text=True)
+  assert p.stdout.readline().strip() == "held"
+  yield workdir, p.pid
+  p.kill()
+  p.wait()
+
+
+def test_a_second_run_on_a_held_workdir_stops_at_once_naming_the_holder(held_workdir):
+  import os
+  import time
+  from ctjax.errors import LockedError
+  workdir, pid = held_workdir
+  t0 = time.perf_counter()
+  with pytest.raises(LockedError) as info:
+    loop.train_and_evaluate(stand_ins.tiny_config(), workdir, task=stand_ins.TinyTask(),
+                            data=stand_ins.MemoryData())
+  assert time.perf_counter() - t0 < 5                  # before any data, model or compile
+  msg = str(info.value)
+  assert "\n" not in msg and msg.startswith(f"{workdir}: --workdir is in use by pid {pid} ")
+  assert f"on host {os.uname().nodename} since " in msg and "another --workdir" in msg
+  assert sorted(p.name for p in workdir.iterdir()) == [loop.WORKDIR_LOCK]   # nothing written
+
+
+def test_the_command_on_a_held_workdir_is_one_line(held_workdir, tmp_path):
+  import pathlib
+  import subprocess
+  import sys
+  workdir, pid = held_workdir
+  root = pathlib.Path(__file__).resolve().parents[2]
+  r = subprocess.run([sys.executable, "-m", "ctjax.train", "--config",
+                      str(root / "configs" / "drct2_phantom.py") + ":runlocal",
+                      "--workdir", str(workdir), f"--config.data.root={tmp_path / 'data'}"],
+                     capture_output=True, text=True, timeout=120, cwd=tmp_path)
+  assert r.returncode == 1, r.stderr
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"error: {workdir}: --workdir is in use by "
+                                                 f"pid {pid} "), r.stderr
+  assert not (tmp_path / "data").exists()              # no phantom data generated
+
+
+def test_a_stale_workdir_lock_is_taken_over_and_a_run_releases_its_lock(tmp_path, caplog):
+  import logging
+  from ctjax import fileio
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  rec = fileio._this_process("--workdir")
+  rec["pid"], rec["proc_start"] = 2 ** 22 + 1, None   # above pid_max: never running
+  (workdir / loop.WORKDIR_LOCK).write_text(json.dumps(rec))
+  config = stand_ins.tiny_config(**{"train.max_steps": 1, "checkpoint.every_steps": -1,
+                                    "evals.val.every_steps": -1, "checkpoint.best_metric": ""})
+  with caplog.at_level(logging.WARNING, logger="ctjax.fileio"):
+    final = loop.train_and_evaluate(config, workdir, task=stand_ins.TinyTask(),
+                                    data=stand_ins.MemoryData())
+  assert final["step"] == 1
+  assert f"taking over the lock of pid {rec['pid']}" in caplog.text
+  assert not (workdir / loop.WORKDIR_LOCK).exists()
+
+
+LOCK_WORKER = """
+import os, pathlib, sys
+os.environ["JAX_PLATFORMS"] = "cpu"
+from ctjax.errors import LockedError
+from ctjax.train import loop, parallel
+parallel.initialize_distributed(sys.argv[1], 2, int(sys.argv[2]))
+try:
+  lock = loop.lock_workdir(pathlib.Path(sys.argv[3]))
+except LockedError as e:
+  print("refused", e, flush=True)
+else:
+  print("locked", type(lock).__name__, flush=True)
+  parallel.barrier("checked")
+  lock.__exit__(None, None, None)
+"""
+
+
+def test_every_process_of_a_run_gets_the_refusal_of_process_0(held_workdir, tmp_path):
+  """2 processes (jax.distributed on localhost): process 0 alone takes the lock; on a held
+  workdir both end with the line that names the holder; on a free one only process 0 holds."""
+  import socket
+  import subprocess
+  import sys
+  workdir, pid = held_workdir
+
+  def run(wd):
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      address = f"127.0.0.1:{s.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTJAX_")}
+    procs = [subprocess.Popen([sys.executable, "-c", LOCK_WORKER, address, str(i), str(wd)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for i in range(2)]
+    outs = [p.communicate(timeout=120)[0].splitlines() for p in procs]
+    return [[x for x in out if x.startswith(("refused", "locked"))][-1] for out in outs]
+
+  import os
+  for i, line in enumerate(run(workdir)):
+    assert line.startswith("refused"), line
+    assert f"--workdir is in use by pid {pid} " in line
+    assert (f"process {i} of 2: " in line) == (i == 1)
+  free = tmp_path / "free"
+  free.mkdir()
+  assert run(free) == ["locked FileLock", "locked nullcontext"]
+  assert not (free / loop.WORKDIR_LOCK).exists()

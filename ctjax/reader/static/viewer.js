@@ -79,6 +79,23 @@
     });
   }
 
+  // Assisted arm: a click on a slice in the report's frame shows that slice here (the frame
+  // sends the sampled index; the panel holds the sampled → source map), and gives the keys back.
+  var panel = document.getElementById("report-panel");
+  var frame = document.getElementById("report");
+  if (panel && frame) {
+    var sourceOf = JSON.parse(panel.dataset.sliceIndex || "[]");
+    window.addEventListener("message", function (e) {
+      if (e.source !== frame.contentWindow || !e.data || e.data.ctjax !== "slice") { return; }
+      var source = sourceOf[e.data.sampled];
+      if (typeof source === "number") {
+        go(source);
+        frame.blur();
+        window.focus();
+      }
+    });
+  }
+
   fetch(el.dataset.src, { cache: "no-store", credentials: "same-origin" })
     .then(function (r) {
       if (!r.ok) { throw new Error("the images could not be loaded (HTTP " + r.status + ")"); }

@@ -353,7 +353,8 @@ def superset_store(config: ml_collections.ConfigDict, scans: Any, model: nn.Modu
       continue
     got = json.loads(json.dumps(other.get("desc", {}), default=str))
     if {k: v for k, v in got.items() if k not in _APS_DESC} == json.loads(
-        json.dumps(want, default=str)) and other.get("complete"):
+        json.dumps(want, default=str)) and other.get("complete") and not \
+        features_lib.damaged_shards(manifest.parent, len(scans.manifest["shards"])):
       log.info("feature store: reusing %s (its primary rows are this model's)", manifest.parent)
       return features_lib.FeatureStore(manifest.parent, scans)
   return None
