@@ -16,6 +16,7 @@ stop (`ctjax.train.peers`) rather than wait for it in JAX's shutdown barrier.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -119,6 +120,21 @@ def _quiet_hooks() -> None:
 
   threading.excepthook = thread_hook
   sys.unraisablehook = unraisable_hook
+
+
+@contextlib.contextmanager
+def _logs_beside_bars():
+  """Console log records written through `tqdm.write` while the command runs: a record logged
+  while a progress bar is drawn (validation during training) starts on its own line, and the bar
+  is redrawn under it. Handlers that do not write to the console (a caller's, pytest's) stay."""
+  from tqdm.contrib.logging import logging_redirect_tqdm
+  root = logging.getLogger()
+  if not any(isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
+             for h in root.handlers):
+    yield
+    return
+  with logging_redirect_tqdm([root]):
+    yield
 
 
 def _silence_shutdown() -> None:
@@ -281,7 +297,8 @@ def run(fn: Callable, argv: Optional[Sequence[str]] = None, *, prog: str = "ctja
   hooks = (threading.excepthook, sys.unraisablehook)
   _quiet_hooks()
   try:
-    status = fn(fv, cfg, rest)
+    with _logs_beside_bars():
+      status = fn(fv, cfg, rest)
     status = EXIT_OK if status is None else int(status)
   except UsageError as e:
     _error(_one_line(e))

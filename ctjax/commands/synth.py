@@ -56,7 +56,7 @@ def _synth(fv, _config, _args) -> int:
   try:
     if fv.out:
       path = phantom.write_dataset(fv.out, layout=fv.layout, num_scans=fv.scans, seed=fv.seed,
-                                   size=fv.size, num_workers=fv.workers, **opts)
+                                   size=fv.size, num_workers=fv.workers, progress=True, **opts)
       t = json.loads(path.read_text())["timing"]
       print(f"wrote {path} ({fv.scans} scans, {t['slices']} slices, {t['seconds']:.1f}s wall, "
             f"{t['cpu_seconds']:.1f} CPU-s, {t['num_workers']} workers: {t['slices_per_s']:.0f} "

@@ -31,9 +31,35 @@ def _train(flags, config, _args) -> int:
   if config.task == "drct":   # the report's highlight scale, from the state reports load
     from ctjax.inference import highlight_scale
     highlight_scale.fit_after_training(flags.workdir)
+  _print_test_table(config, flags.workdir)
   headline = {k: v for k, v in final.items() if k.count("/") <= 1}
   print(json.dumps(to_jsonable(headline), sort_keys=True))
   return 0
+
+
+def _print_test_table(config, workdir: str) -> None:
+  """The test split's table as the README quotes it, when the config evaluates one: the final
+  state's report, evaluated once at the end (final_metrics.json). The best checkpoint by
+  validation, which `ctjax.evaluate` and the reports load, can differ."""
+  import json
+  import pathlib
+  import jax
+  from ctjax.eval.metrics import markdown_summary
+  from ctjax.train.loop import evaluators
+  name = next((n for n, spec in evaluators(config).items()
+               if spec["split"] == "test" and spec["every_steps"] >= 0), None)
+  if name is None or jax.process_index() != 0:
+    return
+  final = json.loads((pathlib.Path(workdir) / "final_metrics.json").read_text())
+  report = final.get("reports", {}).get(name)
+  if not report:
+    return
+  unit = "scans" if config.task == "drct" else "slices"
+  row = ("DrCT2" if config.model.get("aps", True) else "DrCT1") if config.task == "drct" \
+      else config.task
+  print(f"\n{name} split, final state (step {final['step']}):\n")
+  print(markdown_summary(report, title=f"{name} split ({report.get('num_examples')} {unit})",
+                         row=row) + "\n")
 
 
 if __name__ == "__main__":

@@ -223,13 +223,19 @@ def _content_options(layout: str, config) -> dict[str, Any]:
   return {}
 
 
-def resolve_root(config, workdir: Optional[str], *, generate: bool = True) -> tuple[str, str]:
+def resolve_root(config, workdir: Optional[str], *, generate: bool = True,
+                 progress: Optional[bool] = None) -> tuple[str, str]:
   """(layout the adapters read, root folder); generates phantoms when asked and absent
-  (`generate` False: a missing phantom set raises CacheNotPreparedError instead)."""
+  (`generate` False: a missing phantom set raises CacheNotPreparedError instead).
+
+  Phantoms go into <workdir>/data (data.root '') or into a data.root that is absent, empty or a
+  phantom set already; any other folder is refused, so that a real data set given with the
+  phantom config is never written over. `progress` None follows config.log.progress_bar."""
   layout = data_option(config, "layout")
   root = data_option(config, "root")
   if layout == "phantom":
-    if not root:
+    own = not root
+    if own:
       if not workdir:
         raise errors.ConfigError("layout 'phantom' with data.root='' needs a workdir")
       root = os.path.join(workdir, "data")
@@ -245,9 +251,22 @@ def resolve_root(config, workdir: Optional[str], *, generate: bool = True) -> tu
       except ImportError as e:
         raise errors.ConfigError("layout 'phantom' needs ctjax.data.phantom, which is not "
                                  f"importable ({e})") from e
-      log.info("generating phantom data set %s into %s", opts, root)
-      phantom.write_dataset(root, layout=opts["layout"], num_scans=int(opts["num_scans"]),
-                            seed=int(opts["seed"]), size=int(opts["size"]))
+      foreign = [] if own else phantom.foreign_entries(root)
+      if foreign:
+        raise errors.DatasetLayoutError(
+            f"config.data.root holds other files ({', '.join(foreign[:3])}"
+            f"{', …' if len(foreign) > 3 else ''}) and config.data.layout='phantom' would "
+            "write a phantom data set there; for your own data set give its layout "
+            "(--config.data.layout=rsna|cq500|folder|blend, README section \"Real data\"), "
+            "for phantoms a new or empty folder", root)
+      n, size = int(opts["num_scans"]), int(opts["size"])
+      gb = phantom.estimate_bytes(opts["layout"], n, size) / 1e9
+      log.info("generating %s phantom head-CT scans (%s layout, %d px, seed %d) into %s: about "
+               "%s of DICOM", f"{n:,}", opts["layout"], size, int(opts["seed"]), root,
+               f"{gb:.1f} GB" if gb >= 0.1 else f"{gb * 1e3:.0f} MB")
+      phantom.write_dataset(root, layout=opts["layout"], num_scans=n, seed=int(opts["seed"]),
+                            size=size, allow_nonempty=own,
+                            progress=_progress(config) if progress is None else progress)
   elif not root:
     raise errors.ConfigError(f"config.data.root is empty for layout {layout!r}")
   return layout, str(root)
@@ -282,7 +301,7 @@ def ensure_cache(config, workdir: Optional[str] = None, *, progress: Optional[bo
   """
   if progress is None:
     progress = _progress(config)
-  layout, root = resolve_root(config, workdir, generate=build)
+  layout, root = resolve_root(config, workdir, generate=build, progress=progress)
   size = int(data_option(config, "image_size"))
   lenient = bool(data_option(config, "lenient"))
   stale_action = str(data_option(config, "stale_cache"))
@@ -328,6 +347,9 @@ def ensure_cache(config, workdir: Optional[str] = None, *, progress: Optional[bo
         for p in (path / f, path / f.replace(".hu.npy", ".json")):
           if p.exists():
             p.unlink()
+  # Label files are read, then every DICOM header, before the first scan is decoded (RSNA: six
+  # label rows per slice, 312k for the README job: seconds before the header bar appears).
+  log.info("reading the labels and DICOM headers of %s (%s layout)", root, layout)
   ds = datasets.load(layout, root, options=load_options(config, progress=progress))
   prepare(ds, path, image_size=size, lenient=lenient,
           num_workers=int(data_option(config, "num_workers")), progress=progress,

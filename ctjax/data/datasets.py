@@ -118,8 +118,8 @@ class _Table:
 
   def __init__(self, path: pathlib.Path, required: Sequence[str]):
     if not path.is_file():
-      raise errors.DatasetLayoutError(f"missing {path.name}; see ctjax.data.datasets for the "
-                                      "expected layout", path)
+      raise errors.DatasetLayoutError(f"missing {path.name}; the README's section \"Real data\" "
+                                      "shows the files each layout expects", path)
     self.path = path
     self._f = open(path, newline="", encoding="utf-8-sig")
     self._reader = csv.reader(self._f)
@@ -282,7 +282,8 @@ def load_rsna(root, *, labels_csv: str = "stage_2_train.csv",
   image_dir = next((root / d for d in ("stage_2_train", "stage_2_train_images")
                     if (root / d).is_dir()), None)
   if image_dir is None:
-    raise errors.DatasetLayoutError("missing stage_2_train/ (ID_<sop>.dcm files)", root)
+    raise errors.DatasetLayoutError("missing stage_2_train/ (ID_<sop>.dcm files; the README's "
+                                    "section \"Real data\" shows the rsna layout)", root)
   found = np.zeros(n, bool)
   paths: list[str] = []
   num_files = 0
@@ -426,7 +427,9 @@ def load_cq500(root, *, options: Optional[LoadOptions] = None) -> Dataset:
              for d, files in _series_folders(st["folder"])]
   if not folders:
     raise errors.DatasetLayoutError("no CQ500 study folder (CQ500-CT-<n> or CQ500CT<n> "
-                                    "CQ500CT<n>) with DICOM files matches reads.csv", root)
+                                    "CQ500CT<n>) with DICOM files matches reads.csv (the "
+                                    "README's section \"Real data\" shows the cq500 layout)",
+                                    root)
   scan = headers.scan((f for _, _, files in folders for f in files), series_policy.FIELDS,
                       workers=opts.num_workers, progress=opts.progress,
                       total=sum(len(f) for _, _, f in folders), desc="cq500 headers")

@@ -29,7 +29,7 @@ from ctjax.data import phantom_anatomy as pa
 from ctjax.data.labels import (BLEND_CLASSES, CQ500_FINDINGS, CQ500_LABELS, RSNA_CSV_SUBTYPES,
                                RSNA_LABELS)
 from ctjax.data import phantom_lesions as pl
-from ctjax.errors import ConfigError, PathLike
+from ctjax.errors import ConfigError, DatasetLayoutError, PathLike
 
 log = logging.getLogger(__name__)
 
@@ -219,11 +219,19 @@ def _opts(options: dict) -> dict:
   return {**DEFAULTS, **options}
 
 
+def _slice_range(layout: str, opts: dict) -> tuple[int, int]:
+  return tuple(opts["slice_range"] or ((32, 300) if layout == "cq500" else (21, 60)))
+
+
+CQ500_SHORT_SHARE, CQ500_SHORT_MAX = 0.7, 64
+
+
 def sample_case(rng: np.random.Generator, layout: str, opts: dict) -> dict:
   """Which findings one scan of `layout` has (kwargs for generate_scan + the slice count)."""
-  lo, hi = opts["slice_range"] or ((32, 300) if layout == "cq500" else (21, 60))
+  lo, hi = _slice_range(layout, opts)
   if layout == "cq500":   # thin-slice series dominate the long tail but most are 32–60 slices
-    n = int(rng.integers(lo, min(hi, 64) + 1)) if rng.random() < 0.7 else int(rng.integers(lo, hi + 1))
+    n = (int(rng.integers(lo, min(hi, CQ500_SHORT_MAX) + 1)) if rng.random() < CQ500_SHORT_SHARE
+         else int(rng.integers(lo, hi + 1)))
   else:
     n = int(rng.integers(lo, hi + 1))
   calcs = [k for k, r in (("pineal", opts["pineal_rate"]), ("choroid", opts["choroid_rate"]))
@@ -556,13 +564,59 @@ def _make_scan(job: tuple) -> tuple[dict, list, float, float]:
   return entry, rows, t1 - t0, time.process_time() - t1
 
 
+# Written before the first scan: a folder being generated is recognisably a phantom set (hidden,
+# so that a cache's source fingerprint ignores it).
+MARKER = ".ctjax_phantom.json"
+# One slice's DICOM header as SeriesWriter encodes it (as measured; UIDs differ in length).
+HEADER_BYTES = {"rsna": 890, "cq500": 1040, "blend": 1030}
+
+
+def estimate_bytes(layout: str, num_scans: int, size: int, **options: Any) -> int:
+  """About how many bytes `write_dataset` writes: the expected slice count × (pixels + header)."""
+  opts = _opts(options)
+  lo, hi = _slice_range(layout, opts)
+  slices = (lo + hi) / 2
+  series = 1.0
+  if layout == "cq500":
+    slices = (CQ500_SHORT_SHARE * (lo + min(hi, CQ500_SHORT_MAX)) / 2
+              + (1 - CQ500_SHORT_SHARE) * slices)
+    extra = set(opts["cq500_series"])
+    series += 0.5 * ("thick" in extra) + 1.0 * ("bone" in extra)
+    slices = slices * series + ("localizer" in extra)
+  return int(num_scans * slices * (size * size * 2 + HEADER_BYTES[layout]))
+
+
+def is_phantom_set(folder: PathLike) -> bool:
+  """A folder `write_dataset` wrote (manifest.json) or began to write (its marker)."""
+  folder = pathlib.Path(folder)
+  if (folder / MARKER).is_file():
+    return True
+  try:
+    manifest = json.loads((folder / "manifest.json").read_text())
+  except (OSError, ValueError):
+    return False
+  return isinstance(manifest, dict) and manifest.get("layout") in LAYOUTS and "scans" in manifest
+
+
+def foreign_entries(folder: PathLike) -> list[str]:
+  """Names in `folder` (hidden ones aside) that make it no place for a phantom set: none when
+  the folder is absent, empty or a phantom set."""
+  folder = pathlib.Path(folder)
+  if not folder.is_dir() or is_phantom_set(folder):
+    return []
+  return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
 def write_dataset(out_dir: PathLike, *, layout: str, num_scans: int, seed: int, size: int = 512,
-                  num_workers: Optional[int] = None, **options: Any) -> pathlib.Path:
+                  num_workers: Optional[int] = None, progress: bool = False,
+                  allow_nonempty: bool = False, **options: Any) -> pathlib.Path:
   """Writes `num_scans` phantom scans in `layout` under out_dir; returns out_dir/manifest.json.
 
   Scan i depends only on (seed, i), so growing num_scans keeps the earlier scans identical and
   the output does not depend on num_workers (None: `default_workers`; 0/1: in this process;
   n: n spawned processes — spawn, not fork, because callers may already run JAX threads).
+  out_dir must be absent, empty or a phantom set already (`allow_nonempty`: any folder), so that
+  a data set's own files are never overwritten. `progress`: a tqdm bar over the scans.
   Options: see DEFAULTS.
   """
   if layout not in LAYOUTS:
@@ -572,30 +626,47 @@ def write_dataset(out_dir: PathLike, *, layout: str, num_scans: int, seed: int, 
   opts = _opts(options)
   workers = default_workers(num_scans) if num_workers is None else min(int(num_workers), num_scans)
   out = pathlib.Path(out_dir)
+  foreign = [] if allow_nonempty else foreign_entries(out)
+  if foreign:
+    raise DatasetLayoutError(
+        f"not empty ({', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''}) and not a "
+        "ctjax phantom set; phantoms are written only into a new or empty folder: give one", out)
   out.mkdir(parents=True, exist_ok=True)
+  (out / MARKER).write_text(json.dumps({"layout": layout, "seed": seed, "size": size,
+                                        "num_scans": num_scans}))
   t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
   jobs = [(str(out), layout, seed, i, size, opts) for i in range(num_scans)]
   results = None
-  if workers > 1:
-    import concurrent.futures
-    import multiprocessing
-    chunk = max(1, min(8, num_scans // (8 * workers)))
-    try:
-      with concurrent.futures.ProcessPoolExecutor(
-          workers, mp_context=multiprocessing.get_context("spawn"),
-          initializer=_init_worker) as pool:
-        results = list(pool.map(_make_scan, jobs, chunksize=chunk))
-    except concurrent.futures.process.BrokenProcessPool as e:
-      # Typically a script without an `if __name__ == "__main__":` guard, which spawned workers
-      # re-run. Scans are pure functions of (seed, i): redo them all here.
-      log.warning("phantom worker processes failed (%s); generating in-process", e)
-  if results is None:
-    workers = 0
-    prev = _quiet_pydicom()
-    try:
-      results = [_make_scan(j) for j in jobs]
-    finally:
-      _restore_pydicom(prev)
+  bar = None
+  if progress:
+    from tqdm import tqdm
+    bar = tqdm(total=num_scans, desc="phantom scans", unit="scan", mininterval=0.5)
+  try:
+    if workers > 1:
+      import concurrent.futures
+      import multiprocessing
+      chunk = max(1, min(8, num_scans // (8 * workers)))
+      try:
+        with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker) as pool:
+          results = list(_counted(pool.map(_make_scan, jobs, chunksize=chunk), bar))
+      except concurrent.futures.process.BrokenProcessPool as e:
+        # Typically a script without an `if __name__ == "__main__":` guard, which spawned
+        # workers re-run. Scans are pure functions of (seed, i): redo them all here.
+        log.warning("phantom worker processes failed (%s); generating in-process", e)
+        if bar is not None:
+          bar.reset()
+    if results is None:
+      workers = 0
+      prev = _quiet_pydicom()
+      try:
+        results = list(_counted(map(_make_scan, jobs), bar))
+      finally:
+        _restore_pydicom(prev)
+  finally:
+    if bar is not None:
+      bar.close()
   scans = [r[0] for r in results]
   rows = [row for r in results for row in r[1]]
   t_gen, t_write = sum(r[2] for r in results), sum(r[3] for r in results)
@@ -620,6 +691,13 @@ def write_dataset(out_dir: PathLike, *, layout: str, num_scans: int, seed: int, 
            "(%.0f slices/s)", num_scans, layout, n_slices, out, dt, cpu, workers,
            n_slices / max(dt, 1e-9))
   return path
+
+
+def _counted(results, bar):
+  for r in results:
+    if bar is not None:
+      bar.update(1)
+    yield r
 
 
 def _write_scan(out: pathlib.Path, layout: str, i: int, rng: np.random.Generator, hu: np.ndarray,

@@ -183,6 +183,37 @@ def format_table(report: dict[str, Any],
   return "\n".join(lines)
 
 
+def markdown_summary(report: dict[str, Any], *, title: str, row: str = "F1") -> str:
+  """A split's report as the Markdown tables the README quotes (3 decimals; "n/a" where a value is
+  undefined, e.g. the AUC of a label without positives).
+
+  A multi-label report (DrCT): one row `row` of F1 per label, then macro-F1 and macro-AUC. A
+  multi-class report (it has "accuracy": the blend sign): one row per class of precision,
+  recall, specificity, F1 and AUC, then a line with macro-F1 and accuracy. `title` heads the
+  first column."""
+  per_class = report.get("per_class", {})
+  if "accuracy" not in report:
+    head = [title, *per_class, "macro-F1", "macro-AUC"]
+    cells = [row, *(_short(v.get("f1")) for v in per_class.values()),
+             _short(report.get("macro_f1")), _short(report.get("macro_auc"))]
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                       "| " + " | ".join(cells) + " |"])
+  columns = ("precision", "recall", "specificity", "f1", "auc")
+  lines = [f"| {title} | precision | recall | specificity | F1 | AUC |",
+           "|" + "---|" * (len(columns) + 1)]
+  for name, values in per_class.items():
+    lines.append(f"| {name} | " + " | ".join(_short(values.get(c)) for c in columns) + " |")
+  lines.append(f"\nmacro-F1 {_short(report.get('macro_f1'))}, accuracy "
+               f"{_short(report.get('accuracy'))}")
+  return "\n".join(lines)
+
+
+def _short(value) -> str:
+  if value is None or not np.isfinite(float(value)):
+    return "n/a"
+  return f"{float(value):.3f}"
+
+
 def _cell(value) -> str:
   if value is None:
     return "-".rjust(12)

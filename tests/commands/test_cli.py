@@ -232,3 +232,34 @@ def test_an_override_typo_is_one_line_with_the_hint(capsys):
   assert err.startswith("error: unknown config field 'batch_sise' (overrides: "
                         "--config.train.batch_sise); Did you mean \"batch_size\"")
   assert "python -m ctjax.train --helpfull --config FILE" in err
+
+
+BAR_AND_LOGS = """
+import logging, sys
+from tqdm import tqdm
+from ctjax.commands import cli
+log = logging.getLogger("ctjax.demo")
+def fn(fv, config, args):
+  bar = tqdm(total=6, unit="step", desc="demo", mininterval=0)
+  for i in range(6):
+    bar.update(1)
+    if i in (2, 4):
+      log.info("step %d val: macro_f1=0.5", i)   # logged while the bar is drawn
+  bar.close()
+  log.warning("done")
+sys.exit(cli.run(fn, None, prog="demo", workdir=None))
+"""
+
+
+def test_log_records_start_on_their_own_line_beside_a_bar():
+  from tests.support import terminal
+  r = subprocess.run([sys.executable, "-c", BAR_AND_LOGS], cwd=ROOT, capture_output=True,
+                     timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  err = r.stderr.decode()
+  assert terminal.glued_lines(err) == []
+  shown = terminal.rendered_lines(err)
+  records = [ln for ln in shown if terminal.RECORD.match(ln)]
+  assert [ln.split(": ", 1)[1] for ln in records] == [
+      "step 2 val: macro_f1=0.5", "step 4 val: macro_f1=0.5", "done"]
+  assert any(terminal.BAR.search(ln) and "6/6" in ln for ln in shown)   # the bar is redrawn

@@ -323,3 +323,50 @@ def test_a_damaged_shard_record_is_repaired_by_prepare(tmp_path):
     scans = cache.CachedScans(path)
     for i in range(10):
       np.testing.assert_array_equal(scans.scan_hu(i), want[i])
+
+
+# ------------------------------------------------------------------ phantom data roots
+
+
+def _phantom_config(root, tmp_path):
+  c = _config(root, tmp_path / "cache", layout="phantom")
+  c.data.synth = {"layout": "rsna", "num_scans": 2, "seed": 0, "size": 32}
+  return c
+
+
+def test_phantom_config_refuses_a_root_holding_other_files(tmp_path):
+  root = tmp_path / "rsna"
+  write_rsna_tree(root, num_scans=1, slices=2, size=8)
+  before = sorted(p.relative_to(root) for p in root.rglob("*"))
+  with pytest.raises(errors.DatasetLayoutError) as e:
+    cache.ensure_cache(_phantom_config(root, tmp_path), str(tmp_path / "w"))
+  msg = str(e.value)
+  assert msg.startswith(f"{root}: config.data.root holds other files") and "\n" not in msg
+  assert "stage_2_train" in msg and 'README section "Real data"' in msg
+  assert "--config.data.layout=rsna" in msg
+  assert sorted(p.relative_to(root) for p in root.rglob("*")) == before   # nothing written
+
+
+def test_phantom_config_says_what_it_writes_before_writing(tmp_path, caplog, monkeypatch):
+  from ctjax.data import phantom
+  root = tmp_path / "empty"
+  root.mkdir()
+  said = []
+  write = phantom.write_dataset
+
+  def recording(*a, **k):   # what had been logged when the first file is written
+    said.extend(r.getMessage() for r in caplog.records)
+    return write(*a, **k)
+
+  monkeypatch.setattr(phantom, "write_dataset", recording)
+  with caplog.at_level("INFO", logger="ctjax.data.cache"):
+    path = cache.ensure_cache(_phantom_config(root, tmp_path), str(tmp_path / "w"))
+  assert cache.is_complete(path)
+  line = [m for m in said if m.startswith("generating")]
+  assert line == [f"generating 2 phantom head-CT scans (rsna layout, 32 px, seed 0) into {root}: "
+                  f"about {phantom.estimate_bytes('rsna', 2, 32) / 1e6:.0f} MB of DICOM"]
+  # A second run finds the set and writes nothing more.
+  said.clear()
+  caplog.clear()
+  cache.ensure_cache(_phantom_config(root, tmp_path), str(tmp_path / "w"))
+  assert not any(r.getMessage().startswith("generating") for r in caplog.records)

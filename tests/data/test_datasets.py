@@ -91,8 +91,17 @@ def test_folder_layout(tmp_path):
 
 
 def test_missing_layout_pieces(tmp_path):
-  with pytest.raises(errors.DatasetLayoutError, match="stage_2_train.csv"):
+  with pytest.raises(errors.DatasetLayoutError, match="stage_2_train.csv") as e:
     datasets.load("rsna", tmp_path)
+  # The user is sent to the README's description of the layouts, not into the source.
+  assert 'README\'s section "Real data"' in str(e.value) and "ctjax.data" not in str(e.value)
+  (tmp_path / "stage_2_train.csv").write_text("ID,Label\nID_a_any,0\nID_a_epidural,0\n"
+                                              "ID_a_intraparenchymal,0\nID_a_intraventricular,0\n"
+                                              "ID_a_subarachnoid,0\nID_a_subdural,0\n")
+  with pytest.raises(errors.DatasetLayoutError, match='stage_2_train/.*"Real data"'):
+    datasets.load("rsna", tmp_path)
+  with pytest.raises(errors.DatasetLayoutError, match='reads.csv.*"Real data"'):
+    datasets.load("cq500", tmp_path)
   with pytest.raises(errors.DatasetLayoutError, match="config.data.root"):
     datasets.load("rsna", tmp_path / "nope")
   with pytest.raises(errors.ConfigError):

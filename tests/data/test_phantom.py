@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from ctjax.data import phantom
 from ctjax.data import phantom_lesions as pl
-from ctjax.errors import ConfigError
+from ctjax.errors import ConfigError, DatasetLayoutError
 
 SIZE = 64
 
@@ -237,3 +239,64 @@ def test_rsna_slice_ids_are_unique_by_construction():
   ids = [phantom._rsna_sop_id(rng, i, k) for i in (0, 1, 7, 131071) for k in range(512)]
   assert len(set(ids)) == len(ids)
   assert all(re.fullmatch(r"ID_[0-9a-f]{9}", s) for s in ids)
+
+
+# ------------------------------------------------------------------ writing a data set
+
+
+def _dicom_bytes(folder) -> tuple[int, int]:
+  files = [p for p in folder.rglob("*.dcm")]
+  return len(files), sum(p.stat().st_size for p in files)
+
+
+@pytest.mark.parametrize("layout, images_per_scan", [("rsna", 10), ("cq500", 10 + 5 + 10 + 1)])
+def test_estimate_bytes_matches_what_is_written(tmp_path, layout, images_per_scan):
+  opts = dict(slice_range=(10, 10))
+  phantom.write_dataset(tmp_path / "p", layout=layout, num_scans=2, seed=3, size=32,
+                        num_workers=0, **opts)
+  count, size = _dicom_bytes(tmp_path / "p")
+  assert count == 2 * images_per_scan
+  estimate = phantom.estimate_bytes(layout, 2, 32, **opts)
+  assert abs(estimate - size) / size < 0.03, (estimate, size)
+  # The README job's set: 1,280 scans of 21-60 slices at 128 px, 1.75 GB as written (52,051
+  # slices of 33,646 bytes).
+  assert 1.6e9 < phantom.estimate_bytes("rsna", 1280, 128) < 1.9e9
+
+
+def test_write_dataset_shows_a_bar_over_the_scans(tmp_path, capsys):
+  phantom.write_dataset(tmp_path / "p", layout="rsna", num_scans=3, seed=1, size=32,
+                        num_workers=0, slice_range=(4, 4), progress=True)
+  err = capsys.readouterr().err
+  assert "phantom scans" in err and "3/3" in err and "scan/s" in err
+  phantom.write_dataset(tmp_path / "q", layout="rsna", num_scans=3, seed=1, size=32,
+                        num_workers=0, slice_range=(4, 4))
+  assert "phantom scans" not in capsys.readouterr().err
+
+
+def test_write_dataset_writes_only_into_an_empty_folder_or_a_phantom_set(tmp_path):
+  own = tmp_path / "rsna"
+  own.mkdir()
+  (own / "stage_2_train.csv").write_text("ID,Label\n")
+  with pytest.raises(DatasetLayoutError, match="not empty.*stage_2_train.csv.*not a ctjax "
+                     "phantom set") as e:
+    phantom.write_dataset(own, layout="rsna", num_scans=1, seed=0, size=32, num_workers=0)
+  assert str(own) in str(e.value) and len(str(e.value).splitlines()) == 1
+  assert sorted(p.name for p in own.iterdir()) == ["stage_2_train.csv"]   # nothing written
+  assert (own / "stage_2_train.csv").read_text() == "ID,Label\n"
+  # Asked for explicitly, any folder.
+  phantom.write_dataset(own, layout="rsna", num_scans=1, seed=0, size=32, num_workers=0,
+                        slice_range=(4, 4), allow_nonempty=True)
+  # Hidden entries do not count; an interrupted set (marker only) and a finished one are ours.
+  hidden = tmp_path / "hidden"
+  hidden.mkdir()
+  (hidden / ".DS_Store").write_text("")
+  assert phantom.foreign_entries(hidden) == []
+  done = tmp_path / "done"
+  phantom.write_dataset(done, layout="rsna", num_scans=1, seed=0, size=32, num_workers=0,
+                        slice_range=(4, 4))
+  assert phantom.is_phantom_set(done) and phantom.foreign_entries(done) == []
+  (done / "manifest.json").unlink()            # as if cut short before its manifest
+  assert phantom.is_phantom_set(done)          # the marker is written before the first scan
+  phantom.write_dataset(done, layout="rsna", num_scans=2, seed=0, size=32, num_workers=0,
+                        slice_range=(4, 4))
+  assert len(json.loads((done / "manifest.json").read_text())["scans"]) == 2

@@ -123,3 +123,14 @@ def test_flatten_and_table():
   assert flat["val/macro_f1"] == 1.0 and flat["val/per_class/q/tp"] == 1.0
   table = metrics.format_table(rep)
   assert "macro" in table and table.splitlines()[1].startswith("p")
+
+
+def test_markdown_summary_rows_and_undefined_values():
+  y = np.array([[1, 0], [0, 0], [1, 0]])        # label q has no positive: AUC undefined
+  p = np.array([[.9, .1], [.6, .7], [.2, .3]])
+  rep = metrics.multilabel_report(y, p, ["p", "q"])
+  lines = metrics.markdown_summary(rep, title="test (3 scans)", row="DrCT2").splitlines()
+  f1p = skm.f1_score(y[:, 0], p[:, 0] >= .5)
+  assert lines == ["| test (3 scans) | p | q | macro-F1 | macro-AUC |", "|---|---|---|---|---|",
+                   f"| DrCT2 | {f1p:.3f} | 0.000 | {f1p / 2:.3f} | "
+                   f"{skm.roc_auc_score(y[:, 0], p[:, 0]):.3f} |"]
