@@ -16,15 +16,8 @@ Arguments (`--config configs/blend_resnet50.py:variant=wce_at,fold=2`):
   data_root the data set (blend layout: blend_labels.csv + scans/).
 """
 
-from __future__ import annotations
-
-import ml_collections
-
-from ctjax.configs import blend, common
+from ctjax.configs import blend
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, variant="wce_at_skd", backbone="resnet50", fold=0, rounds=1,
-                       data_root="")
-  return blend.blend_config(variant=a.variant, backbone=a.backbone, fold=a.fold,
-                            rounds=a.rounds, data_root=a.data_root)
+def get_config(arg=None):
+  return blend.paper(arg)

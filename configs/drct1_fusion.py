@@ -23,24 +23,8 @@ configs/drct1_hires.py), and every argument of the base config (`fold`, `runloca
 `num_scans`, `epochs`, `layout` for the phantom).
 """
 
-from __future__ import annotations
-
-import ml_collections
-
-from ctjax.configs import common, drct
-
-BASES = {"cq500": ("drct2_cq500.py", ""), "phantom": ("drct2_phantom.py", "layout=cq500")}
+from ctjax.configs import drct
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a, rest = common.split_arg(arg, base="cq500", first=16, last=22)
-  if a.base not in BASES:
-    from ctjax.errors import ConfigError
-    raise ConfigError(f"base={a.base!r}; expected one of {sorted(BASES)}")
-  name, fixed = BASES[a.base]
-  if "layout=" in rest:   # an explicit phantom layout wins over the default
-    fixed = ""
-  c = common.sibling_config(__file__, name, ",".join(x for x in (fixed, rest, "drct1") if x))
-  # VI.A.3: the 16th-22nd of 32 sampled slices at high resolution, on m slices the same share.
-  c.model.hires_slices = drct.model_fusion_slices(int(c.data.num_slices), a.first, a.last)
-  return c
+def get_config(arg=None):
+  return drct.fusion(arg)

@@ -19,18 +19,8 @@ draws no highlight.
 Arguments: as configs/drct1_fusion.py (`base` and the base config's own; not `first`/`last`).
 """
 
-from __future__ import annotations
-
-import ml_collections
-
-from ctjax.configs import common
+from ctjax.configs import drct
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  for item in (arg or "").split(","):
-    if item.partition("=")[0] in ("first", "last"):
-      from ctjax.errors import ConfigError
-      raise ConfigError(f"drct1_hires takes no {item.partition('=')[0]!r} (every slice is "
-                        "high-resolution); see configs/drct1_fusion.py")
-  arg = ",".join(x for x in (arg, "first=1,last=0") if x)
-  return common.sibling_config(__file__, "drct1_fusion.py", arg)
+def get_config(arg=None):
+  return drct.hires(arg)

@@ -6,11 +6,8 @@ The Table 3 ablation on CPU; same as `--config configs/drct2_phantom.py:drct1`. 
 drct2_phantom (`runlocal`, `num_scans`, `epochs`, `fold`).
 """
 
-from __future__ import annotations
-
-from ctjax.configs import common
+from ctjax.configs import drct
 
 
-def get_config(arg: str | None = None):
-  arg = f"{arg},drct1" if arg else "drct1"
-  return common.sibling_config(__file__, "drct2_phantom.py", arg)
+def get_config(arg=None):
+  return drct.drct1_phantom(arg)

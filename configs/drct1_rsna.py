@@ -6,11 +6,8 @@
 Same as `--config configs/drct2_rsna.py:drct1`; arguments as drct2_rsna (`runlocal`, `fold`).
 """
 
-from __future__ import annotations
-
-from ctjax.configs import common
+from ctjax.configs import drct
 
 
-def get_config(arg: str | None = None):
-  arg = f"{arg},drct1" if arg else "drct1"
-  return common.sibling_config(__file__, "drct2_rsna.py", arg)
+def get_config(arg=None):
+  return drct.drct1_rsna(arg)

@@ -16,14 +16,8 @@ series was kept or left out); labels by majority of R1–R3, the fracture label 
 `:runlocal` is a tiny CPU variant (small widths, 64 px, 8 slices, a few steps) for smoke tests.
 """
 
-from ctjax.configs import common
-from ctjax.configs.drct import drct_config, runlocal_overrides
+from ctjax.configs import drct
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, runlocal=False, fold=0, drct1=False)
-  c = drct_config(dataset="cq500", variant="drct1" if a.drct1 else "drct2")
-  c.data.fold = a.fold
-  if a.runlocal:
-    runlocal_overrides(c)
-  return c
+  return drct.cq500(arg)

@@ -9,14 +9,8 @@ paper's 5-fold cross-validation: `:fold=k` or `python -m ctjax.crossval`.
 `:drct1` drops the APS network (Table 3, F1 0.8650; also configs/drct1_rsna.py).
 """
 
-from ctjax.configs import common
-from ctjax.configs.drct import drct_config, runlocal_overrides
+from ctjax.configs import drct
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, runlocal=False, fold=0, drct1=False)
-  c = drct_config(dataset="rsna", variant="drct1" if a.drct1 else "drct2")
-  c.data.fold = a.fold
-  if a.runlocal:
-    runlocal_overrides(c)
-  return c
+  return drct.rsna(arg)

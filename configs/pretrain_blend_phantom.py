@@ -41,83 +41,8 @@ seconds-long smoke run), `num_scans`, `size`, `steps`, e.g.
 `--config configs/pretrain_blend_phantom.py:runlocal`.
 """
 
-from __future__ import annotations
-
-import ml_collections
-
-from ctjax.configs import common
-from ctjax.data.labels import BLEND_CLASSES
-
-SEED = 104729      # the 10,000th prime: not the seed of any DrCT or blend phantom set.
+from ctjax.configs import pretrain
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, backbone="resnet50", runlocal=False, num_scans=1000, size=128,
-                       steps=6000)
-  c = common.base_config()
-  c.task = "pretrain"
-  c.seed = 0
-
-  c.train.batch_size = 32
-  c.train.num_epochs = 1000            # bounded by max_steps.
-  c.train.max_steps = 4 if a.runlocal else a.steps
-  c.train.log_every_steps = 2 if a.runlocal else 50
-
-  # Input: single slices of blend-layout phantoms (record type "pretrain": slice_labels, the
-  # one-hot slice class), the blend-sign paper's input windows.
-  c.data.layout = "phantom"
-  c.data.root = ""                     # generated under <workdir>/data
-  c.data.labels = BLEND_CLASSES
-  c.data.image_size = a.size
-  c.data.num_slices = 1
-  c.data.windows = "blend3"            # tissue 40/40, brain 50/100, blood 60/40 (as blend).
-  c.data.num_folds = 5
-  c.data.fold = 0
-  # ICH slices are rare (blend sign ~4 %, normal ICH ~12 % of phantom slices): each class's
-  # slices are repeated to ~20 % of an epoch (ctjax.data.cache.CacheSource.balanced).
-  c.data.balance_share = 0.2
-  c.data.augment = ml_collections.ConfigDict()
-  c.data.synth = ml_collections.ConfigDict()
-  c.data.synth.layout = "blend"
-  c.data.synth.num_scans = 10 if a.runlocal else a.num_scans
-  c.data.synth.seed = SEED
-  c.data.synth.size = a.size
-
-  c.model.backbone = a.backbone        # ResNet-50: the blend-sign paper's (Table 3).
-  # VGG16 has no BatchNorm of its own; trained with it (as DrCT's stand-in), exported folded.
-  c.model.batch_norm = a.backbone == "vgg16"
-  c.model.backbone_width = 0.125       # 1/8 of ResNet-50's channels: 2048 → 256 features.
-  c.model.dropout_rate = 0.0
-
-  c.loss = ml_collections.ConfigDict()
-  c.loss.pos_weight = ()               # classes balanced by sampling (data.balance_share).
-
-  c.optimizer.name = "adamw"
-  c.optimizer.lr = 1e-3
-  c.optimizer.schedule = "cosine"      # warm-up + cosine decay to 1 % of the peak
-  c.optimizer.warmup_steps = 100
-  c.optimizer.final_lr_fraction = 0.01
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.grad_clip = 1.0
-
-  c.pretrain = ml_collections.ConfigDict()
-  # The blend-sign paper's augmentation ("Data pre-processing and augmentation"), as the blend
-  # task applies it (ctjax.train.tasks.blend.augment): flip, shifts, rotation ±10°, scaling
-  # 0.9-1.1, each with probability 0.5. Without it a 200-scan pilot fitted its training slices
-  # (label accuracy 0.996) while validation AUC fell after 1,500 steps.
-  c.pretrain.flip = False              # the affine flips already.
-  c.pretrain.affine = ml_collections.ConfigDict(
-      dict(prob=0.5, max_rotation=10.0, scale=(0.9, 1.1), max_shift=0.1))
-  c.pretrain.zoom_sizes = ()           # blend fine-tunes at one size: no scale split.
-  c.pretrain.export_path = ""          # "" → <workdir>/backbone.npz
-
-  c.evals.threshold = 0.5
-  c.evals.val = ml_collections.ConfigDict()
-  c.evals.val.split = "val"
-  c.evals.val.every_steps = 2 if a.runlocal else 1000
-  c.checkpoint.every_steps = 500
-  c.checkpoint.best_metric = "val/macro_auc"
-  c.log.progress_bar = True
-  if a.runlocal:                       # seconds, not minutes: 32 px (80 for Inception v3, least 75)
-    c.data.image_size = c.data.synth.size = 80 if a.backbone == "inception_v3" else 32
-  return c
+def get_config(arg=None):
+  return pretrain.blend_phantom(arg)

@@ -28,9 +28,9 @@ RANKS = {"errors": 0, "jsonable": 0,
          "tables": 7, "reader": 7,
          "commands": 8}
 ROOT_LIBRARY = {"__init__", "errors", "fileio", "jsonable"}   # the package root's own modules
-# One module per model family may stand in each layer that has one (the model, its task, its
-# config builder, its tables): the folder tells them apart.
-FAMILY_MODULES = {"drct", "blend"}
+# One module per task family (config.task) may stand in each layer that has one (the model, its
+# task, its config builder, its tables): the folder tells them apart.
+FAMILY_MODULES = {"drct", "blend", "pretrain"}
 
 
 def _imports(path: pathlib.Path) -> list[str]:

@@ -11,8 +11,8 @@ figures, their 95 % CIs and the paper's numbers side by side, to DIR/tables (or 
       --override model.backbone_weights=weights/vgg16.npz
   python -m ctjax.tables report --workdir runs/tables --docs docs # tables → docs/RESULTS.md
 
-Config files are read from --config_dir (default: the `configs` folder of the current
-directory, i.e. run from the checkout's root).
+Each cell's config is built by the library (`ctjax.configs.named`: the builder behind
+configs/<name>.py), so the command runs from an installed package in any directory.
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ def _flags(fv: flags.FlagValues) -> None:
                     "seconds-long cells checking the machinery", flag_values=fv)
   flags.DEFINE_string("folds", None, "comma-separated folds (default: every fold the preset "
                       "runs)", flag_values=fv)
-  flags.DEFINE_string("config_dir", "configs", "folder of the configs/*.py files",
-                      flag_values=fv)
   flags.DEFINE_string("out", None, "where the tables go (default: WORKDIR/tables)",
                       flag_values=fv)
   flags.DEFINE_string("rsna_root", None, "RSNA data root (paper preset)", flag_values=fv)
@@ -101,10 +99,6 @@ def _main(fv, _config, args) -> int:
   from ctjax.tables.grid import Context, enable_compilation_cache
   from ctjax.train import parallel
   parallel.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
-  config_dir = pathlib.Path(fv.config_dir)
-  if not config_dir.is_dir():
-    raise cli.UsageError(f"--config_dir {config_dir}: no such folder (run from the checkout's "
-                         "root or pass --config_dir path/to/configs)")
   folds = None
   if fv.folds:
     try:
@@ -116,12 +110,12 @@ def _main(fv, _config, args) -> int:
   if fv.preset == "paper":
     names = tables.expand(args)
     need = sorted({c.dataset for n in names
-                   for c in tables.SPECS[n](Context(workdir, config_dir, "paper"), "").cells}
+                   for c in tables.SPECS[n](Context(workdir, "paper"), "").cells}
                   - set(roots))
     if need:
       raise cli.UsageError(f"--preset paper needs the data: --{need[0]}_root DIR (missing: "
                            f"{', '.join(need)})")
-  ctx = Context(workdir, config_dir, fv.preset, roots, _overrides(fv.override),
+  ctx = Context(workdir, fv.preset, roots, _overrides(fv.override),
                 n_boot=fv.n_boot, seed=fv.seed)
   if fv.compile_cache:
     enable_compilation_cache(workdir / "jax_cache")
@@ -134,17 +128,15 @@ def _main(fv, _config, args) -> int:
 def _list(fv, tables) -> int:
   """Each table: what it is, its cells under --preset, and for cpu the estimated wall time."""
   from ctjax.tables.grid import Context
-  ctx = Context(pathlib.Path(fv.workdir or "runs/tables"), pathlib.Path(fv.config_dir),
-                fv.preset)
+  ctx = Context(pathlib.Path(fv.workdir or "runs/tables"), fv.preset)
   folds = [int(f) for f in fv.folds.split(",")] if fv.folds else None
   for name, make in tables.SPECS.items():
     line = f"{name:16s} {(make.__doc__ or '').strip()}"
-    if ctx.config_dir.is_dir():
-      spec = make(ctx, "", chosen=folds)
-      if fv.preset == "cpu":
-        line += f"\n{'':16s} --preset cpu: {tables.cpu_estimate(spec, ctx)}"
-      else:
-        line += f"\n{'':16s} --preset {fv.preset}: {len(set(spec.cells))} cells"
+    spec = make(ctx, "", chosen=folds)
+    if fv.preset == "cpu":
+      line += f"\n{'':16s} --preset cpu: {tables.cpu_estimate(spec, ctx)}"
+    else:
+      line += f"\n{'':16s} --preset {fv.preset}: {len(set(spec.cells))} cells"
     print(line)
   for group, names in tables.GROUPS.items():
     print(f"{group:16s} {' '.join(names)}")

@@ -70,12 +70,6 @@ def load_config_file(path: str | os.PathLike, arg: Optional[str] = None
   return module.get_config(arg)
 
 
-def sibling_config(this_file: str, name: str, arg: Optional[str] = None
-                   ) -> ml_collections.ConfigDict:
-  """The config of `name` (a file next to `this_file`): one config file built on another."""
-  return load_config_file(pathlib.Path(this_file).resolve().with_name(name), arg)
-
-
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = ""              # "drct" | "blend" | "pretrain": which ctjax.train.tasks module runs.

@@ -173,3 +173,163 @@ def model_fusion_slices(num_slices: int, first: int, last: int) -> tuple[int, in
     hi = max(int(round(hi * num_slices / FUSION_PAPER_SLICES)), 1)
   return min(lo, hi - 1), hi
 
+
+# ------------------------------------------------- the experiments of configs/*.py
+# Each configs/<name>.py file is a docstring over one of these (ctjax.configs.named finds them by
+# the file's name), so a config runs the same from the file or from the library.
+
+# Shipped with the package (ctjax/assets); configs/pretrain_phantom.py's recipe made it.
+PHANTOM_BACKBONE = "asset:vgg16_w0125_phantom.npz"
+
+
+def phantom(arg: str | None = None) -> ml_collections.ConfigDict:
+  """configs/drct2_phantom.py: DrCT2 on the built-in phantom set (the README's CPU run)."""
+  a = common.parse_arg(arg, runlocal=False, drct1=False, num_scans=1280, epochs=100, fold=0,
+                       layout="rsna")
+  c = drct_config(dataset="phantom", variant="drct1" if a.drct1 else "drct2")
+  c.seed = 0
+
+  c.train.num_epochs = a.epochs
+  c.train.batch_size = 32          # VI.A.1 (CQ500's batch; RSNA's 256 > this whole set)
+  c.train.log_every_steps = 4
+
+  # Input: phantom scans in the RSNA layout, generated into <workdir>/data on first use.
+  c.data.layout = "phantom"
+  c.data.root = ""
+  c.data.labels = RSNA_LABELS
+  c.data.num_slices = 28           # VI.A.1: m = 28 for RSNA
+  c.data.image_size = 128          # shrunk from 224 for CPU
+  c.data.num_folds = 5             # VI.A.1: 5-fold for RSNA
+  c.data.fold = a.fold
+  c.data.synth = ml_collections.ConfigDict()
+  c.data.synth.layout = "rsna"
+  c.data.synth.num_scans = a.num_scans
+  c.data.synth.seed = 1            # not pretrain_phantom's 7919: the backbone never saw these
+  c.data.synth.size = 128
+
+  c.model.backbone_width = 0.125   # = pretrain_phantom's c.model.width
+  c.model.backbone_weights = PHANTOM_BACKBONE
+  c.model.primary_size = 128       # paper 224
+  c.model.aps_size = 192           # paper 512 (×2.3); ×1.5 here, the backbone's zoom size
+  c.model.mkey = 16                # VI.A.3
+  c.model.gru_hidden = 64
+  c.model.seq_dim = 64
+  c.model.fc_widths = (64, 32)
+  c.model.aps_fc_dim = 64
+  # Not in the paper: BatchNorm on the slice vectors (as the APS network's V.B) so that the
+  # softmax of eq. (3) sees unit-scale values, and weights × C so uniform attention keeps them.
+  c.model.feature_norm = "batchnorm"
+  c.model.feature_attention_rescale = True
+  # The backbone is frozen: its per-slice outputs (primary, and the APS zoom of each slice) are
+  # computed once and the heads train on them exactly (ctjax.train.features; equality with the
+  # full model is tested). False: the end-to-end path, same results, slower.
+  c.features.enabled = True
+  # The last conv block too (4 KB a slice here): evaluation then draws the highlight and
+  # reports its pointing game without a second backbone pass.
+  c.features.store_maps = True
+
+  # Positive weights ≈ sqrt(negatives / positives) of the generator's label prevalence
+  # (35% positive scans; subtype shares iph .26, ivh .17, sdh .30, edh .05, sah .22):
+  # order any, epidural, intraparenchymal, intraventricular, subarachnoid, subdural.
+  c.loss.pos_weight = (1.4, 5.0, 3.2, 4.0, 3.5, 2.9)
+
+  c.optimizer.schedule = "cosine"  # not in the paper: warm-up + cosine for a short run
+  c.optimizer.warmup_epochs = 1.0
+  c.optimizer.final_lr_fraction = 0.05
+  c.optimizer.lr = 1e-3            # 2 × the paper's 5e-4 (short schedule); APS 0.6 × = 6e-4
+
+  c.evals.val.every_epochs = 4
+  # Held-out test fold, once at the end on the final state (never used for any choice).
+  c.evals.test = ml_collections.ConfigDict()
+  c.evals.test.split = "test"
+  c.evals.test.every_steps = 0
+  c.checkpoint.every_steps = 50
+  c.checkpoint.keep = 2
+
+  if a.layout == "cq500":
+    c.data.synth.layout = "cq500"
+    c.data.labels = CQ500_LABELS
+    c.data.num_slices = 32         # VI.A.1: m = 32 for CQ500
+    c.data.num_folds = 10          # VI.A.1: 10-fold for CQ500
+    c.data.reader_rule = "majority"   # the phantom's three readers, majority vote
+    c.data.series.policy = "one_per_study"   # not the paper's: the thinnest series, 1 a study
+    c.data.series.min_slices = 32
+    # sqrt(negatives / positives) of the generator's CQ500 prevalences (45% positive studies;
+    # 20,000 draws of ctjax.data.phantom.sample_case): ich .45, iph .14, ivh .10, sdh .17,
+    # edh .03, sah .13, fracture .04, mass effect .12, midline shift .06.
+    c.loss.pos_weight = (1.1, 2.4, 3.0, 2.2, 5.7, 2.6, 4.9, 2.8, 3.8)
+  elif a.layout != "rsna":
+    from ctjax.errors import ConfigError
+    raise ConfigError(f"layout={a.layout!r}; expected rsna or cq500")
+
+  if a.runlocal:
+    runlocal_overrides(c)
+    c.data.synth.num_scans = 12
+    c.data.num_slices = 8
+    c.data.image_size = 64
+    c.model.primary_size = 64
+    c.model.aps_size = 96
+    c.model.backbone_weights = RANDOM_BACKBONE   # a smoke run: no weights file read
+    c.features.enabled = False
+    c.evals.val.every_epochs = 0
+    c.evals.test.every_steps = -1
+  return c
+
+
+def rsna(arg: str | None = None) -> ml_collections.ConfigDict:
+  """configs/drct2_rsna.py: DrCT2 on RSNA ICH (DrCT2 paper, Tables 2-3)."""
+  a = common.parse_arg(arg, runlocal=False, fold=0, drct1=False)
+  c = drct_config(dataset="rsna", variant="drct1" if a.drct1 else "drct2")
+  c.data.fold = a.fold
+  if a.runlocal:
+    runlocal_overrides(c)
+  return c
+
+
+def cq500(arg: str | None = None) -> ml_collections.ConfigDict:
+  """configs/drct2_cq500.py: DrCT2 on CQ500 (DrCT2 paper, Tables 2-3)."""
+  a = common.parse_arg(arg, runlocal=False, fold=0, drct1=False)
+  c = drct_config(dataset="cq500", variant="drct1" if a.drct1 else "drct2")
+  c.data.fold = a.fold
+  if a.runlocal:
+    runlocal_overrides(c)
+  return c
+
+
+def drct1_phantom(arg: str | None = None) -> ml_collections.ConfigDict:
+  """configs/drct1_phantom.py: DrCT1 on the phantom set (`phantom("drct1")`)."""
+  arg = f"{arg},drct1" if arg else "drct1"
+  return phantom(arg)
+
+
+def drct1_rsna(arg: str | None = None) -> ml_collections.ConfigDict:
+  """configs/drct1_rsna.py: DrCT1 on RSNA ICH (`rsna("drct1")`)."""
+  arg = f"{arg},drct1" if arg else "drct1"
+  return rsna(arg)
+
+
+FUSION_BASES = {"cq500": ("cq500", ""), "phantom": ("phantom", "layout=cq500")}
+
+
+def fusion(arg: str | None = None) -> ml_collections.ConfigDict:
+  """configs/drct1_fusion.py: DrCT1 model fusion (DrCT2 paper, section VI.A.3, Table 4)."""
+  a, rest = common.split_arg(arg, base="cq500", first=16, last=22)
+  if a.base not in FUSION_BASES:
+    raise ConfigError(f"base={a.base!r}; expected one of {sorted(FUSION_BASES)}")
+  name, fixed = FUSION_BASES[a.base]
+  if "layout=" in rest:   # an explicit phantom layout wins over the default
+    fixed = ""
+  c = {"cq500": cq500, "phantom": phantom}[name](",".join(x for x in (fixed, rest, "drct1") if x))
+  # VI.A.3: the 16th-22nd of 32 sampled slices at high resolution, on m slices the same share.
+  c.model.hires_slices = model_fusion_slices(int(c.data.num_slices), a.first, a.last)
+  return c
+
+
+def hires(arg: str | None = None) -> ml_collections.ConfigDict:
+  """configs/drct1_hires.py: DrCT1 on high-resolution input (DrCT2 paper, section VI.A.3, Table 4)."""
+  for item in (arg or "").split(","):
+    if item.partition("=")[0] in ("first", "last"):
+      raise ConfigError(f"drct1_hires takes no {item.partition('=')[0]!r} (every slice is "
+                        "high-resolution); see configs/drct1_fusion.py")
+  arg = ",".join(x for x in (arg, "first=1,last=0") if x)
+  return fusion(arg)

@@ -142,8 +142,8 @@ def _arg(*parts: str) -> str:
 
 
 def _base_config(ctx: Context, ds: DataSet):
-  from ctjax.configs.common import load_config_file
-  return load_config_file(ctx.config_dir / ds.config_file, ds.config_arg or None)
+  from ctjax.configs import named
+  return named.get_config(ds.config_file, ds.config_arg or None)
 
 
 def variant_cell(ctx: Context, ds: DataSet, variant: str, fold: int) -> Cell:

@@ -67,11 +67,9 @@ class Cell:
 
 @dataclasses.dataclass
 class Context:
-  """Where and how cells run: the tables workdir, the folder of config files, the preset's
-  name, data roots by data set (empty: generated phantoms under W/data), overrides applied to
+  """Where and how cells run: the tables workdir, the preset's name, data roots by data set (empty: generated phantoms under W/data), overrides applied to
   every cell, the bootstrap's resamples and seed."""
   workdir: pathlib.Path
-  config_dir: pathlib.Path
   preset: str = "cpu"
   data_roots: Mapping[str, str] = dataclasses.field(default_factory=dict)
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -131,14 +129,11 @@ def _set(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
 
 
 def build_config(cell: Cell, ctx: Context) -> ml_collections.ConfigDict:
-  """The cell's config: the file's `get_config(arg)`, the cell's overrides, then the context's
-  (data root, user overrides), as `--config file:arg --config.k=v` would give it."""
-  from ctjax.configs.common import load_config_file
-  path = ctx.config_dir / cell.config_file
-  if not path.is_file():
-    raise ConfigError(f"{path}: no such config file (--config_dir names the folder of "
-                      "the configs/*.py files)")
-  config = load_config_file(path, cell.config_arg or None)
+  """The cell's config: configs/<file>'s `get_config(arg)` as the library builds it
+  (`ctjax.configs.named`), the cell's overrides, then the context's (data root, user
+  overrides), as `--config file:arg --config.k=v` would give it."""
+  from ctjax.configs import named
+  config = named.get_config(cell.config_file, cell.config_arg or None)
   for key, value in cell.overrides:
     _set(config, key, value)
   _set(config, "data.root", ctx.data_root(cell.dataset))

@@ -22,7 +22,6 @@ from flax import traverse_util
 
 from ctjax.commands import tables as tables_main
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 DRCT = ["drct2_table3", "drct2_table5_6", "drct2_table7", "drct2_figure7", "drct2_per_label",
         "drct2_table1", "drct2_table2", "drct2_table4", "drct2_figure5", "drct2_figure6"]
 BLEND = ["blend_table3", "blend_figure6", "blend_table4"]
@@ -94,7 +93,7 @@ def untrained(tmp_path_factory):
 
 def _run(workdir, names, *extra):
   return tables_main.main([*names, "--preset", "smoke", "--workdir", str(workdir),
-                           "--config_dir", str(CONFIGS), "--n_boot", "20", "--folds", "0",
+                           "--n_boot", "20", "--folds", "0",
                            *extra])
 
 
@@ -237,16 +236,16 @@ def test_changed_config_of_a_finished_cell_is_refused(tables_run, capsys):
 def test_usage_errors_are_one_line(tmp_path, capsys):
   assert tables_main.main(["nope", "--workdir", str(tmp_path)]) == 1
   assert capsys.readouterr().err.startswith("error: unknown table 'nope'")
-  assert tables_main.main(["drct2_table3", "--preset", "paper", "--workdir", str(tmp_path),
-                           "--config_dir", str(CONFIGS)]) == 2
+  assert tables_main.main(["drct2_table3", "--preset", "paper", "--workdir",
+                           str(tmp_path)]) == 2
   assert "--cq500_root" in capsys.readouterr().err
-  assert tables_main.main(["drct2_table3", "--workdir", str(tmp_path), "--config_dir",
-                           str(CONFIGS), "--folds", "5", "--preset", "smoke"]) == 1
+  assert tables_main.main(["drct2_table3", "--workdir", str(tmp_path), "--folds", "5",
+                           "--preset", "smoke"]) == 1
   assert "fold 5 is not in 0..4" in capsys.readouterr().err
 
 
 def test_list_states_cells_and_cpu_times(capsys):
-  assert tables_main.main(["--list", "--preset", "cpu", "--config_dir", str(CONFIGS)]) == 0
+  assert tables_main.main(["--list", "--preset", "cpu"]) == 0
   out = capsys.readouterr().out
   assert "drct2_table3" in out and "4 cells (cq500 2, rsna 2)" in out
   assert "drct2_figure6" in out and "14 cells (cq500 14)" in out

@@ -19,13 +19,12 @@ from ctjax.commands import tables as tables_main
 
 pytestmark = pytest.mark.slow
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 DRCT = ["drct2_table3", "drct2_table5_6", "drct2_table7", "drct2_figure5", "drct2_figure7"]
 
 
 def _run(workdir, names, *extra):
   return tables_main.main([*names, "--preset", "smoke", "--workdir", str(workdir),
-                           "--config_dir", str(CONFIGS), "--n_boot", "50", *extra])
+                           "--n_boot", "50", *extra])
 
 
 @pytest.fixture(scope="module")
