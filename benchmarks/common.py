@@ -492,19 +492,9 @@ def probe_torch_threads() -> int:
 
 
 def load_config(name: str, arg: Optional[str] = None):
-  """`configs/<name>.py`'s get_config(arg), loaded by path (configs/ is not a package on path)."""
-  import importlib.util
-  root = pathlib.Path(__file__).resolve().parents[1]
-  path = root / "configs" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(f"_bench_config_{name}", path)
-  if spec is None or not path.exists():
-    from ctjax.errors import ConfigError
-    raise ConfigError(f"{path}: config file not found")
-  module = importlib.util.module_from_spec(spec)
-  if str(root) not in sys.path:
-    sys.path.insert(0, str(root))
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg is not None else module.get_config()
+  """`configs/<name>.py`'s get_config(arg), as the library builds it (`ctjax.configs.named`)."""
+  from ctjax.configs import named
+  return named.get_config(name, arg)
 
 
 def override(config, values: dict[str, Any]):

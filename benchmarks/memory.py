@@ -43,8 +43,8 @@ def count_every_buffer() -> None:
 
 def paper_config(batch: int = 256, dtype: str = "auto", chunk: int = 64):
   """configs/drct2_rsna.py (28 slices at 224², 16 zoomed to 512², full-width VGG16)."""
-  from ctjax.configs.common import load_config_file
-  c = load_config_file(pathlib.Path(__file__).resolve().parents[1] / "configs" / "drct2_rsna.py")
+  from ctjax.configs import named
+  c = named.get_config("drct2_rsna")
   c.train.batch_size = batch
   c.model.dtype = dtype
   c.model.backbone_chunk = chunk
@@ -55,9 +55,8 @@ def paper_config(batch: int = 256, dtype: str = "auto", chunk: int = 64):
 def small_config(batch: int, chunk: int, *, size: int = 32, aps: int = 48, m: int = 8,
                  width: float = 0.0625):
   """The same model at small widths and sizes (seconds to compile on a CPU)."""
-  from ctjax.configs.common import load_config_file
-  root = pathlib.Path(__file__).resolve().parents[1] / "configs"
-  c = load_config_file(root / "drct2_rsna.py", "runlocal")
+  from ctjax.configs import named
+  c = named.get_config("drct2_rsna", "runlocal")
   c.train.batch_size = batch
   c.data.num_slices, c.data.image_size = m, size
   c.model.primary_size, c.model.aps_size, c.model.mkey = size, aps, 4

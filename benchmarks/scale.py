@@ -45,9 +45,8 @@ PRESETS = {
 
 def stage_config(spec: dict[str, Any], stage: str):
   """The drct2_rsna config at the preset's sizes, on the random cache of `spec`."""
-  from ctjax.configs.common import load_config_file
-  root = pathlib.Path(__file__).resolve().parents[1] / "configs"
-  c = load_config_file(root / "drct2_rsna.py")
+  from ctjax.configs import named
+  c = named.get_config("drct2_rsna")
   c.data.layout = "folder"
   c.data.root = spec["root"]
   c.data.cache_dir = spec["cache_dir"]
@@ -56,7 +55,7 @@ def stage_config(spec: dict[str, Any], stage: str):
   c.model.backbone_width = spec["width"]
   # One random backbone file for every stage, so that head training finds the store that the
   # store stage built (the store is keyed by the backbone's values).
-  c.model.backbone_weights = spec.get("backbone_weights", "")
+  c.model.backbone_weights = spec.get("backbone_weights", "random")
   c.features.enabled = stage in ("store", "heads")
   c.features.chunk = spec["chunk"]
   c.train.batch_size = spec["e2e_batch"] if stage == "e2e" else spec["batch"]
