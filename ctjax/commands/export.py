@@ -1,8 +1,13 @@
 """`python -m ctjax.export --workdir RUN --out MODEL_DIR [--platforms cpu,cuda,tpu] [--step N]`.
 
 Writes the run's inference program (StableHLO via `jax.export`, any batch size), its weights
-(safetensors) and a manifest of the input contract into MODEL_DIR (`ctjax.inference.model_export`); serve it
-with `ctjax.inference.serving.load(MODEL_DIR)`, which needs neither the training code nor the configs.
+(safetensors), the model card (MODEL_CARD.md: intended use, training data, test figures with
+their 95 % CIs where the workdir has `ctjax.evaluate --split test --json` reports, or --eval_json,
+thresholds, limitations, licence) and a manifest of the input contract with every file's SHA-256
+into MODEL_DIR (`ctjax.inference.model_export`). The folder is written beside MODEL_DIR and
+renamed into place: an earlier export there is replaced whole, any other non-empty folder is
+refused. Serve it with `ctjax.inference.serving.load(MODEL_DIR)` (it verifies the folder and needs
+neither the training code nor the configs; `.predict_series(DICOM_DIR)` reads a series too).
 DrCT1/DrCT2 runs (sampled slice stacks) and blend-sign runs (single slices).
 """
 
@@ -21,6 +26,9 @@ def _flags(fv: flags.FlagValues) -> None:
                     "for (one program serves on each)", flag_values=fv)
   flags.DEFINE_integer("step", None, "checkpoint step (default: the best kept, else the latest)",
                        flag_values=fv)
+  flags.DEFINE_multi_string("eval_json", [], "a `python -m ctjax.evaluate --split test --json` "
+                            "report for the model card's test figures (besides the workdir's "
+                            "*.json)", flag_values=fv)
 
 
 def _export(fv, _config, _args) -> int:
@@ -29,11 +37,12 @@ def _export(fv, _config, _args) -> int:
   from ctjax.inference import model_export
   from ctjax.inference import runs
   run = runs.load_run(fv.workdir, fv.step)
-  m = model_export.export_run(run, fv.out, platforms=fv.platforms or None)
+  m = model_export.export_run(run, fv.out, platforms=fv.platforms or None,
+                              evaluations=fv.eval_json)
   shape = " × ".join(str(d) for d in m["input"]["shape"])
   print(f"{fv.out}: {m['model_name']} step {m['checkpoint_step']}, input int16 [{shape}], "
         f"outputs {', '.join(m['outputs'])}; platforms {', '.join(m['platforms'])}; "
-        f"{m['num_parameters']:,} parameters")
+        f"{m['num_parameters']:,} parameters; model card {fv.out}/MODEL_CARD.md")
   return 0
 
 
