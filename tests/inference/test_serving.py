@@ -359,3 +359,18 @@ def test_a_dicom_series_served_without_the_training_code(model_dir, exports, tmp
   assert got["is_head"] is True and got["qa_flags"] == ["few_slices", "small_matrix"]
   assert got["labels"] == list(run.config.data.labels)
   assert refused["refused"].startswith(f"NotHeadCTError: {tmp_path / 'noise'}: not a head CT (")
+
+
+def test_export_check_verifies_a_folder_in_one_line(model_dir, tmp_path, capsys):
+  from ctjax.commands import export as export_cli
+  assert export_cli.main(["--check", str(model_dir)]) == 0
+  out = capsys.readouterr().out.strip()
+  assert out.startswith(f"{model_dir}: ok — DrCT2 (vgg16 backbone) step 1, labels any, ")
+  m = _copy(model_dir, tmp_path)
+  manifest = _manifest(m)
+  manifest["labels"] = manifest["labels"][::-1]
+  _write_manifest(m, manifest)
+  assert export_cli.main(["--check", str(m)]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(f"error: {m / 'manifest.json'}: its labels")
+  assert export_cli.main(["--check", str(m), "--out", str(tmp_path / "x")]) == 2
