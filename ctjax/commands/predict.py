@@ -63,10 +63,13 @@ def _predict(fv, _config, _args) -> int:
     raise cli.UsageError("--out preds.csv|preds.jsonl is required")
   if fv.workers < 0 or fv.prefetch < 0 or fv.batch_size < 0:
     raise cli.UsageError("--workers, --prefetch and --batch_size must be >= 0")
-  from ctjax import fileio
   from ctjax.inference import archive
-  archive.output_format(fv.out)
-  fileio.writable_file(fv.out, "--out file")   # before the restore: a bad --out fails now
+  # Before the restore: a bad --out, or one another run writes, fails now in one line.
+  with archive.output_lock(fv.out):
+    return _predict_into(fv, archive)
+
+
+def _predict_into(fv, archive) -> int:
   progress = fv.progress
   if progress is None:     # the run's config.log.progress_bar, read before restoring it
     progress = _config_progress(fv.workdir)
@@ -92,7 +95,7 @@ def _predict(fv, _config, _args) -> int:
                             workers=fv.workers, prefetch=fv.prefetch, reports=fv.reports,
                             progress=progress, timings=fv.timings,
                             scans_label=fv.scans or f"split {fv.split} of {fv.workdir}",
-                            require_head=fv.require_head)
+                            require_head=fv.require_head, take_lock=False)
   there = f"{s.skipped} already there" + (
       f" ({s.elsewhere} of them read from another folder: same SeriesInstanceUID)"
       if s.elsewhere else "")

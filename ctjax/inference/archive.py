@@ -350,6 +350,7 @@ class Output:
     if not rows:
       return
     buf = io.StringIO()
+    existed = self.path.exists()
     try:
       size = self.path.stat().st_size
     except FileNotFoundError:
@@ -375,6 +376,11 @@ class Output:
           f.truncate(size)      # no half row left behind
           raise
     except OSError as e:
+      if not existed:         # nor an empty file this call created
+        try:
+          self.path.unlink()
+        except OSError:
+          pass
       raise fileio.storage_error(e, self.path, "writing predictions", needed=len(data)) from e
     self.rows.extend(rows)
     for r in rows:
@@ -680,9 +686,11 @@ def predict_scans(run: Any, scans: Sequence[SeriesRef], out: str | os.PathLike, 
                   batch_size: Optional[int] = None, workers: int = 2, prefetch: int = 2,
                   reports: Optional[str | os.PathLike] = None, progress: bool = True,
                   timings: bool = True, stop_after_batches: Optional[int] = None,
-                  scans_label: str = "", require_head: Optional[bool] = None) -> Summary:
+                  scans_label: str = "", require_head: Optional[bool] = None,
+                  take_lock: bool = True) -> Summary:
   """Predicts every series of `scans` not yet in `out` and appends their rows (see the module
-  docstring), holding `<out>.lock` meanwhile. `workers` decode processes (0: decode in this
+  docstring), holding `<out>.lock` meanwhile (`take_lock` False: the caller holds it,
+  `output_lock`). `workers` decode processes (0: decode in this
   process, no overlap), `prefetch` batches decoded ahead of the device; `reports` also writes
   each series' HTML page there; `require_head` overrides the run's config.data.require_head.
   `stop_after_batches` ends the call early, as an interruption would (tests)."""
@@ -694,17 +702,25 @@ def predict_scans(run: Any, scans: Sequence[SeriesRef], out: str | os.PathLike, 
   if dup:
     raise CTDataError(f"series key {dup[0]!r} appears twice in the list of scans")
   out = pathlib.Path(out)
-  output_format(out)
-  fileio.writable_file(out, "--out file")
-  lock = fileio.exclusive_lock(lock_path(out), "--out file", target=out,
-                               advice="wait for it to end, or write to another --out")
+  lock = output_lock(out) if take_lock else None
   try:
     return _predict_locked(run, scans, out, keys, batch_size=batch_size, workers=workers,
                            prefetch=prefetch, reports=reports, progress=progress,
                            timings=timings, stop_after_batches=stop_after_batches,
                            scans_label=scans_label, require_head=require_head)
   finally:
-    lock.release()
+    if lock is not None:
+      lock.release()
+
+
+def output_lock(out: str | os.PathLike) -> fileio.FileLock:
+  """Takes `<out>.lock` for this process (`fileio.exclusive_lock`), or raises `LockedError`
+  naming the process that writes `out`; checks first that `out` can be written."""
+  out = pathlib.Path(out)
+  output_format(out)
+  fileio.writable_file(out, "--out file")
+  return fileio.exclusive_lock(lock_path(out), "--out file", target=out,
+                               advice="wait for it to end, or write to another --out")
 
 
 def _predict_locked(run: Any, scans: Sequence[SeriesRef], out: pathlib.Path,

@@ -484,6 +484,9 @@ def test_a_full_disk_names_the_output_and_leaves_no_half_row(run, scans, tmp_pat
   assert "free on that file system" in msg and "\n" not in msg
   assert out.read_bytes() == before                     # the failed batch left nothing
   assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "p.csv.json"]   # no .tmp
+  with pytest.raises(DiskFullError):           # a new output: not even an empty file is left
+    archive.predict_scans(run, refs, tmp_path / "new.csv", **kw)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "p.csv.json"]
   # The lock file, when it is what the full disk refuses, is named the same way.
   monkeypatch.setattr(pathlib.Path, "write_text", lambda self, *a, **k: no_space())
   with pytest.raises(DiskFullError, match=r"p.csv.lock: disk full while taking the lock of "
