@@ -202,6 +202,13 @@ def _scale_html(scale: Optional[HighlightScale]) -> str:
   ticks = [(0.0, "0"), (colorbar_position(scale.floor, scale), f"{scale.floor:.2f} floor")]
   ticks += [(colorbar_position(v, scale), f"{v:.2f}") for v in levels[1:-1]]
   ticks += [(colorbar_position(1.0, scale), "1.0"), (1.0, "≥ 1.0")]
+  kept = [ticks[0]]
+  for i, (x, t) in enumerate(ticks[1:], 1):   # labels that would overlap are left out
+    if x - kept[-1][0] >= 0.09 and (i == len(ticks) - 1 or ticks[-1][0] - x >= 0.09):
+      kept.append((x, t))
+    elif i == len(ticks) - 1:
+      kept[-1] = (x, t)
+  ticks = kept
   spans = "".join(f'<span style="left:{100 * x:.1f}%">{esc(t)}</span>' for x, t in ticks)
   return (f'<div class="hl-scale" id="highlight-scale"><div class="cb-title">highlight, '
           f'in units of the run\'s reference (the same scale on every scan): a line of a '
