@@ -134,6 +134,9 @@ class Context:
     installed packages are under site-packages/ and the interpreter is `python`."""
     import sysconfig
     text = text.replace(str(self.work), "W").replace(str(REPO) + "/", "").replace(str(REPO), ".")
+    work = str(self.work)
+    for n in range(len(work) - 1, 4, -1):      # a command line shortened inside the work path
+      text = text.replace(work[:n] + "…", "W…")
     text = text.replace(PY, "python")
     for lib in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["stdlib"]}:
       text = text.replace(lib, "site-packages" if "site-packages" in lib else "stdlib")
