@@ -63,6 +63,11 @@ class NotDicomError(CTDataError):
   """The file is not DICOM (no preamble/meta, text, image, empty)."""
 
 
+class UnreadableFileError(CTDataError):
+  """The operating system refuses to read a file or folder (permission denied, I/O error): the
+  message carries the OS's reason."""
+
+
 class TruncatedDicomError(CTDataError):
   """The file ends before its declared content (pixel data cut short)."""
 

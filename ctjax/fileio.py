@@ -177,6 +177,53 @@ def atomic_write_text(path: PathLike, text: str, what: str = "writing") -> pathl
   return p
 
 
+def file_mode() -> int:
+  """The mode a new file gets here (0o666 less the process's umask)."""
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return 0o666 & ~mask
+
+
+_RENAME_EXCHANGE = 2   # renameat2 flag (Linux >= 3.15)
+
+
+def _exchange(a: pathlib.Path, b: pathlib.Path) -> bool:
+  """Swaps two paths in one step (renameat2 RENAME_EXCHANGE); False where unsupported."""
+  import ctypes
+  try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = libc.renameat2
+  except (OSError, AttributeError):
+    return False
+  at_fdcwd = -100
+  if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+    return True
+  err = ctypes.get_errno()
+  if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+    return False
+  raise OSError(err, os.strerror(err), os.fspath(b))
+
+
+def replace_dir(new: PathLike, target: PathLike) -> str:
+  """Puts the finished folder `new` at `target` (same file system) and returns how: a rename
+  when `target` is absent; else the two swapped in one step (Linux renameat2 exchange) and the
+  old folder removed, so that `target` always holds one whole folder, the old or the new. Where
+  no exchange exists, `target` is renamed aside first: it is then absent (never mixed) for the
+  instant between the two renames."""
+  new, target = pathlib.Path(new), pathlib.Path(target)
+  if not target.exists():
+    os.rename(new, target)
+    return "created"
+  if _exchange(new, target):
+    shutil.rmtree(new, ignore_errors=True)      # `new` now names the old folder
+    return "replaced atomically"
+  aside = target.with_name(f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+  os.rename(target, aside)
+  os.rename(new, target)
+  shutil.rmtree(aside, ignore_errors=True)
+  return "replaced"
+
+
 def file_digest(path: PathLike, algorithm: str = "sha256") -> str:
   """Hex digest of a file's bytes, read in 1 MB blocks (any hashlib algorithm name)."""
   import hashlib

@@ -7,7 +7,9 @@ macro row), then each headline figure with its seeded bootstrap 95 % CI over the
 (DrCT: macro precision / recall / F1 / AUC; blend: per-class sensitivity / specificity / F1 /
 AUC; `ctjax.eval.uncertainty`), and for DrCT runs the calibration (per-label ECE, and the RSNA
 challenge's weighted log loss on RSNA labels). --json writes the full report with the CIs
-(`ci95`) and calibration (`calibration`); --reliability writes a reliability-diagram PNG.
+(`ci95`) and calibration (`calibration`); a --json report of the test split refreshes the
+workdir's model card (MODEL_CARD.md, `ctjax.inference.model_card`) with these figures and their
+CIs. --reliability writes a reliability-diagram PNG.
 Data location and layout come from the workdir's config.json; --data_root / --data_layout
 point it at another data set in a public layout. Evaluation reads the run's prepared cache (and
 a DrCT run's feature store) and writes nothing there: when one is missing it says so in one
@@ -92,6 +94,9 @@ def _evaluate(fv, _config, args) -> int:
     if fv.json:
       fileio.atomic_write_text(fv.json, json.dumps(to_jsonable(report), indent=2),
                                "writing the --json report")
+      if fv.split == "test" and not overrides:   # the run's own test split: the card's figures
+        from ctjax.inference import model_card
+        print(f"model card: {model_card.write_card(fv.workdir, evaluations=[fv.json])}")
     if fv.reliability:
       if run.config.task != "drct":
         raise cli.UsageError("--reliability needs a DrCT run (multi-label probabilities)")

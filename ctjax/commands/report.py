@@ -5,9 +5,12 @@
 
 RUN is a `python -m ctjax.train` workdir of a DrCT run. The report reads the DICOM folder
 directly, samples and resizes as the run's config says, and shows the model's slice attention,
-key slices with their highlighted area and per-label probabilities (`ctjax.inference.scan_reports`). A
-research tool, not a diagnosis. Prints the per-scan report time; exits non-zero (one line on
-stderr) when a folder is not a usable CT series or the run cannot be restored.
+key slices with their highlighted area and per-label probabilities
+(`ctjax.inference.scan_reports`), with the series' QA flags (`ctjax.data.qa`). A research tool,
+not a diagnosis. Prints the per-scan report time; exits non-zero (one line on stderr) when a
+folder is not a usable CT series, is no head CT (the run's config.data.require_head;
+--norequire_head reports it anyway, for research), or the run cannot be restored. In batch mode
+such series are failure entries of the index page.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ def _flags(fv: flags.FlagValues) -> None:
                        flag_values=fv)
   flags.DEFINE_string("series_uid", None, "with --scan: which series when the folder holds "
                       "several ('largest' takes the one with most files)", flag_values=fv)
+  flags.DEFINE_bool("require_head", None, "refuse series that are no head CT; default: the "
+                    "run's config.data.require_head (--norequire_head: report them, for "
+                    "research)", flag_values=fv)
 
 
 def _report(fv, _config, _args) -> int:
@@ -52,11 +58,12 @@ def _report(fv, _config, _args) -> int:
     if uid == "largest":
       from ctjax.data.dicom import largest_series
       uid = largest_series
-    r = scan_reports.report_for_scan(run, fv.scan, fv.out, series_uid=uid)
+    r = scan_reports.report_for_scan(run, fv.scan, fv.out, series_uid=uid,
+                                     require=fv.require_head)
     print(f"{r.out_path}: {r.scan_path} ({r.num_source_slices} slices) reported in "
           f"{r.seconds:.2f} s (first scan includes compilation)")
     return 0
-  results = scan_reports.report_for_folder(run, fv.scans, fv.out)
+  results = scan_reports.report_for_folder(run, fv.scans, fv.out, require=fv.require_head)
   failed = 0
   for r in results:
     if isinstance(r, scan_reports.ReportFailure):

@@ -2,7 +2,8 @@
 
 Trains and evaluates via ctjax.train.loop.train_and_evaluate (a workdir with checkpoints
 resumes); a DrCT run then fits the report's highlight scale on its validation split
-(`ctjax.inference.highlight_scale`).
+(`ctjax.inference.highlight_scale`), and every run gets its model card, <workdir>/MODEL_CARD.md
+(`ctjax.inference.model_card`; `ctjax.evaluate --split test --json` refreshes it with CIs).
 Several processes (multi-host, or several on one host): give every process the same
 --coordinator_address host:port and --num_processes N, and its own --process_id i (or the
 environment variables CTJAX_COORDINATOR_ADDRESS / CTJAX_NUM_PROCESSES / CTJAX_PROCESS_ID).
@@ -32,6 +33,10 @@ def _train(flags, config, _args) -> int:
     from ctjax.inference import highlight_scale
     highlight_scale.fit_after_training(flags.workdir)
   _print_test_table(config, flags.workdir)
+  import jax
+  if jax.process_index() == 0:
+    from ctjax.inference import model_card
+    print(f"model card: {model_card.write_card(flags.workdir)}")
   headline = {k: v for k, v in final.items() if k.count("/") <= 1}
   print(json.dumps(to_jsonable(headline), sort_keys=True))
   return 0

@@ -30,10 +30,9 @@ with one line (`"error"`). A shard whose size differs from the manifest (truncat
 a `CacheCorruptError` naming it and saying how to rebuild it: `python -m ctjax.prepare` with the
 same config rebuilds exactly the damaged shards (`--checksum` also compares every SHA-1).
 
-Resizing to `image_size`: Pillow on float32 HU ("F" mode, C speed, ~0.3 ms a 512² slice):
-area resampling (Image.BOX: each output pixel is the area-weighted mean of the input pixels it
-covers) when shrinking, bilinear when enlarging; then rounding to int16. Non-square images are
-resized to a square.
+Resizing to `image_size`: `ctjax.data.resize.resize_hu` (Pillow on float32 HU: area
+resampling when shrinking, bilinear when enlarging, then rounding to int16), in a module of its
+own so that a served model resizes exactly so without the data pipeline.
 
 Workers are separate processes (spawn: the parent may have JAX loaded), one shard per task, at
 most 2 × workers shards in flight; the records of a shard are built when it is submitted, and
@@ -60,29 +59,12 @@ import numpy as np
 from ctjax import errors
 from ctjax import fileio
 from ctjax.data import datasets, dicom
+from ctjax.data.resize import HU_MAX, HU_MIN, resize_hu  # noqa: F401  (the cache's resize)
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
-HU_MIN, HU_MAX = -1024, 3071
 STALE_ACTIONS = ("rebuild", "error")
-
-
-def resize_hu(hu: np.ndarray, size: int) -> np.ndarray:
-  """float HU [S, H, W] → int16 [S, size, size] (Pillow bilinear/antialiased; see docstring)."""
-  hu = np.asarray(hu, np.float32)
-  s, h, w = hu.shape
-  if (h, w) == (size, size):
-    out = hu
-  else:
-    from PIL import Image
-    down = size <= min(h, w)
-    method = Image.Resampling.BOX if down else Image.Resampling.BILINEAR
-    out = np.empty((s, size, size), np.float32)
-    for i in range(s):
-      img = Image.fromarray(hu[i], mode="F")
-      out[i] = np.asarray(img.resize((size, size), method), np.float32)
-  return np.clip(np.rint(out), HU_MIN, HU_MAX).astype(np.int16)
 
 
 def cache_key(layout: str, root: str, image_size: int, lenient: bool,

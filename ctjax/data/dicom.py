@@ -354,15 +354,21 @@ def _read_header(path: PathLike, *, max_pixels: int, check: bool) -> SliceHeader
     if os.path.getsize(path) == 0:
       raise errors.NotDicomError("empty file, expected a DICOM slice", path)
   except OSError as e:
-    raise errors.NotDicomError(f"cannot open: {e}", path) from e
+    raise errors.UnreadableFileError(f"cannot read it ({e.strerror or e})", path) from e
   with _quiet_pydicom():
     try:
       ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
+    except OSError as e:
+      if e.errno is None:   # pydicom's own OSErrors (no errno): the file ends too early
+        raise errors.TruncatedDicomError(f"file ends inside the header ({e}); re-export or "
+                                         "re-download it", path) from e
+      # The operating system's refusal (permission denied, I/O error) is not a damaged file.
+      raise errors.UnreadableFileError(f"cannot read it ({e.strerror or e})", path) from e
     except InvalidDicomError as e:
       raise errors.NotDicomError(
           "not a DICOM file (no 'DICM' prefix / file meta); ctjax does not force-read "
           "headerless files — convert it or remove it from the folder", path) from e
-    except (EOFError, OSError) as e:
+    except EOFError as e:
       raise errors.TruncatedDicomError(f"file ends inside the header ({e}); re-export or "
                                        "re-download it", path) from e
     except Exception as e:  # noqa: BLE001 — pydicom raises many types on junk
@@ -653,7 +659,10 @@ def _list_files(path_or_files) -> tuple[list[str], bool, str]:
   if isinstance(path_or_files, (str, os.PathLike)):
     p = pathlib.Path(path_or_files)
     if p.is_dir():
-      files = sorted(str(f) for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+      try:
+        files = sorted(str(f) for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+      except OSError as e:   # e.g. permission denied: the OS's reason, naming the folder
+        raise errors.UnreadableFileError(f"cannot list the folder ({e.strerror or e})", p) from e
       return files, True, str(p)
     if p.is_file():
       return [str(p)], False, str(p)

@@ -6,28 +6,43 @@
     summary = predict_scans(run, scans, "preds.csv", workers=2)
     print(summary.throughput_line())
 
-Each series goes through exactly the code the reports use: `ctjax.inference.scan_reports.read_scan` +
-`ctjax.inference.scan_reports.scan_batch` (the pipeline's own `drct_example`) in a pool of spawned worker
-processes (the parent has JAX loaded), while the device predicts the previous batch with
-`ctjax.inference.runs.predict_batch` on a mesh of every device (batches are a multiple of the device
-count, padded to one fixed size: one compilation). A series that cannot be read is a row with
-status "error" and its one-line message; the batch goes on.
+Each series goes through exactly the code the reports use: `ctjax.inference.scan_reports.read_scan`
++ `ScanInfo.of` (head-CT verdict and QA flags) + `scan_batch` (the pipeline's own `drct_example`)
+in a pool of spawned worker processes (the parent has JAX loaded), while the device predicts the
+previous batch with `ctjax.inference.runs.predict_batch` on a mesh of every device (batches are a
+multiple of the device count, padded to one fixed size: one compilation). A series that cannot
+be read (damaged, or refused by the operating system: the row carries its reason), or that is
+no head CT while the run's `config.data.require_head` holds, is a row with status "error" and
+its one-line message; the batch goes on.
 
-The output is append-only and resumable: rows are written a whole batch at a time, in the
-order of `scans`, and a rerun skips the series already in the file (a half-written last line
-from a killed run is dropped first), so a killed run resumed gives the same file as an
-uninterrupted one. Timing columns (`decode_s`, `device_s`) are the only ones that differ
-between runs; `timings=False` leaves them out. A sidecar `<out>.json` records the run, the
-labels and thresholds, the columns and the throughput of the latest invocation.
+One writer per output: `predict_scans` holds `<out>.lock` (`ctjax.fileio.exclusive_lock`: the
+holder's pid, host and command; a second run stops in one line, a lock left by a dead process
+is taken over). The output is append-only and resumable: rows are written a whole batch at a
+time, in the order of `scans`. A series is identified by its SeriesInstanceUID (by its resolved
+folder when it has none, e.g. an unreadable folder): a rerun skips the series already in the
+file, a series met again under another path is not predicted twice, and another archive whose
+folders have the same names is predicted. On resume the file is parsed (the csv module, or one
+JSON object a line); a last row that does not parse whole (a run killed mid-write) is dropped,
+damage before it is refused. So a killed run resumed gives the same file as an uninterrupted
+one. Timing columns (`decode_s`, `device_s`) are the only ones that differ between runs;
+`timings=False` leaves them out. A sidecar `<out>.json` records the run, the labels and
+thresholds, the columns and the throughput of the latest invocation.
 
-Row schema (`columns(labels)`): scan (the row's key: relative folder [+ "#" series UID], or a
-layout's scan id), path, status ("ok" | "error"), error, patient_id, study_uid, series_uid,
-series_description, num_source_slices, prob_<label> and call_<label> (1 if prob >= the run's
-threshold of that label, `ctjax.inference.report_html.thresholds`) per label in the run's order,
-key_slices (the 5 most attended distinct slices, rank order, 0-based source indices into the
-series ordered along the slice normal), key_sop_uids (their SOPInstanceUIDs), decode_s (read +
-sample + resize in the worker), device_s (the series' share of its batch's predict call). CSV
-cells: lists space-separated, empty cells for missing values; JSON lines: lists and nulls.
+Row schema (`columns(labels)`): scan (the series' name: relative folder [+ "#" series UID], or a
+layout's scan id), path (its folder, resolved), status ("ok" | "error"), error, patient_id,
+study_uid, series_uid, series_description, num_source_slices, head (1 if
+`ctjax.data.headcheck` says head CT, 0 if not, empty when unread), qa_flags (the series'
+`ctjax.data.qa` flags in `qa.FLAGS` order; ["failed"] when it could not be read), prob_<label>
+and call_<label> (1 if prob >= the run's threshold of that label,
+`ctjax.inference.report_html.thresholds`) per label in the run's order, key_slices (the 5 most
+attended distinct slices, rank order, 0-based source indices into the series in canonical
+slice order), key_sop_uids (their SOPInstanceUIDs), decode_s (read + checks + sample + resize
+in the worker), device_s (the series' share of its batch's predict call).
+
+CSV cells: lists (qa_flags, key_slices, key_sop_uids) space-separated, empty cells for missing
+values; a text cell that a spreadsheet would run as a formula (first character `=`, `+`, `-`,
+`@`, tab or carriage return: OWASP's CSV-injection list) or that starts with `'` is written with
+a leading `'`, which `read_rows` removes. JSON lines: lists and nulls, text as read.
 """
 
 from __future__ import annotations
@@ -38,29 +53,35 @@ import concurrent.futures.process
 import csv
 import dataclasses
 import io
+import itertools
 import json
 import logging
 import multiprocessing
 import os
 import pathlib
+import sys
 import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ctjax.errors import ConfigError, CTDataError, CTJaxError
+from ctjax import fileio
+from ctjax.errors import ConfigError, CTDataError, CTJaxError, StorageError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 # Layout files at a data-set root (`ctjax.data.datasets`), in the order they are looked for.
 LAYOUT_FILES = (("manifest.json", "phantom"), ("stage_2_train.csv", "rsna"),
                 ("reads.csv", "cq500"), ("blend_labels.csv", "blend"), ("labels.csv", "folder"))
 NUM_KEY_SLICES = 5      # the report's key slices (DrCT2 paper, Figure 2)
 IDENTITY = ("scan", "path", "status", "error", "patient_id", "study_uid", "series_uid",
-            "series_description", "num_source_slices")
+            "series_description", "num_source_slices", "head", "qa_flags")
 TIMING = ("decode_s", "device_s")
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP, "CSV Injection").
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+LIST_COLUMNS = ("qa_flags", "key_slices", "key_sop_uids")
 
 
 class OutputMismatchError(CTJaxError):
@@ -70,10 +91,28 @@ class OutputMismatchError(CTJaxError):
 @dataclasses.dataclass(frozen=True)
 class SeriesRef:
   """One series to predict: a folder (+ series UID when it holds several) or a list of files."""
-  key: str                                  # unique and stable: what a resumed run matches on
+  key: str                                  # its name in the rows and report pages (unique)
   path: str                                 # folder shown in the row and the report
   files: Optional[tuple[str, ...]] = None   # a data-set layout's files; None: read `path`
   series_uid: Optional[str] = None          # selector for folders holding several series
+  uid: Optional[str] = None                 # its SeriesInstanceUID when known before reading
+
+  @property
+  def known_uid(self) -> Optional[str]:
+    return self.uid or self.series_uid
+
+  def identity(self) -> tuple[str, str]:
+    """What a resumed run matches rows on (`row_identity`): the UID when known, else the
+    resolved folder."""
+    return _identity(self.known_uid, os.path.realpath(self.path))
+
+
+def _identity(uid: Optional[str], path: Optional[str]) -> tuple[str, str]:
+  return ("uid", uid) if uid else ("path", str(path or ""))
+
+
+def row_identity(row: dict[str, Any]) -> tuple[str, str]:
+  return _identity(row.get("series_uid"), row.get("path"))
 
 
 @dataclasses.dataclass
@@ -128,9 +167,12 @@ def layout_scans(layout: str, root: str | os.PathLike,
   return refs
 
 
-def find_scans(path: str | os.PathLike, *, layout: str = "auto") -> list[SeriesRef]:
+def find_scans(path: str | os.PathLike, *, layout: str = "auto",
+               progress: bool = False) -> list[SeriesRef]:
   """Every series under `path`: a data-set root (`layout`, or "auto" = by its index file), a
-  folder of series folders (`ctjax.inference.scan_reports.find_series`), one series folder or one file."""
+  folder of series folders (`ctjax.inference.scan_reports.find_series`: their headers are read
+  to split and identify series; `progress` shows a bar over the folders), one series folder or
+  one file."""
   from ctjax.inference.scan_reports import find_series
   p = pathlib.Path(path)
   if p.is_file():
@@ -142,11 +184,21 @@ def find_scans(path: str | os.PathLike, *, layout: str = "auto") -> list[SeriesR
   if layout != "series":
     return layout_scans(layout, p)
   root = p.absolute()
-  refs = []
-  for folder, uid in find_series(p):
+  refs, uids = [], {}
+  bar = None
+  if progress:
+    from tqdm import tqdm
+    bar = tqdm(unit="folder", desc="find series", leave=False)
+  try:
+    found = find_series(p, uids=uids, progress=bar.update if bar is not None else None)
+  finally:
+    if bar is not None:
+      bar.close()
+  for folder, uid in found:
     rel = pathlib.Path(os.path.relpath(folder, root)).as_posix()
     key = root.name if rel == "." else rel
-    refs.append(SeriesRef(key + (f"#{uid}" if uid else ""), folder, None, uid))
+    refs.append(SeriesRef(key + (f"#{uid}" if uid else ""), folder, None, uid,
+                          uid or uids.get(folder)))
   return refs
 
 
@@ -165,24 +217,32 @@ def split_scans(run: Any, split: str) -> list[SeriesRef]:
 
 
 def _one_line(e: BaseException) -> str:
+  if isinstance(e, OSError) and not isinstance(e, CTJaxError) and e.strerror:
+    return f"{e.filename or ''}: cannot read ({e.strerror})".lstrip(": ")   # the OS's reason
   return " ".join(str(e).split()) or type(e).__name__
 
 
-def decode_series(ref: SeriesRef, config: Any, with_display: bool = False) -> Decoded:
+def decode_series(ref: SeriesRef, config: Any, with_display: bool = False,
+                  require_head: bool = True) -> Decoded:
   """Worker: one series → its model batch exactly as the reports build it (or the reason not).
 
-  Runs in a spawned process (top-level, picklable arguments); returns small arrays only.
+  Runs in a spawned process (top-level, picklable arguments); returns small arrays only. A
+  series that is no head CT is an error when `require_head` (its info still given: the row
+  shows its identity and QA flags).
   """
   from ctjax.inference import scan_reports
   t0 = time.perf_counter()
+  info = None
   try:
     volume = scan_reports.read_scan(list(ref.files) if ref.files else ref.path, ref.series_uid)
+    info = scan_reports.ScanInfo.of(volume)
+    scan_reports.check_head(info, ref.path, require_head)
     batch, display = scan_reports.scan_batch(volume, config)
   except (CTDataError, OSError) as e:
-    return Decoded(ref, time.perf_counter() - t0, error=_one_line(e))
+    return Decoded(ref, time.perf_counter() - t0, info=info, error=_one_line(e))
   sampled = batch["slice_index"][0]
   return Decoded(ref, time.perf_counter() - t0, batch=batch,
-                 display=display if with_display else None, info=scan_reports.ScanInfo.of(volume),
+                 display=display if with_display else None, info=info,
                  sop_uids=[volume.sop_uids[int(i)] for i in sampled])
 
 
@@ -248,81 +308,236 @@ def sidecar_path(path: str | os.PathLike) -> pathlib.Path:
   return path.with_name(path.name + ".json")
 
 
+def lock_path(path: str | os.PathLike) -> pathlib.Path:
+  path = pathlib.Path(path)
+  return path.with_name(path.name + ".lock")
+
+
 class Output:
-  """The append-only output file: existing keys, whole-batch appends, one format."""
+  """The append-only output file: the rows already there (by identity), whole-batch appends."""
 
   def __init__(self, path: str | os.PathLike, cols: Sequence[str]):
     self.path = pathlib.Path(path)
     self.format = output_format(self.path)
     self.columns = list(cols)
-    self.keys: set[str] = set()
     self.rows: list[dict[str, Any]] = []
+    self.done: dict[tuple[str, str], str] = {}    # row identity → its scan name
     if self.path.exists():
       self._read_existing()
 
   def _read_existing(self) -> None:
-    raw = self.path.read_bytes()
-    if raw and not raw.endswith(b"\n"):      # a run killed mid-write: drop the partial line
-      cut = raw.rfind(b"\n") + 1
-      log.warning("%s: dropping a half-written last line (%d bytes)", self.path, len(raw) - cut)
-      with open(self.path, "r+b") as f:
-        f.truncate(cut)
-      raw = raw[:cut]
-    text = raw.decode("utf-8")
-    if not text:
-      return
-    if self.format == "csv":
-      reader = csv.reader(io.StringIO(text))
-      header = next(reader)
-      if header != self.columns:
-        raise OutputMismatchError(
-            f"{self.path}: its columns differ from this run's ({len(header)} vs "
-            f"{len(self.columns)}, e.g. {sorted(set(header) ^ set(self.columns))[:3]}); write "
-            "to another --out")
-      for values in reader:
-        self.rows.append(dict(zip(header, values)))
-    else:
-      for n, line in enumerate(text.splitlines(), 1):
-        try:
-          row = json.loads(line)
-        except ValueError as e:
-          raise OutputMismatchError(f"{self.path}: line {n} is not JSON ({e})") from e
-        if list(row) != self.columns:
-          raise OutputMismatchError(f"{self.path}: line {n} has other fields than this run's "
-                                    "rows; write to another --out")
-        self.rows.append(row)
-    self.keys = {r["scan"] for r in self.rows}
+    try:
+      raw = self.path.read_bytes()
+    except OSError as e:
+      raise StorageError(f"cannot read the existing output ({e.strerror or e})", self.path) from e
+    parse = _parse_csv if self.format == "csv" else _parse_jsonl
+    rows, keep, problem = parse(raw, self.columns, self.path)
+    if keep < len(raw):         # a run killed mid-write: its last row is not whole
+      log.warning("%s: dropping a last row that is not whole (%s; %d bytes)", self.path,
+                  problem, len(raw) - keep)
+      try:
+        with open(self.path, "r+b") as f:
+          f.truncate(keep)
+      except OSError as e:
+        raise fileio.storage_error(e, self.path, "dropping a half-written row") from e
+    self.rows = rows
+    for r in rows:
+      self.done.setdefault(row_identity(r), r["scan"])
 
   def append(self, rows: Sequence[dict[str, Any]]) -> None:
-    """Writes `rows` in one call and flushes them to disk (whole lines only)."""
+    """Writes `rows` in one call and flushes them to disk (whole lines only: a failed write is
+    cut back, and reported naming this file and its file system's free space)."""
     if not rows:
       return
     buf = io.StringIO()
-    new_file = not self.path.exists() or self.path.stat().st_size == 0
+    existed = self.path.exists()
+    try:
+      size = self.path.stat().st_size
+    except FileNotFoundError:
+      size = 0
     if self.format == "csv":
       writer = csv.writer(buf, lineterminator="\n")
-      if new_file:
+      if size == 0:
         writer.writerow(self.columns)
       for r in rows:
-        writer.writerow([_csv_cell(r[c]) for c in self.columns])
+        writer.writerow([_csv_cell(c, r[c]) for c in self.columns])
     else:
       for r in rows:
         buf.write(json.dumps({c: r[c] for c in self.columns}) + "\n")
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    with open(self.path, "a", encoding="utf-8", newline="") as f:
-      f.write(buf.getvalue())
-      f.flush()
-      os.fsync(f.fileno())
+    data = buf.getvalue().encode("utf-8")
+    try:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      with open(self.path, "ab") as f:
+        try:
+          f.write(data)
+          f.flush()
+          os.fsync(f.fileno())
+        except OSError:
+          f.truncate(size)      # no half row left behind
+          raise
+    except OSError as e:
+      if not existed:         # nor an empty file this call created
+        try:
+          self.path.unlink()
+        except OSError:
+          pass
+      raise fileio.storage_error(e, self.path, "writing predictions", needed=len(data)) from e
     self.rows.extend(rows)
-    self.keys.update(r["scan"] for r in rows)
+    for r in rows:
+      self.done.setdefault(row_identity(r), r["scan"])
 
 
-def _csv_cell(v: Any) -> str:
+def _kind(column: str) -> str:
+  if column.startswith("prob_") or column in TIMING:
+    return "float"
+  if column.startswith("call_") or column in ("num_source_slices", "head"):
+    return "int"
+  if column == "key_slices":
+    return "ints"
+  if column in LIST_COLUMNS:
+    return "texts"
+  return "text"
+
+
+def _neutral(text: str) -> str:
+  """A text cell a spreadsheet shows as text: a leading `'` before a formula character (and
+  before a leading `'`, so that reading removes exactly one)."""
+  return "'" + text if text.startswith(FORMULA_START + ("'",)) else text
+
+
+def _csv_cell(column: str, v: Any) -> str:
   if v is None:
     return ""
+  kind = _kind(column)
   if isinstance(v, (list, tuple)):
-    return " ".join(str(x) for x in v)
-  return str(v)
+    v = " ".join(str(x) for x in v)
+  return _neutral(str(v)) if kind in ("text", "texts") else str(v)
+
+
+def _parse_cell(column: str, value: str) -> Any:
+  kind = _kind(column)
+  if kind in ("text", "texts") and value.startswith("'"):
+    value = value[1:]
+  if value == "":
+    return [] if column == "qa_flags" else None
+  if kind == "float":
+    return float(value)
+  if kind == "int":
+    return int(value)
+  if kind == "ints":
+    return [int(v) for v in value.split()]
+  if kind == "texts":
+    return value.split()
+  return value
+
+
+def _lines(raw: bytes, pos: list[int]) -> Iterator[str]:
+  """`raw`'s lines (each with its "\n"), noting in pos[0] the offset after the last one given."""
+  start = 0
+  while start < len(raw):
+    j = raw.find(b"\n", start)
+    end = len(raw) if j < 0 else j + 1
+    line = raw[start:end]
+    pos[0] = start = end
+    yield line.decode("utf-8")
+
+
+def _parse_csv(raw: bytes, cols: Sequence[str], path: pathlib.Path
+               ) -> tuple[list[dict[str, Any]], int, str]:
+  """(rows, bytes to keep, why the rest is dropped): every whole record up to the first that is
+  not (cut inside a quoted field, a missing newline, other field counts, a cell that does not
+  parse); the first such record must be the last, else the file is refused."""
+  pos = [0]
+  reader = csv.reader(_lines(raw, pos), strict=True)
+  rows: list[dict[str, Any]] = []
+  keep, problem, header, n = 0, "", None, 0
+  while True:
+    try:
+      values = next(reader)
+    except StopIteration:
+      break
+    except (csv.Error, UnicodeDecodeError) as e:
+      problem = f"{type(e).__name__}: {e}"
+    else:
+      n += 1
+      problem = _record_problem(values, cols, raw, pos[0], header is None)
+      if not problem:
+        if header is None:
+          header = values
+          if header != list(cols):
+            raise OutputMismatchError(
+                f"{path}: its columns differ from this run's ({len(header)} vs {len(cols)}, "
+                f"e.g. {sorted(set(header) ^ set(cols))[:3]}); write to another --out")
+        else:
+          try:
+            rows.append({c: _parse_cell(c, v) for c, v in zip(cols, values)})
+          except ValueError as e:
+            problem = f"a cell does not parse ({e})"
+      if not problem:
+        keep = pos[0]
+        continue
+    if pos[0] < len(raw) or _more_records(reader):
+      raise OutputMismatchError(
+          f"{path}: record {n} (byte {keep}) is damaged ({problem}) and more follow; the file "
+          "was edited or written by two processes: write to another --out")
+    break
+  return rows, keep, problem
+
+
+def _more_records(reader) -> bool:
+  try:
+    next(reader)
+  except StopIteration:
+    return False
+  except (csv.Error, UnicodeDecodeError):
+    return True
+  return True
+
+
+def _record_problem(values: list[str], cols: Sequence[str], raw: bytes, end: int,
+                    is_header: bool) -> str:
+  if raw[end - 1:end] != b"\n":
+    return "no newline at its end"
+  if not is_header and len(values) != len(cols):
+    return f"{len(values)} fields, {len(cols)} expected"
+  return ""
+
+
+def _parse_jsonl(raw: bytes, cols: Sequence[str], path: pathlib.Path
+                 ) -> tuple[list[dict[str, Any]], int, str]:
+  """As `_parse_csv`, one JSON object a line."""
+  pos = [0]
+  rows: list[dict[str, Any]] = []
+  keep, problem = 0, ""
+  lines = _lines(raw, pos)
+  for n in itertools.count(1):
+    try:
+      line = next(lines)
+    except StopIteration:
+      break
+    except UnicodeDecodeError as e:
+      problem = f"not UTF-8 ({e})"
+    else:
+      if not line.endswith("\n"):
+        problem = "no newline at its end"
+      else:
+        try:
+          row = json.loads(line)
+        except ValueError as e:
+          problem = f"not JSON ({e})"
+        else:
+          if not isinstance(row, dict) or list(row) != list(cols):
+            raise OutputMismatchError(f"{path}: line {n} has other fields than this run's "
+                                      "rows; write to another --out")
+          rows.append(row)
+          keep = pos[0]
+          continue
+    if pos[0] < len(raw):
+      raise OutputMismatchError(f"{path}: line {n} is damaged ({problem}) and more follow; the "
+                                "file was edited or written by two processes: write to another "
+                                "--out")
+    break
+  return rows, keep, problem
 
 
 def key_slices(attention: Any, slice_index: Any, k: int = NUM_KEY_SLICES
@@ -343,14 +558,17 @@ def key_slices(attention: Any, slice_index: Any, k: int = NUM_KEY_SLICES
 
 def _row(d: Decoded, labels: Sequence[str], thr: Sequence[float], out: Optional[dict],
          device_s: Optional[float], timings: bool) -> dict[str, Any]:
-  header = d.info.header if d.info is not None else {}
+  info = d.info
+  header = info.header if info is not None else {}
   row: dict[str, Any] = {
-      "scan": d.ref.key, "path": d.ref.path, "status": "error" if d.error else "ok",
-      "error": d.error, "patient_id": header.get("PatientID"),
-      "study_uid": header.get("StudyInstanceUID"),
-      "series_uid": d.info.series_uid if d.info is not None else d.ref.series_uid,
+      "scan": d.ref.key, "path": os.path.realpath(d.ref.path),
+      "status": "error" if d.error else "ok", "error": d.error,
+      "patient_id": header.get("PatientID"), "study_uid": header.get("StudyInstanceUID"),
+      "series_uid": info.series_uid if info is not None else d.ref.known_uid,
       "series_description": header.get("SeriesDescription"),
-      "num_source_slices": d.info.num_slices if d.info is not None else None}
+      "num_source_slices": info.num_slices if info is not None else None,
+      "head": None if info is None or info.head is None else int(info.head),
+      "qa_flags": list(info.qa_flags) if info is not None else ["failed"]}
   for n in labels:
     row[f"prob_{n}"] = None
   for n in labels:
@@ -378,7 +596,9 @@ class Summary:
   """What one `predict_scans` call did and how fast (also written to the sidecar JSON)."""
   output: str
   total: int = 0               # series asked for
-  skipped: int = 0             # already in the output
+  skipped: int = 0             # already in the output (same SeriesInstanceUID, or folder)
+  elsewhere: int = 0           # of those, rows of the same series read from another folder
+  duplicates: int = 0          # the same SeriesInstanceUID as a series earlier in `scans`
   predicted: int = 0
   failed: int = 0
   unreadable: int = 0          # rows with status "error" in the output among `scans` (any run)
@@ -438,7 +658,7 @@ def _check_sidecar(path: pathlib.Path, run: Any) -> None:
     return
   try:
     saved = json.loads(side.read_text()).get("run", {})
-  except ValueError:
+  except (OSError, ValueError, AttributeError):
     return
   here = {"workdir": os.path.abspath(run.workdir), "step": int(run.step)}
   if saved and (saved.get("workdir"), saved.get("step")) != (here["workdir"], here["step"]):
@@ -454,18 +674,26 @@ def _stack(examples: Sequence[dict[str, np.ndarray]], size: int) -> dict[str, np
           for k in examples[0]}
 
 
+def _status(message: str, progress: bool) -> None:
+  """A start-up step, said before it runs (the bar comes after it)."""
+  if progress:
+    from tqdm import tqdm
+    tqdm.write(message, file=sys.stderr)
+  log.debug("%s", message)
+
+
 def predict_scans(run: Any, scans: Sequence[SeriesRef], out: str | os.PathLike, *,
                   batch_size: Optional[int] = None, workers: int = 2, prefetch: int = 2,
                   reports: Optional[str | os.PathLike] = None, progress: bool = True,
                   timings: bool = True, stop_after_batches: Optional[int] = None,
-                  scans_label: str = "") -> Summary:
+                  scans_label: str = "", require_head: Optional[bool] = None,
+                  take_lock: bool = True) -> Summary:
   """Predicts every series of `scans` not yet in `out` and appends their rows (see the module
-  docstring). `workers` decode processes (0: decode in this process, no overlap), `prefetch`
-  batches decoded ahead of the device; `reports` also writes each series' HTML page there.
+  docstring), holding `<out>.lock` meanwhile (`take_lock` False: the caller holds it,
+  `output_lock`). `workers` decode processes (0: decode in this
+  process, no overlap), `prefetch` batches decoded ahead of the device; `reports` also writes
+  each series' HTML page there; `require_head` overrides the run's config.data.require_head.
   `stop_after_batches` ends the call early, as an interruption would (tests)."""
-  from ctjax.inference import runs
-  from ctjax.inference import scan_reports
-  from ctjax.inference.report_html import thresholds
   if run.config.task != "drct":
     raise ConfigError(f"{run.workdir}: config.task={run.config.task!r}; ctjax.predict predicts "
                       "DrCT runs (task 'drct')")
@@ -474,16 +702,58 @@ def predict_scans(run: Any, scans: Sequence[SeriesRef], out: str | os.PathLike, 
   if dup:
     raise CTDataError(f"series key {dup[0]!r} appears twice in the list of scans")
   out = pathlib.Path(out)
+  lock = output_lock(out) if take_lock else None
+  try:
+    return _predict_locked(run, scans, out, keys, batch_size=batch_size, workers=workers,
+                           prefetch=prefetch, reports=reports, progress=progress,
+                           timings=timings, stop_after_batches=stop_after_batches,
+                           scans_label=scans_label, require_head=require_head)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def output_lock(out: str | os.PathLike) -> fileio.FileLock:
+  """Takes `<out>.lock` for this process (`fileio.exclusive_lock`), or raises `LockedError`
+  naming the process that writes `out`; checks first that `out` can be written."""
+  out = pathlib.Path(out)
+  output_format(out)
+  fileio.writable_file(out, "--out file")
+  return fileio.exclusive_lock(lock_path(out), "--out file", target=out,
+                               advice="wait for it to end, or write to another --out")
+
+
+def _predict_locked(run: Any, scans: Sequence[SeriesRef], out: pathlib.Path,
+                    keys: Sequence[str], *, batch_size, workers, prefetch, reports, progress,
+                    timings, stop_after_batches, scans_label, require_head) -> Summary:
+  from ctjax.inference import runs
+  from ctjax.inference import scan_reports
+  from ctjax.inference.report_html import thresholds
   labels = list(run.config.data.labels)
   thr = thresholds(run.config, len(labels))
+  head_required = scan_reports.require_head(run.config, require_head)
   _check_sidecar(out, run)
   output = Output(out, columns(labels, timings))
   devices = int(run.mesh.devices.size)
   bs = int(batch_size or default_batch_size(run))
   if bs % devices:
     raise ConfigError(f"batch size {bs} is not a multiple of the {devices} devices of the mesh")
-  todo = [s for s in scans if s.key not in output.keys]
-  summary = Summary(os.fspath(out), total=len(scans), skipped=len(scans) - len(todo),
+  todo, seen, skipped, duplicates, elsewhere = [], set(), 0, 0, 0
+  paths = {row_identity(r): r["path"] for r in output.rows}
+  for s in scans:
+    ident = s.identity()
+    if ident in output.done:
+      skipped += 1
+      elsewhere += paths.get(ident) != os.path.realpath(s.path)
+    elif ident in seen:
+      duplicates += 1
+      log.info("%s: the same series as one listed earlier (SeriesInstanceUID %s): not predicted "
+               "twice", s.key, s.known_uid)
+    else:
+      seen.add(ident)
+      todo.append(s)
+  summary = Summary(os.fspath(out), total=len(scans), skipped=skipped, elsewhere=elsewhere,
+                    duplicates=duplicates,
                     batch_size=bs, devices=devices, workers=int(workers))
   page_names = _page_names(keys) if reports else {}
   # Every page on the run's one highlight scale (ctjax.eval.highlight).
@@ -494,6 +764,7 @@ def predict_scans(run: Any, scans: Sequence[SeriesRef], out: str | os.PathLike, 
   submitted = 0
   pool = bar = None
   warm = {"done": False, "s": 0.0}
+  written = {i for i, _ in output.done.items()}   # identities with a row (this run included)
 
   def warm_up() -> None:
     """Compiles on a batch of air (during worker start-up, else before the first batch with a
@@ -508,14 +779,18 @@ def predict_scans(run: Any, scans: Sequence[SeriesRef], out: str | os.PathLike, 
     while submitted < len(batches) and len(pending) < prefetch + 1:
       refs = batches[submitted]
       if pool is not None:
-        pending.append([pool.submit(decode_series, r, config, bool(reports)) for r in refs])
+        pending.append([pool.submit(decode_series, r, config, bool(reports), head_required)
+                        for r in refs])
       else:
         pending.append(refs)
       submitted += 1
 
+  failed = False
   t_start = time.perf_counter()
   try:
     if workers > 0 and todo:
+      _status(f"predict: starting {int(workers)} decode worker(s) and compiling the model for "
+              f"batches of {bs} on {devices} device(s) (once)", progress)
       ctx = multiprocessing.get_context("spawn")
       pool = concurrent.futures.ProcessPoolExecutor(int(workers), mp_context=ctx,
                                                     initializer=_worker_init,
@@ -534,8 +809,23 @@ def predict_scans(run: Any, scans: Sequence[SeriesRef], out: str | os.PathLike, 
       top_up()
       job = pending.popleft()
       top_up()        # keep the workers busy while the device computes this batch
-      decoded = (_results(job) if pool is not None
-                 else [decode_series(r, config, bool(reports)) for r in job])
+      if pool is not None:
+        decoded = _results(job)
+      else:
+        if not warm["done"] and bi == 0:
+          _status(f"predict: compiling the model for batches of {bs} (once)", progress)
+        decoded = [decode_series(r, config, bool(reports), head_required) for r in job]
+      # A series whose UID was unknown before reading may be one already written.
+      kept = []
+      for d in decoded:
+        if d.info is not None and d.ref.known_uid is None and \
+            _identity(d.info.series_uid, None) in written:
+          summary.duplicates += 1
+          log.info("%s: the same series (SeriesInstanceUID %s) is already in %s: not written "
+                   "twice", d.ref.key, d.info.series_uid, out)
+        else:
+          kept.append(d)
+      decoded = kept
       ok = [d for d in decoded if d.error is None]
       outs: dict[int, dict] = {}
       device_share = None
@@ -555,6 +845,7 @@ def predict_scans(run: Any, scans: Sequence[SeriesRef], out: str | os.PathLike, 
       rows = [_row(d, labels, thr, outs.get(id(d)), device_share if d.error is None else None,
                    timings) for d in decoded]
       output.append(rows)
+      written.update(row_identity(r) for r in rows)
       if reports:
         for d in ok:
           one = {k: v[None] for k, v in outs[id(d)].items()}
@@ -571,20 +862,28 @@ def predict_scans(run: Any, scans: Sequence[SeriesRef], out: str | os.PathLike, 
           log.warning("%s", d.error)
       summary.wall_s = time.perf_counter() - t0
       if bar is not None:
-        bar.update(len(decoded))
+        bar.update(len(job))
         if summary.failed:
           bar.set_postfix(errors=summary.failed, refresh=False)
+  except BaseException:
+    failed = True
+    raise
   finally:
     if bar is not None:
       bar.close()
     if pool is not None:
       pool.shutdown(wait=True, cancel_futures=True)
-    wanted = set(keys)
-    failed_rows = [r for r in output.rows if r["scan"] in wanted and r["status"] == "error"]
+    wanted = {s.identity() for s in scans}
+    failed_rows = [r for r in output.rows if row_identity(r) in wanted and r["status"] == "error"]
     summary.unreadable = len(failed_rows)
     if failed_rows and not summary.errors:
       summary.errors = [r["error"] for r in failed_rows[:1]]
-    _write_sidecar(out, run, labels, thr, output, summary, scans_label)
+    try:
+      _write_sidecar(out, run, labels, thr, output, summary, scans_label)
+    except StorageError as e:
+      if not failed:
+        raise
+      log.warning("%s", e)   # the error already on its way says more
   return summary
 
 
@@ -608,7 +907,7 @@ def _write_sidecar(out: pathlib.Path, run: Any, labels: Sequence[str], thr: Sequ
   ok = sum(r["status"] == "ok" for r in output.rows)
   meta = {"schema_version": SCHEMA_VERSION, "ctjax_version": __version__,
           "output": out.name, "format": output.format, "columns": output.columns,
-          "scans": scans_label,
+          "csv_lists": "space-separated", "scans": scans_label,
           "run": {"workdir": os.path.abspath(run.workdir), "step": int(run.step),
                   "model": model_name(run), "task": run.config.task,
                   "num_slices": int(run.config.data.num_slices),
@@ -619,35 +918,22 @@ def _write_sidecar(out: pathlib.Path, run: Any, labels: Sequence[str], thr: Sequ
           "last_invocation": summary.to_json()}
   if not output.rows and not out.exists():
     return
-  side = sidecar_path(out)
-  tmp = side.with_name(side.name + ".tmp")
-  tmp.write_text(json.dumps(meta, indent=1, default=str))
-  os.replace(tmp, side)
+  fileio.atomic_write_text(sidecar_path(out), json.dumps(meta, indent=1, default=str),
+                           "writing the predictions' sidecar")
 
 
 def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
-  """The rows of a prediction file, values typed as in the JSON-lines form (CSV parsed back)."""
+  """The rows of a prediction file, values typed as in the JSON-lines form (CSV parsed back,
+  `'` of neutralised cells removed). Reads the whole records only (`Output`'s parser)."""
   path = pathlib.Path(path)
   fmt = output_format(path)
+  raw = path.read_bytes()
   if fmt == "jsonl":
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-  with open(path, newline="", encoding="utf-8") as f:
-    rows = list(csv.DictReader(f))
-  return [{k: _parse_cell(k, v) for k, v in r.items()} for r in rows]
-
-
-def _parse_cell(column: str, value: str) -> Any:
-  if value == "":
-    return None
-  if column in ("key_slices",):
-    return [int(v) for v in value.split()]
-  if column == "key_sop_uids":
-    return value.split()
-  if column.startswith("prob_") or column in TIMING:
-    return float(value)
-  if column.startswith("call_") or column == "num_source_slices":
-    return int(value)
-  return value
+    return [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
+  header = next(csv.reader(io.StringIO(raw.decode("utf-8", "replace"))), None)
+  if header is None:
+    return []
+  return _parse_csv(raw, header, path)[0]
 
 
 def rows_by_key(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:

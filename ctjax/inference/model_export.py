@@ -11,9 +11,21 @@ same program serves any checkpoint of the same architecture. Files of `out_dir`:
 
   model.jaxexport      `jax.export.Exported.serialize()` (StableHLO bytecode + calling convention)
   model.stablehlo.mlir the same module as text (for reading, or for other StableHLO runtimes)
-  weights.safetensors  the variables, flat
+  weights.safetensors  the variables, flat; its metadata carries the manifest's meaning hash and
+                       the program's hash (`serving.META_*`), read by the loader on its own
+  MODEL_CARD.md        the model card (`ctjax.inference.model_card`), also the manifest's
+                       `model_card`
   manifest.json        the input contract (slices, size, dtype, window preset and values, label
-                       order, thresholds), the outputs, model name, checkpoint step, versions
+                       order, thresholds, head check), the outputs, model name, checkpoint step,
+                       versions; every file's SHA-256 (`sha256`) and the meaning hash
+                       (`meaning_sha256`, `serving.meaning_sha256`)
+
+The folder is written whole beside `out_dir` (a hidden sibling), every file with the same mode
+(0o666 less the umask) and flushed to disk, then renamed into place
+(`ctjax.fileio.replace_dir`): an existing export at `out_dir` is replaced in one step (Linux;
+elsewhere it is absent for the instant between two renames), never mixed with the new one; a
+failure (a full disk) leaves `out_dir` as it was and no partial folder. An `out_dir` that exists
+and is not an export folder (other files in it) is refused.
 
 DrCT1/DrCT2: input HU int16 [b, m, H, W] (m sampled slices, H = W = config.data.image_size);
 outputs probs [b, L], probs_primary, probs_aps and key_indices (DrCT2), slice_attention
@@ -30,22 +42,27 @@ import json
 import logging
 import os
 import pathlib
+import secrets
+import shutil
 from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ctjax.errors import ConfigError
+from ctjax import fileio
+from ctjax.errors import ConfigError, StorageError
+from ctjax.inference import serving
 
 log = logging.getLogger(__name__)
 
-FORMAT = "ctjax.export"
-FORMAT_VERSION = 1
+FORMAT = serving.FORMAT
+FORMAT_VERSION = 2
 PROGRAM = "model.jaxexport"
 PROGRAM_TEXT = "model.stablehlo.mlir"
 WEIGHTS = "weights.safetensors"
-MANIFEST = "manifest.json"
+CARD = "MODEL_CARD.md"
+MANIFEST = serving.MANIFEST
 TASKS = ("drct", "blend")
 
 
@@ -100,8 +117,9 @@ def _windows(spec: Any) -> dict[str, Any]:
 
 
 def _contract(run: Any, shape: Sequence[Any], exported: Any) -> dict[str, Any]:
-  from ctjax.data.cache import HU_MAX, HU_MIN
+  from ctjax.data.resize import HU_MAX, HU_MIN
   from ctjax.inference.report_html import thresholds
+  from ctjax.inference.scan_reports import require_head
   cfg = run.config
   dims = ["b" if not isinstance(d, int) else int(d) for d in shape]
   outputs = {}
@@ -119,8 +137,10 @@ def _contract(run: Any, shape: Sequence[Any], exported: Any) -> dict[str, Any]:
         layout="[batch, slices, H, W]: HU of m slices of one series ordered along the slice "
                "normal, sampled at floor((i + 0.5) * S / m), i = 0..m-1 "
                "(ctjax.data.sampling.uniform_indices), each resized to size x size (area "
-               "resampling when shrinking, bilinear when enlarging: ctjax.data.cache.resize_hu), "
-               "rounded and clipped to hu_range")
+               "resampling when shrinking, bilinear when enlarging: ctjax.data.resize.resize_hu), "
+               "rounded and clipped to hu_range; series read by ctjax.data.dicom.read_series "
+               "(canonical orientation: rows anterior to posterior, columns patient right to "
+               "left, slices inferior to superior)")
     contract.update(task="drct", labels=labels, thresholds=thresholds(cfg, len(labels)),
                     model_name=f"{'DrCT2' if cfg.model.aps else 'DrCT1'} "
                                f"({cfg.model.backbone} backbone)",
@@ -128,27 +148,31 @@ def _contract(run: Any, shape: Sequence[Any], exported: Any) -> dict[str, Any]:
   else:
     from ctjax.data.labels import BLEND_CLASSES
     contract["input"]["layout"] = ("[batch, H, W]: HU of single slices resized to size x size "
-                                   "(ctjax.data.cache.resize_hu), rounded and clipped to "
+                                   "(ctjax.data.resize.resize_hu), rounded and clipped to "
                                    "hu_range")
     ev = cfg.get("evals", {})
-    contract.update(task="blend", labels=list(BLEND_CLASSES),
+    contract.update(task="blend", labels=list(BLEND_CLASSES), thresholds=[],
                     model_name=f"blend-sign detector ({cfg.model.backbone} backbone)",
                     windows=_windows(cfg.data.get("windows", "blend3")),
                     det_top_k=int(ev.get("det_top_k", 10)),
                     det_score_threshold=float(ev.get("det_score_threshold", 0.3)))
+  contract["require_head"] = require_head(cfg)
   return contract
 
 
 def export_run(run: Any, out_dir: str | os.PathLike, *,
-               platforms: Optional[Sequence[str]] = None) -> dict[str, Any]:
-  """Writes the run's inference program, weights and manifest into `out_dir`; returns the
-  manifest. `platforms` (e.g. ("cpu", "cuda")): what the program is lowered for; default the
-  current backend."""
+               platforms: Optional[Sequence[str]] = None,
+               evaluations: Sequence[str | os.PathLike] = ()) -> dict[str, Any]:
+  """Writes the run's inference program, weights, model card and manifest into `out_dir` (see
+  the module docstring: a new folder beside it, renamed into place); returns the manifest.
+  `platforms` (e.g. ("cpu", "cuda")): what the program is lowered for; default the current
+  backend. `evaluations`: `ctjax.evaluate --json` reports for the card (besides the workdir's)."""
   from ctjax import __version__
+  from ctjax.inference import model_card
   if run.config.task not in TASKS:
     raise ConfigError(f"{run.workdir}: config.task={run.config.task!r}; export knows {TASKS}")
-  out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  target = pathlib.Path(out_dir)
+  _check_target(target)
   flat = {k: np.asarray(v) for k, v in flatten(run.host_variables()).items()}
   shape, dtype = input_spec(run.config)
   weight_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()}
@@ -159,11 +183,7 @@ def export_run(run: Any, out_dir: str | os.PathLike, *,
   except (ValueError, NotImplementedError) as e:
     raise ConfigError(f"cannot export for platforms {platforms}: {' '.join(str(e).split())[:300]}"
                       ) from e
-  from safetensors.numpy import save_file
   blob = exported.serialize()
-  (out_dir / PROGRAM).write_bytes(blob)
-  (out_dir / PROGRAM_TEXT).write_text(exported.mlir_module())
-  save_file(flat, str(out_dir / WEIGHTS))
   cfg = run.config
   manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
               **_contract(run, shape, exported),
@@ -172,11 +192,73 @@ def export_run(run: Any, out_dir: str | os.PathLike, *,
               "ctjax_version": __version__, "jax_version": jax.__version__,
               "platforms": list(exported.platforms),
               "created": _dt.datetime.now().isoformat(timespec="seconds"),
-              "files": {"program": PROGRAM, "program_text": PROGRAM_TEXT, "weights": WEIGHTS},
-              "program_sha256": hashlib.sha256(blob).hexdigest(),
-              "weights_sha256": hashlib.sha256((out_dir / WEIGHTS).read_bytes()).hexdigest(),
+              "files": {"program": PROGRAM, "program_text": PROGRAM_TEXT, "weights": WEIGHTS,
+                        "model_card": CARD},
               "num_weights": len(flat),
               "num_parameters": int(sum(v.size for v in flat.values()))}
-  (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1))
-  log.info("exported %s step %d to %s (%s)", run.workdir, run.step, out_dir, platforms)
+  card = model_card.build_card(run.workdir, config=cfg, step=int(run.step), manifest=manifest,
+                               evaluations=evaluations)
+  manifest["model_card"] = card
+  manifest["meaning_sha256"] = serving.meaning_sha256(manifest)
+  card_text = model_card.render_markdown(card, serving_dir=target.name)
+  from safetensors.numpy import save as save_weights
+  weights = save_weights(flat, metadata={
+      serving.META_FORMAT: f"{FORMAT}/{FORMAT_VERSION}",
+      serving.META_MEANING: manifest["meaning_sha256"],
+      serving.META_PROGRAM: hashlib.sha256(blob).hexdigest()})
+  contents = {PROGRAM: blob, PROGRAM_TEXT: exported.mlir_module().encode(), WEIGHTS: weights,
+              CARD: card_text.encode()}
+  manifest["sha256"] = {role: hashlib.sha256(contents[name]).hexdigest()
+                        for role, name in manifest["files"].items()}
+  contents[MANIFEST] = json.dumps(manifest, indent=1).encode()
+  how = _write_folder(target, contents)
+  log.info("exported %s step %d to %s (%s; %s)", run.workdir, run.step, target, platforms, how)
   return manifest
+
+
+def _check_target(target: pathlib.Path) -> None:
+  """`target` may be absent, an empty folder or an earlier export (replaced); nothing else."""
+  if target.exists() and not target.is_dir():
+    raise StorageError("--out is a file, not a folder", target)
+  if target.is_dir():
+    names = sorted(p.name for p in target.iterdir())
+    ours = (target / MANIFEST).is_file() and _is_export(target / MANIFEST)
+    if names and not ours:
+      raise StorageError(f"exists and is not a {FORMAT} model folder (it holds "
+                         f"{', '.join(names[:3])}{'…' if len(names) > 3 else ''}); give a new or "
+                         "empty folder: an export replaces only an earlier export", target)
+  fileio.writable_dir(target.parent if str(target.parent) else ".", "folder of --out")
+
+
+def _is_export(manifest: pathlib.Path) -> bool:
+  try:
+    return json.loads(manifest.read_text()).get("format") == FORMAT
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
+def _write_folder(target: pathlib.Path, contents: dict[str, bytes]) -> str:
+  """Every file of `contents` into a new hidden folder beside `target` (one mode, flushed),
+  then renamed into place (`fileio.replace_dir`); on failure nothing is left behind."""
+  staging = target.with_name(f".{target.name}.export-{os.getpid()}-{secrets.token_hex(4)}")
+  mode = fileio.file_mode()
+  needed = sum(len(b) for b in contents.values())
+  try:
+    staging.mkdir()
+    os.chmod(staging, mode | ((mode & 0o444) >> 2))   # rw-r--r-- → rwxr-xr-x
+    for name, data in contents.items():
+      fd = os.open(staging / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+      with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+      os.chmod(staging / name, mode)                   # the same mode whatever the umask did
+    fd = os.open(staging, os.O_RDONLY)
+    try:
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+    return fileio.replace_dir(staging, target)
+  except OSError as e:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise fileio.storage_error(e, target, "writing the exported model", needed=needed) from e

@@ -13,11 +13,20 @@ The five key slices are the five most attended sampled slices, ranked exactly as
 tasks rank them (`ctjax.eval.keyslice.top_k_indices`: ties → lower slice first).
 
 The highlighted area is drawn on the run's fixed scale (`ctjax.eval.highlight.HighlightScale`,
-stored with the run): the raw map divided by the run's reference, nothing below the floor,
-full colour at the reference and above, with a colour bar of that scale on the page. Every page
-of a run, and every caller that renders through here (`ctjax.inference.scan_reports`, predictions with
-reports, the reader study's assisted arm), draws the same value in the same colour. Without a
-scale the map is not drawn and the page says why.
+stored with the run): the raw map divided by the run's reference, as iso-lines at `LEVELS`
+(the floor, two steps between, the reference), each line opaque in its level's colour
+(`LEVEL_COLOURS`), and a colour bar of the same bands on the page: every colour the overlay
+shows is on the bar, whatever the anatomy under it, and the anatomy between the lines stays as
+read. Every page of a run, and every caller that renders through here
+(`ctjax.inference.scan_reports`, predictions with reports, the reader study's assisted arm),
+draws the same value in the same colour. Without a scale the map is not drawn and the page says
+why.
+
+Images are in the canonical orientation of `ctjax.data.dicom.read_series`, drawn in
+radiological convention: the patient's right on the viewer's left (marked R), anterior at the
+top (A); a series without ImageOrientationPatient (QA flag `orientation_unknown`) is drawn as
+stored, without markers. The header names the patient ID, the study date and the series
+description; the series' QA flags (`ctjax.data.qa`) are listed under it.
 """
 
 from __future__ import annotations
@@ -45,10 +54,15 @@ DISCLAIMER = ("Research tool — not a diagnosis. This report is the output of a
               "must read the original images.")
 THUMB_PX = 96         # strip thumbnails (longest side)
 KEY_PX = 384          # enlarged key slices (longest side)
-OVERLAY_ALPHA = 0.6   # heat-map alpha at the reference (1.0) and above, 0 at the floor
-HEAT_CMAP = "jet"     # the usual Grad-CAM colouring
-COLORBAR_PX = (360, 16)   # colour bar (width, height): 0 … 1.0 × the reference
-COLORBAR_BACKDROP = 0.3   # the bar shows the overlay over this grey (a brain-window CT)
+# Iso-lines of the highlight at these fractions of the way from the floor to the reference
+# (1.0: at the reference and above), each in its colour: turbo at 0.25/0.5/0.75/0.95, bright on
+# a grey CT and told apart without red-green vision (cyan, green-yellow, orange, dark red).
+LEVELS = (0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0)
+LEVEL_CMAP, LEVEL_CMAP_AT = "turbo", (0.25, 0.5, 0.75, 0.95)
+LINE_PX = 2           # iso-line width on the key slices (KEY_PX wide)
+OVERLAY_OPACITY = 100   # the opacity slider's default (%): thin opaque lines hide no anatomy
+COLORBAR_PX = (360, 16)   # colour bar (width, height): 0 … 1.0 × the reference, then "≥ 1.0"
+COLORBAR_GREY = 0.3       # below the floor nothing is drawn: the bar shows a grey CT there
 EVIDENCE_NOTE = ("The highlighted area is the model's label-agnostic evidence: the last "
                  "convolutional block's activation weighted by the slice's feature attention "
                  "(DrCT2 paper, section V.A and Figure 2). It is one map for all labels, not a "
@@ -86,6 +100,9 @@ class Provenance:
   model_input: str = ""                    # e.g. "28 × 224 × 224 × 3"
   config_name: str = ""
   model_name: str = ""
+  patient_id: str = ""                     # PatientID (DICOM header)
+  qa_flags: Sequence[str] = ()             # ctjax.data.qa flags of the series
+  head: str = ""                           # the head-CT verdict in words ("" = not checked)
   checkpoint_step: Optional[int] = None
   workdir: str = ""
   report_seconds: Optional[float] = None
@@ -119,31 +136,58 @@ def _resize(pixels: np.ndarray, longest: int) -> np.ndarray:
   return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
 
 
-def _colours(t: np.ndarray) -> np.ndarray:
-  """Drawn intensity in [0, 1] → float RGBA: the colour map, alpha rising from 0 at the floor."""
+def level_colours() -> np.ndarray:
+  """float RGB [len(LEVELS), 3]: the colour of each iso-line (and of its band on the bar)."""
   import matplotlib  # local: the renderer's only matplotlib use
-  rgba = matplotlib.colormaps[HEAT_CMAP](t)
-  rgba[..., 3] = OVERLAY_ALPHA * t
-  return rgba
+  return np.asarray(matplotlib.colormaps[LEVEL_CMAP](np.asarray(LEVEL_CMAP_AT)))[:, :3]
+
+
+def level_values(scale: HighlightScale) -> np.ndarray:
+  """The iso-line levels in units of the run's reference: floor … 1.0."""
+  return scale.floor + np.asarray(LEVELS) * (1.0 - scale.floor)
+
+
+def _outline(mask: np.ndarray, width: int) -> np.ndarray:
+  """The inner border of `mask`, `width` pixels wide (the image edge counts as outside)."""
+  inner = np.pad(mask, width)
+  for _ in range(width):
+    inner = inner & np.roll(inner, 1, 0) & np.roll(inner, -1, 0) & np.roll(inner, 1, 1) \
+        & np.roll(inner, -1, 1)
+  return mask & ~inner[width:-width, width:-width]
 
 
 def heat_overlay(highlight: np.ndarray, size_hw: tuple[int, int],
-                 scale: HighlightScale) -> np.ndarray:
+                 scale: HighlightScale, line_px: int = LINE_PX) -> np.ndarray:
   """Raw highlight map [h, w] → RGBA uint8 [H, W, 4] on the run's fixed scale: upsampled
-  bilinearly, transparent at or below the floor, colour and alpha rising to the reference."""
-  rgba = _colours(scale.drawn(upsample(highlight, size_hw)))
+  bilinearly, an opaque iso-line at each level (`level_values`) in its colour, higher levels
+  drawn over lower ones; transparent elsewhere (nothing at or below the floor)."""
+  rel = scale.relative(upsample(highlight, size_hw))
+  rgba = np.zeros(tuple(size_hw) + (4,), np.float32)
+  for level, colour in zip(level_values(scale), level_colours()):
+    line = _outline(rel >= level if level > scale.floor else rel > level, line_px)
+    rgba[line, :3] = colour
+    rgba[line, 3] = 1.0
   return (rgba * 255.0 + 0.5).astype(np.uint8)
 
 
 def colorbar_png(scale: HighlightScale, size: tuple[int, int] = COLORBAR_PX) -> np.ndarray:
-  """The colour bar, RGB uint8 [height, width, 3]: 0 … 1.0 × the reference left to right, each
-  value as the overlay draws it over a grey CT (plain grey below the floor)."""
+  """The colour bar, RGB uint8 [height, width, 3]: 0 … 1.0 × the reference over the first
+  `1 / (1 + band)` of the width, then one more band for "≥ 1.0"; grey below the floor (nothing
+  drawn), then each level's colour from its level up: exactly the colours of the lines."""
   w, h = size
-  v = (np.arange(w, dtype=np.float32) + 0.5) / w
-  t = np.clip((v - scale.floor) / (1.0 - scale.floor), 0.0, 1.0)
-  rgba = _colours(t)
-  rgb = rgba[:, :3] * rgba[:, 3:] + COLORBAR_BACKDROP * (1.0 - rgba[:, 3:])
+  levels = level_values(scale)
+  band = (1.0 - scale.floor) / (len(LEVELS) - 1)
+  v = (np.arange(w, dtype=np.float64) + 0.5) / w * (1.0 + band)
+  rgb = np.full((w, 3), COLORBAR_GREY)
+  for level, colour in zip(levels, level_colours()):
+    rgb[v >= level] = colour
   return np.repeat((rgb[None] * 255.0 + 0.5).astype(np.uint8), h, axis=0)
+
+
+def colorbar_position(value: float, scale: HighlightScale) -> float:
+  """Where `value` (reference units) sits on the colour bar, as a fraction of its width."""
+  band = (1.0 - scale.floor) / (len(LEVELS) - 1)
+  return float(value) / (1.0 + band)
 
 
 def _scale_html(scale: Optional[HighlightScale]) -> str:
@@ -154,12 +198,21 @@ def _scale_html(scale: Optional[HighlightScale]) -> str:
             'so the highlighted area is not drawn: a map without the run\'s fixed scale would '
             'look the same on every scan. <code>python -m ctjax.evaluate --workdir RUN --split val '
             '--fit_highlight_scale</code> fits it on the validation split.</p>')
-  ticks = [(0.0, "0"), (scale.floor, f"{scale.floor:.2f} floor"), (1.0, "≥ 1.0")]
-  if abs(scale.floor - 0.5) > 0.15:
-    ticks.insert(2, (0.5, "0.5"))
+  levels = level_values(scale)
+  ticks = [(0.0, "0"), (colorbar_position(scale.floor, scale), f"{scale.floor:.2f} floor")]
+  ticks += [(colorbar_position(v, scale), f"{v:.2f}") for v in levels[1:-1]]
+  ticks += [(colorbar_position(1.0, scale), "1.0"), (1.0, "≥ 1.0")]
+  kept = [ticks[0]]
+  for i, (x, t) in enumerate(ticks[1:], 1):   # labels that would overlap are left out
+    if x - kept[-1][0] >= 0.09 and (i == len(ticks) - 1 or ticks[-1][0] - x >= 0.09):
+      kept.append((x, t))
+    elif i == len(ticks) - 1:
+      kept[-1] = (x, t)
+  ticks = kept
   spans = "".join(f'<span style="left:{100 * x:.1f}%">{esc(t)}</span>' for x, t in ticks)
   return (f'<div class="hl-scale" id="highlight-scale"><div class="cb-title">highlight, '
-          f'in units of the run\'s reference (the same scale on every scan)</div>'
+          f'in units of the run\'s reference (the same scale on every scan): a line of a '
+          f'colour encloses where the highlight reaches that colour\'s band</div>'
           f'<img class="colorbar" alt="highlight colour scale" '
           f'src="{_png_data_uri(colorbar_png(scale))}"><div class="cb-ticks">{spans}</div>'
           f'<div class="cb-basis">{esc(scale.basis)}.</div></div>')
@@ -198,6 +251,43 @@ def _histogram_svg(attention: np.ndarray, top: Sequence[int]) -> str:
           f'preserveAspectRatio="none" role="img" aria-label="slice attention histogram">'
           f'<line class="uniform" x1="0" x2="{m}" y1="{100 - uniform:.3f}" '
           f'y2="{100 - uniform:.3f}"/>{"".join(bars)}</svg>')
+
+
+# What each QA flag (`ctjax.data.qa.FLAGS`) means, as the report says it.
+QA_MEANINGS = {
+    "not_head": "the pixels do not show a head CT (ctjax.data.headcheck)",
+    "few_slices": "fewer slices than a head CT has",
+    "small_matrix": "a matrix below 256 pixels",
+    "gap": "a slice or more missing (a step longer than 1.5 × the median)",
+    "uneven_spacing": "uneven slice steps",
+    "gantry_tilt": "gantry tilt (sheared slices)",
+    "oblique": "the slice plane is tilted from axial",
+    "orientation_unknown": "no ImageOrientationPatient: orientation unknown",
+    "lossy": "lossy-compressed pixels",
+    "pixel_range": "many voxels at the top of the HU range (wrong rescale?)",
+    "duplicate_position": "duplicate slices dropped",
+    "bad_intercept": "rescale intercept fixed or slices with an invalid rescale",
+    "missing_rescale": "slices without RescaleSlope/Intercept",
+    "skipped_slices": "slices skipped",
+    "failed": "the series could not be read",
+}
+
+
+def _qa_html(pv: Provenance) -> str:
+  """The series' QA flags under the header (each with its meaning), and a warning when the
+  head-CT check failed (a report made with --norequire_head)."""
+  esc = html.escape
+  items = "; ".join(f'<span class="qa-flag"><code>{esc(f)}</code> '
+                   f'({esc(QA_MEANINGS.get(f, "see ctjax.data.qa"))})</span>'
+                   for f in pv.qa_flags)
+  warn = ""
+  if pv.head.startswith("not a head CT"):
+    warn = (f'<p class="qa-warn"><b>{esc(pv.head)}.</b> The model was trained on head CT; its '
+            "outputs for this series mean nothing.</p>")
+  if not items:
+    return (f'<div class="qa ok" id="qa-flags">{warn}Series QA: no flags '
+            f'(ctjax.data.qa).</div>')
+  return f'<div class="qa" id="qa-flags">{warn}Series QA flags: {items}.</div>'
 
 
 def _fmt_num(x: Any, digits: int = 3) -> str:
@@ -252,7 +342,11 @@ def render_report_html(images: np.ndarray, attention: np.ndarray, highlight: np.
         f'{badge}</figure>')
   ticks = "".join(f'<span>{i + 1}</span>' for i in range(m))
 
-  # Enlarged key slices with toggleable overlay.
+  # Enlarged key slices with toggleable overlay, and the patient's sides (radiological view).
+  oriented = "orientation_unknown" not in provenance.qa_flags
+  markers = ('<span class="mk mk-r" title="patient right">R</span><span class="mk mk-l" '
+             'title="patient left">L</span><span class="mk mk-a" title="anterior">A</span>'
+             '<span class="mk mk-p" title="posterior">P</span>') if oriented else ""
   cards = []
   for r, i in enumerate(top):
     big = _resize(pix[i], KEY_PX)
@@ -267,7 +361,7 @@ def render_report_html(images: np.ndarray, attention: np.ndarray, highlight: np.
     cards.append(
         f'<figure class="key-slice" data-slice="{i}">'
         f'<div class="stack"><img class="base" alt="key slice {r + 1}" src="{_png_data_uri(big)}">'
-        f'{overlay}</div>'
+        f'{overlay}{markers}</div>'
         f'<figcaption><b>#{r + 1}</b> sampled slice {i + 1} · source slice {int(src[i]) + 1}'
         f'<br>attention {attention[i]:.4f} ({attention[i] * m:.2f}× uniform)'
         f' · {peak}</figcaption></figure>')
@@ -288,6 +382,7 @@ def render_report_html(images: np.ndarray, attention: np.ndarray, highlight: np.
   spacing = (" × ".join(f"{float(s):.3g}" for s in pv.spacing_mm) + " mm") if pv.spacing_mm \
       else "—"
   scan_rows = [
+      ("Patient ID", pv.patient_id),
       ("Scan folder", pv.scan_path), ("Series instance UID", pv.series_uid),
       ("Study instance UID", pv.study_uid), ("Series description", pv.series_description),
       ("Reconstruction kernel", pv.kernel),
@@ -298,6 +393,9 @@ def render_report_html(images: np.ndarray, attention: np.ndarray, highlight: np.
       ("Voxel spacing (z × y × x)", spacing),
       ("Source volume", " × ".join(str(int(s)) for s in pv.source_shape) or "—"),
       ("Model windows (level/width HU)", pv.model_windows), ("Display window", pv.display_window),
+      ("Orientation", "radiological: the patient's right on the viewer's left, anterior at the "
+       "top" if oriented else "unknown (no ImageOrientationPatient): drawn as stored"),
+      ("Head-CT check", pv.head), ("QA flags", ", ".join(pv.qa_flags) or "none"),
   ]
   step = "—" if pv.checkpoint_step is None else str(pv.checkpoint_step)
   model_rows = [
@@ -321,9 +419,17 @@ def render_report_html(images: np.ndarray, attention: np.ndarray, highlight: np.
   summary = (f"{len(above)} of {len(predictions)} labels above threshold: "
              f"{', '.join(above)}" if above else
              f"No label above threshold ({len(predictions)} labels).")
+  ident = [("Patient ID", pv.patient_id or "—"), ("Study date", _date(pv.study_date) or "—"),
+           ("Series", pv.series_description or "—")]
+  series = "".join(f'<span class="id-item"><span class="id-key">{esc(k)}</span> {esc(v)}</span>'
+                   for k, v in ident)
+  series += f'<div class="uid">Series UID {esc(pv.series_uid or pv.scan_path or "—")}</div>'
   return _PAGE.format(
       title=esc(title), css=_CSS, js=_JS, disclaimer=esc(DISCLAIMER),
-      series=esc(pv.series_uid or pv.scan_path or "scan"), summary=esc(summary), m=m,
+      series=series, qa=_qa_html(pv), summary=esc(summary), m=m,
+      opacity=OVERLAY_OPACITY, orient_hint=esc(
+          " Radiological view: R = the patient's right (on the viewer's left), A = anterior."
+          if oriented else " Orientation unknown: drawn as stored, no R/L markers."),
       num_key=len(top), thumbs="".join(thumbs), ticks=ticks,
       histogram=_histogram_svg(attention, top), peak=f"{attention.max():.4f}" if m else "0",
       cards="".join(cards), scale=_scale_html(scale), evidence=_evidence_html(predictions),
@@ -340,6 +446,19 @@ color:var(--ink);background:var(--bg)}
 header{background:#16213a;color:#fff;padding:18px 32px}
 header h1{margin:0;font-size:20px;font-weight:600;letter-spacing:.2px}
 header .sub{color:#b8c2d6;font-size:12.5px;margin-top:4px;overflow-wrap:anywhere}
+header .id-item{display:inline-block;margin-right:22px;color:#fff;font-size:14px}
+header .id-key{color:#b8c2d6;font-size:12px;margin-right:2px}
+header .uid{margin-top:3px}
+.qa{border:1px solid #e0b252;background:#fffaf0;color:#5c4300;border-radius:6px;
+padding:6px 14px;margin-bottom:14px;font-size:12.5px}
+.qa.ok{border-color:var(--line);background:#fff;color:var(--muted)}
+.qa code{font-weight:600}
+.qa-warn{color:#b02a1a;margin:0 0 6px}
+.stack .mk{position:absolute;color:#fff;font:600 15px/1 Arial,sans-serif;
+text-shadow:0 0 3px #000,0 0 2px #000;pointer-events:none}
+.mk-r{left:6px;top:50%;transform:translateY(-50%)}.mk-l{right:6px;top:50%;
+transform:translateY(-50%)}.mk-a{top:6px;left:50%;transform:translateX(-50%)}
+.mk-p{bottom:6px;left:50%;transform:translateX(-50%)}
 main{max-width:1240px;margin:0 auto;padding:20px 32px 40px}
 .disclaimer{border:1px solid #e0b252;background:#fff7e3;color:#5c4300;border-radius:6px;
 padding:10px 14px;margin-bottom:18px}
@@ -423,9 +542,10 @@ _PAGE = """<!DOCTYPE html>
 <link rel="icon" href="data:,">
 <title>{title}</title><style>{css}</style></head>
 <body>
-<header><h1>{title}</h1><div class="sub">{series}</div></header>
+<header><h1>{title}</h1><div class="sub" id="identity">{series}</div></header>
 <main>
 <div class="disclaimer" id="disclaimer"><b>{disclaimer}</b></div>
+{qa}
 <section id="predictions"><h2>Model output per label<span class="hint">{summary}</span></h2>
 <table class="preds"><thead><tr><th>label</th><th>probability</th><th></th><th>threshold</th>
 <th>call</th></tr></thead><tbody>{pred_rows}</tbody></table></section>
@@ -436,10 +556,10 @@ attention 1/{m}; tallest bar = {peak}</span></h2>
 {histogram}
 <div class="ticks">{ticks}</div></div></section>
 <section id="key-slices"><h2>Key slices<span class="hint">the {num_key} most attended slices,
-most attended first, with the model's highlighted area</span></h2>
+most attended first, with the model's highlighted area.{orient_hint}</span></h2>
 <div class="controls"><label><input type="checkbox" id="toggle-highlight" checked> show
 highlighted area</label><label>overlay opacity <input type="range" id="highlight-opacity"
-min="0" max="100" value="100"></label></div>
+min="0" max="100" value="{opacity}"></label></div>
 {scale}{evidence}
 <div class="keys">{cards}</div></section>
 <div class="grid2"><section id="scan-provenance"><h2>Scan</h2><table class="kv">{scan_rows}

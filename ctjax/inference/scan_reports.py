@@ -72,8 +72,10 @@ def read_scan(scan_dir: Any, series_uid: Any = None):
     else:
       files = [os.fspath(f) for f in scan_dir]
       where = os.path.commonpath(files) if files else "<no files>"
-    if detail.startswith(where):
-      detail = detail[len(where):].lstrip(": ")
+    if detail.startswith(where + ": "):
+      detail = detail[len(where) + 2:]
+    elif detail.startswith(where + os.sep):      # a file of the series: its name suffices
+      detail = detail[len(where) + 1:]
     raise type(e)(f"not a usable CT series ({detail})", where) from e
 
 
@@ -99,8 +101,8 @@ def scan_batch(volume: Any, config: Any) -> tuple[dict[str, np.ndarray], np.ndar
 
 @dataclasses.dataclass
 class ScanInfo:
-  """What a report needs of a series besides its pixels: small enough to cross a process
-  boundary (the prediction command decodes series in worker processes)."""
+  """What a report or a prediction row needs of a series besides its pixels: small enough to
+  cross a process boundary (the prediction command decodes series in worker processes)."""
   series_uid: str
   num_slices: int
   source_shape: tuple[int, ...]      # (S, H, W) of the decoded volume
@@ -108,26 +110,57 @@ class ScanInfo:
   header: dict[str, str]
   notes: list[str]
   skipped: list[Any]                 # ctjax.data.dicom.Skip
+  qa_flags: list[str] = dataclasses.field(default_factory=list)   # ctjax.data.qa.FLAGS order
+  head: Optional[bool] = None        # ctjax.data.headcheck's verdict (None: not checked)
+  head_reasons: tuple[str, ...] = ()   # why not, when `head` is False
 
   @classmethod
   def of(cls, volume: Any) -> "ScanInfo":
+    """The series' identity, geometry, head-CT verdict and QA flags (`ctjax.data.qa.flags`)."""
+    from ctjax.data import headcheck, qa
+    verdict = headcheck.check_volume(volume)
     return cls(volume.series_uid, volume.num_slices, tuple(int(n) for n in volume.hu.shape),
                tuple(float(v) for v in volume.spacing), dict(volume.header),
-               list(volume.notes), list(volume.skipped))
+               list(volume.notes), list(volume.skipped), qa.flags(volume, head=verdict),
+               bool(verdict.is_head), tuple(verdict.reasons))
+
+
+def require_head(config: Any, override: Optional[bool] = None) -> bool:
+  """Whether non-head series are refused: `override` (a command's --require_head), else the
+  run's config.data.require_head (True for runs saved before the field existed)."""
+  if override is not None:
+    return bool(override)
+  from ctjax.data.cache import data_option
+  return bool(data_option(config, "require_head"))
+
+
+def check_head(info: ScanInfo, where: Any, required: bool) -> None:
+  """`NotHeadCTError` (one line naming `where` and the verdict's reasons) when `required` and
+  the series is no head CT (`ctjax.data.headcheck`)."""
+  if required and info.head is False:
+    from ctjax.errors import NotHeadCTError
+    raise NotHeadCTError(
+        f"not a head CT ({'; '.join(info.head_reasons)}); the run reads head CT only "
+        "(config.data.require_head): --norequire_head reads it anyway, for research", where)
 
 
 def report_for_scan(run: runs.Run, scan_dir: str | os.PathLike, out_path: str | os.PathLike,
                     *, series_uid: Any = None,
-                    scale: Optional[highlight_lib.HighlightScale] = None) -> ReportResult:
+                    scale: Optional[highlight_lib.HighlightScale] = None,
+                    require: Optional[bool] = None) -> ReportResult:
   """Reads `scan_dir`, runs the model, writes one self-contained HTML report to `out_path`.
-  `scale`: the highlight scale (default: the run's stored one, `highlight_scale`)."""
+  `scale`: the highlight scale (default: the run's stored one, `highlight_scale`); `require`:
+  refuse a series that is no head CT (`NotHeadCTError`; default: the run's
+  config.data.require_head)."""
   t0 = time.perf_counter()
   if scale is None:
     scale = highlight_scale(run)
   volume = read_scan(scan_dir, series_uid)
+  info = ScanInfo.of(volume)
+  check_head(info, scan_dir, require_head(run.config, require))
   batch, display = scan_batch(volume, run.config)
   out = runs.predict_batch(run, batch)
-  return render_scan_report(run, scan_dir, ScanInfo.of(volume), batch, display, out, out_path,
+  return render_scan_report(run, scan_dir, info, batch, display, out, out_path,
                             analysis_seconds=time.perf_counter() - t0, scale=scale)
 
 
@@ -163,6 +196,9 @@ def render_scan_report(run: runs.Run, scan_dir: str | os.PathLike, info: ScanInf
   hdr = info.header
   prov = Provenance(
       scan_path=os.fspath(scan_dir), series_uid=info.series_uid,
+      patient_id=hdr.get("PatientID", ""), qa_flags=list(info.qa_flags),
+      head="" if info.head is None else ("head CT" if info.head else
+                                         "not a head CT: " + "; ".join(info.head_reasons)),
       study_uid=hdr.get("StudyInstanceUID", ""),
       series_description=hdr.get("SeriesDescription", ""),
       kernel=hdr.get("ConvolutionKernel", ""), slice_thickness=hdr.get("SliceThickness", ""),
@@ -236,13 +272,18 @@ def select_series(found: list[tuple[str, Optional[str]]], config: Any
   return keep, skipped
 
 
-def find_series(folder: str | os.PathLike, exclude: Optional[str | os.PathLike] = None
-                ) -> list[tuple[str, Optional[str]]]:
+def find_series(folder: str | os.PathLike, exclude: Optional[str | os.PathLike] = None,
+                *, uids: Optional[dict[str, str]] = None,
+                progress: Optional[Any] = None) -> list[tuple[str, Optional[str]]]:
   """(folder, series UID or None) for every folder under `folder` that directly holds files.
 
   A folder with several series (RSNA's flat layout) gives one entry per series; a leaf folder
   with files but no DICOM series gives (folder, None), which reports as a failure naming it; a
-  folder with subfolders and no series of its own (a data set root with its CSV) is skipped.
+  folder with subfolders and no series of its own (a data set root with its CSV) is skipped. A
+  folder that cannot be listed (permission denied) is an entry too: reading it gives the OS's
+  reason. `uids`, when given, receives {folder: its one series' UID} for the single-series
+  folders (read from the headers already, so callers can key series without reading again);
+  `progress(n)` is called after each folder looked at.
   """
   from ctjax.data.dicom import list_series
   from ctjax.errors import CTDataError
@@ -252,10 +293,17 @@ def find_series(folder: str | os.PathLike, exclude: Optional[str | os.PathLike] 
     raise CTDataError("not a folder of scans", folder)
   out = []
   for d in sorted([root] + [p for p in root.rglob("*") if p.is_dir()]):
+    if progress is not None:
+      progress(1)
     if any(part.startswith(".") for part in d.relative_to(root).parts) or (
         exclude is not None and (d == exclude or exclude in d.parents)):
       continue
-    if not any(f.is_file() and not f.name.startswith(".") for f in d.iterdir()):
+    try:
+      entries = list(d.iterdir())
+    except OSError:        # unreadable: an entry of its own, whose read says why
+      out.append((os.fspath(d), None))
+      continue
+    if not any(f.is_file() and not f.name.startswith(".") for f in entries):
       continue
     try:
       series = list_series(d)
@@ -263,8 +311,10 @@ def find_series(folder: str | os.PathLike, exclude: Optional[str | os.PathLike] 
       series = []
     if len(series) > 1:
       out += [(os.fspath(d), s.series_uid) for s in series]
-    elif series or not any(p.is_dir() and not p.name.startswith(".") for p in d.iterdir()):
+    elif series or not any(p.is_dir() and not p.name.startswith(".") for p in entries):
       out.append((os.fspath(d), None))
+      if series and uids is not None:
+        uids[os.fspath(d)] = series[0].series_uid
     # else: a container folder whose files are metadata (manifest.json, labels CSV): skipped.
   return out
 
@@ -275,12 +325,13 @@ def _slug(text: str) -> str:
 
 
 def report_for_folder(run: runs.Run, folder: str | os.PathLike, out_dir: str | os.PathLike,
-                      ) -> list[ReportResult | ReportFailure]:
+                      *, require: Optional[bool] = None) -> list[ReportResult | ReportFailure]:
   """One report per series under `folder` into `out_dir`, plus `out_dir/index.html`.
 
   The series are chosen by the run's series policy (`select_series`: the training rule, so a
   bone or localizer series of a CQ500 study is not reported); those left out are logged and
-  listed on the index page with the reason."""
+  listed on the index page with the reason. A series that cannot be read, or is no head CT
+  (`require`, default the run's config.data.require_head), is a failure entry."""
   from ctjax.errors import CTDataError
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -299,7 +350,7 @@ def report_for_folder(run: runs.Run, folder: str | os.PathLike, out_dir: str | o
     used.add(name)
     try:
       results.append(report_for_scan(run, path, out_dir / f"{name}.html", series_uid=uid,
-                                     scale=scale))
+                                     scale=scale, require=require))
       log.info("%s: %.2f s", path, results[-1].seconds)
     except CTDataError as e:
       results.append(ReportFailure(path, uid or "", str(e)))

@@ -6,9 +6,13 @@ on the run's fixed highlight scale (ctjax.eval.highlight; the colour bar on the 
   python docs/images/make_report_screenshots.py --workdir runs/drct2_phantom
 
 The scans are the README's demo scans (`python -m ctjax.synth --layout cq500 --scans 6 --seed 5
---size 256`, generated here into a temporary folder); the first with a bleeding lesion and the
-first without, by the phantom's truth. A run trained before the scale was stored gets it fitted
-on its validation split first (`ctjax.inference.highlight_scale.fit`). Needs headless Chromium.
+--size 256`, generated here into a temporary folder); the first with a bleeding lesion on one
+side of the head and the first without, by the phantom's truth. The page draws the canonical
+orientation in radiological convention (the patient's right on the viewer's left, marked R):
+the script prints the positive scan's lesion side from the phantom's truth and where its box
+lies in the image, which must agree with the markers. A run trained before the scale was
+stored gets it fitted on its validation split first (`ctjax.inference.highlight_scale.fit`).
+Needs headless Chromium.
 
 The committed images come from the README job's run itself (its best checkpoint).
 """
@@ -52,10 +56,21 @@ def main():
     try:
       manifest = json.loads(phantom.write_dataset("scans", layout="cq500", num_scans=6, seed=5,
                                                   size=256, num_workers=0).read_text())
-      bleeds = {s["scan_id"]: any(e["type"] in BLEEDS for e in s["lesions"])
-                for s in manifest["scans"]}
-      picks = {"positive": next(k for k, v in bleeds.items() if v),
-               "negative": next(k for k, v in bleeds.items() if not v)}
+      scans = {s["scan_id"]: s for s in manifest["scans"]}
+      sided = {k: [e for e in s["lesions"] if e["type"] in BLEEDS and e.get("side")]
+               for k, s in scans.items()}
+      picks = {"positive": next(k for k, v in sided.items() if v),
+               "negative": next(k for k, s in scans.items()
+                                if not any(e["type"] in BLEEDS for e in s["lesions"]))}
+      les = sided[picks["positive"]][0]
+      x0, _, x1, _ = next(iter(les["boxes"].values()))
+      where = (x0 + x1) / 2 / manifest["size"]
+      side = {-1: "right", 1: "left"}[les["side"]]
+      print(f"{picks['positive']}: {les['type']} in the patient's {side} hemisphere (truth), its "
+            f"box centred at {where:.2f} of the image width: drawn on the viewer's "
+            f"{'left' if where < 0.5 else 'right'}, the {'R' if where < 0.5 else 'L'} marker's "
+            "side")
+      assert (where < 0.5) == (side == "right"), "radiological convention broken"
       for kind, scan_id in picks.items():
         # the study's thin soft-tissue series (the one training reads; ctjax.data.series_policy)
         folder = pathlib.Path("scans", phantom._cq500_study(scan_id), "CT PLAIN THIN")  # noqa: SLF001

@@ -35,6 +35,7 @@ def _stand_in_predict(run, batch):
 def stand_in(monkeypatch):
   from ctjax.configs.drct import drct_config, runlocal_overrides
   config = runlocal_overrides(drct_config(dataset="phantom", variant="drct2"))
+  config.data.require_head = False     # the scans here are no heads (see the head-check test)
   run = runs.Run(pathlib.Path("runs/x"), config, None, None, None, 11, None, None)
   monkeypatch.setattr(runs, "load_run", lambda workdir, step=None, **kw: run)
   monkeypatch.setattr(runs, "predict_batch", _stand_in_predict)
@@ -122,7 +123,8 @@ def test_end_to_end_on_an_orbax_checkpoint(tmp_path, monkeypatch):
   (wd / "config.json").write_text(c.to_json_best_effort(indent=2))
   _scan(tmp_path / "scan", num=12)
   r = subprocess.run([sys.executable, "-m", "ctjax.report", "--workdir", str(wd), "--scan",
-                      str(tmp_path / "scan"), "--out", str(tmp_path / "r.html")],
+                      str(tmp_path / "scan"), "--out", str(tmp_path / "r.html"),
+                      "--norequire_head"],
                      capture_output=True, text=True, cwd=ROOT, timeout=600)
   assert r.returncode == 0, r.stderr
   assert "(step 3)" in r.stdout and "reported in" in r.stdout
@@ -142,3 +144,26 @@ def test_old_config_json_is_one_line(tmp_path, capsys):
   err = capsys.readouterr().err.strip()
   assert rc == 1 and len(err.splitlines()) == 1, err
   assert str(tmp_path / "config.json") in err and "config.model.feature_norm" in err
+
+
+def test_non_head_series_is_refused_in_one_line(stand_in, tmp_path, capsys):
+  """The run's config.data.require_head: `--scan` of a series that is no head CT exits 1 with
+  one line; batch mode reports the rest and lists it as a failure on the index page."""
+  from tests.inference.test_scan_reports import write_head
+  stand_in.config.data.require_head = True
+  _scan(tmp_path / "scans" / "flat")                     # constant slices: no skull
+  write_head(tmp_path / "scans" / "head")
+  rc = cli.main(["--workdir", "runs/x", "--scan", str(tmp_path / "scans" / "flat"),
+                 "--out", str(tmp_path / "r.html")])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 1 and len(err) == 1 and not (tmp_path / "r.html").exists()
+  assert err[0].startswith(f"error: {tmp_path / 'scans' / 'flat'}: not a head CT (")
+  rc = cli.main(["--workdir", "runs/x", "--scans", str(tmp_path / "scans"),
+                 "--out", str(tmp_path / "out")])
+  cap = capsys.readouterr()
+  assert rc == 1 and "1 report(s), 1 failed" in cap.out and "not a head CT" in cap.err
+  index = (tmp_path / "out" / "index.html").read_text()
+  assert "not reported: " in index and "not a head CT" in index
+  assert cli.main(["--workdir", "runs/x", "--scan", str(tmp_path / "scans" / "flat"),
+                   "--out", str(tmp_path / "r.html"), "--norequire_head"]) == 0
+  assert "not_head" in (tmp_path / "r.html").read_text()

@@ -1,5 +1,6 @@
-"""`python -m ctjax.train` (ctjax/commands/train.py): the test split's table printed at the end of
-training, and a whole tiny run's terminal output (no log record glued to a bar, no warning)."""
+"""`python -m ctjax.train` (ctjax/commands/train.py): what the command does after the training loop
+(the loop itself: tests/train/test_loop.py): the test split's table printed, the run's model card
+written, and a whole tiny run's terminal output (no log record glued to a bar, no warning)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,10 @@ def test_end_of_training_prints_the_test_split_f1_row(tmp_path, capsys, monkeypa
         {"step": 7, "metrics": {}, "reports": {"test": report, "val": {"macro_f1": 0.1}}}))
     return {"test/macro_f1": report["macro_f1"]}
 
+  from ctjax.inference import model_card
   monkeypatch.setattr(loop, "train_and_evaluate", trained)
   monkeypatch.setattr(highlight_scale, "fit_after_training", lambda workdir: None)
+  monkeypatch.setattr(model_card, "write_card", lambda workdir: "MODEL_CARD.md")   # below
   assert train_cli.main(["--config", RUNLOCAL, "--workdir", str(tmp_path / "w"),
                          "--config.evals.test.every_steps=0"]) == 0
   out = capsys.readouterr().out.splitlines()
@@ -118,3 +121,30 @@ def test_a_tiny_run_prints_bars_logs_and_the_table_cleanly(tmp_path):
   assert row.strip("| ").split(" | ")[1:] == [
       *(metrics._short(report["per_class"][k]["f1"]) for k in RSNA_LABELS),
       metrics._short(report["macro_f1"]), metrics._short(report["macro_auc"])]
+
+
+def test_a_finished_run_gets_its_model_card(tmp_path, monkeypatch, capsys):
+  """The loop replaced by one that leaves a run folder as training does (config.json, a
+  checkpoint, final_metrics.json): the command then writes MODEL_CARD.md citing them."""
+  from ctjax.inference import highlight_scale
+  from ctjax.train import loop
+  from tests.support.run_folders import write_run
+
+  def fake_loop(config, workdir):
+    write_run(pathlib.Path(workdir), config)
+    (pathlib.Path(workdir) / "final_metrics.json").write_text(json.dumps({
+        "step": 3, "wall_seconds": 12.0, "metrics": {},
+        "reports": {"test": {"macro_f1": 0.375, "num_examples": 3}}}))
+    return {"test/macro_f1": 0.375}
+
+  monkeypatch.setattr(loop, "train_and_evaluate", fake_loop)
+  monkeypatch.setattr(highlight_scale, "fit_after_training", lambda workdir: None)
+  wd = tmp_path / "run"
+  assert train_cli.main(["--config", str(ROOT / "configs" / "drct2_phantom.py") + ":runlocal",
+                         "--workdir", str(wd),
+                         f"--config.data.root={tmp_path / 'data'}"]) == 0
+  assert f"model card: {wd / 'MODEL_CARD.md'}" in capsys.readouterr().out
+  md = (wd / "MODEL_CARD.md").read_text()
+  assert "# Model card: DrCT2 (vgg16 backbone), step 3" in md
+  assert "| macro_f1 | 0.3750 |" in md and "final_metrics.json" in md
+  assert "Research use only — not a medical device" in md

@@ -72,6 +72,7 @@ class Context:
     self._built: dict[str, pathlib.Path] = {}
     self._memo: dict[str, object] = {}
     self.last_stderr: list[str] = []
+    self.last_stdout = ""
 
   def memo(self, key: str, make: Callable[[], object]) -> object:
     if key not in self._memo:
@@ -80,18 +81,21 @@ class Context:
 
   # ------------------------------------------------------------------ running commands
 
-  def popen(self, argv: list[str], env: Optional[dict] = None) -> subprocess.Popen:
-    return subprocess.Popen([PY, *argv], cwd=REPO, env=env or self.env, text=True,
+  def popen(self, argv: list[str], env: Optional[dict] = None,
+            wrap: tuple[str, ...] = ()) -> subprocess.Popen:
+    return subprocess.Popen([*wrap, PY, *argv], cwd=REPO, env=env or self.env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
 
   def run(self, out: Outcome, argv: list[str], *, timeout: float = TIMEOUT_S,
-          interrupt_when: Optional[Callable[[], bool]] = None) -> Outcome:
-    """Runs `python argv…` and records it in `out`; `interrupt_when`: SIGINT to the process
-    group (a terminal's Ctrl-C) once that returns True."""
-    out.command = self.show(" ".join(["python", *[_quote(a) for a in argv]]))
+          interrupt_when: Optional[Callable[[], bool]] = None,
+          wrap: tuple[str, ...] = ()) -> Outcome:
+    """Runs `python argv…` (after `wrap`, e.g. setpriv) and records it in `out`;
+    `interrupt_when`: SIGINT to the process group (a terminal's Ctrl-C) once that returns
+    True. The command's stdout is kept in `self.last_stdout`."""
+    out.command = self.show(" ".join([*wrap, "python", *[_quote(a) for a in argv]]))
     t0 = time.time()
-    proc = self.popen(argv)
+    proc = self.popen(argv, wrap=wrap)
     try:
       if interrupt_when is not None:
         while proc.poll() is None and time.time() - t0 < timeout and not interrupt_when():
@@ -107,6 +111,7 @@ class Context:
       stdout, stderr = proc.communicate()
       out.note = _join(out.note, f"killed after {timeout:.0f} s")
     out.seconds = time.time() - t0
+    self.last_stdout = stdout or ""
     self.record(out, proc.returncode, stderr)
     return out
 
@@ -129,6 +134,9 @@ class Context:
     installed packages are under site-packages/ and the interpreter is `python`."""
     import sysconfig
     text = text.replace(str(self.work), "W").replace(str(REPO) + "/", "").replace(str(REPO), ".")
+    work = str(self.work)
+    for n in range(len(work) - 1, 4, -1):      # a command line shortened inside the work path
+      text = text.replace(work[:n] + "…", "W…")
     text = text.replace(PY, "python")
     for lib in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["stdlib"]}:
       text = text.replace(lib, "site-packages" if "site-packages" in lib else "stdlib")
@@ -973,6 +981,305 @@ def reader_request(kind: str):
   return case
 
 
+# ------------------------------------------------ predictions, reports and exported models
+
+
+def _archive(ctx: Context) -> pathlib.Path:
+  """The first 4 series of the trained run's phantom set, one folder each (s0 … s3)."""
+  def make():
+    import pydicom
+    path = ctx.work / "base" / "archive"
+    by_uid: dict[str, list[pathlib.Path]] = {}
+    for f in _rsna_files(ctx.phantom()):
+      uid = pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID
+      by_uid.setdefault(uid, []).append(f)
+    for k, uid in enumerate(sorted(by_uid)[:4]):
+      (path / f"s{k}").mkdir(parents=True, exist_ok=True)
+      for f in by_uid[uid]:
+        shutil.copy(f, path / f"s{k}" / f.name)
+    return path
+  return ctx.memo("archive", make)
+
+
+def _new_uids(folder: pathlib.Path, tag: str) -> None:
+  """Every file of `folder` (recursively) gets new Series/SOP instance UIDs: another series."""
+  import hashlib
+  import pydicom
+  for f in sorted(folder.rglob("*.dcm")):
+    ds = pydicom.dcmread(f)
+    for key in ("SeriesInstanceUID", "SOPInstanceUID"):
+      h = int(hashlib.sha1(f"{tag}{getattr(ds, key)}".encode()).hexdigest()[:24], 16)
+      setattr(ds, key, f"2.25.{h}")
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(f)
+
+
+def _predict_argv(ctx: Context, scans: pathlib.Path, out: pathlib.Path, *extra: str) -> list:
+  return ["-m", "ctjax.predict", "--workdir", str(ctx.trained()), "--scans", str(scans),
+          "--out", str(out), "--workers", "0", "--noprogress", *extra]
+
+
+def _rows(path: pathlib.Path) -> list[dict]:
+  from ctjax.inference import archive
+  try:
+    return archive.read_rows(path)
+  except Exception as e:   # noqa: BLE001 — what a reader of the file would meet
+    return [{"scan": f"unreadable: {type(e).__name__}: {e}", "status": "?", "series_uid": ""}]
+
+
+def _rows_note(path: pathlib.Path) -> str:
+  rows = _rows(path)
+  uids = [r.get("series_uid") for r in rows]
+  return (f"{len(rows)} rows ({sum(r.get('status') == 'ok' for r in rows)} ok), "
+          f"{len(set(uids))} distinct series UIDs")
+
+
+def _wait_for(path: pathlib.Path, proc: subprocess.Popen, timeout: float = TIMEOUT_S) -> bool:
+  t0 = time.time()
+  while not path.exists() and proc.poll() is None and time.time() - t0 < timeout:
+    time.sleep(0.05)
+  return path.exists()
+
+
+def predict_second_writer(ctx, out, d):
+  scans = _copy(_archive(ctx), d / "archive")
+  preds = d / "preds.csv"
+  argv = _predict_argv(ctx, scans, preds)
+  first = ctx.popen(argv)
+  held = _wait_for(preds.with_name("preds.csv.lock"), first)
+  os.killpg(first.pid, signal.SIGSTOP)       # the first run holds the lock, paused
+  try:
+    ctx.run(out, argv)
+  finally:
+    os.killpg(first.pid, signal.SIGCONT)
+  first.communicate(timeout=TIMEOUT_S)
+  out.note = _join(f"a first identical run held the --out's lock (taken: {'yes' if held else 'no'}"
+                   f"; paused meanwhile, then finished with exit {first.returncode})",
+                   f"file afterwards: {_rows_note(preds)}")
+
+
+def predict_stale_lock(ctx, out, d):
+  scans = _copy(_archive(ctx), d / "archive")
+  preds = d / "preds.csv"
+  argv = _predict_argv(ctx, scans, preds)
+  first = ctx.popen(argv)
+  _wait_for(preds.with_name("preds.csv.lock"), first)
+  _stop(first, signal.SIGKILL)
+  left = preds.with_name("preds.csv.lock").exists()
+  ctx.run(out, argv)
+  out.note = _join(f"a first run SIGKILLed while holding the lock (lock file left: "
+                   f"{'yes' if left else 'no'})", ctx.logged("taking over the lock"),
+                   f"file afterwards: {_rows_note(preds)}")
+
+
+def predict_same_names(ctx, out, d):
+  one = _copy(_archive(ctx), d / "one" / "archive")
+  two = _copy(_archive(ctx), d / "two" / "archive")
+  _new_uids(two, "two")
+  preds = d / "preds.csv"
+  subprocess.run([PY, *_predict_argv(ctx, one, preds)], cwd=REPO, env=ctx.env,
+                 capture_output=True, timeout=TIMEOUT_S)
+  ctx.run(out, _predict_argv(ctx, two, preds))
+  first_line = ctx.last_stdout.strip().splitlines()[-1:] or [""]
+  copy = _copy(one, d / "copy" / "archive")
+  again = subprocess.run([PY, *_predict_argv(ctx, copy, preds)], cwd=REPO, env=ctx.env,
+                         capture_output=True, text=True, timeout=TIMEOUT_S)
+  out.note = _join("archive two: the same folder names (s0 … s3) as archive one, other series",
+                   ctx.show(first_line[0]), f"file: {_rows_note(preds)}",
+                   "then a copy of archive one elsewhere: "
+                   + ctx.show((again.stdout.strip().splitlines() or [""])[-1]))
+
+
+def predict_formula_cell(ctx, out, d):
+  scans = _copy(_archive(ctx), d / "archive")
+  for f in (scans / "s0").glob("*.dcm"):
+    _edit_header(f, SeriesDescription='=HYPERLINK("http://example.com/x","open")',
+                 PatientID="+1-555-0100")
+  preds = d / "preds.csv"
+  ctx.run(out, _predict_argv(ctx, scans, preds))
+  with open(preds, newline="") as f:
+    cells = [c for row in csv.reader(f) for c in row]
+  desc = next((c for c in cells if "HYPERLINK" in c), "")
+  pid = next((c for c in cells if "555-0100" in c), "")
+  bad = [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+  out.note = (f"CSV cells as written: {desc!r}, {pid!r}; cells a spreadsheet would run as a "
+              f"formula: {len(bad)}")
+
+
+def predict_cut_quoted_row(ctx, out, d):
+  scans = _copy(_archive(ctx), d / "archive")
+  for k, folder in enumerate(sorted(scans.iterdir())):
+    for f in folder.glob("*.dcm"):
+      _edit_header(f, SeriesDescription=f"AXIAL\nseries {k}")
+  whole, cut = d / "whole.csv", d / "cut.csv"
+  argv = _predict_argv(ctx, scans, whole, "--notimings")
+  subprocess.run([PY, *argv], cwd=REPO, env=ctx.env, capture_output=True, timeout=TIMEOUT_S)
+  raw = whole.read_bytes()
+  at = raw.rindex(b"AXIAL\n") + len(b"AXIAL\n")      # just after a newline in a quoted cell
+  cut.write_bytes(raw[:at])
+  ctx.run(out, _predict_argv(ctx, scans, cut, "--notimings"))
+  out.note = _join(f"the file cut {len(raw) - at} bytes before its end, just after the newline "
+                   "inside the last row's quoted series description",
+                   ctx.logged("dropping a last row"),
+                   f"after the resume: {_rows_note(cut)}; equal to an uninterrupted run: "
+                   f"{'yes' if cut.read_bytes() == raw else 'no'}")
+
+
+def _no_root_bypass() -> tuple[str, ...]:
+  """As root, a command without the capabilities that read any file (permissions then apply)."""
+  if os.geteuid() == 0 and shutil.which("setpriv"):
+    return ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
+  return ()
+
+
+def predict_unreadable(ctx, out, d):
+  scans = _copy(_archive(ctx), d / "archive")
+  locked = scans / "s1"
+  one = sorted((scans / "s2").glob("*.dcm"))[3]
+  locked.chmod(0)
+  one.chmod(0)
+  try:
+    ctx.run(out, _predict_argv(ctx, scans, d / "preds.csv"), wrap=_no_root_bypass())
+  finally:
+    locked.chmod(0o755)
+    one.chmod(0o644)
+  rows = _rows(d / "preds.csv")
+  errors = "; ".join(f"{r['scan']}: {ctx.show(str(r.get('error')))}" for r in rows
+                     if r.get("status") == "error")
+  out.note = _join("folder s1 and one file of s2 unreadable (mode 000"
+                   + (", the command run without root's file capabilities" if _no_root_bypass()
+                      else "") + ")", f"{_rows_note(d / 'preds.csv')}", errors)
+
+
+def predict_disk_full(ctx, out, d):
+  small = d / "small"
+  if not _mount_tmpfs(small, "size=64k"):
+    out.note = "not run: a small tmpfs needs root"
+    return
+  try:
+    k = 0
+    try:
+      while True:                      # fill it, then free one page: room for the lock only
+        (small / f"filler{k}").write_bytes(b"\0" * 4096)
+        k += 1
+    except OSError:
+      pass
+    (small / f"filler{k - 1}").unlink()
+    ctx.run(out, _predict_argv(ctx, _archive(ctx), small / "preds.csv"))
+    left = sorted(p.name for p in small.iterdir() if not p.name.startswith("filler"))
+    out.note = f"--out on a 64 KB tmpfs with one free page; files left there: {left or 'none'}"
+  finally:
+    _umount(small)
+
+
+def _chest(d: pathlib.Path) -> pathlib.Path:
+  """pydicom's CT_small.dcm (a chest CT crop, 85 mm field of view) as a series folder."""
+  from pydicom.data import get_testdata_file
+  folder = d / "chest"
+  folder.mkdir(parents=True, exist_ok=True)
+  shutil.copy(get_testdata_file("CT_small.dcm"), folder / "CT_small.dcm")
+  return folder
+
+
+def predict_not_head(ctx, out, d):
+  scans = _copy(_archive(ctx), d / "archive")
+  _chest(scans)
+  ctx.run(out, _predict_argv(ctx, scans, d / "preds.csv"))
+  rows = {r["scan"]: r for r in _rows(d / "preds.csv")}
+  chest = rows.get("chest", {})
+  out.note = _join(f"{_rows_note(d / 'preds.csv')}",
+                   f"row chest: status {chest.get('status')}, head {chest.get('head')}, "
+                   f"qa_flags {chest.get('qa_flags')}, prob_any {chest.get('prob_any')}, "
+                   f"error {ctx.show(str(chest.get('error')))}",
+                   f"s0: qa_flags {rows.get('s0', {}).get('qa_flags')}")
+
+
+def report_not_head(ctx, out, d):
+  ctx.run(out, ["-m", "ctjax.report", "--workdir", str(ctx.trained()), "--scan",
+                str(_chest(d)), "--out", str(d / "report.html")])
+  out.note = f"report written: {'yes' if (d / 'report.html').exists() else 'no'}"
+
+
+def _exported(ctx: Context, step: Optional[int] = None) -> pathlib.Path:
+  def make():
+    path = ctx.work / "base" / ("model" if step is None else f"model_step{step}")
+    r = subprocess.run([PY, "-m", "ctjax.export", "--workdir", str(ctx.trained()), "--out",
+                        str(path), "--platforms", "cpu"]
+                       + ([] if step is None else ["--step", str(step)]),
+                       cwd=REPO, env=ctx.env, capture_output=True, text=True,
+                       timeout=TIMEOUT_S)
+    if r.returncode:
+      raise RuntimeError(f"export: {r.stderr.strip()[-300:]}")
+    return path
+  return ctx.memo(f"model{step}", make)
+
+
+def _edit_manifest(model: pathlib.Path, edit: Callable[[dict], None]) -> None:
+  path = model / "manifest.json"
+  m = json.loads(path.read_text())
+  edit(m)
+  path.write_text(json.dumps(m, indent=1))
+
+
+def model_case(kind: str):
+  """An exported model folder altered one way, then `python -m ctjax.export --check` (which
+  loads it as `ctjax.inference.serving.load` does)."""
+  def case(ctx, out, d):
+    model = _copy(_exported(ctx), d / "model")
+    if kind == "labels_reversed":
+      _edit_manifest(model, lambda m: m.update(labels=m["labels"][::-1]))
+    elif kind == "labels_cut":
+      _edit_manifest(model, lambda m: m.update(labels=m["labels"][:3],
+                                               thresholds=m["thresholds"][:3]))
+    elif kind == "thresholds_zero":
+      _edit_manifest(model, lambda m: m.update(thresholds=[0.0] * len(m["thresholds"])))
+    elif kind == "weights_bitflip":
+      blob = bytearray((model / "weights.safetensors").read_bytes())
+      blob[len(blob) // 2] ^= 0x10
+      (model / "weights.safetensors").write_bytes(bytes(blob))
+    elif kind == "weights_swapped":
+      shutil.copy(_exported(ctx, step=2) / "weights.safetensors", model / "weights.safetensors")
+    elif kind == "files_outside":
+      shutil.copy(model / "model.jaxexport", d / "elsewhere.bin")
+      _edit_manifest(model, lambda m: m["files"].update(program="../elsewhere.bin"))
+    elif kind == "malformed":
+      _edit_manifest(model, lambda m: m.pop("labels"))
+    ctx.run(out, ["-m", "ctjax.export", "--check", str(model)])
+  return case
+
+
+def export_disk_full(ctx, out, d):
+  base = _exported(ctx)
+  size = sum(p.stat().st_size for p in base.iterdir())
+  disk = d / "disk"
+  if not _mount_tmpfs(disk, f"size={int(size * 1.5) // 1024 + 16}k"):
+    out.note = "not run: a small tmpfs needs root"
+    return
+  try:
+    shutil.copytree(base, disk / "model")
+    ctx.run(out, ["-m", "ctjax.export", "--workdir", str(ctx.trained()), "--out",
+                  str(disk / "model"), "--platforms", "cpu", "--step", "2"])
+    check = subprocess.run([PY, "-m", "ctjax.export", "--check", str(disk / "model")],
+                           cwd=REPO, env=ctx.env, capture_output=True, text=True,
+                           timeout=TIMEOUT_S)
+    left = sorted(p.name for p in disk.iterdir())
+    out.note = _join(f"a re-export (step 2) over an export (step 3) on a tmpfs of "
+                     f"{int(size * 1.5) // 1024 + 16} KB ({size // 1024} KB an export)",
+                     f"afterwards --check says: {ctx.show(check.stdout.strip() or check.stderr.strip())[:160]}",
+                     f"entries in the tmpfs: {left}")
+  finally:
+    _umount(disk)
+
+
+def export_onto_folder(ctx, out, d):
+  notes = d / "notes"
+  notes.mkdir(parents=True)
+  (notes / "thesis.tex").write_text("\\documentclass{article}\n")
+  ctx.run(out, ["-m", "ctjax.export", "--workdir", str(ctx.trained()), "--out", str(notes),
+                "--platforms", "cpu"])
+  out.note = f"files in the folder afterwards: {sorted(p.name for p in notes.iterdir())}"
+
+
 def _rsna(edit, *extra):
   return prepare_case("rsna", edit, *extra)
 
@@ -1064,6 +1371,39 @@ CASES: list[tuple[str, str, str, Callable]] = [
      reader_request("double_open")),
     ("reader_full_disk", "reader", "reader: an answer on a full disk",
      reader_request("full_disk")),
+    ("predict_second_writer", "predictions", "a second ctjax.predict on an --out in use",
+     predict_second_writer),
+    ("predict_stale_lock", "predictions", "the --out lock of a SIGKILLed predict",
+     predict_stale_lock),
+    ("predict_same_names", "predictions", "another archive whose folders have the same names",
+     predict_same_names),
+    ("predict_formula_cell", "predictions", "a SeriesDescription `=HYPERLINK(…)`, a PatientID "
+     "`+1-555-0100`", predict_formula_cell),
+    ("predict_cut_quoted_row", "predictions", "predictions cut after a newline inside a quoted "
+     "cell, resumed", predict_cut_quoted_row),
+    ("predict_unreadable", "predictions", "an unreadable series folder and an unreadable file",
+     predict_unreadable),
+    ("predict_disk_full", "predictions", "--out on a full disk", predict_disk_full),
+    ("predict_not_head", "predictions", "a chest CT slice among head series",
+     predict_not_head),
+    ("report_not_head", "predictions", "ctjax.report on a chest CT slice", report_not_head),
+    ("model_labels_reversed", "model folder", "exported manifest: labels reversed",
+     model_case("labels_reversed")),
+    ("model_labels_cut", "model folder", "exported manifest: labels cut to 3",
+     model_case("labels_cut")),
+    ("model_thresholds_zero", "model folder", "exported manifest: thresholds 0",
+     model_case("thresholds_zero")),
+    ("model_weights_bitflip", "model folder", "one flipped bit in weights.safetensors",
+     model_case("weights_bitflip")),
+    ("model_weights_swapped", "model folder", "weights.safetensors of another checkpoint",
+     model_case("weights_swapped")),
+    ("model_files_outside", "model folder", "manifest `files` pointing outside the folder",
+     model_case("files_outside")),
+    ("model_manifest_malformed", "model folder", "a manifest without `labels`",
+     model_case("malformed")),
+    ("export_disk_full", "model folder", "a re-export onto a full disk", export_disk_full),
+    ("export_onto_folder", "model folder", "ctjax.export --out at a folder of other files",
+     export_onto_folder),
 ]
 
 

