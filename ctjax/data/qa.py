@@ -14,7 +14,8 @@ out, with the reason. Columns (`COLUMNS`):
 - HU: intercept corrections (RSNA's BitsStored-12 sign fix), slices refused for an invalid
   rescale, slices without RescaleSlope/Intercept;
 - `flags`: tilt, duplicate_position, irregular_gap, bad_intercept, skipped_slices,
-  missing_rescale, failed (the series could not be read; lenient mode).
+  missing_rescale, failed (the series could not be read; lenient mode), patient_is_scan (the
+  folder layout's labels.csv has no patient_id: the scan is its own patient in the folds).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ COLUMNS = ("scan_id", "patient_id", "study", "series_uid", "description", "kerne
            "irregular_gap", "duplicate_positions", "tilt_deg", "intercept_fixed",
            "invalid_rescale", "missing_rescale", "flags")
 FLAGS = ("tilt", "duplicate_position", "irregular_gap", "bad_intercept", "skipped_slices",
-         "missing_rescale", "failed")
+         "missing_rescale", "failed", "patient_is_scan")
 _FIX_NOTE = re.compile(r"RSNA BitsStored-12 sign fix applied to (\d+) slice")
 _MISSING_RESCALE_NOTE = re.compile(r"RescaleSlope/RescaleIntercept missing in (\d+) slice")
 
@@ -97,6 +98,7 @@ def series_record(vol: Any, info: dict, *, scan_id: str, patient_id: str,
       "irregular_gap": irregular, "duplicate_positions": dup,
       "tilt_deg": round(float(vol.tilt_deg), 3), "intercept_fixed": fixed,
       "invalid_rescale": invalid, "missing_rescale": missing,
+      "patient_is_scan": bool(info.get("patient_is_scan")),
   }
   row["flags"] = ";".join(flags_of(row))
   return row
@@ -151,6 +153,8 @@ def flags_of(row: dict) -> list[str]:
     out.append("skipped_slices")
   if row.get("missing_rescale"):
     out.append("missing_rescale")
+  if row.get("patient_is_scan"):
+    out.append("patient_is_scan")
   return out
 
 

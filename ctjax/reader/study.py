@@ -160,16 +160,14 @@ def test_split_scans(config: Any, run_workdir: str | os.PathLike, num: int, seed
                      progress: bool = True) -> tuple[dict[str, Any], list[ScanSource]]:
   """A seeded random sample of the run's test split, exactly the split the run held out.
 
-  The split is `ctjax.data.datasets.split_indices` over the run's prepared cache (the scans it
+  The split is `ctjax.data.cache.split_indices` over the run's prepared cache (the scans it
   decoded, in its order), as `ctjax.data.pipeline.build_splits` makes it for training.
   """
-  from ctjax.data import cache, datasets
+  from ctjax.data import cache
   path = cache.ensure_cache(config, os.fspath(run_workdir), progress=progress)
   scans = cache.CachedScans(path)
-  idx = datasets.split_indices([s.patient_id for s in scans.scans],
-                               num_folds=int(cache.data_option(config, "num_folds")),
-                               fold=int(cache.data_option(config, "fold")),
-                               seed=int(cache.data_option(config, "split_seed")))["test"]
+  idx = cache.split_indices(config, [s.patient_id for s in scans.scans],
+                            np.stack([s.labels for s in scans.scans]))["test"]
   metas = _sample([scans.scans[int(i)] for i in idx], num, seed, "the run's test split")
   out = [ScanSource(m.scan_id, m.patient_id, list(m.info["files"]), None,
                     m.info.get("series_uid"), _truth(m.labels)) for m in metas]
