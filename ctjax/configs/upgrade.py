@@ -68,6 +68,9 @@ def upgrade(saved: dict) -> dict:
     _set(c, "model.backbone", "vgg16")
   if c.get("model", {}).get("backbone_weights", "") == "ctjax/assets/vgg16_w0125_phantom.npz":
     c["model"]["backbone_weights"] = "asset:vgg16_w0125_phantom.npz"
+  if task == "blend":
+    _set(c, "loss.centre_loss", "focal")
+    _set(c, "data.input_norm", "imagenet")
   for dotted in _DROPPED:
     _pop(c, dotted)
   for key, value in (("name", "adam"), ("lr_mults", {}), ("schedule", "constant"),
