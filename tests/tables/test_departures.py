@@ -80,3 +80,22 @@ def test_blend_switches_give_a_valid_config(key, override, field, value):
       node = node[p]
     node[leaf] = value
   TASK.validate_config(c)
+
+
+def test_each_preset_splits_by_its_papers_protocol(tmp_path):
+  """--preset paper: RSNA by the first-place KFold, CQ500 and blend on the other k − 1 folds;
+  --preset cpu: the protocol its figures were measured with."""
+  from ctjax.tables import blend, drct2
+  from ctjax.tables.grid import Context, build_config
+  want = {"paper": {"rsna": "rsna1", "cq500": "k_minus_1", "blend": "k_minus_1"},
+          "cpu": {"rsna": "val_next_fold", "cq500": "val_next_fold", "blend": "val_next_fold"}}
+  for preset, protocols in want.items():
+    ctx = Context(tmp_path, CONFIGS, preset)
+    for name in ("rsna", "cq500"):
+      ds = drct2.dataset(ctx, name)
+      for variant in ("drct2", "drct1", "drct1_bce", "bce"):
+        cfg = build_config(drct2.variant_cell(ctx, ds, variant, 1), ctx)
+        assert cfg.data.fold_protocol == protocols[name], (preset, name, variant)
+      assert cfg.data.stratify == (preset == "paper" and name == "cq500")
+    cfg = build_config(blend.cell(ctx, "wce_at_skd", "resnet50", 1), ctx)
+    assert cfg.data.fold_protocol == protocols["blend"]
