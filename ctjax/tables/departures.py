@@ -82,10 +82,10 @@ DEPARTURES: tuple[Departure, ...] = (
         "`--preset cpu`: BatchNorm on the slice vectors before eq. (3) "
         "(`model.feature_norm=batchnorm`) and the weights multiplied by C, the vector's width "
         "(`model.feature_attention_rescale=True`). The paper preset follows eq. (3) as written.",
-        "Max-pooled activations of the small phantom-pretrained backbone are large and uneven; "
-        "the softmax then puts almost all weight on one feature and the product x_t is tiny. "
-        "BatchNorm gives the softmax unit-scale inputs (as the APS network's own BatchNorm, "
-        "V.B), and × C keeps the vector's scale when attention is uniform.",
+        "Eq. (3)'s weights average 1/C, so x_t is the slice vector shrunk by about C (64 on "
+        "the CPU model) before the GRU; × C makes uniform attention the identity. BatchNorm "
+        "puts the max-pooled values on one scale before the softmax (as the APS network's "
+        "BatchNorm, V.B). Chosen for the small CPU model; the two were not measured apart.",
         ("model.feature_norm", "model.feature_attention_rescale"),
         "`--config.model.feature_norm=none --config.model.feature_attention_rescale=False`",
         presets=("cpu",)),
@@ -254,9 +254,10 @@ DEPARTURES: tuple[Departure, ...] = (
         "\"N is the number of pixels in an input image.\" (Detection branch)",
         "The sum over the detection map divided by its number of cells "
         "(`loss.det_normalize=pixels`: pixels of the map, each stride² input pixels).",
-        "With λ2 = 10 (Optimization) a division by the 512² input pixels makes the detection "
-        "term stride² (1,024 for stride 32) times smaller than per cell; the per-cell scale "
-        "keeps the auxiliary task's weight as λ2 suggests.",
+        "The sums run over the detection map, whose cells are what the loss sees; divided by "
+        "the input's pixels instead, the detection term (weighted λ2 = 10, Optimization) is "
+        "stride² times smaller (1,024 at ResNet-50's stride 32). Which N the paper's code "
+        "used cannot be told from the text.",
         ("loss.det_normalize",), "`--config.loss.det_normalize=input_pixels`"),
     Departure(
         "skd_loss", BLEND, "Self-knowledge distillation's student loss",
