@@ -36,7 +36,7 @@ CLIPPED_NOTE = (f"{CLIPPED} The t-interval over the folds passed the metric's ra
 TOO_FEW_NOTE = (f"[{stats.TOO_FEW_POSITIVES}]: more than "
                 f"{100 * stats.MAX_DEGENERATE_SHARE:.0f} % of the bootstrap resamples lost every "
                 "positive (or negative) scan of some label; an interval from the remaining "
-                "resamples would rest on those one or two scans (it can even be a single "
+                "resamples would rest on that label's only scan (it can even be a single "
                 "value), so none is given.")
 
 

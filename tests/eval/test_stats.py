@@ -762,9 +762,9 @@ def test_paired_bootstrap_resting_on_one_positive_is_too_few_positives():
 
 
 def test_bootstrap_status_threshold_and_stored_intervals():
-  assert stats.degenerate_status(1000, 951) == "ok"
-  assert stats.degenerate_status(1000, 949) == stats.TOO_FEW_POSITIVES
-  assert stats.degenerate_status(1000, 900, max_degenerate=0.2) == "ok"
+  assert stats.degenerate_status(1000, 800) == "ok"
+  assert stats.degenerate_status(1000, 799) == stats.TOO_FEW_POSITIVES
+  assert stats.degenerate_status(1000, 940, max_degenerate=0.05) == stats.TOO_FEW_POSITIVES
   y, s = _auc_data()
   ci = stats.bootstrap_ci(metrics.binary_auc, y, s, n_boot=200, seed=0)
   assert ci.status == "ok" and ci.n_valid == 200
