@@ -285,8 +285,8 @@ _TABLE3_ROWS = (("drct1", "DrCT1"), ("drct1_bce", "DrCT1, BCE head"), ("drct2", 
 
 
 def table3(ctx: Context, command: str, chosen=None) -> Spec:
-  """Table 3: DrCT1 vs DrCT2 on both data sets (+ section VII's paired t-tests), and DrCT1 with
-  a BCE-trained head (its output head and DrCT2's fusion head then share one loss)."""
+  """Table 3: DrCT1 vs DrCT2 on both data sets (+ section VII's t-tests, DrCT1 with a BCE head)."""
+  # The BCE-head DrCT1 (`drct1_bce`) trains its output head with the loss of DrCT2's output.
   groups = {name: cells_of(ctx, dataset(ctx, name), [v for v, _ in _TABLE3_ROWS], chosen=chosen)
             for name in ("cq500", "rsna")}
 
