@@ -7,7 +7,7 @@
 | `drct2_per_label` | DrCT2 per label, its heads, key-slice tasks, calibration (RSNA; cpu: the README's main job) | Table 3's RSNA DrCT2 |
 | `drct2_table1` | Table 1: the data sets (+ Fleiss' κ of CQ500's three readers per label) | none |
 | `drct2_table2` | Table 2: MSE vs BCE for the primary and APS losses, both data sets | DrCT2 MSE / BCE |
-| `drct2_table3` | Table 3: DrCT1 vs DrCT2 on both data sets (+ the section VII t-tests) | DrCT1 / DrCT2 |
+| `drct2_table3` | Table 3: DrCT1 vs DrCT2 on both data sets (+ the section VII t-tests) | DrCT1 / DrCT1 BCE head / DrCT2 |
 | `drct2_table4` | Table 4: DrCT1 original / high-resolution input / model fusion; DrCT2 APS 224 vs 512 (CQ500) | 5 variants |
 | `drct2_table5_6` | Tables 5 and 6: key-slice tasks, per disease (RSNA) | Table 3's RSNA cells |
 | `drct2_table7` | Table 7's DrCT rows (RSNA) | Table 3's RSNA cells |
