@@ -1,7 +1,7 @@
 """The JAX programs `python -m benchmarks.gpu` times, built on the library's models alone.
 
 Why not through the trainer (`benchmarks.common.build_ctjax`): the task modules and
-ctjax.train import ml_collections (and grain) at module level, which the device machine
+ctjax.train import ml_collections (and grain) at module level, which a bare GPU image
 lacks. So these programs use only `ctjax.models.*`, `ctjax.data.windows` and
 `ctjax.eval.detection`, and repeat the tasks' few lines of loss and optimizer
 (`ctjax/train/tasks/{drct,blend}.py`); tests/benchmarks/test_gpu.py checks them against the

@@ -293,23 +293,31 @@ QUOTES: list[tuple[str, str, Callable[[], list[Any]]]] = [
      lambda: [_md_table(RSNA3, "data set", column="F1", token=t,
                         where=lambda r, m=m: r["data set"].startswith("RSNA") and r["model"] == m)
               for m in ("DrCT2", "DrCT1") for t in (0, 2)]),
-    ("DrCT2 - DrCT1 ΔF1 and its paired t-test, RSNA-layout phantom",
-     rf"ΔF1 {N} \[{N}, {N}\], paired t-test P = {N}",
+    ("DrCT2 - DrCT1 ΔF1, its paired and its corrected t-test, RSNA-layout phantom",
+     rf"ΔF1 {N}, paired t-test P = {N}, Nadeau & Bengio's corrected t-test P = {N}",
      lambda: _md_sentence(RSNA3, r"RSNA-layout phantom: \*\*DrCT2 - DrCT1\.\*\*.*?ΔF1: (\S+) "
-                          r"\[(\S+), (\S+)\] over \d+ folds, paired t-test P = ([\d.]+)")),
-    ("the section VII test over both sets' folds",
-     rf"over both sets' 10 folds: F1 P = {N}",
-     lambda: _md_sentence(RSNA3, r"section VII test\):\*\*.*? F1 Δ \S+ \[\S+, \S+\], P = "
-                          r"([\d.]+)")),
+                          r"over \d+ folds: paired t-test \[\S+, \S+\], P = ([\d.]+); "
+                          r"corrected t-test \[\S+, \S+\], P = ([\d.]+)")),
+    ("DrCT2 - DrCT1 with a BCE head: ΔF1 and the corrected t-test, RSNA-layout phantom",
+     rf"the loss of DrCT2's output, ΔF1 {N}, corrected P = {N}\)",
+     lambda: _md_sentence(RSNA3, r"RSNA-layout phantom: \*\*DrCT2 - DrCT1 \(BCE head\)\.\*\*"
+                          r".*?ΔF1: (\S+) over \d+ folds: paired t-test \[\S+, \S+\], "
+                          r"P = [\d.]+; corrected t-test \[\S+, \S+\], P = ([\d.]+)")),
+    ("the section VII test over both sets' folds, plain and corrected",
+     rf"over both sets' 10 folds gives F1 P = {N} \(corrected {N}\)",
+     lambda: _md_sentence(RSNA3, r"section VII t-test; the paper does not say over which "
+                          r"folds\):\*\*.*? F1 Δ \S+: paired t-test \[\S+, \S+\], "
+                          r"P = ([\d.]+); corrected \[\S+, \S+\], P = ([\d.]+)")),
     ("CQ500-layout phantom macro-F1 of DrCT2 / DrCT1",
-     rf"too small to order the models \(F1 {N} / {N}\)",
+     rf"too small to order the models \(F1 {N} / {N};",
      lambda: [_md_table(RSNA3, "data set", column="F1",
                         where=lambda r: r["data set"].startswith("CQ500") and r["model"] == m)
               for m in ("DrCT2", "DrCT1")]),
     ("Figure 6: mkey values where attention beats random",
      rf"attention above random selection at {N} of {N} mkey values",
      lambda: _md_sentence("docs/tables/drct2_figure6.md",
-                          r"CI above 0 at (\d+) of (\d+) mkey values")),
+                          r"CI \(no interval where too few positives\): above 0 at (\d+) of "
+                          r"(\d+) mkey values")),
     ("blend Table 3 blend-sign sensitivity per model, and the paper's",
      rf"blend-sign sensitivity WCE {N} → \+ AT {N} → \+ AT \+ SKD {N} \(paper {N} → {N}\)",
      lambda: [*(_md_table(BLEND3, "model", column="sensitivity",
@@ -322,13 +330,15 @@ QUOTES: list[tuple[str, str, Callable[[], list[Any]]]] = [
      rf"\+ AT \+ SKD over WCE {N} \[{N}, {N}\]",
      lambda: _md_sentence(BLEND3, r"\*\*WCE \+ AT \+ SKD - WCE\.\*\* Δblend_sign sensitivity: "
                           r"pooled test slices (\S+) \[(\S+), (\S+)\]")),
-    ("blend Table 4: VGG16 - ResNet-50 and Inception v3 - ResNet-50 blend-sign sensitivity",
-     rf"VGG16 and ResNet-50 within {N} of each other, Inception v3 behind \(blend-sign "
-     rf"sensitivity {N}\)",
-     lambda: [*_md_sentence(BLEND4, r"\*\*VGG16 - ResNet-50\.\*\* Δblend_sign sensitivity: "
-                            r"pooled test slices \+?(\S+) "),
-              *_md_sentence(BLEND4, r"\*\*Inception v3 - ResNet-50\.\*\* Δblend_sign "
-                            r"sensitivity: pooled test slices (\S+) ")]),
+    ("blend Table 4: blend-sign sensitivity per backbone",
+     rf"Table 4: blend-sign sensitivity VGG16 {N}, ResNet-50 {N}, Inception v3 {N}",
+     lambda: [_md_table(BLEND4, "model", column="sensitivity",
+                        where=lambda r, m=m: r["model"] == m and r["class"] == "blend_sign")
+              for m in ("VGG16", "ResNet-50", "Inception v3")]),
+    ("blend Table 4: Inception v3 - ResNet-50 normal-ICH sensitivity",
+     rf"normal-ICH sensitivity of Inception v3 {N} below ResNet-50's",
+     lambda: [_md_sentence(BLEND4, r"\*\*Inception v3 - ResNet-50\.\*\*.*?Δnormal_ich "
+                           r"sensitivity: pooled test slices -(\S+) ")[0]]),
     ("memory at the paper's size, per device",
      rf"\| 1 device \| 64 \| {N} GB \| {N} GB \| \| 8 devices \(32 scans each\) \| 64 \| {N} GB "
      rf"\| {N} GB \| \| 8 devices \| 16 \| {N} GB \| {N} GB \| \| 8 devices \| unchunked \| {N} "

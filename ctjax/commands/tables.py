@@ -10,6 +10,7 @@ figures, their 95 % CIs and the paper's numbers side by side, to DIR/tables (or 
       --rsna_root /data/rsna --cq500_root /data/cq500 \
       --override model.backbone_weights=weights/vgg16.npz
   python -m ctjax.tables report --workdir runs/tables --docs docs # tables → docs/RESULTS.md
+  python -m ctjax.tables departures --docs docs                  # → docs/departures.md
 
 Each cell's config is built by the library (`ctjax.configs.named`: the builder behind
 configs/<name>.py), so the command runs from an installed package in any directory.
@@ -85,6 +86,12 @@ def _main(fv, _config, args) -> int:
     return _list(fv, tables)
   if not args:
     raise cli.UsageError("name a table (python -m ctjax.tables --list)")
+  if args[0] == "departures":   # docs/departures.md: no cells, no workdir
+    if not fv.docs:
+      raise cli.UsageError("departures writes into a docs folder: name it with --docs DIR")
+    from ctjax.tables import departures
+    print(departures.write(fv.docs))
+    return 0
   if not fv.workdir:
     raise cli.UsageError("--workdir DIR is required")
   workdir = pathlib.Path(fv.workdir)

@@ -100,6 +100,14 @@ def base_config() -> ml_collections.ConfigDict:
   # stratified over the scan labels by iterative stratification (True; Sechidis et al., "On the
   # stratification of multi-label data", ECML PKDD 2011; ctjax.data.stratify).
   c.data.stratify = False
+  # Which folds train, validate and test fold k (ctjax.data.datasets.FOLD_PROTOCOLS):
+  # "val_next_fold" (test k, validation k + 1, training the rest), "k_minus_1" (the blend-sign
+  # paper's: training on the K − 1 other folds, validation carved from them), "rsna1" (the RSNA
+  # 2019 first-place code's KFold, DrCT2 VI.A.1). `val_fraction`: the share of the training
+  # folds' patients carved out for validation by k_minus_1 / rsna1 (1/round(1/share) of them,
+  # dealt as the folds are); 0 validates on the held-out fold itself.
+  c.data.fold_protocol = "val_next_fold"
+  c.data.val_fraction = 0.1
   c.data.strict_labels = False   # any DICOM without labels / label without DICOM is an error
   c.data.max_unlabelled = 0.01   # else: a share above this of either is an error (warned below)
   c.data.stale_cache = "rebuild"   # cache built from other label/DICOM files: rebuild | error

@@ -72,6 +72,9 @@ def upgrade(saved: dict) -> dict:
   if task == "drct" and model.get("freeze_backbone", True) and \
       model.get("backbone_weights", "") == "":
     model["backbone_weights"] = "random"   # what "" meant before it was refused
+  if task == "blend":
+    _set(c, "loss.centre_loss", "focal")
+    _set(c, "data.input_norm", "imagenet")
   for dotted in _DROPPED:
     _pop(c, dotted)
   for key, value in (("name", "adam"), ("lr_mults", {}), ("schedule", "constant"),

@@ -163,7 +163,8 @@ DEFAULTS = {
     "prefetch": 2, "lenient": False, "max_boxes": 8, "eval_batch_size": 0,
     "balance_share": 0.0, "stratify": False, "strict_labels": False,
     "max_unlabelled": datasets.MAX_UNLABELLED, "stale_cache": "rebuild", "series": None,
-    "reader_rule": "majority", "require_head": True,
+    "reader_rule": "majority", "require_head": True, "fold_protocol": "val_next_fold",
+    "val_fraction": 0.1,
 }
 SYNTH_DEFAULTS = {"layout": "rsna", "num_scans": 24, "seed": 0, "size": 64}
 
@@ -176,6 +177,17 @@ def _get(section, name: str, defaults: dict):
 
 def data_option(config, name: str):
   return _get(config.get("data"), name, DEFAULTS)
+
+
+def split_indices(config, patient_ids, labels) -> dict[str, np.ndarray]:
+  """The config's train / val / test scan indices (`ctjax.data.datasets.split_indices` with
+  every `config.data` split option): the one place training and the reader study split."""
+  return datasets.split_indices(
+      list(patient_ids), num_folds=int(data_option(config, "num_folds")),
+      fold=int(data_option(config, "fold")), seed=int(data_option(config, "split_seed")),
+      labels=labels, stratify=bool(data_option(config, "stratify")),
+      protocol=str(data_option(config, "fold_protocol")),
+      val_fraction=float(data_option(config, "val_fraction")))
 
 
 def series_options(config) -> dict[str, Any]:

@@ -18,7 +18,8 @@ Layouts (`config.data.layout`, root `config.data.root`):
   `R1`/`R2`/`R3`); the fracture label is reads.csv's `CalvarialFracture` (Table 1: "Calvarial
   fracture"), not its `Fracture` (any fracture). CQ500 has no per-slice labels.
 - `folder`: ROOT/labels.csv with columns scan_id, [patient_id], [folder], then one 0/1 column per
-  label; DICOM under ROOT/<folder or scan_id>/.
+  label; DICOM under ROOT/<folder or scan_id>/. Without patient_id each scan is its own patient
+  (a warning, `report["patient_is_scan"]`, and the QA flag `patient_is_scan` on every series).
 - `blend`: ROOT/blend_labels.csv (scan_id, patient_id, sop_uid, file, label, boxes) with label in
   {0 non_ich, 1 normal_ich, 2 blend_sign} per slice and boxes "x0 y0 x1 y1;…"; DICOM under
   ROOT/scans/<scan_id>/.
@@ -494,6 +495,15 @@ def load_folder(root, *, labels_csv: str = "labels.csv",
     raise errors.LabelError("no label column (want scan_id, [patient_id], [folder], then one "
                             "0/1 column per label)", csv_path)
   report: dict[str, Any] = {"label_file": labels_csv}
+  # Without a patient column every scan is its own patient: one patient's scans can then land
+  # in different folds (test and training), which the folds cannot see. Said once, and on
+  # every scan's QA row (flag `patient_is_scan`).
+  patient_is_scan = "patient_id" not in table.col
+  if patient_is_scan:
+    report["patient_is_scan"] = True
+    log.warning("%s has no patient_id column: each scan counts as its own patient, so one "
+                "patient's scans may fall into different folds (add patient_id to keep them "
+                "together)", csv_path)
   seen: dict[str, tuple] = {}
   scans = []
   used = set()
@@ -515,8 +525,10 @@ def load_folder(root, *, labels_csv: str = "labels.csv",
       _note(report, "labels_without_dicom", rel)
       continue
     used.add(folder.resolve())
-    scans.append(ScanRecord(sid, patient, _dicom_files(folder), labels,
-                            info={"label_source": f"{labels_csv} row {line}"}))
+    info = {"label_source": f"{labels_csv} row {line}"}
+    if patient_is_scan:
+      info["patient_is_scan"] = True
+    scans.append(ScanRecord(sid, patient, _dicom_files(folder), labels, info=info))
   others = [d.name for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")
             and d.resolve() not in used and _dicom_files(d)]
   for name in others:
@@ -666,6 +678,21 @@ def load(layout: str, root, *, options: Optional[LoadOptions] = None) -> Dataset
 
 # ------------------------------------------------------------------------------------ splits
 
+# `config.data.fold_protocol`: how the k folds become the train / val / test splits of fold k.
+#   val_next_fold  test = fold k, val = fold (k + 1) % K, train = the other K − 2 folds (ctjax's
+#                  first protocol; the phantom presets' figures were measured with it).
+#   k_minus_1      the blend-sign paper's "Evaluation protocol": train on the K − 1 other
+#                  partitions and score the held-out one; the paper names no separate validation
+#                  set, so validation is carved from the training partitions (`carve_validation`).
+#   rsna1          the RSNA 2019 first-place solution's split (DrCT2 paper, VI.A.1: "We keep the
+#                  same data distribution as the first place solution"; `rsna1_folds`), then as
+#                  k_minus_1.
+FOLD_PROTOCOLS = ("val_next_fold", "k_minus_1", "rsna1")
+# SeuTao/RSNA2019_Intracranial-Hemorrhage-Detection, SequenceModel/main.py, train():
+# `KFold(n_splits=fold_num, shuffle=True, random_state=48)` with `fold_num = 5`.
+RSNA1_SEED = 48
+RSNA1_FOLDS = 5
+
 
 def kfold_by_patient(patient_ids: Sequence[str], num_folds: int, seed: int) -> np.ndarray:
   """Fold index per scan: patients shuffled by `seed`, dealt round-robin into folds.
@@ -680,27 +707,157 @@ def kfold_by_patient(patient_ids: Sequence[str], num_folds: int, seed: int) -> n
   return np.asarray([fold_of[p] for p in patient_ids], np.int32)
 
 
-def split_indices(patient_ids: Sequence[str], *, num_folds: int, fold: int, seed: int,
-                  labels: Optional[np.ndarray] = None, stratify: bool = False
-                  ) -> dict[str, np.ndarray]:
-  """{"train", "val", "test"} scan indices: fold = test, (fold+1) % k = val, the rest train.
+def rsna1_folds(patient_ids: Sequence[str], num_folds: int = RSNA1_FOLDS) -> np.ndarray:
+  """Fold index per scan, as the RSNA 2019 first-place code deals its folds.
 
-  Folds group scans by patient; with `stratify` (and `labels` [N, L]) they are also stratified
-  over the labels (`ctjax.data.stratify`, iterative stratification), else patients are dealt
-  round-robin (`kfold_by_patient`). Both are deterministic in `seed`.
+  SeuTao/RSNA2019_Intracranial-Hemorrhage-Detection, SequenceModel/main.py `train()` (and
+  `valid()`, seq_dataset.py `run_check_train_data()`): `KFold(n_splits=5, shuffle=True,
+  random_state=48).split(StudyInstance)` over `list(all_df['StudyInstance'].unique())` of
+  `train_meta_id_seriser.csv`; the model trains on the four other folds and is scored
+  (out-of-fold) on fold k. Reproduced here: scikit-learn's shuffled KFold exactly — the units
+  shuffled in place by `np.random.RandomState(48)`, then cut into consecutive folds of
+  n // k (+1 for the first n % k) units (equality with `sklearn.model_selection.KFold` is
+  tested) — with 5 folds by default.
+
+  Not reproducible from the repository, and what ctjax does instead:
+  - the order of the units: it is the first-appearance order of StudyInstanceUID in
+    `train_meta_id_seriser.csv`, which ships only in an external csv.zip (SequenceModel/
+    README.md), not in the repository; ctjax shuffles the sorted unit ids, so the same seed
+    gives another assignment than SeuTao's;
+  - the unit: SeuTao groups by study (StudyInstanceUID); ctjax keeps every scan of a patient
+    in one fold (a patient's other study in the training folds would leak into the score);
+    on RSNA nearly every study is one series, so the unit is a patient's scans here;
+  - the 2D CNN stage's folds (2DNet/src/train.py reads `../data/fold_5_by_study/fold<k>/
+    train.txt` and `fold_5_by_study_image/fold<k>/val.txt`) come from an external data.zip,
+    not in the repository; they are not reproduced.
   """
-  if num_folds < 3:
-    raise errors.ConfigError(f"config.data.num_folds={num_folds}: need >= 3 (test, val, train)")
-  if not 0 <= fold < num_folds:
-    raise errors.ConfigError(f"config.data.fold={fold} outside [0, {num_folds})")
+  if num_folds < 2:
+    raise errors.ConfigError(f"num_folds must be >= 2, got {num_folds}")
+  units = sorted(set(patient_ids))
+  if len(units) < num_folds:
+    raise errors.ConfigError(f"{len(units)} patients cannot fill {num_folds} folds")
+  order = np.arange(len(units))
+  np.random.RandomState(RSNA1_SEED).shuffle(order)
+  sizes = np.full(num_folds, len(units) // num_folds, dtype=int)
+  sizes[:len(units) % num_folds] += 1
+  fold_of_unit = np.empty(len(units), np.int32)
+  start = 0
+  for k, size in enumerate(sizes):
+    fold_of_unit[order[start:start + size]] = k
+    start += size
+  index = {u: i for i, u in enumerate(units)}
+  return np.asarray([fold_of_unit[index[p]] for p in patient_ids], np.int32)
+
+
+def _deal(patient_ids: Sequence[str], num_folds: int, seed: int,
+          labels: Optional[np.ndarray], stratify: bool) -> np.ndarray:
   if stratify:
     if labels is None:
       raise errors.ConfigError("stratified folds need the scans' labels")
     from ctjax.data.stratify import stratified_group_folds
-    folds = stratified_group_folds(patient_ids, labels, num_folds, seed)
+    return stratified_group_folds(patient_ids, labels, num_folds, seed)
+  return kfold_by_patient(patient_ids, num_folds, seed)
+
+
+def validation_parts(val_fraction: float) -> int:
+  """How many parts the training patients are dealt into; the first is validation."""
+  if not 0.0 < val_fraction < 1.0:
+    raise errors.ConfigError(f"config.data.val_fraction={val_fraction}: expected 0 (validate on "
+                             "the held-out fold) or a share in (0, 1)")
+  return max(2, int(round(1.0 / val_fraction)))
+
+
+def carve_validation(train: np.ndarray, patient_ids: Sequence[str], *, val_fraction: float,
+                     seed: int, labels: Optional[np.ndarray] = None, stratify: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """(train, val) scan indices: the training partitions' patients dealt into
+  P = round(1 / val_fraction) parts exactly as folds are dealt (round-robin by `seed`, or
+  stratified over `labels`), part 0 validation. Patients stay whole; deterministic in `seed`.
+  With fewer training patients than parts (tiny smoke sets) part 0 still holds one patient
+  (a stratified deal that leaves it empty falls back to the round-robin one)."""
+  train = np.asarray(train, np.int64)
+  parts = validation_parts(val_fraction)
+  sub_ids = [patient_ids[i] for i in train]
+  sub_labels = None if labels is None else np.asarray(labels)[train]
+  if len(set(sub_ids)) < 2:
+    raise errors.ConfigError(f"{len(set(sub_ids))} training patient(s): too few to carve a "
+                             f"validation part (config.data.val_fraction={val_fraction})")
+  part = _deal(sub_ids, parts, seed, sub_labels, stratify)
+  if not np.any(part == 0):
+    part = kfold_by_patient(sub_ids, parts, seed)
+  return train[part != 0], train[part == 0]
+
+
+def split_indices(patient_ids: Sequence[str], *, num_folds: int, fold: int, seed: int,
+                  labels: Optional[np.ndarray] = None, stratify: bool = False,
+                  protocol: str = "val_next_fold", val_fraction: float = 0.1
+                  ) -> dict[str, np.ndarray]:
+  """{"train", "val", "test"} scan indices of fold `fold` under `protocol` (FOLD_PROTOCOLS).
+
+  Folds group scans by patient; with `stratify` (and `labels` [N, L]) they are also stratified
+  over the labels (`ctjax.data.stratify`, iterative stratification), else patients are dealt
+  round-robin (`kfold_by_patient`); `rsna1` deals them as the RSNA first-place code does
+  (`rsna1_folds`, unstratified, its own seed). Every protocol: test = fold `fold`.
+  val_next_fold: val = fold (fold + 1) % K, train = the rest. k_minus_1 and rsna1: train = the
+  K − 1 other folds less a validation part carved from them (`carve_validation`, seeded by
+  `seed + 1 + fold`); `val_fraction` 0: no carving, the held-out fold validates (the checkpoint
+  is then chosen on the scored fold, as SeuTao's SequenceModel/main.py does: optimistic).
+  Deterministic in `seed`.
+  """
+  if protocol not in FOLD_PROTOCOLS:
+    raise errors.ConfigError(f"config.data.fold_protocol={protocol!r}; expected one of "
+                             f"{FOLD_PROTOCOLS}")
+  least = 3 if protocol == "val_next_fold" else 2
+  if num_folds < least:
+    raise errors.ConfigError(f"config.data.num_folds={num_folds}: need >= {least} for "
+                             f"fold_protocol {protocol}")
+  if not 0 <= fold < num_folds:
+    raise errors.ConfigError(f"config.data.fold={fold} outside [0, {num_folds})")
+  if protocol == "rsna1":
+    if stratify:
+      raise errors.ConfigError("config.data.fold_protocol=rsna1 deals unstratified folds (the "
+                               "first-place code's KFold); set config.data.stratify=False")
+    folds = rsna1_folds(patient_ids, num_folds)
   else:
-    folds = kfold_by_patient(patient_ids, num_folds, seed)
-  val = (fold + 1) % num_folds
-  return {"train": np.flatnonzero((folds != fold) & (folds != val)).astype(np.int64),
-          "val": np.flatnonzero(folds == val).astype(np.int64),
-          "test": np.flatnonzero(folds == fold).astype(np.int64)}
+    folds = _deal(patient_ids, num_folds, seed, labels, stratify)
+  test = np.flatnonzero(folds == fold).astype(np.int64)
+  if protocol == "val_next_fold":
+    val = (fold + 1) % num_folds
+    return {"train": np.flatnonzero((folds != fold) & (folds != val)).astype(np.int64),
+            "val": np.flatnonzero(folds == val).astype(np.int64), "test": test}
+  train = np.flatnonzero(folds != fold).astype(np.int64)
+  if val_fraction == 0:
+    return {"train": train, "val": test.copy(), "test": test}
+  train, val = carve_validation(train, patient_ids, val_fraction=val_fraction,
+                                seed=seed + 1 + fold, labels=labels, stratify=stratify)
+  return {"train": train, "val": val, "test": test}
+
+
+def split_shares(protocol: str, num_folds: int, val_fraction: float = 0.1
+                 ) -> dict[str, float]:
+  """The nominal shares of the data in each split of a fold (patients dealt evenly): what the
+  corrected resampled t-test's n_test / n_train is taken from (`ctjax.eval.stats`)."""
+  if protocol not in FOLD_PROTOCOLS:
+    raise errors.ConfigError(f"config.data.fold_protocol={protocol!r}; expected one of "
+                             f"{FOLD_PROTOCOLS}")
+  k = float(num_folds)
+  if protocol == "val_next_fold":
+    return {"train": (k - 2) / k, "val": 1 / k, "test": 1 / k}
+  rest = (k - 1) / k
+  if val_fraction == 0:
+    return {"train": rest, "val": 1 / k, "test": 1 / k}
+  carved = 1.0 / validation_parts(val_fraction)
+  return {"train": rest * (1 - carved), "val": rest * carved, "test": 1 / k}
+
+
+def protocol_text(protocol: str, num_folds: int, val_fraction: float = 0.1) -> str:
+  """One sentence for tables and reports: how fold k's splits were made."""
+  if protocol == "val_next_fold":
+    return (f"{num_folds} folds by patient: test fold k, validation fold k + 1, training the "
+            f"other {num_folds - 2} (`data.fold_protocol=val_next_fold`)")
+  how = ("the RSNA 2019 first-place code's shuffled KFold (seed 48) by patient"
+         if protocol == "rsna1" else "folds by patient")
+  val = ("validation on the held-out fold itself" if val_fraction == 0 else
+         f"validation 1/{validation_parts(val_fraction)} of the training patients")
+  return (f"{num_folds} {how}: test fold k, training the other {num_folds - 1} less {val} "
+          f"(`data.fold_protocol={protocol}`)")

@@ -61,7 +61,7 @@ import grain
 import numpy as np
 
 from ctjax import errors
-from ctjax.data import cache, datasets, sampling
+from ctjax.data import cache, sampling
 # Re-exported: callers configure and prepare data through the pipeline module.
 from ctjax.data.cache import (DEFAULTS, _get, data_option, ensure_cache,  # noqa: F401
                               resolve_root)
@@ -108,12 +108,8 @@ def build_splits(config, workdir: Optional[str] = None, *, build: bool = True) -
   kind = _task_kind(config)
   path = cache.ensure_cache(config, workdir, build=build)
   scans = cache.CachedScans(path)
-  idx = datasets.split_indices([s.patient_id for s in scans.scans],
-                               num_folds=int(data_option(config, "num_folds")),
-                               fold=int(data_option(config, "fold")),
-                               seed=int(data_option(config, "split_seed")),
-                               labels=np.stack([s.labels for s in scans.scans]),
-                               stratify=bool(data_option(config, "stratify")))
+  idx = cache.split_indices(config, [s.patient_id for s in scans.scans],
+                            np.stack([s.labels for s in scans.scans]))
   data = config.get("data")
   if kind != "blend" and data is not None and data.get("labels") and \
       tuple(data.labels) != tuple(scans.labels):

@@ -29,7 +29,10 @@ refusal where `config.data.require_head` holds (predict, report). The rules:
   rescale;
 - `missing_rescale`: slices without RescaleSlope/RescaleIntercept (identity assumed);
 - `skipped_slices`: slices skipped for other reasons (lenient reading);
-- `failed`: the series could not be read at all (lenient preparation).
+- `failed`: the series could not be read at all (lenient preparation);
+- `patient_is_scan`: the data set names no patient (the folder layout's labels.csv without a
+  patient_id column), so each scan is its own patient in the folds and one patient's scans
+  can land on both sides of a split (prepare's QA only: a property of the data set).
 
 `python -m ctjax.prepare --config X --qa` prints the table (and `--qa_csv FILE` writes it); the
 cache folder always holds `qa.jsonl` and `qa.csv`. One row per series the adapter saw: kept
@@ -65,7 +68,7 @@ PIXEL_RANGE_SHARE = 0.01
 HU_TOP = 3071.0                                # = ctjax.data.dicom.HU_MAX
 FLAGS = ("not_head", "few_slices", "small_matrix", "gap", "uneven_spacing", "gantry_tilt",
          "oblique", "orientation_unknown", "lossy", "pixel_range", "duplicate_position",
-         "bad_intercept", "missing_rescale", "skipped_slices", "failed")
+         "bad_intercept", "missing_rescale", "skipped_slices", "failed", "patient_is_scan")
 COLUMNS = ("scan_id", "patient_id", "study", "series_uid", "description", "kernel",
            "thickness_mm", "study_date", "kept", "reason", "label_source", "files",
            "slices", "skipped", "skip_reasons", "matrix", "spacing_mm", "max_gap_deviation_mm",
@@ -151,6 +154,7 @@ def flags_of(m: dict) -> list[str]:
       "missing_rescale": bool(m.get("missing_rescale")),
       "skipped_slices": (m.get("skipped") or 0) > (m.get("duplicate_positions") or 0),
       "failed": bool(m.get("failed")),
+      "patient_is_scan": bool(m.get("patient_is_scan")),
   }
   return [f for f in FLAGS if raised[f]]
 
@@ -180,7 +184,7 @@ def series_record(vol: Any, info: dict, *, scan_id: str, patient_id: str,
                            "duplicate_positions", "tilt_deg", "oblique_deg", "intercept_fixed",
                            "invalid_rescale", "missing_rescale", "lossy", "head")},
   }
-  row["flags"] = ";".join(flags_of(m))
+  row["flags"] = ";".join(flags_of({**m, "patient_is_scan": info.get("patient_is_scan")}))
   return row
 
 

@@ -2,10 +2,14 @@
 
 - `paired_t_test`: fold-wise comparison of two models (DrCT2 paper, section VII: "t-test with a
   threshold of 0.05", P = 0.01940 / 0.04971 / 0.02634 for DrCT1 vs DrCT2 precision / recall / F1).
+- `corrected_t_test`: the same comparison with Nadeau & Bengio's corrected resampled t-test
+  (the folds' training sets overlap, so the plain test's variance is too small); what the
+  tables call a difference "resolved" by.
 - `fold_interval`: a k-fold table's mean ± sample sd over the folds and the t-based 95 % CI of
-  the mean (mean ± t_{n-1, 1-alpha/2} · sd / sqrt(n)).
+  the mean (mean ± t_{n-1, 1-alpha/2} · sd / sqrt(n)), clipped to a bounded metric's range.
 - `bootstrap_ci`, `paired_bootstrap` and the report wrappers (`multilabel_bootstrap`, …): 95 %
-  confidence intervals by resampling scans, with the metric definitions of `ctjax.eval.metrics`.
+  confidence intervals by resampling scans, with the metric definitions of `ctjax.eval.metrics`;
+  no interval ("too few positives") when too many resamples lose a label's every positive.
 - `delong_test`: two correlated AUCs on the same scans (DeLong et al. 1988, Biometrics 44:837;
   the fast algorithm of Sun & Xu 2014, IEEE Signal Processing Letters 21(11):1389).
 - `fleiss_kappa` and `cq500_reader_kappa`: agreement of several readers (blend-sign paper,
@@ -53,6 +57,16 @@ RSNA_LABEL_WEIGHTS = tuple(2.0 if name == "any" else 1.0 for name in RSNA_LABELS
 _MAX_TRUTH_CATEGORIES = 256
 # Index rows drawn per block; bounds the [rows, n] index array of a bootstrap to ~32 MiB.
 _INDEX_BLOCK_ELEMENTS = 1 << 22
+# A bootstrap whose skipped (degenerate or undefined) resamples exceed this share gives no
+# interval: the kept resamples all hold some label's only positive (or negative) scan, so the
+# interval is conditional on it — a difference can then be the same in every kept resample (a
+# zero-width "interval"). A label with one positive scan loses (1 - 1/n)^n ≈ e^-1 = 37 % of
+# the resamples, one with two 13.5 %, three 5 %: 20 % flags a single positive, or several
+# labels with two.
+MAX_DEGENERATE_SHARE = 0.2
+TOO_FEW_POSITIVES = "too few positives"
+# The range of the metrics the tables report (precision, recall, F1, AUC, sensitivity, …).
+UNIT_RANGE = (0.0, 1.0)
 
 
 # ------------------------------------------------------------------------------ validation
@@ -91,6 +105,29 @@ def _check_binary(y: np.ndarray, name: str):
     _fail(f"{name} must hold 0/1 values only")
 
 
+def degenerate_status(n_boot: int, n_valid: int,
+                      max_degenerate: float = MAX_DEGENERATE_SHARE) -> str:
+  """"ok", or `TOO_FEW_POSITIVES` when more than `max_degenerate` of `n_boot` resamples were
+  skipped (also for an interval stored without a status: its n_boot and n_valid decide)."""
+  if n_boot <= 0:
+    return "ok"
+  return TOO_FEW_POSITIVES if (n_boot - n_valid) > max_degenerate * n_boot else "ok"
+
+
+def ci_text(value: float, lo: float, hi: float, status: str = "ok", digits: int = 3,
+            signed: bool = False) -> str:
+  """`format_ci`, or "0.210 [too few positives]" for an interval withheld by its status;
+  `signed` prints differences with their sign ("+0.043 [-0.008, +0.109]")."""
+  if value is None or not math.isfinite(value):
+    return "n/a"
+  f = f"{{:{'+' if signed else ''}.{digits}f}}"
+  if status != "ok":
+    return f"{f.format(value)} [{status}]"
+  if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+    return f"{f.format(value)} [n/a]"
+  return f"{f.format(value)} [{f.format(lo)}, {f.format(hi)}]"
+
+
 def format_ci(value: float, lo: float, hi: float, digits: int = 3) -> str:
   """"0.885 [0.852, 0.913]" for tables; "n/a" for an undefined value, "[n/a]" for a missing CI."""
   if value is None or not math.isfinite(value):
@@ -106,7 +143,9 @@ def format_ci(value: float, lo: float, hi: float, digits: int = 3) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class PairedTTest:
-  """Result of `paired_t_test`; `mean_diff` and its CI are of a - b."""
+  """Result of `paired_t_test` (`method` "plain") or `corrected_t_test` ("corrected", with the
+  factor that multiplies the sample variance of the differences in place of 1/n);
+  `mean_diff` and its CI are of a - b."""
   t: float
   p: float
   mean_diff: float
@@ -114,6 +153,8 @@ class PairedTTest:
   ci_high: float
   df: int
   n: int
+  method: str = "plain"
+  variance_factor: float = float("nan")
 
 
 def paired_t_test(a, b, *, alpha: float = 0.05) -> PairedTTest:
@@ -125,17 +166,79 @@ def paired_t_test(a, b, *, alpha: float = 0.05) -> PairedTTest:
   cases: identical models (d all 0) give t = P = NaN; a constant non-zero d gives t = ±inf, P = 0.
   """
   _check_alpha(alpha)
+  d = _diffs(a, b)
+  return _t_result(d, 1.0 / d.size, alpha, "plain")
+
+
+def _diffs(a, b) -> np.ndarray:
   a = _as_float(a, "a (per-fold metrics)", ndim=1)
   b = _as_float(b, "b (per-fold metrics)", ndim=1)
   if a.shape != b.shape:
     _fail(f"a has {a.size} folds but b has {b.size}; a paired test needs the same folds")
-  n = a.size
+  if a.size < 2:
+    _fail(f"a paired t-test needs at least 2 folds; got {a.size}")
+  return a - b
+
+
+def corrected_variance_factor(n: int, test_train_ratio, groups: Optional[Sequence] = None
+                              ) -> float:
+  """The factor c with Var(mean d) ≈ c · s², s² the sample variance of n fold differences.
+
+  Nadeau & Bengio 2003 ("Inference for the Generalization Error", Machine Learning 52:239;
+  the "corrected resampled t-test", used for k-fold cross-validation by Bouckaert & Frank
+  2004, PAKDD): c = 1/n + n_test/n_train in place of the plain test's 1/n. It follows from a
+  correlation rho = n_test / (n_test + n_train) between the folds' differences (their
+  training sets overlap): Var(mean d) = sigma² (1/n + rho (n - 1)/n) and E[s²] =
+  (1 - rho) sigma², so c = (1/n + rho (n - 1)/n) / (1 - rho) = 1/n + rho / (1 - rho).
+
+  `test_train_ratio`: n_test / n_train, one number or one per fold. `groups` (one per fold,
+  e.g. the data set): folds correlate only within a group (two data sets share no training
+  scan). The same derivation with rho_ij = the mean of the two folds' rho within a group and 0
+  across gives c = (1/n + S/n²) / (1 - S/(n (n - 1))), S = sum over ordered pairs i != j of
+  rho_ij; with one group and one ratio this is exactly 1/n + n_test/n_train (tested).
+  """
+  n = int(n)
   if n < 2:
-    _fail(f"a paired t-test needs at least 2 folds; got {n}")
-  d = a - b
-  df = n - 1
+    _fail(f"the corrected t-test needs at least 2 folds; got {n}")
+  ratio = np.asarray(test_train_ratio, np.float64).ravel()
+  if ratio.size == 1:
+    ratio = np.full(n, float(ratio[0]))
+  if ratio.size != n:
+    _fail(f"test_train_ratio needs one value or one per fold ({n}); got {ratio.size}")
+  if not np.all(np.isfinite(ratio)) or np.any(ratio < 0):
+    _fail(f"test_train_ratio must be finite and >= 0; got {ratio.tolist()}")
+  if groups is None:
+    g = np.zeros(n, np.int64)
+  else:
+    if len(groups) != n:
+      _fail(f"groups has {len(groups)} entries for {n} folds")
+    g = np.unique(np.asarray([str(x) for x in groups]), return_inverse=True)[1].ravel()
+  rho = ratio / (1.0 + ratio)
+  same = (g[:, None] == g[None, :]) & ~np.eye(n, dtype=bool)
+  total = float(np.sum(((rho[:, None] + rho[None, :]) / 2.0) * same))
+  return (1.0 / n + total / n ** 2) / (1.0 - total / (n * (n - 1)))
+
+
+def corrected_t_test(a, b, *, test_train_ratio, groups: Optional[Sequence] = None,
+                     alpha: float = 0.05) -> PairedTTest:
+  """Nadeau & Bengio's corrected resampled t-test of two models' per-fold metrics.
+
+  d = a - b over the same n folds, s² its sample variance (ddof 1), c =
+  `corrected_variance_factor(test_train_ratio, groups)` (1/n + n_test/n_train for one data
+  set), t = mean(d) / sqrt(c s²), df = n - 1, two-sided P = 2 T_df.sf(|t|), CI = mean(d) ±
+  T_df.ppf(1 - alpha/2) sqrt(c s²). With n_test/n_train = 0 it is `paired_t_test`. Edge cases
+  as `paired_t_test` (d all 0: t = P = NaN; constant non-zero d: t = ±inf, P = 0).
+  """
+  _check_alpha(alpha)
+  d = _diffs(a, b)
+  return _t_result(d, corrected_variance_factor(d.size, test_train_ratio, groups), alpha,
+                   "corrected")
+
+
+def _t_result(d: np.ndarray, factor: float, alpha: float, method: str) -> PairedTTest:
+  n, df = d.size, d.size - 1
   mean = float(d.mean())
-  se = float(d.std(ddof=1)) / math.sqrt(n)
+  se = math.sqrt(factor) * float(d.std(ddof=1))
   if se > 0.0:
     t = mean / se
   else:
@@ -143,7 +246,7 @@ def paired_t_test(a, b, *, alpha: float = 0.05) -> PairedTTest:
   p = float(2.0 * sps.t.sf(abs(t), df)) if not math.isnan(t) else float("nan")
   half = float(sps.t.ppf(1.0 - alpha / 2.0, df)) * se
   return PairedTTest(t=float(t), p=p, mean_diff=mean, ci_low=mean - half, ci_high=mean + half,
-                     df=df, n=n)
+                     df=df, n=n, method=method, variance_factor=float(factor))
 
 
 # ------------------------------------------------------------- across-fold interval
@@ -151,22 +254,30 @@ def paired_t_test(a, b, *, alpha: float = 0.05) -> PairedTTest:
 
 @dataclasses.dataclass(frozen=True)
 class FoldInterval:
-  """A metric over k folds: mean, sample sd (ddof 1), and the t-based CI of the mean."""
+  """A metric over k folds: mean, sample sd (ddof 1), and the t-based CI of the mean;
+  `clipped`: the t-interval passed the metric's range and [lo, hi] was cut at its bound."""
   mean: float
   sd: float
   n: int
   lo: float
   hi: float
   alpha: float = 0.05
+  clipped: bool = False
 
   def as_dict(self) -> dict[str, float]:
     return dataclasses.asdict(self)
 
 
-def fold_interval(values: Sequence[float], *, alpha: float = 0.05) -> FoldInterval:
+def fold_interval(values: Sequence[float], *, alpha: float = 0.05,
+                  bounds: Optional[tuple[float, float]] = None) -> FoldInterval:
   """mean ± t_{n-1, 1 - alpha/2} · sd / sqrt(n) over the finite `values` (one per fold); equal
   to `scipy.stats.ttest_1samp(values, 0).confidence_interval(1 - alpha)` (tested). With one
-  value: sd 0 and no interval (NaN bounds); with none: everything NaN."""
+  value: sd 0 and no interval (NaN bounds); with none: everything NaN.
+
+  `bounds` (lo, hi): the metric's range (`UNIT_RANGE` for precision, recall, F1, AUC, …). A
+  t-interval reaching past it is clipped there and marked `clipped` (the symmetric t-interval
+  of a mean near a bound is not a valid interval beyond it; the tables say so).
+  """
   v = np.asarray([x for x in values if x is not None and math.isfinite(float(x))], np.float64)
   nan = float("nan")
   if v.size == 0:
@@ -176,7 +287,15 @@ def fold_interval(values: Sequence[float], *, alpha: float = 0.05) -> FoldInterv
     return FoldInterval(mean, 0.0, 1, nan, nan, alpha)
   sd = float(v.std(ddof=1))
   half = float(sps.t.ppf(1 - alpha / 2, v.size - 1)) * sd / math.sqrt(v.size)
-  return FoldInterval(mean, sd, int(v.size), mean - half, mean + half, alpha)
+  lo, hi = mean - half, mean + half
+  clipped = False
+  if bounds is not None:
+    b_lo, b_hi = float(bounds[0]), float(bounds[1])
+    if b_lo >= b_hi:
+      _fail(f"bounds must be (lo, hi) with lo < hi; got {bounds}")
+    clipped = lo < b_lo or hi > b_hi
+    lo, hi = max(lo, b_lo), min(hi, b_hi)
+  return FoldInterval(mean, sd, int(v.size), lo, hi, alpha, clipped)
 
 
 
@@ -188,7 +307,9 @@ class BootstrapCI:
   """A metric on the full sample (`value`) and its bootstrap interval [lo, hi].
 
   `samples` holds the metric of every resample, NaN where the resample was skipped as
-  degenerate; `n_valid` counts the others (the interval uses only those).
+  degenerate; `n_valid` counts the others (the interval uses only those). `status`
+  `TOO_FEW_POSITIVES`: more than `max_degenerate` of the resamples were skipped, so [lo, hi]
+  is NaN (no interval; see `MAX_DEGENERATE_SHARE`); else "ok".
   """
   value: float
   lo: float
@@ -198,9 +319,10 @@ class BootstrapCI:
   n_boot: int
   n_valid: int
   samples: np.ndarray = dataclasses.field(repr=False, compare=False)
+  status: str = "ok"
 
   def __str__(self) -> str:
-    return format_ci(self.value, self.lo, self.hi)
+    return ci_text(self.value, self.lo, self.hi, self.status)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -358,7 +480,8 @@ def _log_skipped(n_boot: int, n_valid: int):
 
 def bootstrap_ci(metric_fn: MetricFn, y_true, y_score, *, n_boot: int = 1000, seed: int = 0,
                  alpha: float = 0.05, method: str = "percentile", skip_degenerate: bool = True,
-                 progress: bool = False) -> Union[BootstrapCI, dict[str, BootstrapCI]]:
+                 progress: bool = False, max_degenerate: float = MAX_DEGENERATE_SHARE
+                 ) -> Union[BootstrapCI, dict[str, BootstrapCI]]:
   """Bootstrap (1 - alpha) CI of `metric_fn(y_true, y_score)` by resampling scans (rows).
 
   Each of `n_boot` resamples draws n rows with replacement (`np.random.default_rng(seed)`), so
@@ -374,7 +497,9 @@ def bootstrap_ci(metric_fn: MetricFn, y_true, y_score, *, n_boot: int = 1000, se
   Degenerate resamples: with `skip_degenerate` (the default; y_true must then be categorical), a
   resample in which some column of y_true lacks a value it takes on the full sample (a class with
   no positives, or no negatives) is skipped, as is any resample where metric_fn returns NaN. The
-  interval uses the `n_valid` others; `samples` keeps NaN for the skipped ones.
+  interval uses the `n_valid` others; `samples` keeps NaN for the skipped ones. When more than
+  `max_degenerate` of the resamples are skipped the result has no interval (NaN bounds, status
+  `TOO_FEW_POSITIVES`): the kept resamples would all hold the rare label's few scans.
   """
   y_true, (y_score,) = _check_bootstrap_args(y_true, [("y_score", y_score)], n_boot, alpha,
                                              method)
@@ -385,15 +510,20 @@ def bootstrap_ci(metric_fn: MetricFn, y_true, y_score, *, n_boot: int = 1000, se
   for k in range(full.size):
     lo, hi = _interval(full[k], boot[:, k], None if jack is None else jack[:, k], alpha, method)
     n_valid = int(np.count_nonzero(np.isfinite(boot[:, k])))
+    status = degenerate_status(n_boot, n_valid, max_degenerate)
+    if status != "ok":
+      lo = hi = float("nan")
     results.append(BootstrapCI(value=float(full[k]), lo=lo, hi=hi, alpha=alpha, method=method,
-                               n_boot=n_boot, n_valid=n_valid, samples=boot[:, k].copy()))
+                               n_boot=n_boot, n_valid=n_valid, samples=boot[:, k].copy(),
+                               status=status))
   _log_skipped(n_boot, min(r.n_valid for r in results))
   return results[0] if keys is None else dict(zip(keys, results))
 
 
 def paired_bootstrap(metric_fn: MetricFn, y_true, score_a, score_b, *, n_boot: int = 1000,
                      seed: int = 0, alpha: float = 0.05, method: str = "percentile",
-                     skip_degenerate: bool = True, progress: bool = False
+                     skip_degenerate: bool = True, progress: bool = False,
+                     max_degenerate: float = MAX_DEGENERATE_SHARE
                      ) -> Union[PairedBootstrapCI, dict[str, PairedBootstrapCI]]:
   """Bootstrap CI of metric(a) - metric(b) for two models (or readers) on the same scans.
 
@@ -401,7 +531,9 @@ def paired_bootstrap(metric_fn: MetricFn, y_true, score_a, score_b, *, n_boot: i
   correlation (e.g. DrCT1 vs DrCT2 on one test set; reader assisted vs alone). Resampling,
   methods and degenerate resamples as in `bootstrap_ci`. `p_value` is the two-sided percentile
   bootstrap P of "no difference": min(1, 2 * min(P*(d <= 0), P*(d >= 0))) over the valid
-  resampled differences d (resolution 1 / n_valid; 1.0 for identical models).
+  resampled differences d (resolution 1 / n_valid; 1.0 for identical models). More than
+  `max_degenerate` of the resamples skipped: no interval and no P (status `TOO_FEW_POSITIVES`:
+  a difference that rests on a label's one or two positive scans is not an interval).
   """
   y_true, (score_a, score_b) = _check_bootstrap_args(
       y_true, [("score_a", score_a), ("score_b", score_b)], n_boot, alpha, method)
@@ -420,10 +552,13 @@ def paired_bootstrap(metric_fn: MetricFn, y_true, score_a, score_b, *, n_boot: i
     lo, hi = _interval(theta, diff[:, k], None if jack is None else jack[:, k], alpha, method)
     d = diff[np.isfinite(diff[:, k]), k]
     p = (min(1.0, 2.0 * min(np.mean(d <= 0), np.mean(d >= 0))) if d.size else float("nan"))
+    status = degenerate_status(n_boot, d.size, max_degenerate)
+    if status != "ok":
+      lo = hi = p = float("nan")
     results.append(PairedBootstrapCI(
         value=theta, lo=lo, hi=hi, alpha=alpha, method=method, n_boot=n_boot, n_valid=d.size,
-        samples=diff[:, k].copy(), value_a=float(full_a[k]), value_b=float(full_b[k]),
-        p_value=float(p)))
+        samples=diff[:, k].copy(), status=status, value_a=float(full_a[k]),
+        value_b=float(full_b[k]), p_value=float(p)))
   _log_skipped(n_boot, min(r.n_valid for r in results))
   return results[0] if keys is None else dict(zip(keys, results))
 

@@ -35,7 +35,15 @@ def blend_keys(names: Sequence[str]) -> tuple[str, ...]:
 
 def _ci_dict(ci: stats.BootstrapCI, n: int) -> dict[str, Any]:
   return {"value": ci.value, "lo": ci.lo, "hi": ci.hi, "alpha": ci.alpha, "method": ci.method,
-          "n_boot": ci.n_boot, "n_valid": ci.n_valid, "n": int(n)}
+          "n_boot": ci.n_boot, "n_valid": ci.n_valid, "n": int(n), "status": ci.status}
+
+
+def ci_status(ci: Mapping[str, Any]) -> str:
+  """A stored interval's status; one written without it gets it from its n_boot and n_valid
+  (`stats.degenerate_status`), so older reports are read by today's rule."""
+  if "status" in ci:
+    return str(ci["status"])
+  return stats.degenerate_status(int(ci.get("n_boot", 0)), int(ci.get("n_valid", 0)))
 
 
 def headline_intervals(kind: str, outputs: Mapping[str, Any], names: Sequence[str], *,
@@ -90,15 +98,22 @@ def reliability_curves(outputs: Mapping[str, Any], names: Sequence[str], *,
 
 
 def format_intervals(intervals: Mapping[str, Mapping[str, Any]], digits: int = 4) -> str:
-  """One line per metric: "macro_f1  0.8850 [0.8512, 0.9127]", then how they were drawn."""
+  """One line per metric: "macro_f1  0.8850 [0.8512, 0.9127]" (or "[too few positives]"),
+  then how they were drawn."""
   if not intervals:
     return ""
   width = max(len(k) for k in intervals) + 2
-  lines = [k.ljust(width) + stats.format_ci(v["value"], v["lo"], v["hi"], digits)
+  lines = [k.ljust(width) + stats.ci_text(v["value"], v["lo"], v["hi"], ci_status(v),
+                                          digits=digits)
            for k, v in intervals.items()]
   first = next(iter(intervals.values()))
   lines.append(f"({100 * (1 - first['alpha']):.0f}% {first['method']} bootstrap CIs over "
                f"{first['n']} examples, {first['n_boot']} resamples)")
+  if any(ci_status(v) != "ok" for v in intervals.values()):
+    lines.append(f"({stats.TOO_FEW_POSITIVES}: more than "
+                 f"{100 * stats.MAX_DEGENERATE_SHARE:.0f}% of the resamples lost every "
+                 "positive or negative of some label; an interval from the rest would rest on "
+                 "those few examples, so none is given)")
   return "\n".join(lines)
 
 

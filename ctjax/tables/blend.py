@@ -133,11 +133,28 @@ _COLUMNS = ["model", "class", "sensitivity", "specificity", "F1", "AUC", "paper 
             "paper specificity", "paper F1", "paper AUC"]
 _ABOUT = ("Ours: mean ± sd over the folds' test slices [95 % t-CI of the mean]; one fold: value "
           "[95 % bootstrap CI over its test slices]. One-vs-rest per class, prediction = argmax "
-          "of the softmax, the last SKD round's best checkpoint by validation blend-sign F1.")
+          "of the softmax, the last SKD round's best checkpoint by validation blend-sign F1. "
+          "Differences: the plain and Nadeau & Bengio's corrected paired t-test over folds "
+          "(the corrected one decides \"resolved\"), or with one fold the paired bootstrap "
+          "on the test slices.")
 
 
 def _r(results: Mapping[str, CellResult], cells: Sequence[Cell]) -> list[CellResult]:
   return [results[c.key] for c in cells]
+
+
+def _split_config(ctx: Context):
+  """The config of the preset's first cell with every override (the folds it splits by)."""
+  from ctjax.tables.grid import build_config
+  return build_config(cell(ctx, "wce_at_skd", "resnet50", preset(ctx).folds[0]), ctx)
+
+
+def _about(ctx: Context) -> str:
+  return _ABOUT + f" Folds — {render.protocol_text(_split_config(ctx))}."
+
+
+def _ratio(ctx: Context) -> float:
+  return render.test_train_ratio(_split_config(ctx))
 
 
 def table3(ctx: Context, command: str, chosen=None) -> Spec:
@@ -147,7 +164,7 @@ def table3(ctx: Context, command: str, chosen=None) -> Spec:
   def make(results, out_dir):
     t = render.Table("blend_table3", "Blend-sign paper, Table 3: the ablation with ResNet-50 "
                      "(weighted CE, + auxiliary detection task, + self-knowledge distillation)",
-                     command, ctx.preset, _COLUMNS, about=_ABOUT)
+                     command, ctx.preset, _COLUMNS, about=_about(ctx))
     for v, label in VARIANTS:
       res = _r(results, g[f"{v}/resnet50"])
       t.cells += res
@@ -157,7 +174,7 @@ def table3(ctx: Context, command: str, chosen=None) -> Spec:
                          ("wce_at_skd", "wce_at", "WCE + AT + SKD", "WCE + AT")):
       comps = render.compare(_r(results, g[f"{a}/resnet50"]), _r(results, g[f"{b}/resnet50"]),
                              COMPARED, kind="blend", names=BLEND_CLASSES, n_boot=ctx.n_boot,
-                             seed=ctx.seed)
+                             seed=ctx.seed, test_train_ratio=_ratio(ctx))
       paper = {}
       for k in COMPARED:
         _, c, m = k.split("/")
@@ -178,7 +195,7 @@ def table4(ctx: Context, command: str, chosen=None) -> Spec:
   def make(results, out_dir):
     t = render.Table("blend_table4", "Blend-sign paper, Table 4: pretrained backbones "
                      "(WCE + AT + SKD)", command, ctx.preset, _COLUMNS,
-                     about=_ABOUT + " The paper prints this table as an image; its text says "
+                     about=_about(ctx) + " The paper prints this table as an image; its text says "
                      "only that \"there are slight differences among different pre-trained "
                      "backbones\" (no numbers to put beside ours).")
     for b, label in BACKBONES:
@@ -196,7 +213,8 @@ def table4(ctx: Context, command: str, chosen=None) -> Spec:
       if b == "resnet50":
         continue
       comps = render.compare(_r(results, g[f"wce_at_skd/{b}"]), base, COMPARED, kind="blend",
-                             names=BLEND_CLASSES, n_boot=ctx.n_boot, seed=ctx.seed)
+                             names=BLEND_CLASSES, n_boot=ctx.n_boot, seed=ctx.seed,
+                             test_train_ratio=_ratio(ctx))
       t.notes.append(render.comparison_text(label, "ResNet-50", comps, COMPARED_NAMES,
                                            unit="slices"))
     return t

@@ -3,11 +3,16 @@ as Markdown + CSV (+ the PNG figures, matplotlib).
 
 Each figure of ours is, over k >= 2 folds, "mean ± sd [lo, hi]": the mean over the folds'
 test splits, the sample sd, and the t-based 95 % CI of the mean (`ctjax.eval.stats.
-fold_interval`); with one fold, "value [lo, hi]": that fold's seeded scan-level bootstrap
-95 % CI. Every cell's own figure and bootstrap CI is in `<table>_cells.csv`. Comparisons of
-two rows (`compare`) give the paired t-test over folds (`ctjax.eval.stats.paired_t_test`, the
-DrCT2 paper's section VII test) and the paired bootstrap of the difference on the folds' pooled
-test scans (`stats.paired_multilabel_bootstrap` / `paired_multiclass_bootstrap`).
+fold_interval`), clipped to the metric's range [0, 1] and marked ‡ where it passed it; with
+one fold, "value [lo, hi]": that fold's seeded scan-level bootstrap 95 % CI, or "value [too
+few positives]" where too many resamples lost a label's positives (`stats.MAX_DEGENERATE_SHARE`).
+Every cell's own figure and bootstrap CI is in `<table>_cells.csv`. Comparisons of two rows
+(`compare`) give the plain paired t-test over folds (`stats.paired_t_test`, the DrCT2 paper's
+section VII test), Nadeau & Bengio's corrected resampled t-test beside it
+(`stats.corrected_t_test`: the folds' training sets overlap), and the paired bootstrap of the
+difference on the folds' pooled test scans (`stats.paired_multilabel_bootstrap` /
+`paired_multiclass_bootstrap`). A difference is "resolved" when the corrected test's 95 % CI
+excludes 0 (one fold: the bootstrap CI).
 """
 
 from __future__ import annotations
@@ -22,7 +27,17 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from ctjax.eval import stats
+from ctjax.eval.uncertainty import ci_status
 from ctjax.tables.grid import CellResult
+
+CLIPPED = "‡"
+CLIPPED_NOTE = (f"{CLIPPED} The t-interval over the folds passed the metric's range [0, 1] and "
+                "is clipped at the bound.")
+TOO_FEW_NOTE = (f"[{stats.TOO_FEW_POSITIVES}]: more than "
+                f"{100 * stats.MAX_DEGENERATE_SHARE:.0f} % of the bootstrap resamples lost every "
+                "positive (or negative) scan of some label; an interval from the remaining "
+                "resamples would rest on that label's only scan (it can even be a single "
+                "value), so none is given.")
 
 
 def num(x: Optional[float], digits: int = 3) -> str:
@@ -35,22 +50,62 @@ class Figure:
   values: list[float]
   fold: stats.FoldInterval
   boot: tuple[float, float]          # the bootstrap CI when there is one fold
+  boot_status: str = "ok"            # its status (stats.TOO_FEW_POSITIVES: no interval)
 
   def text(self, digits: int = 3) -> str:
     f = self.fold
     if f.n == 0:
       return "—"
     if f.n == 1:
-      return stats.format_ci(f.mean, *self.boot, digits=digits)
-    return f"{f.mean:.{digits}f} ± {f.sd:.{digits}f} [{f.lo:.{digits}f}, {f.hi:.{digits}f}]"
+      return stats.ci_text(f.mean, *self.boot, self.boot_status, digits=digits)
+    mark = CLIPPED if f.clipped else ""
+    return (f"{f.mean:.{digits}f} ± {f.sd:.{digits}f} [{f.lo:.{digits}f}, "
+            f"{f.hi:.{digits}f}]{mark}")
+
+  def note(self) -> str:
+    """"clipped", the bootstrap's status, or "" (the CSV's `<prefix>_ci_note`)."""
+    if self.fold.n > 1:
+      return "clipped" if self.fold.clipped else ""
+    return "" if self.boot_status == "ok" else self.boot_status
 
 
 def figure(results: Sequence[CellResult], key: str,
-           value_fn: Optional[Callable[[CellResult], float]] = None) -> Figure:
-  """`key` of each cell (or `value_fn(cell)`), aggregated over the cells (folds)."""
+           value_fn: Optional[Callable[[CellResult], float]] = None,
+           bounds: Optional[tuple[float, float]] = stats.UNIT_RANGE) -> Figure:
+  """`key` of each cell (or `value_fn(cell)`), aggregated over the cells (folds); `bounds` the
+  metric's range (the t-interval is clipped to it; None: unbounded)."""
   values = [value_fn(r) if value_fn else r.scalar(key) for r in results]
-  boot = results[0].ci(key) if len(results) == 1 and value_fn is None else (math.nan, math.nan)
-  return Figure(values, stats.fold_interval(values), boot)
+  boot, status = (math.nan, math.nan), "ok"
+  if len(results) == 1 and value_fn is None:
+    got = (results[0].report.get("ci95") or {}).get(key)
+    if got:
+      status = ci_status(got)
+      if status == "ok":
+        boot = (_float(got.get("lo")), _float(got.get("hi")))
+  return Figure(values, stats.fold_interval(values, bounds=bounds), boot, status)
+
+
+def _float(x) -> float:
+  """A stored bound (JSON writes NaN as null) as a float."""
+  return math.nan if x is None else float(x)
+
+
+def test_train_ratio(config) -> float:
+  """n_test / n_train of a fold under the config's fold protocol (nominal shares, patients
+  dealt evenly): the corrected t-test's ratio (`ctjax.data.datasets.split_shares`)."""
+  from ctjax.data import cache, datasets
+  shares = datasets.split_shares(str(cache.data_option(config, "fold_protocol")),
+                                 int(cache.data_option(config, "num_folds")),
+                                 float(cache.data_option(config, "val_fraction")))
+  return shares["test"] / shares["train"]
+
+
+def protocol_text(config) -> str:
+  """How fold k's splits were made, for a table's text."""
+  from ctjax.data import cache, datasets
+  return datasets.protocol_text(str(cache.data_option(config, "fold_protocol")),
+                                int(cache.data_option(config, "num_folds")),
+                                float(cache.data_option(config, "val_fraction")))
 
 
 @dataclasses.dataclass
@@ -80,7 +135,13 @@ class Table:
       out.append("|" + "|".join("---" for _ in self.columns) + "|")
       out += ["| " + " | ".join(r) + " |" for r in self.rows]
       out.append("")
-    for note in self.notes:
+    notes = list(self.notes)
+    text = "\n".join(" ".join(r) for r in self.rows) + "\n".join(notes)
+    if CLIPPED in text:
+      notes.append(CLIPPED_NOTE)
+    if f"[{stats.TOO_FEW_POSITIVES}]" in text:
+      notes.append(TOO_FEW_NOTE)
+    for note in notes:
       out += [note, ""]
     for fig in self.figures:
       out += [f"![{fig}]({fig})", ""]
@@ -142,9 +203,11 @@ def cell_rows(cells: Sequence[CellResult]) -> list[dict[str, Any]]:
                            "step": r.meta.get("step"),
                            "wall_seconds": r.meta.get("wall_seconds")}
     for key, ci in (r.report.get("ci95") or {}).items():
+      ok = ci_status(ci) == "ok"
       row[key] = ci["value"]
-      row[f"{key}_lo"] = ci["lo"]
-      row[f"{key}_hi"] = ci["hi"]
+      row[f"{key}_lo"] = ci["lo"] if ok else None
+      row[f"{key}_hi"] = ci["hi"] if ok else None
+      row[f"{key}_status"] = ci_status(ci)
     cal = r.report.get("calibration") or {}
     if cal:
       row["ece_macro"] = cal["ece"]["macro"]
@@ -158,7 +221,7 @@ def csv_figure(prefix: str, fig: Figure) -> dict[str, Any]:
   f = fig.fold
   return {f"{prefix}_mean": f.mean, f"{prefix}_sd": f.sd, f"{prefix}_lo": f.lo if f.n > 1
           else fig.boot[0], f"{prefix}_hi": f.hi if f.n > 1 else fig.boot[1],
-          f"{prefix}_folds": f.n}
+          f"{prefix}_folds": f.n, f"{prefix}_ci_note": fig.note()}
 
 
 # ------------------------------------------------------------------------------- comparisons
@@ -182,16 +245,22 @@ def _same_scans(a: Sequence[CellResult], b: Sequence[CellResult]) -> bool:
 
 @dataclasses.dataclass
 class Comparison:
-  """Row a − row b on one metric."""
+  """Row a − row b on one metric: the plain paired t-test over the folds, Nadeau & Bengio's
+  corrected one, and the paired bootstrap on the pooled test scans."""
   metric: str
   t_test: Optional[stats.PairedTTest]
   boot: Optional[stats.PairedBootstrapCI]
+  corrected: Optional[stats.PairedTTest] = None
 
   def sign(self) -> int:
-    """+1 / -1 when a CI of the difference excludes 0 (fold t-CI, else the bootstrap), 0 when
-    it does not (the phantom does not resolve the order)."""
-    lo, hi = ((self.t_test.ci_low, self.t_test.ci_high) if self.t_test is not None
-              else (self.boot.lo, self.boot.hi) if self.boot is not None else (math.nan,) * 2)
+    """+1 / -1 when the difference is resolved — the corrected t-test's CI excludes 0 (over
+    folds), or with one fold the bootstrap CI (unless too few positives) — else 0."""
+    if self.corrected is not None:
+      lo, hi = self.corrected.ci_low, self.corrected.ci_high
+    elif self.t_test is None and self.boot is not None and self.boot.status == "ok":
+      lo, hi = self.boot.lo, self.boot.hi
+    else:
+      return 0
     if not (math.isfinite(lo) and math.isfinite(hi)):
       return 0
     return 1 if lo > 0 else (-1 if hi < 0 else 0)
@@ -201,11 +270,21 @@ class Comparison:
       return self.t_test.mean_diff
     return self.boot.value if self.boot is not None else math.nan
 
+  def basis(self) -> str:
+    """What `sign` read: for the sentences that call a difference resolved or not."""
+    if self.corrected is not None:
+      return "corrected t-test CI"
+    if self.t_test is None and self.boot is not None:
+      return ("bootstrap CI" if self.boot.status == "ok"
+              else f"bootstrap: {self.boot.status}")
+    return "no test"
+
 
 def compare(a: Sequence[CellResult], b: Sequence[CellResult], metrics: Sequence[str], *,
-            kind: str, names: Sequence[str], threshold: float = 0.5, n_boot: int = 1000,
-            seed: int = 0) -> list[Comparison]:
-  """Paired t-test over the folds both rows have (>= 2) and the paired bootstrap on their
+            kind: str, names: Sequence[str], test_train_ratio: float, threshold: float = 0.5,
+            n_boot: int = 1000, seed: int = 0) -> list[Comparison]:
+  """Plain and corrected paired t-tests over the folds both rows have (>= 2; `test_train_ratio`
+  = n_test / n_train of a fold, `test_train_ratio(config)`) and the paired bootstrap on their
   pooled test scans (same scans on both sides), for each metric."""
   by_fold_a = {r.cell.fold: r for r in a}
   by_fold_b = {r.cell.fold: r for r in b}
@@ -224,33 +303,47 @@ def compare(a: Sequence[CellResult], b: Sequence[CellResult], metrics: Sequence[
                                                 keys=tuple(metrics), n_boot=n_boot, seed=seed)
   out = []
   for m in metrics:
-    t = None
+    t = corrected = None
     if len(common) >= 2:
       va = [r.scalar(m) for r in ra]
       vb = [r.scalar(m) for r in rb]
       if all(math.isfinite(x) for x in va + vb):
         t = stats.paired_t_test(va, vb)
-    out.append(Comparison(m, t, boots.get(m)))
+        corrected = stats.corrected_t_test(va, vb, test_train_ratio=test_train_ratio)
+    out.append(Comparison(m, t, boots.get(m), corrected))
   return out
+
+
+def t_text(t: stats.PairedTTest, *, with_ci: bool = True) -> str:
+  """"+0.074 [+0.040, +0.108], P = 0.0038" of one t-test."""
+  ci = f" [{t.ci_low:+.3f}, {t.ci_high:+.3f}]" if with_ci else ""
+  return f"{t.mean_diff:+.3f}{ci}, P {p_text(t.p)}"
+
+
+def boot_text(b: stats.PairedBootstrapCI) -> str:
+  if b.status != "ok":
+    return f"{b.value:+.3f} [{b.status}]"
+  return f"{b.value:+.3f} [{b.lo:+.3f}, {b.hi:+.3f}], bootstrap P {p_text(b.p_value)}"
 
 
 def comparison_text(label_a: str, label_b: str, comps: Sequence[Comparison],
                     metric_names: Mapping[str, str], *, paper: Optional[Mapping[str, float]] = None,
                     paper_p: Optional[Mapping[str, float]] = None, paper_source: str = "",
                     unit: str = "scans") -> str:
-  """A Markdown paragraph: Δ = a − b per metric with its CIs and P, the paper's Δ (and P), and
-  whether our ordering agrees with the paper's."""
+  """A Markdown paragraph: Δ = a − b per metric with the plain and corrected t-tests over the
+  folds, the pooled bootstrap, the paper's Δ (and P), and whether the order agrees with it."""
   parts = []
   for c in comps:
     name = metric_names.get(c.metric, c.metric)
     bits = []
     if c.t_test is not None:
-      t = c.t_test
-      bits.append(f"{t.mean_diff:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}] over {t.n} folds, "
-                  f"paired t-test P {p_text(t.p)}")
+      bits.append(f"{c.t_test.mean_diff:+.3f} over {c.t_test.n} folds: paired t-test "
+                  f"[{c.t_test.ci_low:+.3f}, {c.t_test.ci_high:+.3f}], P {p_text(c.t_test.p)}")
+    if c.corrected is not None:
+      bits.append(f"corrected t-test [{c.corrected.ci_low:+.3f}, {c.corrected.ci_high:+.3f}], "
+                  f"P {p_text(c.corrected.p)}")
     if c.boot is not None:
-      bits.append(f"pooled test {unit} {c.boot.value:+.3f} [{c.boot.lo:+.3f}, "
-                  f"{c.boot.hi:+.3f}], bootstrap P {p_text(c.boot.p_value)}")
+      bits.append(f"pooled test {unit} {boot_text(c.boot)}")
     text = f"Δ{name}: " + ("; ".join(bits) if bits else "n/a")
     if paper and c.metric in paper:
       text += f"; paper {paper[c.metric]:+.4f}"
@@ -264,22 +357,29 @@ def comparison_text(label_a: str, label_b: str, comps: Sequence[Comparison],
 def ordering(c: Comparison, paper_diff: float, label_a: str, label_b: str) -> str:
   paper_sign = 1 if paper_diff > 0 else (-1 if paper_diff < 0 else 0)
   ours = c.sign()
+  basis = c.basis()
   if ours == 0:
     d = c.mean_diff()
     lean = (f"{label_a} ≥ {label_b}" if d >= 0 else f"{label_a} < {label_b}") if math.isfinite(
         d) else "no figure"
-    return f"the phantom does not resolve the order (CI includes 0; point estimate {lean})"
+    if basis.startswith("bootstrap:"):
+      return f"not resolved here ({basis}; point estimate {lean})"
+    return f"not resolved here ({basis} includes 0; point estimate {lean})"
   if ours == paper_sign:
-    return "same order as the paper (CI excludes 0)"
-  return (f"**order differs from the paper**: {label_b} > {label_a} here (CI excludes 0)"
-          if ours < 0 else f"**order differs from the paper**: {label_a} > {label_b} here")
+    return f"same order as the paper ({basis} excludes 0)"
+  return (f"**order differs from the paper**: {label_b} > {label_a} here ({basis} excludes 0)"
+          if ours < 0 else f"**order differs from the paper**: {label_a} > {label_b} here "
+          f"({basis} excludes 0)")
 
 
 def p_text(p: float) -> str:
-  """"= 0.023", "< 0.001" (after a "P")."""
+  """"= 0.28", "= 0.0499", "< 0.001" (after a "P"): three significant digits below 0.1, so
+  that a P near 0.05 is not rounded onto it."""
   if not math.isfinite(p):
     return "n/a"
-  return f"= {p:.2g}" if p >= 1e-3 else "< 0.001"
+  if p < 1e-3:
+    return "< 0.001"
+  return f"= {p:.2g}" if p >= 0.1 else f"= {p:.3g}"
 
 
 # -------------------------------------------------------------------------------- matplotlib

@@ -239,7 +239,8 @@ def test_prepare_qa_flags_one_slice_small_matrix_and_non_head(tmp_path):
                  series_uid=f"1.2.{size}.{slices}")
   (root / "abdomen").mkdir()
   shutil.copy(get_testdata_file("explicit_VR-UN.dcm"), root / "abdomen" / "IM0.dcm")
-  (root / "labels.csv").write_text("scan_id,bleed\nhead,0\none_slice,0\ntiny,0\nabdomen,0\n")
+  (root / "labels.csv").write_text(                           # patient_id: no patient_is_scan flag
+      "scan_id,patient_id,bleed\nhead,p1,0\none_slice,p2,0\ntiny,p3,0\nabdomen,p4,0\n")
   cfg = _config_file(tmp_path, root, tmp_path / "cache", layout="folder", image_size=16)
   r = _run(cfg, "--qa", "--qa_csv", str(tmp_path / "qa.csv"))
   assert r.returncode == 0, r.stderr

@@ -39,7 +39,8 @@ def qa_rows(tmp_path_factory):
     write_slice(root / "nan" / f"IM{k}.dcm", vol[k], position=(0, 0, 5 * k), series_uid="1.6",
                 instance=k + 1, header_intercept="nan" if k == 1 else None)
   names = ["plain", "tilted", "dup", "gap", "uneven", "rsna12", "nan"]
-  (root / "labels.csv").write_text("scan_id,bleed\n" + "".join(f"{n},0\n" for n in names))
+  (root / "labels.csv").write_text("scan_id,patient_id,bleed\n"
+                                   + "".join(f"{n},p_{n},0\n" for n in names))
   ds = datasets.load("folder", root)
   out = root / ".cache"
   cache.prepare(ds, out, image_size=8, lenient=True, progress=False)

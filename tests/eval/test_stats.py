@@ -93,6 +93,83 @@ def test_paired_t_test_bad_input(a, b, match):
     stats.paired_t_test(a, b)
 
 
+# --------------------------------------------------------------- corrected resampled t-test
+
+
+def test_corrected_t_test_by_hand_from_nadeau_bengio():
+  """Nadeau & Bengio 2003: t = mean(d) / sqrt((1/J + n_test/n_train) s²), df = J - 1.
+
+  d = (0.02, 0.05, -0.01, 0.04, 0.03): mean 0.026; deviations -0.006, 0.024, -0.036, 0.014,
+  0.004, squares summing to 0.00212, s² = 0.00212 / 4 = 0.00053. Five folds of which three
+  train (n_test/n_train = 1/3): variance (1/5 + 1/3) · 0.00053 = 0.00028266…, t = 0.026 /
+  0.0168127 = 1.546451; the plain test's (1/5) · 0.00053 gives t = 2.525343.
+  """
+  a = np.array([0.82, 0.85, 0.79, 0.84, 0.83])
+  b = a - np.array([0.02, 0.05, -0.01, 0.04, 0.03])
+  res = stats.corrected_t_test(a, b, test_train_ratio=1 / 3)
+  var = (1 / 5 + 1 / 3) * 0.00053
+  assert res.method == "corrected" and res.df == 4 and res.n == 5
+  assert res.mean_diff == pytest.approx(0.026, abs=1e-12)
+  assert res.variance_factor == pytest.approx(1 / 5 + 1 / 3, rel=1e-12)
+  assert res.t == pytest.approx(0.026 / math.sqrt(var), rel=1e-9)
+  assert res.t == pytest.approx(1.546451, rel=1e-6)
+  assert res.p == pytest.approx(2 * sps.t.sf(0.026 / math.sqrt(var), 4), rel=1e-9)
+  half = sps.t.ppf(0.975, 4) * math.sqrt(var)
+  assert (res.ci_low, res.ci_high) == pytest.approx((0.026 - half, 0.026 + half), rel=1e-9)
+  plain = stats.paired_t_test(a, b)
+  assert plain.t == pytest.approx(0.026 / math.sqrt(0.00053 / 5), rel=1e-9)
+  assert plain.t == pytest.approx(2.525343, rel=1e-6)
+  assert plain.p < 0.07 and res.p > 0.19           # the correction more than doubles P
+  assert res.ci_low < plain.ci_low and res.ci_high > plain.ci_high
+
+
+def test_corrected_t_test_with_ratio_zero_is_the_plain_one():
+  rng = np.random.default_rng(4)
+  a, b = rng.normal(0.8, 0.03, 6), rng.normal(0.78, 0.03, 6)
+  c, p = stats.corrected_t_test(a, b, test_train_ratio=0.0), stats.paired_t_test(a, b)
+  ref = sps.ttest_rel(a, b)
+  assert c.t == pytest.approx(ref.statistic, rel=1e-12) and c.p == pytest.approx(ref.pvalue)
+  assert (c.ci_low, c.ci_high) == pytest.approx((p.ci_low, p.ci_high), rel=1e-12)
+
+
+def test_corrected_variance_factor_over_two_data_sets():
+  """Folds correlate within a data set only: c = (1/n + S/n²) / (1 - S/(n(n-1))), S the sum of
+  rho over ordered within-group pairs, rho = r/(1 + r)."""
+  # One group: exactly Nadeau & Bengio's 1/n + n_test/n_train.
+  assert stats.corrected_variance_factor(5, 1 / 3) == pytest.approx(1 / 5 + 1 / 3, rel=1e-12)
+  assert stats.corrected_variance_factor(10, 1 / 8, ["a"] * 10) == pytest.approx(
+      1 / 10 + 1 / 8, rel=1e-12)
+  # Two data sets of 5 folds: RSNA-like r = 1/3 (rho 1/4), CQ500-like r = 1/8 (rho 1/9).
+  # S = 20 · 1/4 + 20 · 1/9 = 65/9; c = (1/10 + (65/9)/100) / (1 - (65/9)/90).
+  s_ = 20 / 4 + 20 / 9
+  want = (1 / 10 + s_ / 100) / (1 - s_ / 90)
+  got = stats.corrected_variance_factor(10, [1 / 3] * 5 + [1 / 8] * 5, ["r"] * 5 + ["c"] * 5)
+  assert got == pytest.approx(want, rel=1e-12)
+  # Independent groups correlate less than one pooled group of the same folds.
+  assert got < stats.corrected_variance_factor(10, [1 / 3] * 5 + [1 / 8] * 5)
+  with pytest.raises(errors.ConfigError, match="one per fold"):
+    stats.corrected_variance_factor(5, [0.1, 0.2])
+  with pytest.raises(errors.ConfigError, match="groups has 3"):
+    stats.corrected_variance_factor(5, 0.1, ["a", "b", "c"])
+  with pytest.raises(errors.ConfigError, match=">= 0"):
+    stats.corrected_variance_factor(5, -0.5)
+
+
+def test_fold_interval_of_a_bounded_metric_is_clipped_and_marked():
+  values = [0.99, 1.0, 0.97]
+  raw = sps.ttest_1samp(values, 0.0).confidence_interval(0.95)
+  got = stats.fold_interval(values, bounds=stats.UNIT_RANGE)
+  assert raw.high > 1.0 and got.hi == 1.0 and got.clipped
+  assert got.lo == pytest.approx(raw.low, rel=1e-12)
+  free = stats.fold_interval(values)
+  assert free.hi == pytest.approx(raw.high) and not free.clipped
+  inside = stats.fold_interval([0.5, 0.6, 0.55], bounds=stats.UNIT_RANGE)
+  assert not inside.clipped and inside.hi == pytest.approx(
+      sps.ttest_1samp([0.5, 0.6, 0.55], 0.0).confidence_interval().high)
+  with pytest.raises(errors.ConfigError, match="lo < hi"):
+    stats.fold_interval(values, bounds=(1.0, 0.0))
+
+
 # ------------------------------------------------------------------------------- bootstrap
 
 
@@ -652,3 +729,50 @@ def test_rsna_weighted_log_loss_weights_and_clipping():
     stats.rsna_weighted_log_loss(y[:, :5], p[:, :5])
   with pytest.raises(errors.ConfigError, match="0/1"):
     stats.rsna_weighted_log_loss(y + 0.5, p)
+
+
+# ---------------------------------------------------------------------- too few positives
+
+
+def test_paired_bootstrap_resting_on_one_positive_is_too_few_positives():
+  """One scan of label 'rare' is positive; model a finds it, model b does not. The resamples
+  that keep it (about 1 - e^-1 of them) all give the same difference: no interval."""
+  rng = np.random.default_rng(0)
+  n = 40
+  y = np.zeros((n, 2))
+  y[:, 0] = rng.random(n) < 0.5
+  y[7, 1] = 1
+  a = np.clip(y * 0.7 + rng.random((n, 2)) * 0.3, 0, 1)
+  b = a.copy()
+  b[7, 1] = 0.1                                  # b misses the only positive
+  res = stats.paired_multilabel_bootstrap(y, a, b, ("common", "rare"),
+                                          keys=("per_class/rare/f1",), n_boot=400, seed=1)
+  r = res["per_class/rare/f1"]
+  assert r.value == 1.0 and r.status == stats.TOO_FEW_POSITIVES
+  assert 0.28 < 1 - r.n_valid / r.n_boot < 0.45  # lost: (1 - 1/40)^40 = 0.363
+  kept = r.samples[np.isfinite(r.samples)]
+  assert np.all(kept == 1.0)                      # the zero-width "interval" it used to print
+  assert math.isnan(r.lo) and math.isnan(r.hi) and math.isnan(r.p_value)
+  assert str(r) == "1.000 [too few positives]"
+  # The skipped resamples are those of the call (every figure of it is conditioned on every
+  # label being present): the common label alone keeps its interval.
+  single = stats.paired_multilabel_bootstrap(y[:, :1], a[:, :1], b[:, :1], ("common",),
+                                             keys=("macro_f1",), n_boot=400, seed=1)
+  assert single["macro_f1"].status == "ok" and math.isfinite(single["macro_f1"].lo)
+
+
+def test_bootstrap_status_threshold_and_stored_intervals():
+  assert stats.degenerate_status(1000, 800) == "ok"
+  assert stats.degenerate_status(1000, 799) == stats.TOO_FEW_POSITIVES
+  assert stats.degenerate_status(1000, 940, max_degenerate=0.05) == stats.TOO_FEW_POSITIVES
+  y, s = _auc_data()
+  ci = stats.bootstrap_ci(metrics.binary_auc, y, s, n_boot=200, seed=0)
+  assert ci.status == "ok" and ci.n_valid == 200
+  y1 = np.zeros(30)
+  y1[3] = 1                                      # one positive: most resamples lose it
+  few = stats.bootstrap_ci(metrics.binary_auc, y1, np.linspace(0, 1, 30), n_boot=200, seed=0)
+  assert few.status == stats.TOO_FEW_POSITIVES and math.isnan(few.lo)
+  lax = stats.bootstrap_ci(metrics.binary_auc, y1, np.linspace(0, 1, 30), n_boot=200, seed=0,
+                           max_degenerate=1.0)
+  assert lax.status == "ok" and math.isfinite(lax.lo)
+  assert stats.ci_text(0.5, 0.4, 0.6, "ok", signed=True) == "+0.500 [+0.400, +0.600]"

@@ -86,3 +86,22 @@ def test_add_uncertainty_and_its_text():
   assert "ci95" not in none and "calibration" in none
   with pytest.raises(ConfigError, match="kind"):
     uncertainty.headline_intervals("other", _drct_outputs(), RSNA_LABELS)
+
+
+def test_too_few_positives_is_stored_and_printed_instead_of_an_interval():
+  out = _drct_outputs()
+  out["labels"][:, 1] = 0
+  out["labels"][4, 1] = 1                      # epidural: one positive scan of 57
+  got = uncertainty.headline_intervals("drct", out, RSNA_LABELS, n_boot=100, seed=0)
+  f1 = got["macro_f1"]
+  assert f1["status"] == stats.TOO_FEW_POSITIVES and math.isnan(f1["lo"])
+  assert f1["n_valid"] < 0.8 * f1["n_boot"]
+  text = uncertainty.format_intervals(got)
+  assert "macro_f1" in text and "[too few positives]" in text
+  assert "lost every positive or negative of some label" in text
+  # Stored without a status (an older evaluation.json): its counts decide.
+  assert uncertainty.ci_status({"n_boot": 1000, "n_valid": 377}) == stats.TOO_FEW_POSITIVES
+  assert uncertainty.ci_status({"n_boot": 1000, "n_valid": 869}) == "ok"   # 13 % lost
+  fine = uncertainty.headline_intervals("drct", _drct_outputs(), RSNA_LABELS, n_boot=100)
+  assert all(v["status"] == "ok" for v in fine.values())
+  assert "too few" not in uncertainty.format_intervals(fine)

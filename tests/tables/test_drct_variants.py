@@ -176,3 +176,19 @@ def test_without_a_drct2_store_drct1_builds_its_own(tmp_path):
   assert data.store.names == ("pooled",)
   # Now its own store exists: nothing to look for beyond it.
   assert drct_task.superset_store(config, splits["train"].scans, model, variables) is None
+
+
+def test_drct1_bce_cell_is_drct1_with_a_bce_trained_output_head(tmp_path):
+  """Table 3's unconfounded row: DrCT1 (no APS network) whose output head, the primary
+  network's, is trained by BCE as DrCT2's fusion head is."""
+  from ctjax.tables import departures, drct2
+  from ctjax.tables.grid import Context, build_config
+  ctx = Context(tmp_path, "cpu")
+  ds = drct2.dataset(ctx, "rsna")
+  cfg = build_config(drct2.variant_cell(ctx, ds, "drct1_bce", 2), ctx)
+  plain = build_config(drct2.variant_cell(ctx, ds, "drct1", 2), ctx)
+  assert cfg.model.aps is False and cfg.loss.primary == "bce" and cfg.data.fold == 2
+  assert plain.loss.primary == "mse" and plain.model.aps is False
+  assert [k for k, _, _ in departures.differences(plain, cfg)] == ["loss.primary"]
+  cells = drct2.cells_of(ctx, ds, ["drct1_bce", "drct2"])
+  assert list(cells) == ["drct2", "drct1_bce"]   # DrCT2 first: it builds the feature store

@@ -115,16 +115,17 @@ def test_drct2_table3_files(tables_run, untrained):
   assert "python -m ctjax.tables drct2_table3 --preset smoke" in md
   assert md.count("| DrCT1 |") == 2 and md.count("| DrCT2 |") == 2
   assert "0.9370" in md and "0.8650" in md   # the paper's F1s beside ours
-  assert "Paired t-test DrCT2 vs DrCT1 over the 2 folds" in md   # one fold of each data set
+  assert "DrCT2 vs DrCT1 over the 2 folds of both data sets" in md   # one fold of each
+  assert md.count("| DrCT1, BCE head |") == 2 and "corrected" in md
   assert (out / "drct2_figure7.png").stat().st_size > 1000
   assert (out / "drct2_table3_reliability_rsna.png").stat().st_size > 1000
   cells = (out / "drct2_table3_cells.csv").read_text().splitlines()
-  assert len(cells) == 1 + 4 and "macro_f1_lo" in cells[0]
+  assert len(cells) == 1 + 6 and "macro_f1_lo" in cells[0] and "macro_f1_status" in cells[0]
   report = json.loads((workdir / "cells/rsna/drct2/fold_0/evaluation.json").read_text())
   assert {"ci95", "calibration"} <= set(report)
   assert "rsna_weighted_log_loss" in report["calibration"]
-  # Table 3's 4 cells, Table 2's BCE pair, Table 4's 4 variants, Figure 6's other mkeys.
-  assert sum("/cells/" in m and "blend" not in m for m in untrained) == 12
+  # Table 3's 6 cells, Table 2's BCE pair, Table 4's 4 variants, Figure 6's other mkeys.
+  assert sum("/cells/" in m and "blend" not in m for m in untrained) == 14
 
 
 def test_the_other_drct2_tables_and_figures(tables_run):
@@ -221,7 +222,7 @@ def test_second_run_reuses_finished_cells(tables_run, untrained):
   assert _run(workdir, ["drct2_table3"]) == 0
   assert marker.stat().st_mtime_ns == before and len(untrained) == trained
   log = [json.loads(line) for line in (workdir / "tables/run_log.jsonl").read_text().splitlines()]
-  assert log[-1]["cells"] == log[-1]["cells_reused"] == 4
+  assert log[-1]["cells"] == log[-1]["cells_reused"] == 6
   assert time.perf_counter() - t0 < first
 
 

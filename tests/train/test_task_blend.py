@@ -340,3 +340,20 @@ def test_blend_phantom_fine_tunes_the_shipped_backbone_of_another_seed(backbone,
   scratch = blend_phantom.get_config(f"backbone={backbone},width=0.0625")
   assert scratch.model.backbone_weights == "" and scratch.optimizer.lr == 0.01
   assert c.optimizer.lr == 1e-3 and c.optimizer.schedule == "poly"   # fine-tuning
+
+
+def test_input_norm_unit_feeds_the_windows_as_they_are():
+  """config.data.input_norm: "imagenet" (ctjax) or "unit" (the paper's [0, 1] interval)."""
+  from ctjax.data import windows
+  cfg = _config()
+  hu = _batch()["hu"]
+  x = np.asarray(blend.preprocess(hu, cfg))
+  raw = windows.apply_windows(np.asarray(hu), cfg.data.windows)
+  np.testing.assert_allclose(x, windows.imagenet_normalize(raw), rtol=1e-6, atol=1e-6)
+  cfg.data.input_norm = "unit"
+  y = np.asarray(blend.preprocess(hu, cfg))
+  np.testing.assert_allclose(y, raw, rtol=1e-6, atol=1e-6)
+  assert y.min() >= 0.0 and y.max() <= 1.0
+  cfg.data.input_norm = "minmax"
+  with pytest.raises(blend.ConfigError, match="input_norm"):
+    blend.TASK.validate_config(cfg)

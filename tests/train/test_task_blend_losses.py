@@ -131,3 +131,51 @@ def test_smooth_l1_at_centres_only():
   mask = np.array([[[0, 1], [0, 0]]], np.float32)
   got = float(losses.distance_loss(pred, target, mask)[0])
   assert got == pytest.approx(0.5 * 0.25 + (2.0 - 0.5))
+
+
+def test_centre_log_loss_is_the_papers_log_loss_on_rendered_targets():
+  """Blend-sign paper, Detection branch: "L_cls is log loss over two classes", Gaussian-rendered
+  targets: -[t log p + (1 - t) log(1 - p)] summed over cells (config.loss.centre_loss=log)."""
+  logits = np.log(np.array([[[0.8 / 0.2, 0.4 / 0.6]]], np.float32))
+  heat = np.array([[[1.0, 0.5]]], np.float32)
+  got = float(losses.centre_log_loss(logits, heat)[0])
+  want = -np.log(0.8) - (0.5 * np.log(0.4) + 0.5 * np.log(0.6))
+  assert got == pytest.approx(want, rel=1e-5)
+  import torch
+  ref = torch.nn.functional.binary_cross_entropy_with_logits(
+      torch.tensor(logits), torch.tensor(heat), reduction="sum")
+  assert got == pytest.approx(float(ref), rel=1e-5)
+
+
+def _det_case():
+  rng = np.random.default_rng(0)
+  det = rng.normal(size=(2, 4, 4, 5)).astype(np.float32)
+  boxes = np.full((2, 2, 4), -1, np.float32)
+  boxes[0, 0] = [10, 12, 40, 50]
+  num = np.array([1, 0], np.int32)
+  mask = np.ones(2, np.float32)
+  return det, boxes, num, mask
+
+
+def test_detection_loss_switches_centre_loss_and_n():
+  det, boxes, num, mask = _det_case()
+  cfg = dict(min_overlap=0.7, focal_alpha=2.0, focal_beta=4.0, det_normalize="pixels",
+             centre_loss="focal")
+  stride = 16.0                                   # 64 px input, 4 × 4 map
+  _, parts = losses.detection_loss(det, boxes, num, stride, mask, cfg)
+  targets = losses.render_targets(boxes, num, (4, 4), stride, 0.7)
+  focal = losses.centre_focal_loss(det[..., 0], targets["heatmap"], targets["centre_mask"])
+  assert float(parts["det_centre_loss"]) == pytest.approx(float(focal.sum()) / 32, rel=1e-6)
+  # N = input pixels (the paper's): the map's 2 × 16 cells × stride² = 8,192.
+  _, px = losses.detection_loss(det, boxes, num, stride, mask, {**cfg,
+                                                                "det_normalize": "input_pixels"})
+  assert float(px["det_centre_loss"]) == pytest.approx(float(focal.sum()) / 8192, rel=1e-6)
+  assert float(px["det_box_loss"]) == pytest.approx(float(parts["det_box_loss"]) / 256,
+                                                    rel=1e-6)
+  _, log = losses.detection_loss(det, boxes, num, stride, mask, {**cfg, "centre_loss": "log"})
+  want = float(losses.centre_log_loss(det[..., 0], targets["heatmap"]).sum()) / 32
+  assert float(log["det_centre_loss"]) == pytest.approx(want, rel=1e-6)
+  assert float(log["det_box_loss"]) == pytest.approx(float(parts["det_box_loss"]), rel=1e-6)
+  from ctjax.errors import ConfigError
+  with pytest.raises(ConfigError, match="centre_loss='l2'"):
+    losses.detection_loss(det, boxes, num, stride, mask, {**cfg, "centre_loss": "l2"})

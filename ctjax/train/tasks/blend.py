@@ -3,9 +3,10 @@
 Blend-sign paper ("Methods", "Training details"). Per step, on device: int16 HU → random affine
 augmentation (left-right flip, shifts, rotation ±10°, scaling 0.9–1.1; image AND boxes, pure in
 (batch, rng)) → `blend3` windows (tissue 40/40, brain 50/100, blood 60/40) → ImageNet
-normalisation → BlendNet → weighted CE (weights 1, 2, 20) [+ KL to the teacher's soft labels
-under self-knowledge distillation] + λ2 · detection loss (centre focal/log loss on Gaussian
-targets + smooth-L1 on the box distances at centres).
+normalisation (or none: `config.data.input_norm`) → BlendNet → weighted CE (weights 1, 2,
+20) [+ KL to the teacher's soft labels under self-knowledge distillation] + λ2 · detection loss
+(centre focal or log loss on Gaussian targets, `config.loss.centre_loss`, + smooth-L1 on the
+box distances at centres).
 
 Batch (ARCHITECTURE.md): hu int16 [B, H, W], label int32 [B], boxes float32 [B, K, 4] (padded
 with -1), num_boxes int32 [B], valid bool [B], example_index int32 [B]; optional soft_labels
@@ -33,8 +34,8 @@ from ctjax.eval import detection
 from ctjax.models import blendnet, compute_dtype
 from ctjax.models.backbones import FEATURE_BACKBONES
 from ctjax.train.tasks import Task
-from ctjax.train.tasks.blend_losses import (detection_loss, distillation_kl,
-                                            weighted_cross_entropy)
+from ctjax.train.tasks.blend_losses import (CENTRE_LOSSES, DET_NORMALIZE, detection_loss,
+                                            distillation_kl, weighted_cross_entropy)
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +132,17 @@ def save_soft_labels(path: str, example_index: np.ndarray, probs: np.ndarray) ->
 # ----------------------------------------------------------------------------- the task
 
 
+INPUT_NORMS = ("imagenet", "unit")
+
+
 def preprocess(hu: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
-  """int16/float HU [B, H, W] → ImageNet-normalised `blend3` RGB [B, H, W, 3] (dtype of model)."""
+  """int16/float HU [B, H, W] → `blend3` RGB [B, H, W, 3] in the model's dtype: the windows'
+  [0, 1] values ImageNet-normalised (`config.data.input_norm` "imagenet") or as they are
+  ("unit", the paper's "[0, 1] interval")."""
   x = windows_lib.apply_windows(jnp.asarray(hu), config.data.get("windows", "blend3"))
-  return windows_lib.imagenet_normalize(x).astype(compute_dtype(config.model.dtype))
+  if config.data.get("input_norm", "imagenet") == "imagenet":
+    x = windows_lib.imagenet_normalize(x)
+  return x.astype(compute_dtype(config.model.dtype))
 
 
 def _stride(image_hw, det_hw) -> float:
@@ -150,9 +158,15 @@ class BlendTask(Task):
     if len(loss.class_weights) != config.model.get("num_classes", 3):
       raise ConfigError(f"config.loss.class_weights={tuple(loss.class_weights)} needs one "
                         f"weight per class ({config.model.get('num_classes', 3)})")
-    if loss.det_normalize not in ("pixels", "centres"):
-      raise ConfigError(f"config.loss.det_normalize={loss.det_normalize!r}; expected "
-                        "'pixels' or 'centres'")
+    if loss.det_normalize not in DET_NORMALIZE:
+      raise ConfigError(f"config.loss.det_normalize={loss.det_normalize!r}; expected one of "
+                        f"{DET_NORMALIZE}")
+    if loss.get("centre_loss", "focal") not in CENTRE_LOSSES:
+      raise ConfigError(f"config.loss.centre_loss={loss.centre_loss!r}; expected one of "
+                        f"{CENTRE_LOSSES}")
+    if config.data.get("input_norm", "imagenet") not in INPUT_NORMS:
+      raise ConfigError(f"config.data.input_norm={config.data.input_norm!r}; expected one of "
+                        f"{INPUT_NORMS}")
     if not 0.0 <= config.distill.alpha <= 1.0 or config.distill.temperature <= 0:
       raise ConfigError(f"config.distill.alpha={config.distill.alpha} must lie in [0, 1] and "
                         f"temperature={config.distill.temperature} be > 0")

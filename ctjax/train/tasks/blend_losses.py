@@ -29,6 +29,9 @@ from ctjax.errors import ConfigError
 MIN_OVERLAP = 0.7     # CornerNet/CenterNet radius rule.
 FOCAL_ALPHA = 2.0     # CenterNet's penalty-reduced focal loss exponents.
 FOCAL_BETA = 4.0
+# config.loss.centre_loss and config.loss.det_normalize (`detection_loss`).
+CENTRE_LOSSES = ("focal", "log")
+DET_NORMALIZE = ("pixels", "input_pixels", "centres")
 
 
 def gaussian_radius(height, width, min_overlap: float = MIN_OVERLAP):
@@ -117,6 +120,16 @@ def centre_focal_loss(logits: jax.Array, heatmap: jax.Array, centre_mask: jax.Ar
   return -jnp.sum(pos + neg, axis=(1, 2))
 
 
+def centre_log_loss(logits: jax.Array, heatmap: jax.Array) -> jax.Array:
+  """Per-example sum [B] of the plain log loss of every cell against its Gaussian-rendered
+  target (the blend-sign paper's L_cls: "log loss over two classes (center point vs. not
+  center point)", targets rendered as Duan et al. 2019): -[t log p + (1 - t) log(1 - p)]."""
+  logits = logits.astype(jnp.float32)
+  t = heatmap.astype(jnp.float32)
+  return -jnp.sum(t * jax.nn.log_sigmoid(logits) + (1 - t) * jax.nn.log_sigmoid(-logits),
+                  axis=(1, 2))
+
+
 def smooth_l1(x: jax.Array, beta: float = 1.0) -> jax.Array:
   ax = jnp.abs(x)
   return jnp.where(ax < beta, 0.5 * ax ** 2 / beta, ax - 0.5 * beta)
@@ -152,22 +165,34 @@ def detection_loss(det: jax.Array, boxes: jax.Array, num_boxes: jax.Array, strid
                    mask: jax.Array, loss_cfg: Mapping[str, Any]) -> tuple[jax.Array, dict]:
   """Paper's L_det: centre log/focal loss on Gaussian targets + smooth-L1 on the distances.
 
-  `loss_cfg["det_normalize"]`: "pixels" divides by the number of map cells of the masked
-  examples (paper: "N is the number of pixels"); "centres" by the number of centres (CenterNet).
+  `loss_cfg["centre_loss"]`: "focal" (CenterNet's penalty-reduced focal loss, `focal_alpha`,
+  `focal_beta`) or "log" (`centre_log_loss`, the paper's). `loss_cfg["det_normalize"]` (N):
+  "pixels" divides by the number of detection-map pixels (cells) of the masked examples;
+  "input_pixels" by their input pixels (the paper's "N is the number of pixels in an input
+  image": cells × stride²); "centres" by the number of centres (CenterNet).
   """
   targets = render_targets(boxes, num_boxes, det.shape[1:3], stride,
                                      loss_cfg["min_overlap"])
   centre = targets["centre_mask"] * mask[:, None, None]
-  focal = centre_focal_loss(det[..., 0], targets["heatmap"], targets["centre_mask"],
-                                      loss_cfg["focal_alpha"], loss_cfg["focal_beta"])
+  kind = loss_cfg.get("centre_loss", "focal")
+  if kind == "focal":
+    centre_loss = centre_focal_loss(det[..., 0], targets["heatmap"], targets["centre_mask"],
+                                    loss_cfg["focal_alpha"], loss_cfg["focal_beta"])
+  elif kind == "log":
+    centre_loss = centre_log_loss(det[..., 0], targets["heatmap"])
+  else:
+    raise ConfigError(f"config.loss.centre_loss={kind!r}; expected one of {CENTRE_LOSSES}")
   reg = distance_loss(det[..., 1:], targets["distances"], targets["centre_mask"])
+  cells = jnp.sum(mask) * det.shape[1] * det.shape[2]
   if loss_cfg["det_normalize"] == "pixels":
-    norm = jnp.maximum(jnp.sum(mask) * det.shape[1] * det.shape[2], 1.0)
+    norm = jnp.maximum(cells, 1.0)
+  elif loss_cfg["det_normalize"] == "input_pixels":
+    norm = jnp.maximum(cells * stride * stride, 1.0)
   elif loss_cfg["det_normalize"] == "centres":
     norm = jnp.maximum(jnp.sum(centre), 1.0)
   else:
     raise ConfigError(f"config.loss.det_normalize={loss_cfg['det_normalize']!r}; "
-                      "expected 'pixels' or 'centres'")
-  l_cls = jnp.sum(focal * mask) / norm
+                      f"expected one of {DET_NORMALIZE}")
+  l_cls = jnp.sum(centre_loss * mask) / norm
   l_reg = jnp.sum(reg * mask) / norm
   return l_cls + l_reg, {"det_centre_loss": l_cls, "det_box_loss": l_reg}
