@@ -10,14 +10,19 @@
   branch; `call` and async wrappers count what they call.
 - flops: 2 × multiply-adds of every dot and convolution (inside fusions too; elementwise
   arithmetic is not counted). Dot: 2 · |result| · Π lhs contracting dims. Convolution: 2 ·
-  |forward output| · |filter| / output features (padded taps counted, as implicit-GEMM
-  convolution computes them); cuDNN custom-calls are read as the forward convolution they
-  compute (backward-input: operand 0 is the forward output; backward-filter: operand 1).
-- bytes: per kernel, every operand read once and the result written once, in their dtypes
-  (logical sizes; TPU tile padding ignored). A fusion operand read only through
-  (dynamic-)slices or gathers counts the sliced bytes; the buffer a dynamic-update-slice
-  writes into in place counts the update's bytes only; cuBLAS/cuDNN scratch results are
-  skipped.
+  batch · output features · input features per group · Π over spatial dimensions of the
+  (output position, tap) pairs that land on real input — padding and the holes of a base
+  dilation excluded, as XLA counts them (TPU writes batched matmuls as convolutions with such
+  holes). cuDNN custom-calls are read as the forward convolution X * W -> Y they belong to
+  (backward-input: dY and W given, dX made; backward-filter: X and dY given, dW made).
+  Pallas kernels (Triton custom-calls) count the FLOPs their call declares in its metadata
+  (`{"flops": …}`): XLA's text does not show inside them.
+- bytes: per kernel, the operand elements its outputs need and the result written, in their
+  dtypes (logical sizes; TPU tile padding ignored): a fusion reads of each operand only what
+  its outputs use (through slices, broadcasts, reductions, …), the buffer a dynamic-update-
+  slice writes into in place counts the update only, slices and gathers read what they take,
+  an async op counts at its start (its done launches nothing); cuBLAS/cuDNN scratch results
+  are skipped.
 - collective_bytes: the operand bytes of every collective (the payload each device sends).
 
 `floor(analysis, peaks, bandwidth)`: Σ over kernels of max(flops / peak of the dot's dtype,
@@ -54,8 +59,6 @@ COLLECTIVES = {
     "collective-broadcast", "ragged-all-to-all", "all-reduce-start", "all-gather-start",
     "collective-permute-start",
 }
-# Ops a fusion parameter may feed while only part of it is read.
-_SLICING = {"dynamic-slice", "slice", "gather"}
 
 _SHAPE_LEAF = re.compile(r"\b([a-z]+[0-9a-z]*)\[([^\]]*)\]")
 _COMMENT = re.compile(r"/\*.*?\*/")
@@ -227,12 +230,49 @@ def dot_flops(lhs_shape: str, result_shape: str, lhs_contracting: Iterable[int])
   return 2.0 * math.prod(_dims(result_shape)) * math.prod(lhs[d] for d in lhs_contracting)
 
 
-def conv_flops(output_dims: tuple[int, ...], filter_dims: tuple[int, ...],
-               dim_labels: str) -> float:
-  """2 · |output| · |filter| / output features (filter labelled by dim_labels' `o`)."""
-  rhs = dim_labels.split("->")[0].split("_")[1]
-  out_features = filter_dims[rhs.index("o")]
-  return 2.0 * math.prod(output_dims) * math.prod(filter_dims) / out_features
+def parse_window(text: Optional[str]) -> dict[str, list]:
+  """`window={size=3x3 stride=2x2 pad=1_1x1_1 lhs_dilate=2x1 …}` → {key: per-dimension
+  values} (pad as (low, high) pairs)."""
+  out: dict[str, list] = {}
+  for key, value in re.findall(r"(\w+)=([\w\-]+)", (text or "").strip("{}")):
+    parts = value.split("x")
+    out[key] = ([tuple(int(v) for v in p.split("_")) for p in parts] if key == "pad"
+                else [int(v) for v in parts])
+  return out
+
+
+def _valid_taps(n: int, o: int, w: int, stride: int, low: int, base_dilation: int,
+                window_dilation: int) -> int:
+  """(output position, window tap) pairs of one spatial dimension that land on a real input
+  element: not in the padding, not in a hole of the base (lhs) dilation."""
+  last = (n - 1) * base_dilation
+  count = 0
+  for i in range(o):
+    for j in range(w):
+      pos = i * stride + j * window_dilation - low
+      if 0 <= pos <= last and pos % base_dilation == 0:
+        count += 1
+  return count
+
+
+def conv_flops(lhs_dims: tuple[int, ...], rhs_dims: tuple[int, ...],
+               out_dims: tuple[int, ...], dim_labels: str, window: dict) -> float:
+  """2 · (batch · output features · input features per group) · Π valid taps per spatial
+  dimension: what the convolution multiplies, without the padding and the holes of a base
+  dilation (XLA's own rule; TPU writes batched matmuls as such convolutions)."""
+  ins, outs = dim_labels.split("->")
+  lhs_l, rhs_l = ins.split("_")
+  total = out_dims[outs.index("b")] * out_dims[outs.index("f")] * rhs_dims[rhs_l.index("i")]
+  k = 0
+  while str(k) in outs:
+    d = str(k)
+    get = lambda key, default: (window.get(key) or [default] * (k + 1))[k]  # noqa: E731
+    low = get("pad", (0, 0))[0]
+    total *= _valid_taps(lhs_dims[lhs_l.index(d)], out_dims[outs.index(d)],
+                         rhs_dims[rhs_l.index(d)], get("stride", 1), low,
+                         get("lhs_dilate", 1), get("rhs_dilate", 1))
+    k += 1
+  return 2.0 * total
 
 
 def _operand_shape(comp: Computation, name: str) -> str:
@@ -246,19 +286,32 @@ def instruction_flops(ins: Instruction, comp: Computation) -> float:
     return dot_flops(_operand_shape(comp, ins.operands[0]), ins.shape,
                      _ints(ins.attr("lhs_contracting_dims")))
   if ins.opcode == "convolution":
-    return conv_flops(_dims(ins.shape), _dims(_operand_shape(comp, ins.operands[1])),
-                      ins.attr("dim_labels") or "")
+    return conv_flops(_dims(_operand_shape(comp, ins.operands[0])),
+                      _dims(_operand_shape(comp, ins.operands[1])), _dims(ins.shape),
+                      ins.attr("dim_labels") or "", parse_window(ins.attr("window")))
   if ins.opcode == "custom-call":
     target = ins.attr("custom_call_target") or ""
     if "conv" in target.lower():
-      labels = ins.attr("dim_labels") or ""
+      # cuDNN calls carry the forward convolution's window and labels: X * W -> Y.
+      labels, window = ins.attr("dim_labels") or "", parse_window(ins.attr("window"))
       result = _dims(ins.shape)
       op0, op1 = (_dims(_operand_shape(comp, n)) for n in ins.operands[:2])
-      if "BackwardInput" in target:     # dX = conv^T(dY, W): forward output = operand 0
-        return conv_flops(op0, op1, labels)
-      if "BackwardFilter" in target:    # dW = conv^T(X, dY): forward output = operand 1
-        return conv_flops(op1, result, labels)
-      return conv_flops(result, op1, labels)
+      if "BackwardInput" in target:     # dX from (dY, W)
+        return conv_flops(result, op1, op0, labels, window)
+      if "BackwardFilter" in target:    # dW from (X, dY)
+        return conv_flops(op0, result, op1, labels, window)
+      return conv_flops(op0, op1, result, labels, window)
+    if target.endswith("triton"):   # a Pallas kernel: the FLOPs its call declares
+      m = re.search(r'serialized_metadata = "((?:[^"\\]|\\.)*)"', ins.attrs)
+      if m:
+        try:
+          # MLIR string escapes: a backslash and two hex digits (\22 is a quote)
+          text = re.sub(r"\\([0-9A-Fa-f]{2})", lambda e: chr(int(e.group(1), 16)), m.group(1))
+          meta = json.loads(text)
+          return float(meta.get("flops", 0.0))
+        except ValueError:
+          return 0.0
+      return 0.0
     if "gemm" in target or "matmul" in target:
       cfg = ins.backend_config().get("gemm_backend_config", {})
       dn = cfg.get("dot_dimension_numbers", {})
@@ -295,42 +348,78 @@ def _leaf_dtype(shape: str) -> str:
 # ----------------------------------------------------------------------------- bytes
 
 
-def _param_read_bytes(fused: Computation, index: int, full: float) -> float:
-  """Bytes a fusion reads of its parameter `index`: the slices taken when it is only sliced,
-  nothing when it is only the in-place buffer of dynamic-update-slices, else all of it."""
-  param = next((i for i in fused.instructions if i.parameter_number == index), None)
-  if param is None:
-    return full
-  names = _aliases(fused, param.name)
-  users = _through_bitcasts(fused, fused.users.get(param.name, []))
-  if not users:
-    return 0.0
-  if all(u.opcode == "dynamic-update-slice" and u.operands[0] in names for u in users):
-    return 0.0
-  if all(u.opcode in _SLICING and u.operands[0] in names for u in users):
-    return sum(shape_bytes(u.shape) for u in users)
-  return full
+# Ops whose output element i needs element i of each operand (same element count).
+_ELEMENTWISE = {
+    "abs", "add", "and", "atan2", "bitcast", "bitcast-convert", "cbrt", "ceil", "clamp",
+    "compare", "complex", "convert", "copy", "cosine", "divide", "erf", "exponential",
+    "exponential-minus-one", "floor", "imag", "is-finite", "log", "log-plus-one", "logistic",
+    "maximum", "minimum", "multiply", "negate", "not", "or", "popcnt", "power", "real",
+    "reduce-precision", "remainder", "reshape", "round-nearest-afz", "round-nearest-even",
+    "rsqrt", "select", "shift-left", "shift-right-arithmetic", "shift-right-logical", "sign",
+    "sine", "sqrt", "subtract", "tan", "tanh", "transpose", "xor", "stochastic-convert",
+}
 
 
-def _aliases(comp: Computation, name: str) -> set[str]:
-  """`name` and the bitcasts of it."""
-  out, todo = {name}, [name]
-  while todo:
-    for u in comp.users.get(todo.pop(), []):
-      if u.opcode == "bitcast" and u.name not in out:
-        out.add(u.name)
-        todo.append(u.name)
-  return out
+def _elements(shape: str) -> int:
+  return sum(math.prod(dims) for _, dims in shape_leaves(shape))
 
 
-def _through_bitcasts(comp: Computation, users: list[Instruction]) -> list[Instruction]:
-  out = []
-  for u in users:
-    if u.opcode == "bitcast":
-      out.extend(_through_bitcasts(comp, comp.users.get(u.name, [])))
+def _demanded(fused: Computation) -> dict[str, float]:
+  """Elements of each instruction's result that the fusion's outputs need (as XLA's loop
+  emitter computes only those): propagated from the root back through elementwise ops,
+  slices, broadcasts, reductions and concatenations; anything else needs its operands whole.
+  The buffer a root dynamic-update-slice writes into in place is not read."""
+  need: dict[str, float] = collections.defaultdict(float)
+  root = fused.root
+  outputs = [fused.by_name[o] for o in root.operands] if root.opcode == "tuple" else [root]
+  for out in outputs:
+    if out.opcode == "dynamic-update-slice":
+      update = fused.by_name[out.operands[1]]
+      need[update.name] += _elements(update.shape)
+      for idx in out.operands[2:]:
+        need[idx] += 1
     else:
-      out.append(u)
-  return out
+      need[out.name] += _elements(out.shape)
+  for ins in reversed(fused.instructions):
+    d = min(need.get(ins.name, 0.0), _elements(ins.shape))
+    if d <= 0 or ins.opcode in ("parameter", "constant", "iota", "tuple"):
+      continue
+    size = max(_elements(ins.shape), 1)
+    ops = [fused.by_name[o] for o in ins.operands if o in fused.by_name]
+    if ins in outputs and ins.opcode == "dynamic-update-slice":
+      continue
+    if ins.opcode in _ELEMENTWISE or ins.opcode in ("slice", "get-tuple-element"):
+      for op in ops:
+        need[op.name] += d if _elements(op.shape) >= d else _elements(op.shape)
+    elif ins.opcode in ("dynamic-slice", "gather"):   # the rows taken, whole indices
+      need[ops[0].name] += d
+      for op in ops[1:]:
+        need[op.name] += _elements(op.shape)
+    elif ins.opcode in ("broadcast", "pad"):
+      need[ops[0].name] += min(_elements(ops[0].shape), d)
+      for op in ops[1:]:
+        need[op.name] += 1
+    elif ins.opcode in ("reduce", "reduce-window", "concatenate"):
+      for op in ops:
+        need[op.name] += _elements(op.shape) * d / size
+    else:   # dots, convolutions, gathers, scatters, sorts, …: whole operands
+      for op in ops:
+        need[op.name] += _elements(op.shape)
+  return need
+
+
+def _fusion_read_bytes(fused: Computation, operand_bytes: list[float]) -> float:
+  """Bytes a fusion reads: of each parameter, the elements its outputs need."""
+  need = _demanded(fused)
+  total = 0.0
+  for ins in fused.instructions:
+    if ins.opcode != "parameter":
+      continue
+    k = ins.parameter_number
+    full = operand_bytes[k] if 0 <= k < len(operand_bytes) else shape_bytes(ins.shape)
+    n = _elements(ins.shape)
+    total += full * min(need.get(ins.name, 0.0), n) / n if n else 0.0
+  return total
 
 
 def _written_bytes(fused: Computation, root: Instruction) -> float:
@@ -353,8 +442,15 @@ def kernel_bytes(ins: Instruction, comp: Computation,
     called = ins.called("calls")
     fused = comps.get(called[0]) if called else None
     if fused is not None:
-      read = sum(_param_read_bytes(fused, i, b) for i, b in enumerate(operand_bytes))
+      read = _fusion_read_bytes(fused, operand_bytes)
       return read + _written_bytes(fused, fused.root)
+  if ins.opcode in ("slice", "dynamic-slice", "gather"):   # reads what it takes
+    return 2 * shape_bytes(ins.shape) + sum(operand_bytes[1:])
+  if ins.opcode == "slice-start":   # TPU async slice: ((operand), slice, context)
+    leaves = shape_leaves(ins.shape)
+    return 2.0 * DTYPE_BYTES[leaves[1][0]] * math.prod(leaves[1][1]) if len(leaves) > 1 else 0.0
+  if ins.opcode == "copy-start":    # async copy: ((destination, source, context))
+    return 2.0 * sum(operand_bytes)
   if ins.opcode == "custom-call":
     leaves = shape_leaves(ins.shape)
     if ins.shape.startswith("(") and len(leaves) > 1 and leaves[-1][0] in ("u8", "s8"):
@@ -370,7 +466,7 @@ def kernel_bytes(ins: Instruction, comp: Computation,
 @dataclasses.dataclass
 class Kernel:
   name: str
-  kind: str          # gemm | conv | fusion | copy | collective | custom-call | other
+  kind: str          # gemm|conv|pallas|pool|fusion|copy|collective|custom-call|other
   count: int         # launches per call of the program
   flops: float       # per launch
   bytes: float       # per launch
@@ -388,6 +484,8 @@ def _classify(ins: Instruction, comps: Mapping[str, Computation], flops: float) 
     target = (ins.attr("custom_call_target") or "").lower()
     if "conv" in target:
       return "conv"
+    if target.endswith("triton"):
+      return "pallas"
     if "gemm" in target or "matmul" in target:
       return "gemm"
     return "custom-call"
@@ -397,6 +495,8 @@ def _classify(ins: Instruction, comps: Mapping[str, Computation], flops: float) 
       return "conv"
     if "dot" in body or flops:
       return "gemm"
+    if "reduce-window" in body:   # pooling
+      return "pool"
     return "fusion"
   return "other"
 
@@ -414,9 +514,91 @@ def _all_opcodes(comps: Mapping[str, Computation], names: list[str]) -> set[str]
   return out
 
 
-def trip_count(ins: Instruction) -> Optional[int]:
+def trip_count(ins: Instruction, comps: Optional[Mapping[str, Computation]] = None,
+               parent: Optional[Computation] = None) -> Optional[int]:
+  """Iterations of a `while`: XLA's `known_trip_count` (GPU backend_config), else read off
+  the loop (`i < N` in the condition with constant N, constant start, constant step)."""
   n = ins.backend_config().get("known_trip_count", {}).get("n")
-  return int(n) if n is not None else None
+  if n is not None:
+    return int(n)
+  if comps is None or parent is None:
+    return None
+  try:
+    return _counted_loop(ins, comps, parent)
+  except (KeyError, IndexError, ValueError):
+    return None
+
+
+def _constant(comp: Computation, name: str) -> Optional[int]:
+  ins = comp.by_name.get(name)
+  while ins is not None and ins.opcode in ("copy", "bitcast", "convert") and ins.operands:
+    ins = comp.by_name.get(ins.operands[0])
+  if ins is None or ins.opcode != "constant":
+    return None
+  try:
+    return int(float(ins.operand_text))
+  except ValueError:
+    return None
+
+
+def _scalar_root(comps: Mapping[str, Computation], comp: Computation, ins: Instruction
+                 ) -> tuple[Computation, Instruction, dict[str, str]]:
+  """`ins` or, for a fusion, its fused root, with the map from fused parameters to the
+  fusion's operands."""
+  if ins.opcode != "fusion":
+    return comp, ins, {}
+  fused = comps[ins.called("calls")[0]]
+  params = {i.name: ins.operands[i.parameter_number] for i in fused.instructions
+            if i.opcode == "parameter"}
+  return fused, fused.root, params
+
+
+def _counted_loop(ins: Instruction, comps: Mapping[str, Computation],
+                  parent: Computation) -> Optional[int]:
+  cond = comps[ins.called("condition")[0]]
+  body = comps[ins.called("body")[0]]
+  where, cmp, params = _scalar_root(comps, cond, cond.root)
+  if cmp.opcode != "compare":
+    return None
+  direction = re.search(r"direction=(\w+)", cmp.attrs).group(1)
+
+  def tuple_index(c: Computation, name: str, mapping: dict) -> Optional[int]:
+    x = c.by_name.get(name)
+    if x is not None and x.opcode == "parameter" and name in mapping:
+      x = cond.by_name.get(mapping[name])
+    if x is not None and x.opcode == "get-tuple-element":
+      return int(re.search(r"index=(\d+)", x.attrs).group(1))
+    return None
+
+  def constant(c: Computation, name: str, mapping: dict) -> Optional[int]:
+    if name in mapping:
+      return _constant(cond, mapping[name])
+    return _constant(c, name)
+
+  a, b = cmp.operands[:2]
+  k, limit = tuple_index(where, a, params), constant(where, b, params)
+  if k is None or limit is None:
+    return None
+  init_tuple = parent.by_name[ins.operands[0]]
+  if init_tuple.opcode != "tuple":
+    return None
+  start = _constant(parent, init_tuple.operands[k])
+  step_ins = body.by_name[body.root.operands[k]]
+  fbody, add, fparams = _scalar_root(comps, body, step_ins)
+  if start is None or add.opcode != "add":
+    return None
+  step = None
+  for name in add.operands:
+    value = (_constant(body, fparams[name]) if name in fparams else _constant(fbody, name))
+    if value is not None:
+      step = value
+  if not step:
+    return None
+  span = {"LT": limit - start, "LE": limit - start + 1, "NE": limit - start,
+          "GT": start - limit, "GE": start - limit + 1}.get(direction)
+  if span is None:
+    return None
+  return max(0, -(-span // abs(step)))
 
 
 @dataclasses.dataclass
@@ -445,8 +627,9 @@ class Analysis:
     return sum(k.count * k.collective_bytes for k in self.kernels)
 
 
-def analyze(text: str) -> Analysis:
-  """Kernels per call of the HLO module `text` (see the module docstring)."""
+def analyze(text: str, expand_loops: bool = True) -> Analysis:
+  """Kernels per call of the HLO module `text` (see the module docstring). `expand_loops`
+  False counts every loop body once, as XLA's own cost analysis does."""
   comps, entry = parse_module(text)
   found: dict[str, Kernel] = {}
   order: list[str] = []
@@ -458,7 +641,7 @@ def analyze(text: str) -> Analysis:
     for ins in comp.instructions:
       op = ins.opcode
       if op == "while":
-        n = trip_count(ins)
+        n = trip_count(ins, comps, comp) if expand_loops else 1
         body, cond = ins.called("body"), ins.called("condition")
         if n is None:
           unknown.append(ins.name)
@@ -474,7 +657,7 @@ def analyze(text: str) -> Analysis:
       elif op in ("call", "async-start"):
         for sub in ins.called("to_apply") + ins.called("calls"):
           walk(sub, mult)
-      elif op in NO_KERNEL:
+      elif op in NO_KERNEL or op.endswith(("-done", "-update")):   # async completions
         continue
       else:
         key = f"{name}/{ins.name}"
@@ -525,6 +708,17 @@ def floor_seconds(analysis: Analysis, peaks: Mapping[str, float], bandwidth: flo
   coll = analysis.collective_bytes / interconnect if interconnect else 0.0
   return {"floor_s": total + coll, "compute_s": compute, "memory_s": memory,
           "collective_s": coll, "memory_bound_share": bound / total if total else 0.0}
+
+
+def floor_by_kind(analysis: Analysis, peaks: Mapping[str, float], bandwidth: float
+                  ) -> dict[str, float]:
+  """Seconds of the per-kernel floor by kernel kind (gemm, conv, pool, fusion, …)."""
+  out: dict[str, float] = collections.defaultdict(float)
+  for k in analysis.kernels:
+    peak = peaks.get(k.dtype, peaks.get("default", 0.0))
+    out[k.kind] += max(k.flops / peak if (k.flops and peak) else 0.0,
+                       k.bytes / bandwidth) * k.count
+  return dict(out)
 
 
 def top_kernels(analysis: Analysis, peaks: Mapping[str, float], bandwidth: float,
