@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ctjax.models import gru_pallas
+
 Dtype = Any
 
 
@@ -121,17 +123,30 @@ def bidirectional_recurrence(gi: jax.Array, wh: jax.Array, bh: jax.Array) -> jax
   """Both directions of a GRU layer from their input projections, one pass for the two.
 
   gi [2, T, B, 3H] (W_i x_t + b_i, time order, forward then backward direction), wh
-  [2, H, 3H], bh [2, 3H] → hidden states [2, T, B, H] in time order. The T steps are unrolled
-  (static slices: no loop counter, no per-step buffer updates) and each runs the two
+  [2, H, 3H], bh [2, 3H] → hidden states [2, T, B, H] in time order.
+
+  On NVIDIA GPUs (where shapes allow, `gru_pallas.supported`) each way is one Pallas kernel
+  over all steps (`ctjax.models.gru_pallas`); elsewhere the T steps are unrolled XLA ops
+  (static slices: no loop counter, no per-step buffer updates), each running the two
   directions' hidden products as one batched matmul: two kernels a step. The backward pass
   recomputes the gates of every step with one matmul, walks the steps back with one
   elementwise kernel and one matmul each, and forms the weight gradients with one matmul over
-  all steps (instead of one per step)."""
+  all steps (instead of one per step). The choice is made when lowering for a platform
+  (`jax.lax.platform_dependent`), so ahead-of-time and exported programs get the one of their
+  target."""
   return _recurrence_fwd(gi, wh, bh)[0]
 
 
+def _on_gpu_kernels(gi: jax.Array, xla_fn, kernel_fn, *args):
+  if not gru_pallas.supported(gi):
+    return xla_fn(*args)
+  return jax.lax.platform_dependent(*args, cuda=kernel_fn, default=xla_fn)
+
+
 def _recurrence_fwd(gi, wh, bh):
-  hs = _xla_forward(gi, wh, bh)
+  kernel = gru_pallas.batch_parallel(gru_pallas.forward, _xla_forward, (0,), 1,
+                                     "i t b k, i h k, i k -> i t b h")
+  hs = _on_gpu_kernels(gi, _xla_forward, kernel, gi, wh, bh)
   return hs, (gi, wh, bh, hs)
 
 
@@ -149,7 +164,10 @@ def _xla_forward(gi, wh, bh):
 
 def _recurrence_bwd(res, d_hs):
   gi, wh, bh, hs = res
-  d_gi, d_gh = _xla_backward(gi, wh, bh, hs, d_hs)
+  kernel = gru_pallas.batch_parallel(
+      gru_pallas.backward, _xla_backward, (0, 3, 4), 2,
+      "i t b k, i h k, i k, i t b h, i t b h -> i t b k, i t b k")
+  d_gi, d_gh = _on_gpu_kernels(gi, _xla_backward, kernel, gi, wh, bh, hs, d_hs)
   d_wh = jnp.einsum("dtbh,dtbk->dhk", _previous_states(hs), d_gh)
   d_bh = d_gh.sum(axis=(1, 2))
   return d_gi, d_wh.astype(wh.dtype), d_bh.astype(bh.dtype)

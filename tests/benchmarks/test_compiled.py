@@ -73,6 +73,7 @@ def test_a_tiny_program_compiles_for_h100(tmp_path):
   rec = compiled.compile_case(target, _tiny_case(), compiled.topology_devices(target), tmp_path)
   assert rec["device"] == "NVIDIA H100 80GB HBM3" and rec["chips"] == 1
   assert rec["launches"] > 0 and rec["flops"] > 0 and rec["fits"]
+  assert rec["launches_by_kind"].get("pallas") == 4   # the GRUs: forward and backward, twice
   assert (tmp_path / rec["hlo"]).read_text().startswith("HloModule")
 
 
