@@ -203,6 +203,10 @@ class DrCT(nn.Module):
         body = nn.remat(body, prevent_cse=False)
       scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
                      in_axes=0, out_axes=0)
+      if not self.is_initializing():
+        # The weights cast to the compute dtype once, before the loop, not once per chunk
+        # (XLA keeps the cast of each layer inside the loop body otherwise).
+        scan = nn.map_variables(scan, "params", trans_in_fn=self._compute_dtype_params)
       _, (pooled, fmap) = scan(self.backbone, None, chunks)
 
       def unchunk(a):
@@ -215,6 +219,10 @@ class DrCT(nn.Module):
       pooled = jax.lax.stop_gradient(pooled)
       fmap = None if fmap is None else jax.lax.stop_gradient(fmap)
     return pooled, fmap
+
+  def _compute_dtype_params(self, params: Any) -> Any:
+    return jax.tree.map(
+        lambda p: p.astype(self.dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
 
   def _primary_prep(self, chunk: jax.Array) -> jax.Array:
     if self.slice_preprocess is None:
