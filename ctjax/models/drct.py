@@ -78,6 +78,7 @@ class PrimaryNetwork(nn.Module):
   dropout_rate: float
   feature_attention_rescale: bool = False
   feature_norm: str = "none"
+  gru_kernel: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -89,7 +90,8 @@ class PrimaryNetwork(nn.Module):
     elif self.feature_norm != "none":
       raise ValueError(f"feature_norm={self.feature_norm!r}; expected 'none' or 'batchnorm'")
     x, fw = FeatureAttention(rescale=self.feature_attention_rescale)(z)
-    y = DependencyLearning(self.gru_hidden, self.seq_dim, self.seq_activation, dtype=self.dtype,
+    y = DependencyLearning(self.gru_hidden, self.seq_dim, self.seq_activation,
+                           gru_kernel=self.gru_kernel, dtype=self.dtype,
                            param_dtype=self.param_dtype, name="dependencies")(x)
     yw, sw = SliceAttention(dtype=self.dtype, param_dtype=self.param_dtype,
                             name="slice_attention")(y)
@@ -109,6 +111,7 @@ class APSNetwork(nn.Module):
   seq_activation: str
   fc_widths: Sequence[int]
   dropout_rate: float
+  gru_kernel: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -118,7 +121,8 @@ class APSNetwork(nn.Module):
     f = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=jnp.float32,
                      param_dtype=self.param_dtype, name="bn")(f.astype(jnp.float32))
     f = nn.Dense(self.fc_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(f)
-    y = DependencyLearning(self.gru_hidden, self.seq_dim, self.seq_activation, dtype=self.dtype,
+    y = DependencyLearning(self.gru_hidden, self.seq_dim, self.seq_activation,
+                           gru_kernel=self.gru_kernel, dtype=self.dtype,
                            param_dtype=self.param_dtype, name="dependencies")(f)
     feature = y.mean(axis=1)
     logits = Head(self.fc_widths, self.num_labels, self.dropout_rate, dtype=self.dtype,
@@ -162,6 +166,7 @@ class DrCT(nn.Module):
   gru_hidden: int = 256
   seq_dim: int = 256
   seq_activation: str = "tanh"
+  gru_kernel: str = "xla"          # the BiGRU recurrence on NVIDIA GPUs: xla | pallas (gru_pallas)
   fc_widths: Sequence[int] = (256, 128)
   dropout_rate: float = 0.5
   mkey: int = 16
@@ -203,6 +208,10 @@ class DrCT(nn.Module):
         body = nn.remat(body, prevent_cse=False)
       scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
                      in_axes=0, out_axes=0)
+      if not self.is_initializing():
+        # The weights cast to the compute dtype once, before the loop, not once per chunk
+        # (XLA keeps the cast of each layer inside the loop body otherwise).
+        scan = nn.map_variables(scan, "params", trans_in_fn=self._compute_dtype_params)
       _, (pooled, fmap) = scan(self.backbone, None, chunks)
 
       def unchunk(a):
@@ -215,6 +224,10 @@ class DrCT(nn.Module):
       pooled = jax.lax.stop_gradient(pooled)
       fmap = None if fmap is None else jax.lax.stop_gradient(fmap)
     return pooled, fmap
+
+  def _compute_dtype_params(self, params: Any) -> Any:
+    return jax.tree.map(
+        lambda p: p.astype(self.dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
 
   def _primary_prep(self, chunk: jax.Array) -> jax.Array:
     if self.slice_preprocess is None:
@@ -312,7 +325,7 @@ class DrCT(nn.Module):
         hires = (jnp.arange(m) >= lo) & (jnp.arange(m) < hi)
         pooled = jnp.where(hires[None, :, None], features["aps_pooled"], pooled)
         fmap = None
-    seq = dict(gru_hidden=self.gru_hidden, seq_dim=self.seq_dim,
+    seq = dict(gru_hidden=self.gru_hidden, seq_dim=self.seq_dim, gru_kernel=self.gru_kernel,
                seq_activation=self.seq_activation, fc_widths=tuple(self.fc_widths),
                dropout_rate=self.dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype)
     primary = PrimaryNetwork(self.num_labels,

@@ -61,6 +61,11 @@ def _option(config, name: str, default: Any) -> Any:
   return features.get(name, default) if features is not None else default
 
 
+def chunk_per_device(config: ml_collections.ConfigDict) -> int:
+  """Slices each device takes per call of the build (`config.features.chunk`)."""
+  return max(1, int(_option(config, "chunk", 128)))
+
+
 def store_dtype(config: ml_collections.ConfigDict) -> str:
   """"float32" | "bfloat16": `config.features.dtype` ("auto": bfloat16 on GPU/TPU)."""
   name = str(_option(config, "dtype", "auto"))
@@ -247,7 +252,6 @@ def build_store(config: ml_collections.ConfigDict, scans: Any, model: nn.Module,
   Every process of the run must call this (it runs sharded over the global mesh). `scans` is
   the HU cache (`ctjax.data.cache.CachedScans`); `variables` the full DrCT variables (host).
   """
-  from ctjax.models.drct import DrCT
   from ctjax.train import parallel
   key, desc = store_key(config, scans, model, variables["params"]["backbone"])
   path = store_path(scans, key)
@@ -271,8 +275,6 @@ def build_store(config: ml_collections.ConfigDict, scans: Any, model: nn.Module,
   if progress is None:
     progress = bool(config.get("log", {}).get("progress_bar", True))
   dtype = store_dtype(config)
-  want_aps = bool(config.model.aps)
-  want_map = bool(_option(config, "store_maps", False))
   path.mkdir(parents=True, exist_ok=True)
   parallel.barrier("ctjax_features_start")
   problems = [(j, _shard_problem(path, j)) for j in range(num_shards)]
@@ -285,35 +287,49 @@ def build_store(config: ml_collections.ConfigDict, scans: Any, model: nn.Module,
   rows = _shard_rows(scans)
   assigned = [todo[p::pcount] for p in range(pcount)]   # disjoint shards per process
   mesh = parallel.make_mesh(config)
-  per_device = max(1, int(_option(config, "chunk", 128)))
-  local_chunk = per_device * len(mesh.local_devices)
+  local_chunk = chunk_per_device(config) * len(mesh.local_devices)
   calls = max((-(-sum(rows[j] for j in a) // local_chunk) for a in assigned), default=0)
   log.info("feature store %s: %d of %d shards to build (%d slices), %d calls of %d slices "
            "per process", path, len(todo), num_shards, sum(rows[j] for j in todo), calls,
            local_chunk)
   if calls:
-    bb = model.clone(backbone_chunk=0)   # one call = one chunk
     params = parallel.put_replicated({"params": {"backbone": variables["params"]["backbone"]}},
                                      mesh)
-    run = jax.jit(
-        lambda p, hu: bb.apply(p, hu, hu if want_aps else None, want_map=want_map,
-                               method=DrCT.backbone_features),
-        in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
-        out_shardings=parallel.data_sharding(mesh))
+    run = backbone_program(config, model, mesh)
     _build_local(run, params, scans, assigned[pid], rows, calls, local_chunk, mesh, path,
                  dtype, progress and pid == 0, sum(rows[j] for j in todo))
   parallel.barrier("ctjax_features_built")
   if pid == 0:
-    names = ["pooled"] + (["feature_map"] if want_map else []) + (["aps_pooled"] if want_aps
-                                                                  else [])
     manifest = {"version": STORE_VERSION, "complete": True, "key": key, "desc": desc,
-                "dtype": dtype, "arrays": names,
+                "dtype": dtype, "arrays": list(stored_arrays(config)),
                 "shards": [{"index": j, "rows": rows[j]} for j in range(num_shards)]}
     tmp = path / "manifest.tmp.json"
     tmp.write_text(json.dumps(manifest, indent=1, default=str))
     os.replace(tmp, path / "manifest.json")
   parallel.barrier("ctjax_features_manifest")
   return FeatureStore(path, scans)
+
+
+def stored_arrays(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Names of the arrays a store of `config` holds per slice (keys of `ARRAYS`)."""
+  return (("pooled",) + (("feature_map",) if _option(config, "store_maps", False) else ())
+          + (("aps_pooled",) if config.model.aps else ()))
+
+
+def backbone_program(config: ml_collections.ConfigDict, model: nn.Module, mesh: Any) -> Any:
+  """The build's one jitted pass: ({"params": {"backbone": …}}, hu [n, H, W] int16 split on
+  the mesh's data axis) → `DrCT.backbone_features` of those slices, `stored_arrays(config)`
+  (one call = one chunk of `chunk_per_device(config)` slices per device)."""
+  from ctjax.models.drct import DrCT
+  from ctjax.train import parallel
+  names = stored_arrays(config)
+  want_aps, want_map = "aps_pooled" in names, "feature_map" in names
+  bb = model.clone(backbone_chunk=0)
+  return jax.jit(
+      lambda p, hu: bb.apply(p, hu, hu if want_aps else None, want_map=want_map,
+                             method=DrCT.backbone_features),
+      in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
+      out_shardings=parallel.data_sharding(mesh))
 
 
 def _shard_rows(scans: Any) -> list[int]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import ml_collections
@@ -138,10 +138,15 @@ def mesh_size(config: ml_collections.ConfigDict) -> int:
   return jax.device_count() if n == -1 else n
 
 
-def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
-  """A 1-D data-parallel mesh over `config.parallel.num_devices` (-1: all) devices."""
+def make_mesh(config: ml_collections.ConfigDict,
+              devices: Optional[Sequence[Any]] = None) -> Mesh:
+  """A 1-D data-parallel mesh over `config.parallel.num_devices` (-1: all) devices.
+
+  `devices`: where to lay it (default every device of every process); ahead-of-time
+  compilation passes a compile-only topology's devices (`jax.experimental.topologies`).
+  """
   n = int(config.parallel.num_devices)
-  total = jax.device_count()
+  total = jax.device_count() if devices is None else len(devices)
   if n == -1:
     n = total
   if n <= 0 or n > total:
@@ -149,7 +154,10 @@ def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
                       f"{total} devices available (-1 uses all)")
   if jax.process_count() > 1 and n != total:
     raise ConfigError("config.parallel.num_devices must be -1 (all) with several processes")
-  devices = None if n == total else jax.devices()[:n]
+  if devices is None:
+    devices = None if n == total else jax.devices()[:n]
+  else:
+    devices = list(devices)[:n]
   # Auto axes: XLA propagates shardings through model code (JAX >= 0.7 defaults to Explicit,
   # which would ask every op of every model to agree on shardings by hand).
   return jax.make_mesh((n,), (config.parallel.data_axis,), devices=devices,

@@ -50,10 +50,12 @@ def make_eval_step(task, model, config: ml_collections.ConfigDict,
 
 
 def _global_norm(tree: Any) -> jax.Array:
+  """‖tree‖₂ over every leaf: one reduction over their concatenation (not one per leaf)."""
   leaves = jax.tree.leaves(tree)
   if not leaves:
     return jnp.zeros((), jnp.float32)
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+  flat = jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
+  return jnp.sqrt(jnp.sum(jnp.square(flat)))
 
 
 def compile_steps(task, model, config: ml_collections.ConfigDict, mesh: Mesh,

@@ -191,3 +191,37 @@ def test_cached_features_equal_full_model(x, source, aps):
   for k in full:
     np.testing.assert_allclose(np.asarray(cached[k]), np.asarray(full[k]), rtol=1e-5,
                                atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_chunked_backbone_equals_one_pass(frozen):
+  """`backbone_chunk`: the backbone over chunks of slices in a loop (weights cast to the compute
+  dtype once, before it) gives the one-pass outputs and gradients; the stored weights stay
+  float32, and a model initialises through the loop too."""
+  x = jax.random.normal(jax.random.key(5), (2, 4, 32, 32, 3))
+  one = drct.DrCT(backbone=VGG16(width=1 / 16), num_labels=2, mkey=2, aps_size=32,
+                  gru_hidden=8, seq_dim=8, fc_widths=(8, 8), aps_fc_dim=8,
+                  freeze_backbone=frozen)
+  chunked = one.clone(backbone_chunk=2)
+  v = init(one, x)
+  assert jax.tree.map(np.shape, init(chunked, x)) == jax.tree.map(np.shape, v)
+
+  def loss(model):
+    def f(params):
+      out = model.apply({**v, "params": params}, x)
+      return (out["logits"] ** 2).sum() + (out["logits_aps"] ** 2).sum(), out
+    return jax.jit(jax.value_and_grad(f, has_aux=True))(v["params"])
+
+  (l1, o1), g1 = loss(one)
+  (l2, o2), g2 = loss(chunked)
+  np.testing.assert_allclose(float(l2), float(l1), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(o2["slice_attention"]), np.asarray(o1["slice_attention"]),
+                             atol=1e-6)
+  for a, b in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5 * (1 + np.abs(b).max()))
+  # bf16 compute: the same with bf16 rounding; float32 weights
+  one16, chunked16 = one.clone(dtype=jnp.bfloat16), chunked.clone(dtype=jnp.bfloat16)
+  b1 = one16.apply(v, x)["logits"]
+  b2 = chunked16.apply(v, x)["logits"]
+  np.testing.assert_allclose(np.asarray(b2), np.asarray(b1), atol=2e-2)
+  assert all(t.dtype == jnp.float32 for t in jax.tree.leaves(init(chunked16, x)["params"]))

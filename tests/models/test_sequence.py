@@ -31,6 +31,55 @@ def test_bigru_matches_torch(num_layers):
   np.testing.assert_allclose(np.asarray(got), want.detach().numpy(), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_bigru_gradients_match_torch(num_layers):
+  """The hand-written backward pass (`bidirectional_recurrence`'s VJP) against torch's autograd:
+  gradients of the input and of every weight, same weights, same output cotangent."""
+  torch.manual_seed(1)
+  b, t, c, h = 3, 5, 4, 6
+  ref = torch.nn.GRU(c, h, num_layers=num_layers, batch_first=True, bidirectional=True)
+  with torch.no_grad():
+    for name, p in ref.named_parameters():
+      if "bias" in name:
+        p.uniform_(-0.5, 0.5)
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(b, t, c)).astype(np.float32)
+  cot = rng.normal(size=(b, t, 2 * h)).astype(np.float32)
+  xt = torch.from_numpy(x).requires_grad_(True)
+  out, _ = ref(xt)
+  (out * torch.from_numpy(cot)).sum().backward()
+  want = sequence.gru_params_from_torch({k: p.grad for k, p in ref.named_parameters()},
+                                        num_layers=num_layers)
+  params = sequence.gru_params_from_torch(ref.state_dict(), num_layers=num_layers)
+  model = sequence.BiGRU(h, num_layers=num_layers)
+
+  def loss(p, xs):
+    return jnp.sum(model.apply({"params": p}, xs) * cot)
+
+  g_params, g_x = jax.grad(loss, argnums=(0, 1))(params, jnp.asarray(x))
+  np.testing.assert_allclose(np.asarray(g_x), xt.grad.numpy(), atol=1e-5, rtol=1e-5)
+  flat_want = jax.tree_util.tree_flatten_with_path(want)[0]
+  flat_got = dict(jax.tree_util.tree_flatten_with_path(g_params)[0])
+  for path, w in flat_want:
+    np.testing.assert_allclose(np.asarray(flat_got[path]), w, atol=1e-5, rtol=1e-5,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def test_bigru_bfloat16_gradients_follow_float32():
+  """bfloat16 compute: the same gradients as float32 to bfloat16's precision."""
+  x = jax.random.normal(jax.random.key(2), (2, 6, 5))
+  f32 = sequence.BiGRU(4)
+  params = pretrained.random_variables(f32, x)
+
+  def grads(model):
+    return jax.grad(lambda p: jnp.sum(jnp.sin(model.apply(p, x).astype(jnp.float32))))(params)
+
+  want, got = grads(f32), grads(sequence.BiGRU(4, dtype=jnp.bfloat16))
+  for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    assert g.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=0.05 * np.abs(w).max() + 1e-3)
+
+
 def test_bigru_directions_are_causal_each_way():
   model = sequence.BiGRU(4)
   x = jax.random.normal(jax.random.key(1), (2, 6, 5))
@@ -76,3 +125,24 @@ def test_dependency_learning_shapes_and_bf16():
   y = jax.jit(mod.apply)(params, x)
   assert y.shape == (2, 6, 10) and y.dtype == jnp.bfloat16
   assert jax.tree.leaves(params)[0].dtype == jnp.float32
+
+
+def test_pallas_recurrence_is_opt_in_and_falls_back_off_gpu():
+  """`kernels="pallas"` lowers the Triton kernel for CUDA only; on this platform it must give
+  the XLA form's values and gradients exactly, and an unknown kernel name is refused."""
+  rng = np.random.default_rng(3)
+  gi = jnp.asarray(rng.normal(size=(2, 5, 16, 48)).astype(np.float32))   # H = 16, B = 16
+  wh = jnp.asarray(rng.normal(size=(2, 16, 48)).astype(np.float32) * 0.3)
+  bh = jnp.asarray(rng.normal(size=(2, 48)).astype(np.float32))
+
+  def loss(kernels):
+    return jax.value_and_grad(
+        lambda g, w, b: jnp.sum(jnp.sin(sequence.bidirectional_recurrence(g, w, b, kernels))),
+        argnums=(0, 1, 2))(gi, wh, bh)
+
+  (v_x, g_x), (v_p, g_p) = loss("xla"), loss("pallas")
+  assert float(v_x) == float(v_p)
+  for a, b in zip(g_x, g_p):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(ValueError, match="gru_kernel='triton'"):
+    sequence.bidirectional_recurrence(gi, wh, bh, "triton")
