@@ -73,8 +73,8 @@ def drct_config(*, dataset: str, variant: str) -> ml_collections.ConfigDict:
   c.model.feature_attention_rescale = False   # eq. (3) as written; True: weights × C
   c.model.feature_norm = "none"    # "batchnorm": BN on the slice vectors before eq. (3)
   c.model.gru_hidden = 256         # not given in the paper
-  c.model.gru_kernel = "xla"       # "pallas": the recurrence as one Triton kernel a direction on
-                                   # NVIDIA GPUs (ctjax.models.gru_pallas; opt-in)
+  c.model.gru_kernel = "auto"      # BiGRU recurrence: "auto" one Pallas (Triton) kernel a
+                                   # direction on NVIDIA GPUs, XLA elsewhere; "xla" everywhere
   c.model.seq_dim = 256            # width of ŷ (eq. 4); not given in the paper
   c.model.seq_activation = "tanh"  # g of eq. (4); not given in the paper
   c.model.fc_widths = (256, 128)   # hidden widths of the three FC layers; not given

@@ -78,7 +78,7 @@ class PrimaryNetwork(nn.Module):
   dropout_rate: float
   feature_attention_rescale: bool = False
   feature_norm: str = "none"
-  gru_kernel: str = "xla"
+  gru_kernel: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -111,7 +111,7 @@ class APSNetwork(nn.Module):
   seq_activation: str
   fc_widths: Sequence[int]
   dropout_rate: float
-  gru_kernel: str = "xla"
+  gru_kernel: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -166,7 +166,7 @@ class DrCT(nn.Module):
   gru_hidden: int = 256
   seq_dim: int = 256
   seq_activation: str = "tanh"
-  gru_kernel: str = "xla"          # the BiGRU recurrence on NVIDIA GPUs: xla | pallas (gru_pallas)
+  gru_kernel: str = "auto"         # the BiGRU recurrence on NVIDIA GPUs: auto (Pallas) | xla
   fc_widths: Sequence[int] = (256, 128)
   dropout_rate: float = 0.5
   mkey: int = 16

@@ -119,21 +119,21 @@ def _previous_states(hs: jax.Array) -> jax.Array:
                           jnp.concatenate([hs[1, 1:], zero[1]])[None]])
 
 
-KERNELS = ("xla", "pallas")
+KERNELS = ("auto", "xla")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def bidirectional_recurrence(gi: jax.Array, wh: jax.Array, bh: jax.Array,
-                             kernels: str = "xla") -> jax.Array:
+                             kernels: str = "auto") -> jax.Array:
   """Both directions of a GRU layer from their input projections, one pass for the two.
 
   gi [2, T, B, 3H] (W_i x_t + b_i, time order, forward then backward direction), wh
   [2, H, 3H], bh [2, 3H] → hidden states [2, T, B, H] in time order.
 
-  With `kernels="pallas"`, on NVIDIA GPUs (where shapes allow, `gru_pallas.supported`) each
-  way is one Pallas kernel over all steps (`ctjax.models.gru_pallas`; opt-in: checked against
-  the XLA form in Pallas's interpreter, and `python -m benchmarks.gpu` compares the two on the
-  GPU it runs on); otherwise the T steps are unrolled XLA ops
+  With `kernels="auto"`, on NVIDIA GPUs (where shapes allow, `gru_pallas.supported`) each way
+  is one Pallas kernel over all steps (`ctjax.models.gru_pallas`: checked against the XLA form
+  in Pallas's interpreter; `python -m benchmarks.gpu` compares the two on the GPU it runs on);
+  with `kernels="xla"`, or elsewhere, the T steps are unrolled XLA ops
   (static slices: no loop counter, no per-step buffer updates), each running the two
   directions' hidden products as one batched matmul: two kernels a step. The backward pass
   recomputes the gates of every step with one matmul, walks the steps back with one
@@ -225,7 +225,7 @@ class BiGRU(nn.Module):
   """
   hidden_size: int
   num_layers: int = 1
-  kernels: str = "xla"           # the recurrence on NVIDIA GPUs: xla | pallas
+  kernels: str = "auto"          # the recurrence on NVIDIA GPUs: auto (Pallas) | xla
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -283,7 +283,7 @@ class DependencyLearning(nn.Module):
   out_dim: int
   activation: str = "tanh"
   num_layers: int = 1
-  gru_kernel: str = "xla"
+  gru_kernel: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 

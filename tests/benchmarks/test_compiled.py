@@ -45,7 +45,7 @@ def test_programs_are_the_issues_list():
           "drct2/train_store-b256", "drct2/store_build-hu224", "drct2/store_build-hu512",
           "blend/train-b16-bf16", "blend/train-b16-fp32", "blend/train-b64-bf16",
           "blend/train-b64-fp32", "blend/infer-b1", "blend/infer-b64",
-          "drct2/train_e2e-b256-chunk64-pallas", "drct2/train_store-b256-pallas"} == keys
+          "drct2/train_e2e-b256-chunk64-xla_gru", "drct2/train_store-b256-xla_gru"} == keys
 
 
 def test_unknown_target_is_one_line(capsys):

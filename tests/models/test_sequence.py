@@ -127,8 +127,8 @@ def test_dependency_learning_shapes_and_bf16():
   assert jax.tree.leaves(params)[0].dtype == jnp.float32
 
 
-def test_pallas_recurrence_is_opt_in_and_falls_back_off_gpu():
-  """`kernels="pallas"` lowers the Triton kernel for CUDA only; on this platform it must give
+def test_auto_recurrence_is_the_xla_form_off_gpu():
+  """`kernels="auto"` lowers the Triton kernel for CUDA only; on this platform it must give
   the XLA form's values and gradients exactly, and an unknown kernel name is refused."""
   rng = np.random.default_rng(3)
   gi = jnp.asarray(rng.normal(size=(2, 5, 16, 48)).astype(np.float32))   # H = 16, B = 16
@@ -140,7 +140,7 @@ def test_pallas_recurrence_is_opt_in_and_falls_back_off_gpu():
         lambda g, w, b: jnp.sum(jnp.sin(sequence.bidirectional_recurrence(g, w, b, kernels))),
         argnums=(0, 1, 2))(gi, wh, bh)
 
-  (v_x, g_x), (v_p, g_p) = loss("xla"), loss("pallas")
+  (v_x, g_x), (v_p, g_p) = loss("xla"), loss("auto")
   assert float(v_x) == float(v_p)
   for a, b in zip(g_x, g_p):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -86,8 +86,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       f"({len(config.data.labels)}) or none")
   if mc.feature_norm not in ("none", "batchnorm"):
     raise ConfigError(f"config.model.feature_norm={mc.feature_norm!r}; expected none|batchnorm")
-  if mc.get("gru_kernel", "xla") not in ("xla", "pallas"):
-    raise ConfigError(f"config.model.gru_kernel={mc.gru_kernel!r}; expected xla|pallas")
+  if mc.get("gru_kernel", "auto") not in ("auto", "xla"):
+    raise ConfigError(f"config.model.gru_kernel={mc.gru_kernel!r}; expected auto|xla")
   if not 0.0 <= mc.dropout_rate < 1.0:
     raise ConfigError(f"config.model.dropout_rate={mc.dropout_rate} must be in [0, 1)")
   if features_lib.enabled(config):
