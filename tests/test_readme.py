@@ -261,6 +261,21 @@ def _md_sentence(path: str, pattern: str) -> tuple[str, ...]:
   return m.groups()
 
 
+def _compiled(target: str, key: str, field: str) -> float:
+  """A field of the compiled row `key` ("program-variant") of compiled-<target>.jsonl."""
+  for line in (ROOT / f"benchmarks/results/compiled-{target}.jsonl").read_text().splitlines():
+    row = json.loads(line)
+    if f"{row['program']}-{row['variant']}" == key and "error" not in row:
+      return float(row[field])
+  raise AssertionError(f"compiled-{target}.jsonl: no row {key}")
+
+
+def _compiled_floor(target: str, key: str) -> float:
+  """The floor as the table prints it: ms below one second, else s."""
+  floor = _compiled(target, key, "floor_s")
+  return floor * 1e3 if floor < 1 else floor
+
+
 def _json(path: str) -> Any:
   return json.loads((ROOT / path).read_text())
 
@@ -382,6 +397,32 @@ QUOTES: list[tuple[str, str, Callable[[], list[Any]]]] = [
     ("DrCT2 inference at the paper's sizes, s/scan, ctjax and PyTorch",
      rf"DrCT2 inference took {N}-{N} s/scan fp32 on these cores \(PyTorch {N}-{N};",
      lambda: [*_infer_range("value"), *_infer_range("torch_value")]),
+    *[(f"compiled estimates: {label}",
+       rf"\| {re.escape(label)} \| {re.escape(target_name)} \| {N} GiB \| {N} \| {N} (?:ms|s) \| "
+       rf"{N} (?:scans|slices)/s \|",
+       lambda target=target, key=key: [
+           _compiled(target, key, "peak_bytes") / 2**30, _compiled(target, key, "launches"),
+           _compiled_floor(target, key), _compiled(target, key, "items_per_s_floor")])
+      for label, target_name, target, key in [
+          ("DrCT2 train step end to end, batch 256, backbone chunk 64", "H100 SXM", "h100",
+           "drct2/train_e2e-b256-chunk64"),
+          ("same", "H200", "h200", "drct2/train_e2e-b256-chunk64"),
+          ("same, sharded over 8 chips", "TPU v5e-8", "tpu-v5e-8", "drct2/train_e2e-b256-chunk64"),
+          ("DrCT2 inference, batch 1", "H100 SXM", "h100", "drct2/infer-b1"),
+          ("blend-sign training, 512², batch 64", "H100 SXM", "h100", "blend/train-b64-bf16")]],
+    ("compiled estimates: head training from the store, H100",
+     rf"\| DrCT2 head training from the feature store, batch 256 \| H100 SXM \| {N} GiB \| {N} \|",
+     lambda: [_compiled("h100", "drct2/train_store-b256", "peak_bytes") / 2**30,
+              _compiled("h100", "drct2/train_store-b256", "launches")]),
+    ("compiled estimates: head training launches with the XLA GRU",
+     rf"\(`config.model.gru_kernel=auto`; {N} with `xla`",
+     lambda: [_compiled("h100", "drct2/train_store-b256-xla_gru", "launches")]),
+    ("bfloat16 against float32 on the README job's test fold",
+     rf"test macro-F1 {N} in float32 and {N} in bfloat16 \(macro-AUC {N} / {N}\); the "
+     rf"probabilities differ by {N} on average and {N} at most, and {N} of {N} label calls flips",
+     lambda: [(r := _json("benchmarks/results/precision-cpu.json"))["macro_f1"]["float32"],
+              r["macro_f1"]["bfloat16"], r["macro_auc"]["float32"], r["macro_auc"]["bfloat16"],
+              r["mean_abs_dp"], r["max_abs_dp"], r["calls_flipped"], r["calls"]]),
     ("prepare: files per CPU-second at 16 and 512 px, memory per file",
      rf"It reads about {N} RSNA-layout files per CPU-second at 16 px and {N} at 512 px; its "
      rf"memory grows about {N} KB per file",
