@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session", autouse=True)
 def compile_cache_dir(tmp_path_factory):
   """The commands' default persistent compilation cache (`ctjax.train.compilation`), in-process
-  and in the subprocesses the tests start: a folder of this session."""
+  and in the subprocesses the tests start: a temporary folder of its own."""
   from ctjax.train import compilation
   path = tmp_path_factory.mktemp("jax_cache")
   before = os.environ.get(compilation.ENV)
