@@ -1,4 +1,5 @@
-"""Shared pytest setup: CPU only, several host devices, slow tests opt-in."""
+"""Shared pytest setup: CPU only, several host devices, slow tests opt-in, and the persistent
+compilation cache of the commands in a temporary folder (never the user's cache)."""
 
 import os
 
@@ -21,3 +22,18 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if "slow" in item.keywords:
       item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache_dir(tmp_path_factory):
+  """The commands' default persistent compilation cache (`ctjax.train.compilation`), in-process
+  and in the subprocesses the tests start: a temporary folder of its own."""
+  from ctjax.train import compilation
+  path = tmp_path_factory.mktemp("jax_cache")
+  before = os.environ.get(compilation.ENV)
+  os.environ[compilation.ENV] = str(path)
+  yield path
+  if before is None:
+    os.environ.pop(compilation.ENV, None)
+  else:
+    os.environ[compilation.ENV] = before

@@ -6,6 +6,10 @@ exit-code convention for all commands: every CTJaxError, flag or config error be
 `error: …` on stderr; exit status 0 ok, 1 error, 2 usage (bad flags or config), 130 Ctrl-C.
 `main(argv)` functions take argv without the program name (as argparse's `parse_args`).
 
+Every command keeps XLA's compiled programs in the persistent compilation cache
+(`ctjax.train.compilation`: config.compile.cache_dir, or the default folder for commands without
+a config), set before the command's first compile.
+
 Also one line, never a traceback: an OSError escaping the command (read-only folder, disk full:
 `ctjax.fileio.storage_error`), a Ctrl-C at any point (work already written stays: shards,
 checkpoints), a failed collective after another process stopped. Logged exceptions and those of
@@ -48,6 +52,15 @@ def distributed_flags(fv: flags.FlagValues) -> None:
                       flag_values=fv)
   flags.DEFINE_integer("num_processes", None, "number of processes", flag_values=fv)
   flags.DEFINE_integer("process_id", None, "this process's index in [0, num_processes)",
+                       flag_values=fv)
+
+
+def profile_flags(fv: flags.FlagValues, what: str = "train steps") -> None:
+  """--profile DIR / --profile_steps N (ctjax.train.profiling)."""
+  flags.DEFINE_string("profile", None, f"write a jax.profiler trace of a few steady {what} "
+                      "(after the first, compiling one) into this folder (TensorBoard's "
+                      "profile plugin, Perfetto)", flag_values=fv)
+  flags.DEFINE_integer("profile_steps", 3, f"{what} traced by --profile", lower_bound=1,
                        flag_values=fv)
 
 
@@ -234,6 +247,15 @@ def _flat_fields(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
   return out
 
 
+def _compilation_cache(cfg) -> None:
+  """The persistent compilation cache of every command, before its first compile: the config's
+  `compile.cache_dir` where the command takes a config, else the default folder
+  (`ctjax.train.compilation`)."""
+  from ctjax.train import compilation
+  setting, min_secs = compilation.config_setting(cfg)
+  compilation.configure(setting, min_compile_secs=min_secs)
+
+
 def run(fn: Callable, argv: Optional[Sequence[str]] = None, *, prog: str = "ctjax",
         config: Optional[str] = None, workdir: Optional[str] = REQUIRED,
         extra_flags: Optional[Callable] = None, workdir_help: str = "run directory",
@@ -298,6 +320,7 @@ def run(fn: Callable, argv: Optional[Sequence[str]] = None, *, prog: str = "ctja
   _quiet_hooks()
   try:
     with _logs_beside_bars():
+      _compilation_cache(cfg)
       status = fn(fv, cfg, rest)
     status = EXIT_OK if status is None else int(status)
   except UsageError as e:

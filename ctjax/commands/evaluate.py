@@ -106,7 +106,7 @@ def _evaluate(fv, _config, args) -> int:
                                      title=f"{pathlib.Path(fv.workdir).name}: {fv.split}")
   if fv.fit_highlight_scale:
     from ctjax.inference import highlight_scale
-    highlight_scale.fit(run, fv.split, prepare=fv.prepare)
+    highlight_scale.fit(run, fv.split, prepare=fv.prepare, outputs=outputs)
   return 0
 
 

@@ -12,7 +12,8 @@ status "error"; the command still exits 0 (with a warning line) unless --fail_on
 row carries the series' QA flags (`ctjax.data.qa`). One run writes to an --out at a time
 (`<out>.lock`). Rerunning skips the series already in --out, by SeriesInstanceUID (append-only:
 a killed run resumes where it stopped). The columns, the sidecar `<out>.json` and the throughput
-line: `ctjax.inference.archive`.
+line: `ctjax.inference.archive`. `--profile DIR` writes a jax.profiler trace of the device
+calls of --profile_steps batches (the 2nd to the 4th by default; ctjax.train.profiling).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def _flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_bool("require_head", None, "refuse series that are no head CT (error rows); "
                     "default: the run's config.data.require_head (--norequire_head: predict "
                     "them, for research)", flag_values=fv)
+  cli.profile_flags(fv, "batches")
 
 
 def _predict(fv, _config, _args) -> int:
@@ -64,12 +66,15 @@ def _predict(fv, _config, _args) -> int:
   if fv.workers < 0 or fv.prefetch < 0 or fv.batch_size < 0:
     raise cli.UsageError("--workers, --prefetch and --batch_size must be >= 0")
   from ctjax.inference import archive
-  # Before the restore: a bad --out, or one another run writes, fails now in one line.
+  from ctjax.train import profiling
+  # Before the restore: a bad --out or --profile, or an --out another run writes, fails now in
+  # one line.
+  trace = profiling.StepTrace(fv.profile, count=fv.profile_steps, name="predict")
   with archive.output_lock(fv.out):
-    return _predict_into(fv, archive)
+    return _predict_into(fv, archive, trace)
 
 
-def _predict_into(fv, archive) -> int:
+def _predict_into(fv, archive, trace) -> int:
   progress = fv.progress
   if progress is None:     # the run's config.log.progress_bar, read before restoring it
     progress = _config_progress(fv.workdir)
@@ -95,7 +100,7 @@ def _predict_into(fv, archive) -> int:
                             workers=fv.workers, prefetch=fv.prefetch, reports=fv.reports,
                             progress=progress, timings=fv.timings,
                             scans_label=fv.scans or f"split {fv.split} of {fv.workdir}",
-                            require_head=fv.require_head, take_lock=False)
+                            require_head=fv.require_head, take_lock=False, trace=trace)
   there = f"{s.skipped} already there" + (
       f" ({s.elsewhere} of them read from another folder: same SeriesInstanceUID)"
       if s.elsewhere else "")

@@ -47,8 +47,9 @@ def _flags(fv: flags.FlagValues) -> None:
                       "tables/); required by report", flag_values=fv)
   flags.DEFINE_bool("list", False, "list the tables, their cells under --preset and (cpu) "
                     "the estimated wall time, then exit", flag_values=fv)
-  flags.DEFINE_bool("compile_cache", True, "share compiled programs between cells "
-                    "(WORKDIR/jax_cache)", flag_values=fv)
+  flags.DEFINE_bool("compile_cache", True, "share compiled programs between cells and runs "
+                    "(the persistent compilation cache of every command, "
+                    "ctjax.train.compilation); --nocompile_cache turns it off", flag_values=fv)
   cli.distributed_flags(fv)
 
 
@@ -103,7 +104,7 @@ def _main(fv, _config, args) -> int:
     paths = publish.write_docs(out, pathlib.Path(fv.docs))
     print("\n".join(str(p) for p in paths))
     return 0
-  from ctjax.tables.grid import Context, enable_compilation_cache
+  from ctjax.tables.grid import Context
   from ctjax.train import parallel
   parallel.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
   folds = None
@@ -124,8 +125,9 @@ def _main(fv, _config, args) -> int:
                            f"{', '.join(need)})")
   ctx = Context(workdir, fv.preset, roots, _overrides(fv.override),
                 n_boot=fv.n_boot, seed=fv.seed)
-  if fv.compile_cache:
-    enable_compilation_cache(workdir / "jax_cache")
+  if not fv.compile_cache:
+    from ctjax.train import compilation
+    compilation.disable_cache()
   made = tables.make_tables(args, ctx, out, lambda n: _command(fv, n), folds=folds)
   for t in made:
     print(out / f"{t.name}.md")

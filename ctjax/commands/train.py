@@ -7,6 +7,11 @@ resumes); a DrCT run then fits the report's highlight scale on its validation sp
 Several processes (multi-host, or several on one host): give every process the same
 --coordinator_address host:port and --num_processes N, and its own --process_id i (or the
 environment variables CTJAX_COORDINATOR_ADDRESS / CTJAX_NUM_PROCESSES / CTJAX_PROCESS_ID).
+`--profile DIR` writes a jax.profiler trace of --profile_steps steady train steps (the 2nd to the
+4th of this start by default; ctjax.train.profiling). Compiled programs are kept in the
+persistent compilation cache (config.compile.cache_dir, ctjax.train.compilation); the line
+"compilation: …" at the end says how long the train step took to compile, or to load from that
+cache on a later start and the compile seconds it saved.
 Errors in the config or the data paths: one line on stderr (ctjax.commands.cli).
 """
 
@@ -17,23 +22,31 @@ import sys
 from ctjax.commands import cli
 
 
+def _flags(fv) -> None:
+  cli.distributed_flags(fv)
+  cli.profile_flags(fv)
+
+
 def main(argv=None) -> int:
-  return cli.run(_train, argv, prog="ctjax.train", config=cli.REQUIRED,
-                 extra_flags=cli.distributed_flags)
+  return cli.run(_train, argv, prog="ctjax.train", config=cli.REQUIRED, extra_flags=_flags)
 
 
 def _train(flags, config, _args) -> int:
   import json
+  import jax
   from ctjax.jsonable import to_jsonable
-  from ctjax.train import loop, parallel
+  from ctjax.train import compilation, loop, parallel
   parallel.initialize_distributed(flags.coordinator_address, flags.num_processes,
                                   flags.process_id)
-  final = loop.train_and_evaluate(config, flags.workdir)
+  with compilation.CompileLog(jax.config.jax_compilation_cache_dir) as compiles:
+    final = loop.train_and_evaluate(config, flags.workdir, profile=flags.profile,
+                                    profile_steps=flags.profile_steps)
+  if jax.process_index() == 0:
+    print(compiles.summary("train_step"), flush=True)
   if config.task == "drct":   # the report's highlight scale, from the state reports load
     from ctjax.inference import highlight_scale
     highlight_scale.fit_after_training(flags.workdir)
   _print_test_table(config, flags.workdir)
-  import jax
   if jax.process_index() == 0:
     from ctjax.inference import model_card
     print(f"model card: {model_card.write_card(flags.workdir)}")

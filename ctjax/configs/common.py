@@ -167,6 +167,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.log = ml_collections.ConfigDict()
   c.log.tensorboard = True
   c.log.progress_bar = True
+
+  # XLA's compiled programs kept on disk for the next start (ctjax.train.compilation):
+  # "" = $CTJAX_COMPILE_CACHE_DIR, else $XDG_CACHE_HOME/ctjax/jax, else ~/.cache/ctjax/jax;
+  # "none" = off; else that folder. Programs compiling faster than min_compile_secs are not kept.
+  c.compile = ml_collections.ConfigDict()
+  c.compile.cache_dir = ""
+  c.compile.min_compile_secs = 1.0
   return c
 
 

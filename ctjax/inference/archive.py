@@ -687,13 +687,14 @@ def predict_scans(run: Any, scans: Sequence[SeriesRef], out: str | os.PathLike, 
                   reports: Optional[str | os.PathLike] = None, progress: bool = True,
                   timings: bool = True, stop_after_batches: Optional[int] = None,
                   scans_label: str = "", require_head: Optional[bool] = None,
-                  take_lock: bool = True) -> Summary:
+                  take_lock: bool = True, trace: Any = None) -> Summary:
   """Predicts every series of `scans` not yet in `out` and appends their rows (see the module
   docstring), holding `<out>.lock` meanwhile (`take_lock` False: the caller holds it,
   `output_lock`). `workers` decode processes (0: decode in this
   process, no overlap), `prefetch` batches decoded ahead of the device; `reports` also writes
   each series' HTML page there; `require_head` overrides the run's config.data.require_head.
-  `stop_after_batches` ends the call early, as an interruption would (tests)."""
+  `stop_after_batches` ends the call early, as an interruption would (tests). `trace`: a
+  `ctjax.train.profiling.StepTrace` the device calls of the batches go through (--profile)."""
   if run.config.task != "drct":
     raise ConfigError(f"{run.workdir}: config.task={run.config.task!r}; ctjax.predict predicts "
                       "DrCT runs (task 'drct')")
@@ -707,7 +708,8 @@ def predict_scans(run: Any, scans: Sequence[SeriesRef], out: str | os.PathLike, 
     return _predict_locked(run, scans, out, keys, batch_size=batch_size, workers=workers,
                            prefetch=prefetch, reports=reports, progress=progress,
                            timings=timings, stop_after_batches=stop_after_batches,
-                           scans_label=scans_label, require_head=require_head)
+                           scans_label=scans_label, require_head=require_head,
+                           trace=trace)
   finally:
     if lock is not None:
       lock.release()
@@ -725,8 +727,10 @@ def output_lock(out: str | os.PathLike) -> fileio.FileLock:
 
 def _predict_locked(run: Any, scans: Sequence[SeriesRef], out: pathlib.Path,
                     keys: Sequence[str], *, batch_size, workers, prefetch, reports, progress,
-                    timings, stop_after_batches, scans_label, require_head) -> Summary:
+                    timings, stop_after_batches, scans_label, require_head,
+                    trace=None) -> Summary:
   from ctjax.inference import runs
+  from ctjax.train import profiling
   from ctjax.inference import scan_reports
   from ctjax.inference.report_html import thresholds
   labels = list(run.config.data.labels)
@@ -785,6 +789,7 @@ def _predict_locked(run: Any, scans: Sequence[SeriesRef], out: pathlib.Path,
         pending.append(refs)
       submitted += 1
 
+  trace = trace if trace is not None else profiling.StepTrace(None)
   failed = False
   t_start = time.perf_counter()
   try:
@@ -836,7 +841,9 @@ def _predict_locked(run: Any, scans: Sequence[SeriesRef], out: pathlib.Path,
           t0 += warm["s"]         # compilation is start-up, not throughput
         batch = _stack([d.batch for d in ok], bs)
         td = time.perf_counter()
-        pred = runs.predict_batch(run, batch)
+        with trace.step(bi + 1):
+          pred = runs.predict_batch(run, batch)
+        trace.done(pred)
         dt = time.perf_counter() - td
         summary.device_s += dt
         device_share = dt / len(ok)
@@ -869,6 +876,7 @@ def _predict_locked(run: Any, scans: Sequence[SeriesRef], out: pathlib.Path,
     failed = True
     raise
   finally:
+    trace.close()
     if bar is not None:
       bar.close()
     if pool is not None:

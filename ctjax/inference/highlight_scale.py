@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import jax
 
@@ -29,21 +29,31 @@ def draws_highlight(config) -> bool:
           and not tuple(config.model.get("hires_slices", ()) or ()))
 
 
-def fit(run: runs.Run | str | os.PathLike, split: str = "val", *, prepare: bool = False
-        ) -> highlight.HighlightScale:
+def fit(run: runs.Run | str | os.PathLike, split: str = "val", *, prepare: bool = False,
+        outputs: Optional[Mapping[str, Any]] = None) -> highlight.HighlightScale:
   """Predicts `split` with the run (its best, else latest, checkpoint), fits the scale
   (`ctjax.eval.highlight.fit_scale`) and writes it to `<workdir>/highlight_scale.json` (process
-  0). Needs the run's prepared data; `prepare` builds what is missing. Returns the scale."""
+  0). Needs the run's prepared data; `prepare` builds what is missing. Returns the scale.
+
+  `outputs`: this run's `runs.predict_split(run, split)` already in hand (`ctjax.evaluate
+  --fit_highlight_scale`): fitted from them, with no second prediction pass over the split,
+  when they hold the highlight maps."""
   if not isinstance(run, runs.Run):
     run = runs.load_run(run, require_task="drct")
   if not draws_highlight(run.config):
     raise CTJaxError(f"{run.workdir}: this model draws no highlight (DrCT1 model fusion)")
+  if outputs is not None and "highlight" in outputs:
+    return _fit_outputs(run, split, outputs)
   fc = run.config.get("features", {})
   if fc.get("enabled", False) and not fc.get("store_maps", False):
     # Stored features without maps give no highlight: predict this split end to end.
     run = runs.load_run(run.workdir, run.step, config_overrides={"features.enabled": False},
                         task=run.task)
-  outputs = runs.predict_split(run, split, prepare=prepare)
+  return _fit_outputs(run, split, runs.predict_split(run, split, prepare=prepare))
+
+
+def _fit_outputs(run: runs.Run, split: str, outputs: Mapping[str, Any]
+                 ) -> highlight.HighlightScale:
   scale = highlight.fit_scale(outputs["highlight"], outputs["slice_attention"],
                               outputs["labels"], split=split, step=run.step)
   if jax.process_index() == 0:

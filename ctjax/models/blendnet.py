@@ -86,23 +86,33 @@ def grad_cam(model: BlendNet, variables: Mapping[str, Any], x: jax.Array,
   Weights each feature-map channel by the spatial mean of d(logit of `class_index`)/d(channel)
   and keeps the ReLU of the weighted sum. `class_index` None → the predicted class per example.
   """
+  return grad_cam_and_logits(model, variables, x, class_index)[0]
+
+
+def grad_cam_and_logits(model: BlendNet, variables: Mapping[str, Any], x: jax.Array,
+                        class_index: jax.Array | int | None = None
+                        ) -> tuple[jax.Array, jax.Array]:
+  """(`grad_cam` maps [B, H, W], the logits [B, classes]) from one forward pass and its
+  backward pass: the gradient w.r.t. the feature map is the pass's own VJP, seeded with the
+  class's one-hot."""
   variables = strip_perturbations(variables)
-  out = model.apply(variables, x, train=False)
-  fmap, logits = out["feature_map"], out["logits"]
+
+  def forward(perturbations):
+    out = model.apply({**variables, "perturbations": perturbations}, x, train=False)
+    return out["logits"], out["feature_map"]
+
+  shape = jax.eval_shape(lambda: model.apply(variables, x, train=False))["feature_map"]
+  zeros = {"feature_map": jnp.zeros(shape.shape, shape.dtype)}
+  logits, vjp, fmap = jax.vjp(forward, zeros, has_aux=True)
   if class_index is None:
     cls = jnp.argmax(logits, axis=-1)
   else:
     cls = jnp.broadcast_to(jnp.asarray(class_index, jnp.int32), logits.shape[:1])
-
-  def score(perturbations):
-    out = model.apply({**variables, "perturbations": perturbations}, x, train=False)
-    return jnp.sum(jnp.take_along_axis(out["logits"], cls[:, None], axis=-1))
-
-  grads = jax.grad(score)({"feature_map": jnp.zeros_like(fmap)})["feature_map"]
+  grads = vjp(jax.nn.one_hot(cls, logits.shape[-1], dtype=logits.dtype))[0]["feature_map"]
   weights = jnp.mean(grads.astype(jnp.float32), axis=(1, 2), keepdims=True)   # [B, 1, 1, C]
   cam = nn.relu(jnp.sum(weights * fmap.astype(jnp.float32), axis=-1))         # [B, h, w]
   cam = jax.image.resize(cam, (cam.shape[0],) + x.shape[1:3], method="bilinear")
-  return cam / jnp.maximum(jnp.max(cam, axis=(1, 2), keepdims=True), 1e-12)
+  return cam / jnp.maximum(jnp.max(cam, axis=(1, 2), keepdims=True), 1e-12), logits
 
 
 def strip_perturbations(variables: Mapping[str, Any]) -> dict[str, Any]:

@@ -282,14 +282,6 @@ def run_cells(cells: Sequence[Cell], ctx: Context, *, progress: bool = True
   return out
 
 
-def enable_compilation_cache(path: pathlib.Path) -> None:
-  """Cells of the same shapes (folds, variants) compile identical programs: share them."""
-  import jax
-  path.mkdir(parents=True, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", str(path))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
 def folds_of(default: Iterable[int], chosen: Optional[Sequence[int]],
              num_folds: Optional[int] = None) -> list[int]:
   """The preset's default folds, or the --folds chosen (each in [0, num_folds) when given)."""

@@ -37,7 +37,7 @@ from ctjax import fileio
 from ctjax.errors import CheckpointError, CTJaxError, ConfigError
 from ctjax.eval import metrics as metrics_lib
 from ctjax.jsonable import to_jsonable
-from ctjax.train import evaluation, optim, parallel
+from ctjax.train import evaluation, optim, parallel, profiling
 from ctjax.train import state as state_lib
 from ctjax.train import steps as steps_lib
 from ctjax.train.checkpoint import Checkpointer, restore_state
@@ -138,7 +138,8 @@ def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> N
 # checkpoint belongs to another experiment and resuming it would silently mix the two.
 _RESUMABLE_CHANGES = ("train.num_epochs", "train.max_steps", "train.log_every_steps",
                       "data.num_workers", "data.prefetch", "data.cache_dir",
-                      "data.require_head", "log", "checkpoint", "evals", "parallel")
+                      "data.require_head", "log", "checkpoint", "evals", "parallel",
+                      "compile")
 
 
 def experiment_identity(config_json: dict) -> dict:
@@ -379,22 +380,28 @@ def lock_workdir(workdir: pathlib.Path) -> Any:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
-                       task: Any = None, data: Any = None) -> dict[str, float]:
+                       task: Any = None, data: Any = None,
+                       profile: Optional[str | os.PathLike] = None,
+                       profile_steps: int = profiling.DEFAULT_STEPS) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns final metrics.
 
   `task` / `data` replace `get_task(config.task)` / ctjax.data.pipeline (tests, stand-ins).
+  `profile`: a folder for a `jax.profiler` trace of `profile_steps` train steps after this
+  start's first (`ctjax.train.profiling.StepTrace`).
   The workdir is locked for the run (`lock_workdir`) before anything heavy starts.
   """
   started = time.perf_counter()   # this invocation's wall time goes into final_metrics.json
   workdir = pathlib.Path(workdir)
   validate_config(config)
   fileio.writable_dir(workdir, "--workdir")   # a file or a read-only folder: one line, now
+  trace = profiling.StepTrace(profile, count=profile_steps, name="train")
   with lock_workdir(workdir):
-    return _train_and_evaluate(config, workdir, task, data, started)
+    return _train_and_evaluate(config, workdir, task, data, started, trace)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path, task: Any,
-                        data: Any, started: float) -> dict[str, float]:
+                        data: Any, started: float,
+                        trace: profiling.StepTrace) -> dict[str, float]:
   check_resumable(config, workdir)
   mesh = parallel.make_mesh(config)
   ckpt = Checkpointer(workdir, config)
@@ -455,7 +462,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     for step in range(start + 1, num_steps + 1):
       batch = parallel.host_to_global(next(iterator), mesh)
       rng = fold_rng(state.rng, step)
-      state, step_metrics = train_step(state, batch, rng)
+      with trace.step(step):
+        state, step_metrics = train_step(state, batch, rng)
+      trace.done((state, step_metrics))
       pending.append(step_metrics)
       window_steps += 1
       if step % log_every == 0 or step == num_steps:
@@ -493,7 +502,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
                  ckpt.best_metric)
       task.after_training(config, str(workdir), parallel.replicated_to_host(chosen.variables()))
   finally:
-    _close_all(*([bar.close] if bar is not None else []), writer.close, ckpt.close)
+    _close_all(trace.close, *([bar.close] if bar is not None else []), writer.close,
+               ckpt.close)
   final["step"] = float(max(num_steps, start))
   if jax.process_index() == 0:
     fileio.atomic_write_text(workdir / "final_metrics.json", json.dumps(

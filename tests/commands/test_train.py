@@ -35,7 +35,7 @@ def test_end_of_training_prints_the_test_split_f1_row(tmp_path, capsys, monkeypa
   from ctjax.train import loop
   y, p, report = _drct_report()
 
-  def trained(config, workdir):   # the loop's output file, with a report of known numbers
+  def trained(config, workdir, **_):   # the loop's output file, with a report of known numbers
     pathlib.Path(workdir).mkdir(parents=True)
     (pathlib.Path(workdir) / "final_metrics.json").write_text(json.dumps(
         {"step": 7, "metrics": {}, "reports": {"test": report, "val": {"macro_f1": 0.1}}}))
@@ -130,7 +130,7 @@ def test_a_finished_run_gets_its_model_card(tmp_path, monkeypatch, capsys):
   from ctjax.train import loop
   from tests.support.run_folders import write_run
 
-  def fake_loop(config, workdir):
+  def fake_loop(config, workdir, **_):
     write_run(pathlib.Path(workdir), config)
     (pathlib.Path(workdir) / "final_metrics.json").write_text(json.dumps({
         "step": 3, "wall_seconds": 12.0, "metrics": {},

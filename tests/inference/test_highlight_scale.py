@@ -153,3 +153,22 @@ def test_the_fit_after_training_can_be_switched_off(tmp_path, caplog):
   (record,) = caplog.records
   assert "highlight scale not fitted" in record.getMessage()
   assert "--fit_highlight_scale" in record.getMessage()
+
+
+def test_evaluate_fits_the_scale_from_its_own_prediction_pass(trained, monkeypatch, capsys):
+  """`ctjax.evaluate --split val --fit_highlight_scale` predicts the split once (the scale from
+  the evaluation's own outputs), and stores the very scale a separate fit predicts for."""
+  from ctjax.commands import evaluate as evaluate_cli
+  tmp, run = trained
+  path = tmp / "run" / H.SCALE_FILE
+  highlight_scale.fit(run, "val")                  # its own prediction pass (as before)
+  separate = path.read_text()
+  path.unlink()
+  calls = []
+  predict = runs.predict_split
+  monkeypatch.setattr(runs, "predict_split",
+                      lambda *a, **k: calls.append(a[1:2]) or predict(*a, **k))
+  assert evaluate_cli.main(["--workdir", str(tmp / "run"), "--split", "val", "--n_boot", "0",
+                            "--fit_highlight_scale"]) == 0
+  assert calls == [("val",)]
+  assert path.read_text() == separate

@@ -75,3 +75,47 @@ def test_grad_cam_matches_hand_formula():
   assert cam.shape == (2, 16, 16)
   np.testing.assert_allclose(cam, want, rtol=1e-4, atol=1e-5)
   assert cam.max() == pytest.approx(1.0)
+
+
+class _ConvBackbone(nn.Module):
+  """Stand-in with parameters on both sides of the feature map: conv, ReLU, 4× average pool."""
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    h = nn.relu(nn.Conv(6, (3, 3))(x))
+    return {"feature_map": nn.avg_pool(h, (4, 4), (4, 4))}
+
+
+def _grad_cam_two_passes(model, variables, x, class_index=None):
+  """`blendnet.grad_cam` as it was: a forward pass for the map and the logits, then a second
+  forward pass inside `jax.grad`; the predicted class from a third (`write_grad_cam`)."""
+  variables = blendnet.strip_perturbations(variables)
+  out = model.apply(variables, x, train=False)
+  fmap, logits = out["feature_map"], out["logits"]
+  cls = (jnp.argmax(logits, axis=-1) if class_index is None
+         else jnp.broadcast_to(jnp.asarray(class_index, jnp.int32), logits.shape[:1]))
+
+  def score(perturbations):
+    out = model.apply({**variables, "perturbations": perturbations}, x, train=False)
+    return jnp.sum(jnp.take_along_axis(out["logits"], cls[:, None], axis=-1))
+
+  grads = jax.grad(score)({"feature_map": jnp.zeros_like(fmap)})["feature_map"]
+  weights = jnp.mean(grads.astype(jnp.float32), axis=(1, 2), keepdims=True)
+  cam = nn.relu(jnp.sum(weights * fmap.astype(jnp.float32), axis=-1))
+  cam = jax.image.resize(cam, (cam.shape[0],) + x.shape[1:3], method="bilinear")
+  cam = cam / jnp.maximum(jnp.max(cam, axis=(1, 2), keepdims=True), 1e-12)
+  logits = model.apply(variables, x, train=False)["logits"]
+  return cam, logits
+
+
+@pytest.mark.parametrize("class_index", [None, 1])
+def test_grad_cam_in_one_pass_equals_the_two_pass_form(class_index):
+  model = blendnet.BlendNet(backbone=_ConvBackbone(), det_hidden=4)
+  x = jax.random.normal(jax.random.PRNGKey(5), (3, 16, 16, 3))
+  variables = model.init(jax.random.PRNGKey(6), x)
+  cam, logits = blendnet.grad_cam_and_logits(model, variables, x, class_index)
+  want_cam, want_logits = _grad_cam_two_passes(model, variables, x, class_index)
+  np.testing.assert_array_equal(np.asarray(cam), np.asarray(want_cam))
+  np.testing.assert_array_equal(np.asarray(logits), np.asarray(want_logits))
+  np.testing.assert_array_equal(np.asarray(blendnet.grad_cam(model, variables, x, class_index)),
+                                np.asarray(want_cam))

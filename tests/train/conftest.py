@@ -23,11 +23,11 @@ def reference_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _compilation_cache(tmp_path_factory):
+def _compilation_cache(compile_cache_dir):
   """Runs of the same tiny config compile identical programs: share them within the session
   (the 2-core test machine spends most of a tiny run compiling)."""
   import jax
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update("jax_compilation_cache_dir", str(compile_cache_dir))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   yield

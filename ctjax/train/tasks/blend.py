@@ -337,9 +337,8 @@ def write_grad_cam(model, variables, hu: np.ndarray, config, out_path: str,
   import matplotlib.pyplot as plt
 
   x = preprocess(jnp.asarray(hu), config)
-  cams = np.asarray(blendnet.grad_cam(model, variables, x))
-  v = blendnet.strip_perturbations(variables)
-  pred = np.asarray(jnp.argmax(model.apply(v, x, train=False)["logits"], -1))
+  cams, logits = blendnet.grad_cam_and_logits(model, variables, x)   # one pass gives both
+  cams, pred = np.asarray(cams), np.asarray(jnp.argmax(logits, -1))
   brain = windows_lib.apply_windows(np.asarray(hu), "brain")[..., 0]
   n = len(hu)
   fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.8), squeeze=False)
