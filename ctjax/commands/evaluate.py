@@ -29,7 +29,7 @@ from absl import flags
 
 from ctjax.commands import cli
 
-# The splits `ctjax.data.datasets.split_indices` makes (fold = test, the next fold = val).
+# The splits of a run's fold (test = the fold; val and train by config.data.fold_protocol).
 SPLITS = ("train", "val", "test")
 
 

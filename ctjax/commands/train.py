@@ -38,6 +38,8 @@ def _train(flags, config, _args) -> int:
   from ctjax.train import compilation, loop, parallel
   parallel.initialize_distributed(flags.coordinator_address, flags.num_processes,
                                   flags.process_id)
+  if distill_notice(config) and jax.process_index() == 0:
+    print(distill_notice(config), file=sys.stderr, flush=True)
   with compilation.CompileLog(jax.config.jax_compilation_cache_dir) as compiles:
     final = loop.train_and_evaluate(config, flags.workdir, profile=flags.profile,
                                     profile_steps=flags.profile_steps)
@@ -53,6 +55,16 @@ def _train(flags, config, _args) -> int:
   headline = {k: v for k, v in final.items() if k.count("/") <= 1}
   print(json.dumps(to_jsonable(headline), sort_keys=True))
   return 0
+
+
+def distill_notice(config) -> str:
+  """One line when the config asks for self-knowledge distillation, which this command does
+  not run (it trains one model: the teacher round); "" otherwise."""
+  rounds = int(config.get("distill", {}).get("rounds", 0) or 0)
+  if rounds <= 0:
+    return ""
+  return (f"notice: config.distill.rounds={rounds} is run by python -m ctjax.distill (the "
+          "teacher, then its student); python -m ctjax.train trains one model, the teacher")
 
 
 def _print_test_table(config, workdir: str) -> None:

@@ -1,7 +1,7 @@
 """k-fold cross-validation over `config.data.fold` (DrCT2: 10-fold CQ500, 5-fold RSNA).
 
-Fold f trains in <workdir>/fold_<f> (fold f = test, f+1 = val, the rest train: the data
-layer's split rule), then its best (else last) checkpoint is evaluated on the test split. The
+Fold f trains in <workdir>/fold_<f> (fold f = test; validation and training as
+`config.data.fold_protocol` assigns them, `ctjax.data.datasets.FOLD_PROTOCOLS`), then its best (else last) checkpoint is evaluated on the test split. The
 summary (mean ± std over folds of every scalar) is printed as a table and written with the
 per-fold reports to <workdir>/crossval.json. Folds already finished are not retrained.
 """

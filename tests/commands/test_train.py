@@ -148,3 +148,29 @@ def test_a_finished_run_gets_its_model_card(tmp_path, monkeypatch, capsys):
   assert "# Model card: DrCT2 (vgg16 backbone), step 3" in md
   assert "| macro_f1 | 0.3750 |" in md and "final_metrics.json" in md
   assert "Research use only — not a medical device" in md
+
+
+def test_a_distillation_config_says_train_runs_the_teacher_only(tmp_path, monkeypatch, capsys):
+  """Table 3's WCE + AT + SKD config through `ctjax.train` trains one model; the command says
+  so in one line (ctjax.distill runs the rounds), and plain configs print nothing of it."""
+  from ctjax.configs import named
+  from ctjax.inference import model_card
+  from ctjax.train import loop
+  skd = named.get_config("blend_resnet50", "variant=wce_at_skd")
+  assert "ctjax.distill" in train_cli.distill_notice(skd)
+  assert train_cli.distill_notice(named.get_config("blend_resnet50", "variant=wce_at")) == ""
+
+  def fake_loop(config, workdir, **_):
+    pathlib.Path(workdir).mkdir(parents=True)
+    (pathlib.Path(workdir) / "final_metrics.json").write_text(json.dumps({"step": 1}))
+    return {}
+  monkeypatch.setattr(loop, "train_and_evaluate", fake_loop)
+  monkeypatch.setattr(model_card, "write_card", lambda workdir: "MODEL_CARD.md")
+  blend = str(ROOT / "configs" / "blend_phantom.py")
+  assert train_cli.main(["--config", blend, "--workdir", str(tmp_path / "a"),
+                         "--config.distill.rounds=1"]) == 0
+  err = capsys.readouterr().err
+  assert err.count("notice: config.distill.rounds=1") == 1
+  assert train_cli.main(["--config", blend, "--workdir", str(tmp_path / "b"),
+                         "--config.distill.rounds=0"]) == 0
+  assert "notice:" not in capsys.readouterr().err
