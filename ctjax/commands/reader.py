@@ -157,13 +157,21 @@ def _export_flags(fv: flags.FlagValues) -> None:
   flags.DEFINE_string("out", None, "CSV path (default STUDY/reads.csv)", flag_values=fv)
 
 
+def _study_reads(workdir: str):
+  """(the study folder, every read recorded in it)."""
+  from ctjax.reader import db, study
+  s = study.Study(workdir)
+  d = db.StudyDB(s)
+  try:
+    return s, d.reads()
+  finally:
+    d.close()
+
+
 def _export(fv: flags.FlagValues) -> int:
   import pathlib
-  from ctjax.reader import analysis, db, study
-  s = study.Study(fv.workdir)
-  d = db.StudyDB(s)
-  reads = d.reads()
-  d.close()
+  from ctjax.reader import analysis
+  s, reads = _study_reads(fv.workdir)
   out = pathlib.Path(fv.out or pathlib.Path(fv.workdir) / "reads.csv")
   out.parent.mkdir(parents=True, exist_ok=True)
   analysis.export_csv(s, reads, out)
@@ -181,11 +189,8 @@ def _analyze_flags(fv: flags.FlagValues) -> None:
 
 def _analyze(fv: flags.FlagValues) -> int:
   import pathlib
-  from ctjax.reader import analysis, db, study
-  s = study.Study(fv.workdir)
-  d = db.StudyDB(s)
-  reads = d.reads()
-  d.close()
+  from ctjax.reader import analysis
+  s, reads = _study_reads(fv.workdir)
   out = pathlib.Path(fv.out or pathlib.Path(fv.workdir) / "analysis")
   paths = analysis.write_analysis(s, reads, out, n_resamples=fv.n_resamples, seed=fv.seed)
   print(paths["markdown"].read_text(encoding="utf-8"), end="")

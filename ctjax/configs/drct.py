@@ -288,24 +288,23 @@ def phantom(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
-def rsna(arg: str | None = None) -> ml_collections.ConfigDict:
-  """configs/drct2_rsna.py: DrCT2 on RSNA ICH (DrCT2 paper, Tables 2-3)."""
+def _paper(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, runlocal=False, fold=0, drct1=False)
-  c = drct_config(dataset="rsna", variant="drct1" if a.drct1 else "drct2")
+  c = drct_config(dataset=dataset, variant="drct1" if a.drct1 else "drct2")
   c.data.fold = a.fold
   if a.runlocal:
     runlocal_overrides(c)
   return c
+
+
+def rsna(arg: str | None = None) -> ml_collections.ConfigDict:
+  """configs/drct2_rsna.py: DrCT2 on RSNA ICH (DrCT2 paper, Tables 2-3)."""
+  return _paper("rsna", arg)
 
 
 def cq500(arg: str | None = None) -> ml_collections.ConfigDict:
   """configs/drct2_cq500.py: DrCT2 on CQ500 (DrCT2 paper, Tables 2-3)."""
-  a = common.parse_arg(arg, runlocal=False, fold=0, drct1=False)
-  c = drct_config(dataset="cq500", variant="drct1" if a.drct1 else "drct2")
-  c.data.fold = a.fold
-  if a.runlocal:
-    runlocal_overrides(c)
-  return c
+  return _paper("cq500", arg)
 
 
 def drct1_phantom(arg: str | None = None) -> ml_collections.ConfigDict:
