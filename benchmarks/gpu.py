@@ -116,7 +116,7 @@ def jax_memory_fraction(total_bytes: Optional[int],
                         torch_bytes: int = TORCH_PEER_BYTES) -> Optional[float]:
   """XLA_PYTHON_CLIENT_MEM_FRACTION that leaves the PyTorch peer `torch_bytes` beside JAX's
   preallocation: (total − torch) / total, within [0.3, 0.75] (0.75: JAX's default). 80 GB H100
-  → 0.55; 141 GB H200 → 0.75. None without a GPU (nothing to size)."""
+  → 0.55; 141 GB H200 → 0.74. None without a GPU (nothing to size)."""
   if not total_bytes:
     return None
   frac = (total_bytes - torch_bytes) / total_bytes
