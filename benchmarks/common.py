@@ -306,6 +306,12 @@ class Record:
   def as_json(self) -> dict[str, Any]:
     return to_jsonable({k: getattr(self, k) for k in RECORD_FIELDS})
 
+  def as_line(self, **extra: Any) -> dict[str, Any]:
+    """The record, its details and `extra` (a run's status fields) as one JSON line's value:
+    how `python -m benchmarks.gpu` writes as it goes."""
+    return to_jsonable({**{k: getattr(self, k) for k in RECORD_FIELDS},
+                        "details": self.details, **extra})
+
 
 def speed_record(name: str, *, seconds: float, items: float, unit: str,
                  torch_seconds: Optional[float] = None, flops: Optional[float] = None,

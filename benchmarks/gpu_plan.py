@@ -2,7 +2,8 @@
 
 numpy and the standard library only: the PyTorch peer (benchmarks/gpu_torch.py) imports this
 module and must never import jax (a JAX backend in that process would take GPU memory).
-The model sizes are the papers' and the configs' (ctjax/configs/drct.py, ctjax/configs/blend.py);
+The model sizes are the papers' and the configs' (ctjax/configs/drct.py, ctjax/configs/blend.py),
+which the JAX side builds its programs from (`benchmarks.gpu.drct2_config`);
 tests/benchmarks/test_gpu.py checks that they still agree with those configs.
 """
 
@@ -81,6 +82,10 @@ class Plan:
   blend_train: tuple            # (dtype tag, batch) of each training figure
   blend_infer_batch: int
   h2d_batch: int                # DrCT2 scans per host → device batch
+  gru: tuple                    # (batch, steps, hidden) of the BiGRU kernel check
+  latency_calls: int            # DrCT2 batch-1 calls behind p50/p90 (from HU on the device)
+  dicom_calls: int              # the same from a DICOM series on disk
+  dicom_size: int               # that series' pixels (a phantom from ctjax.data.phantom)
   warmup: int
   repeats: int
   max_seconds: float            # bound on each figure's timed phase (≥ 1 timed call)
@@ -94,8 +99,11 @@ GPU = Plan(
     drct=DrCT2Sizes(), chunk=64, infer_batches=(32, 16, 8), store_chunks=(128, 64, 32),
     store_train_batch=256, e2e_batches=(256, 128, 64),
     blend=BlendSizes(),
+    # The first is the headline figure (the paper's recipe at batch 64, bf16).
     blend_train=(("bf16", 64), ("bf16", 16), ("tf32", 64), ("tf32", 16)),
     blend_infer_batch=64, h2d_batch=32,
+    # DrCT2 V.A / VI.A: batch 256, m = 28 slices, GRU hidden 256 (ctjax/configs/drct.py).
+    gru=(256, 28, 256), latency_calls=50, dicom_calls=10, dicom_size=512,
     warmup=2, repeats=10, max_seconds=3.0, torch_timeout_s=150.0)
 
 # Tiny sizes on a CPU: every code path of GPU (chunked maps with padding, two-phase APS,
@@ -111,6 +119,7 @@ SMOKE = Plan(
     # the float32 path differs only in the dtype (rehearsed by drct2/infer/tf32).
     blend_train=(("bf16", 2),),
     blend_infer_batch=4, h2d_batch=2,
+    gru=(4, 5, 8), latency_calls=5, dicom_calls=2, dicom_size=48,
     warmup=1, repeats=2, max_seconds=0.5, torch_timeout_s=120.0,
     compiler_options={"xla_backend_optimization_level": 0}, smoke=True)
 

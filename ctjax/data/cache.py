@@ -58,7 +58,7 @@ import numpy as np
 
 from ctjax import errors
 from ctjax import fileio
-from ctjax.data import datasets, dicom
+from ctjax.data import datasets
 from ctjax.data.resize import HU_MAX, HU_MIN, resize_hu  # noqa: F401  (the cache's resize)
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,7 @@ def source_fingerprint(root, *, exclude: Sequence[os.PathLike] = ()) -> dict[str
       key = f"{rel}\0{st.st_size}\0{st.st_mtime_ns}".encode()
       digest = (digest + int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")) \
           % (1 << 64)
+  from ctjax.data import dicom   # pydicom: only where DICOM is read or fingerprinted
   return {"labels": dict(sorted(labels.items())),
           "files": {"count": count, "bytes": total, "digest": f"{digest:016x}"},
           "reader": dicom.READER_VERSION}

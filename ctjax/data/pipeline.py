@@ -61,7 +61,10 @@ import grain
 import numpy as np
 
 from ctjax import errors
-from ctjax.data import cache, sampling
+from ctjax.data import cache
+# Re-exported: the one builder of DrCT examples lives in a Grain-free module.
+from ctjax.data.examples import drct_example  # noqa: F401
+from ctjax.data.examples import flip as _flip
 # Re-exported: callers configure and prepare data through the pipeline module.
 from ctjax.data.cache import (DEFAULTS, _get, data_option, ensure_cache,  # noqa: F401
                               resolve_root)
@@ -197,36 +200,6 @@ class ProcessRows(grain.MapDataset):
       return self.slice(index)
     g, r = divmod(int(index), self._b)
     return self._parents[0][g * self._g + self._p * self._b + r]
-
-
-def _flip(hu: np.ndarray, rng: Optional[np.random.Generator], p: float) -> tuple[np.ndarray,
-                                                                                bool]:
-  if rng is None or p <= 0 or rng.random() >= p:
-    return hu, False
-  return np.ascontiguousarray(hu[..., ::-1]), True
-
-
-def drct_example(read_slices, num_slices: int, labels: np.ndarray, slice_labels: np.ndarray,
-                 *, m: int, rng: Optional[np.random.Generator] = None, resample: bool = False,
-                 hflip: float = 0.0, example_index: int = 0) -> dict:
-  """One DrCT scan example: m slices sampled (uniformly without `rng`; re-drawn from the bins
-  with it and `resample`), read by `read_slices(indices)`: int16 HU [m, H, W] (→ "hu", maybe
-  flipped), or a dict of per-slice arrays (a feature store's rows, e.g. "feat_pooled").
-
-  The one builder of DrCT examples: the cache pipeline, the feature store and single DICOM
-  series (reports, predictions) all go through it, so they sample and lay out scans
-  identically.
-  """
-  train = rng is not None and resample
-  idx = sampling.sample_indices(num_slices, m, train=train, rng=rng)
-  read = read_slices(idx)
-  if isinstance(read, dict):
-    arrays = read
-  else:
-    arrays = {"hu": _flip(read, rng, hflip)[0]}
-  return {**arrays, "labels": labels, "slice_labels": slice_labels[idx],
-          "slice_index": idx.astype(np.int32), "num_source_slices": np.int32(num_slices),
-          "valid": np.bool_(True), "example_index": np.int32(example_index)}
 
 
 def _drct_example(el, rng, *, scans: cache.CachedScans, m: int, resample: bool,

@@ -10,7 +10,8 @@ for that mesh: the host's devices, or a compile-only topology's
 `train_compile.py` does. Nothing is allocated and nothing runs.
 
 The batches are the data pipeline's (`ctjax.data.pipeline`, ARCHITECTURE.md "Shapes and
-dtypes"): DrCT examples come from the pipeline's own example builder; with
+dtypes"): DrCT examples come from the pipeline's own example builder
+(`ctjax.data.examples`, which needs no Grain); with
 `config.features.enabled`, from the store's rows (`features.stored_arrays`) in its dtype.
 """
 
@@ -101,8 +102,8 @@ def batch_spec(config: ml_collections.ConfigDict, batch: int, mesh: Mesh, *,
 
   DrCT with `config.features.enabled` needs `model` and (abstract) `variables` to size the
   stored rows."""
-  from ctjax.data import pipeline
   from ctjax.data.cache import data_option
+  from ctjax.data.examples import drct_example   # the pipeline's builder, without Grain
   size = int(config.data.image_size)
   if config.task == "drct":
     m = int(config.data.num_slices)
@@ -116,8 +117,8 @@ def batch_spec(config: ml_collections.ConfigDict, batch: int, mesh: Mesh, *,
     else:
       def read(idx):
         return np.zeros((len(idx), size, size), np.int16)
-    example = pipeline.drct_example(read, m, np.zeros(num_labels, np.float32),
-                                    np.zeros((m, num_labels), np.uint8), m=m)
+    example = drct_example(read, m, np.zeros(num_labels, np.float32),
+                           np.zeros((m, num_labels), np.uint8), m=m)
   elif config.task == "blend":
     k = int(data_option(config, "max_boxes"))
     example = {"hu": np.zeros((size, size), np.int16), "valid": np.bool_(True),

@@ -1,18 +1,22 @@
 """`python -m benchmarks.gpu`: the device run rehearsed on the CPU, and what its figures rest on.
 
-- The `--smoke` run in a subprocess with grain, pydicom, tensorboardX and ml_collections made
-  unimportable (a bare GPU host's python3 has none of them): every figure's line, in the schema, a forced
-  out-of-memory recorded while the others still run, an out-of-memory fallback to a smaller
-  batch, and the budget guard.
-- The chunked DrCT2 program against the library's model, the losses against the tasks' own
-  `loss_fn`, the plan's sizes against the configs, the torch peer's chunked DrCT2 against
-  `TorchDrCT2`, and the roofline walker against textbook counts.
+- The `--smoke` run in a subprocess with grain, pydicom and tensorboardX unimportable and
+  ml_collections importable only from a carried folder (as `pip install --target` of its wheel
+  leaves it; a bare GPU host's python3 has none of them): every figure's line in the one Record
+  schema, in the headline-first order, a forced out-of-memory recorded while the others still
+  run, an out-of-memory fallback to a smaller batch, the budget guard, the HLO of every timed
+  program saved, the rendered table.
+- The library's programs (not copies): no Flax module under benchmarks/; the copy figure's input
+  donated; JAX's memory share leaving the PyTorch peer room; the plan's sizes against the
+  configs; the torch peer's chunked DrCT2 against `TorchDrCT2`; the roofline pieces.
 """
 
 import json
 import math
 import os
 import pathlib
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -22,28 +26,50 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import common, gpu, gpu_models, gpu_plan, roofline
+from benchmarks import common, gpu, gpu_plan, roofline
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-BLOCKED = ("grain", "pydicom", "tensorboardX", "ml_collections")
-LINE_FIELDS = set(common.RECORD_FIELDS) | {"status", "error", "error_kind", "skipped",
+BLOCKED = ("grain", "pydicom", "tensorboardX")
+CARRIED = "ml_collections"
+LINE_FIELDS = set(common.RECORD_FIELDS) | {"status", "error", "error_kind", "skipped", "peer",
                                            "details", "run_id", "elapsed_s"}
+HEADLINE = ["environment", "matmul/bf16", "hbm/copy", "drct2/infer/bf16", "blend/train/bf16/b2"]
 
 
-def _blocked_env(tmp_path: pathlib.Path) -> dict:
+def _blocked_env(tmp_path: pathlib.Path, carry: bool = True) -> dict:
   """PYTHONPATH with a sitecustomize that makes the device's missing modules unimportable
-  (`sys.modules[name] = None`: `import name` raises ImportError), for this process and the
-  torch peer it starts."""
+  (`sys.modules[name] = None`: `import name` raises ImportError) and finds ml_collections only
+  in `<tmp>/site` (a copy of the installed package: what the carried wheel installs), for this
+  process and the torch peer it starts."""
   shim = tmp_path / "shim"
+  site = tmp_path / "site"
   shim.mkdir()
+  site.mkdir()
+  if carry:
+    import ml_collections
+    shutil.copytree(pathlib.Path(ml_collections.__file__).parent, site / CARRIED)
   (shim / "sitecustomize.py").write_text(textwrap.dedent(f"""
+      import importlib.machinery
       import sys
       for name in {BLOCKED!r}:
         sys.modules[name] = None
+
+      class _CarriedOnly:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+          if name != {CARRIED!r}:
+            return None
+          spec = importlib.machinery.PathFinder.find_spec(name, [{str(site)!r}])
+          if spec is None:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (not carried)", name=name)
+          return spec
+
+      sys.meta_path.insert(0, _CarriedOnly)
       """))
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join([str(shim), str(ROOT), env.get("PYTHONPATH", "")])
   env.pop("OUT", None)
+  env.pop("XLA_PYTHON_CLIENT_MEM_FRACTION", None)
   env["JAX_PLATFORMS"] = "cpu"
   return env
 
@@ -57,60 +83,112 @@ def _lines(path: pathlib.Path) -> dict:
   return out
 
 
-def test_smoke_run_without_the_modules_the_device_lacks(tmp_path):
-  """The whole run at tiny sizes (~40-60 s on 2 idle cores, dominated by XLA compiling a
-  ResNet-50 step and the DrCT2 programs): the reason this test is slow."""
-  env = _blocked_env(tmp_path)
-  probe = subprocess.run([sys.executable, "-c", "import ml_collections"], env=env,
+def test_the_blocking_shim_blocks(tmp_path):
+  env = _blocked_env(tmp_path, carry=False)
+  for name in BLOCKED + (CARRIED,):
+    probe = subprocess.run([sys.executable, "-c", f"import {name}"], env=env,
+                           capture_output=True, text=True, cwd=ROOT)
+    assert probe.returncode != 0, name
+  probe = subprocess.run([sys.executable, "-c", "import ctjax.train.programs"], env=env,
                          capture_output=True, text=True, cwd=ROOT)
-  assert probe.returncode != 0 and "halted; None in sys.modules" in probe.stderr   # blocked
-  out = tmp_path / "gpu.jsonl"
+  assert "ml_collections" in probe.stderr and "not carried" in probe.stderr
+
+
+def test_library_programs_import_without_grain_pydicom_tensorboardx(tmp_path):
+  """The programs of both papers build (abstractly) with only ml_collections carried."""
+  code = textwrap.dedent("""
+      import sys
+      from benchmarks import gpu, gpu_plan
+      for cfg, kind, batch in ((gpu.drct2_config(gpu_plan.SMOKE, "bfloat16"), "eval", 1),
+                               (gpu.drct2_config(gpu_plan.SMOKE, "bfloat16",
+                                                 features__enabled=True), "train", None),
+                               (gpu.drct2_config(gpu_plan.SMOKE, "bfloat16"), "store", None),
+                               (gpu.blend_config(gpu_plan.SMOKE, "bfloat16", 2), "train", None)):
+        gpu.build(cfg, kind, batch)
+      bad = [m for m in ("grain", "pydicom", "tensorboardX") if sys.modules.get(m) is not None]
+      assert not bad, bad
+      import ml_collections
+      print(ml_collections.__file__)
+      """)
+  proc = subprocess.run([sys.executable, "-c", code], env=_blocked_env(tmp_path),
+                        capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip().startswith(str(tmp_path / "site"))
+
+
+def test_smoke_run_without_the_modules_the_device_lacks(tmp_path):
+  """The whole run at tiny sizes (~3 min on 2 cores, dominated by XLA compiling a ResNet-50
+  step and the DrCT2 programs): the reason this test is slow."""
+  env = _blocked_env(tmp_path)
+  out = tmp_path / "run" / "gpu.jsonl"
   proc = subprocess.run(
       [sys.executable, "-m", "benchmarks.gpu", "--smoke", "--out", str(out),
        "--inject-failure", "drct2/infer/bf16=oom-once",
-       "--inject-failure", "drct2/infer/tf32=oom"],
-      env=env, capture_output=True, text=True, cwd=ROOT, timeout=600)
+       "--inject-failure", "blend/infer/bf16/b4=oom"],
+      env=env, capture_output=True, text=True, cwd=ROOT, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "# wrote" in proc.stdout and "drct2/infer/bf16" in proc.stdout
+  assert "# wrote" in proc.stdout and "PyTorch eager" in proc.stdout
   lines = _lines(out)
   names = [f.name for f in gpu.figures(gpu_plan.SMOKE)]
-  assert list(lines) == names                          # every figure, in priority order
+  assert list(lines) == names                          # every figure, in order
+  assert names[:len(HEADLINE)] == HEADLINE             # the headline first
   env_line = lines["environment"]
   assert env_line["details"]["absent_here"] == {m: True for m in BLOCKED}
+  assert env_line["details"]["carried"][CARRIED].startswith(str(tmp_path / "site"))
   assert env_line["details"]["torch_peer"]["torch"]    # the peer started without them too
+  timed = ("matmul", "hbm", "drct2/infer", "blend/train", "featstore", "drct2/train")
   for name, line in lines.items():
     assert set(line) == LINE_FIELDS, name
-    assert line["device"].startswith("cpu"), name
-    if name == "drct2/infer/tf32":
+    assert line["device"].startswith("cpu") and line["peer"] == "torch-eager", name
+    if name in ("blend/infer/bf16/b4", "drct2/latency/dicom"):
       continue
     assert line["status"] == "ok", (name, line["error"], line["details"].get("torch_error"))
-    if name == "environment":
+    if not name.startswith(timed + ("input/h2d",)):
       continue
     for key in ("value", "torch_value", "ratio_vs_torch"):
       assert isinstance(line[key], float) and math.isfinite(line[key]) and line[key] > 0, (
           name, key, line["details"].get("torch_error"))
     assert line["ratio_vs_torch"] == pytest.approx(line["value"] / line["torch_value"])
-    if name != "input/h2d":   # programs: compiled apart from their (timed) executions
+    if name.startswith(timed):   # programs: compiled apart from their (timed) executions
       assert line["compile_s"] > 0 and line["details"]["first_call_s"] > 0, name
       assert line["roofline_fraction"] > 0, name
+      hlo = out.parent / "hlo" / f"{gpu.hlo_name(name)}.hlo.txt"
+      assert hlo.read_text().startswith("HloModule"), name
     if name.startswith(("drct2", "featstore", "blend")):
       assert 0 < line["flop_fraction"] < 1, name
-      assert line["details"]["walker_flops"] > 0 and line["details"]["floor_s"] > 0, name
+      assert line["details"]["hlo_flops"] > 0 and line["details"]["floor_s"] > 0, name
+      assert line["details"]["flops_source"].startswith("optimized HLO"), name
+  assert lines["hbm/copy"]["details"]["donated"] and lines["hbm/copy"]["details"]["exact"]
+  # The GRU check: on a CPU both are the XLA form, and they agree.
+  gru_d = lines["gru/pallas_vs_xla"]["details"]
+  assert gru_d["both_xla"] and not gru_d["auto_is_pallas"]
+  assert gru_d["by_dtype"]["fp32"]["max_abs_d_out"] == 0.0
+  # Latency: p50/p90 over the plan's calls; DICOM skipped with its reason (no pydicom).
+  lat = lines["drct2/latency/b1"]["details"]
+  assert lat["calls"] == gpu_plan.SMOKE.latency_calls and lat["p90_s"] >= lat["p50_s"] > 0
+  assert lines["drct2/latency/b1"]["value"] == lat["p50_s"]
+  dicom = lines["drct2/latency/dicom"]
+  assert dicom["status"] == "skipped" and "pydicom" in dicom["skipped"]
+  acc = lines["drct2/accuracy/bf16_vs_fp32"]
+  assert 0 <= acc["value"] < 0.1 and acc["unit"] == "max|Δp|"
   # The forced out-of-memory: recorded as such, the figures after it still measured.
-  failed = lines["drct2/infer/tf32"]
+  failed = lines["blend/infer/bf16/b4"]
   assert failed["status"] == "error" and failed["error_kind"] == "oom"
   assert "RESOURCE_EXHAUSTED" in failed["error"] and failed["value"] is None
+  assert lines["input/h2d"]["status"] == "ok"
   # Out of memory at the first batch: the next one tried, and kept ("batch as fits").
   fell_back = lines["drct2/infer/bf16"]["details"]
   assert fell_back["batch"] == gpu_plan.SMOKE.infer_batches[1]
   assert [o["batch"] for o in fell_back["ooms"]] == [gpu_plan.SMOKE.infer_batches[0]]
-  # Chunked programs take FLOPs from the unchunked program (XLA counts a loop body once).
-  assert lines["drct2/infer/bf16"]["details"]["flops_source"] == "xla-lowered-unchunked"
-  assert lines["drct2/train_e2e/bf16"]["details"]["flops_source"] == "xla-lowered-unchunked"
   table = gpu.markdown(out)   # the README table of this run
-  rows = [r.split(" | ")[0][2:] for r in table.splitlines()[4:]]
+  assert "| PyTorch eager |" in table.splitlines()[2]
+  rows = [r.split(" | ")[0][2:] for r in table.splitlines()[4:] if r.startswith("| ")]
   assert rows == names[1:]
   assert "error: JaxRuntimeError: RESOURCE_EXHAUSTED" in table
+  assert "paper (Table 8) 0.82 s/scan" in table and f"p50 {lat['p50_s']:.4g}" in table
+  render = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--render", str(out)],
+                          env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert render.returncode == 0 and render.stdout.strip() == table
 
 
 def test_budget_guard_skips_with_a_reason(tmp_path):
@@ -139,12 +217,13 @@ def test_a_failing_figure_is_recorded_and_the_next_runs(tmp_path):
     raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1 TiB")
 
   def fine(run, det):
-    line = gpu.empty_line("fine", run.device, "x/s")
-    line["value"] = 1.0
-    return line
+    return gpu.empty_record("fine", run.device, "x/s", value=1.0)
+
+  def cannot(run, det):
+    raise gpu.SkipFigure("no such module here")
 
   for fig in (gpu.Figure("boom", boom, 1, 1), gpu.Figure("oom", oom, 1, 1),
-              gpu.Figure("fine", fine, 1, 1)):
+              gpu.Figure("fine", fine, 1, 1), gpu.Figure("cannot", cannot, 1, 1)):
     gpu.run_figure(run, fig)
   run.close()
   lines = _lines(tmp_path / "g.jsonl")
@@ -153,6 +232,10 @@ def test_a_failing_figure_is_recorded_and_the_next_runs(tmp_path):
   assert lines["boom"]["details"]["reached"] is True      # what the figure knew is kept
   assert lines["oom"]["error_kind"] == "oom"
   assert lines["fine"]["status"] == "ok" and lines["fine"]["value"] == 1.0
+  assert lines["cannot"]["status"] == "skipped" and lines["cannot"]["skipped"] == \
+      "no such module here"
+  for line in lines.values():
+    assert set(line) == LINE_FIELDS and line["peer"] == "torch-eager"
 
 
 def test_inject_failure_flag_is_checked(capsys):
@@ -167,87 +250,55 @@ def test_inject_failure_flag_is_checked(capsys):
 # What the figures rest on
 # --------------------------------------------------------------------------------------------
 
-def _o0(fn, *args):
-  """jit + run once with XLA's backend optimisation off (half the CPU compile time; the
-  arithmetic is unchanged)."""
-  return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": 0})(*args)
+def test_no_flax_module_is_defined_under_benchmarks():
+  """Benchmarks time the library's programs: no model copies (a Flax module) in benchmarks/."""
+  pattern = re.compile(r"^\s*class\s+\w+\s*\([^)]*\b(nn|linen)\.Module\b", re.M)
+  found = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "benchmarks").rglob("*.py"))
+           if pattern.search(p.read_text())]
+  assert not found, found
+  assert pattern.search("class VGG(nn.Module):\n") and pattern.search(
+      "  class Head(linen.Module, Mixin):")   # the pattern sees what it guards against
 
 
-def _tiny_drct(dtype=jnp.float32):
-  s = gpu_plan.SMOKE.drct
-  model = gpu_models.build_drct2(s, dtype)
-  return s, model, gpu_models.init_drct2(model, s, seed=3)
+def test_hbm_copy_donates_its_input():
+  """The copy figure's executable aliases its input to its output: XLA does not copy the
+  buffer before the passes (the figure read ~9 % low without)."""
+  x = jnp.ones((1024,), jnp.float32)
+  c = jnp.float32(-1.0)
+  donated = gpu.hbm_chain(2).lower(x, c).compile().as_text()
+  assert "input_output_alias" in donated
+  plain = jax.jit(gpu.hbm_chain(2).__wrapped__).lower(x, c).compile().as_text()
+  assert "input_output_alias" not in plain   # the check tells the two apart
+  out = gpu.hbm_chain(3)(x, c)
+  assert x.is_deleted() and float(out[0]) == -1.0
 
 
-def test_chunked_drct2_predict_equals_the_model():
-  """Chunks that do not divide the slices (padding), the two-phase APS: the same outputs as
-  the library's DrCT2 on the task's preprocessing."""
-  from ctjax.data.windows import apply_windows, imagenet_normalize
-  s, model, variables = _tiny_drct()
-  hu = jnp.asarray(gpu_plan.drct_batch(s, 3, seed=5)["hu"])
-  ours = _o0(gpu_models.drct2_predict(model, s, chunk=5), variables, hu)
-  x = imagenet_normalize(apply_windows(hu, s.windows))   # image_size == primary_size here
-  ref = gpu_models.drct2_outputs(_o0(lambda v, x: model.apply(v, x), variables, x))
-  assert set(ours) == set(ref)
-  for k in ref:
-    np.testing.assert_allclose(np.asarray(ours[k]), np.asarray(ref[k]), rtol=1e-5, atol=1e-6,
-                               err_msg=k)
+def test_jax_memory_share_leaves_room_for_the_torch_peer():
+  h100, h200 = 80 * gpu.GIB, 141 * gpu.GIB
+  for total in (h100, h200):
+    frac = gpu.jax_memory_fraction(total)
+    assert total * (1 - frac) >= 32 * gpu.GIB            # the blend peer at tf32 b64
+    assert frac <= 0.75
+  assert gpu.jax_memory_fraction(h200) > 0.7 > gpu.jax_memory_fraction(h100)
+  assert gpu.jax_memory_fraction(None) is None
+  assert gpu.jax_memory_fraction(16 * gpu.GIB) == gpu.MIN_JAX_FRACTION
 
 
-def test_drct2_loss_and_features_match_the_task():
-  """The end-to-end step's loss (chunked features, heads in train mode) equals
-  `DrCTTask.loss_fn` on the full model with the same parameters and rng."""
-  from ctjax.train.tasks.drct import DrCTTask
-  s, model, variables = _tiny_drct()
-  config = common.override(common.load_config("drct2_rsna"), {
-      "data.num_slices": s.num_slices, "data.image_size": s.image_size,
-      "model.primary_size": s.primary_size, "model.mkey": s.mkey, "model.aps_size": s.aps_size})
-  host = gpu_plan.drct_batch(s, 3, seed=7)
-  batch = {"hu": jnp.asarray(host["hu"]), "labels": jnp.asarray(host["labels"]),
-           "valid": jnp.ones(3, bool)}
-  rng = jax.random.PRNGKey(11)
-  params = variables["params"]
-  extra = {"batch_stats": variables["batch_stats"]}
-
-  def ours(params, hu, labels):
-    feats = gpu_models.drct2_features(model, variables, hu, s, chunk=4)
-    d_rng, a_rng = jax.random.split(rng)
-    heads = {k: v for k, v in params.items() if k != "backbone"}
-    out, _ = model.apply({"params": heads, **extra}, None, features=feats, train=True,
-                         rngs={"dropout": d_rng, "aps": a_rng}, mutable=["batch_stats"])
-    return gpu_models.drct2_loss(out, labels)
-
-  from ctjax.train.tasks.drct import slice_preprocess
-  full = model.clone(slice_preprocess=slice_preprocess(config), primary_size=s.primary_size)
-  want = _o0(lambda p, b: DrCTTask().loss_fn(full, p, extra, b, rng, config, True)[0],
-             params, batch)
-  got = _o0(ours, params, batch["hu"], batch["labels"])
-  np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
-
-
-def test_blend_loss_matches_the_task():
-  from ctjax.train.tasks.blend import BlendTask
-  bs = gpu_plan.SMOKE.blend
-  config = common.override(common.load_config("blend_resnet50", "variant=wce_at"), {
-      "data.image_size": bs.image_size, "model.backbone_width": bs.width, "model.backbone_weights": "",
-      "data.augment.enabled": False})
-  model = gpu_models.build_blend(bs, jnp.float32)
-  variables = gpu_models.init_blend(model, bs, seed=2)
-  host = gpu_plan.blend_batch(bs, 4, seed=3)
-  assert (host["num_boxes"] > 0).any()   # the detection terms are exercised
-  batch = {k: jnp.asarray(v) for k, v in host.items()}
-  params, extra = variables["params"], {"batch_stats": variables["batch_stats"]}
-  task = BlendTask()
-
-  def both(params, batch):
-    want = task.loss_fn(model, params, extra, batch, jax.random.PRNGKey(0), config, True)[0]
-    x = gpu_models.blend_preprocess(batch["hu"], bs, model.dtype)
-    out, _ = model.apply({"params": params, **extra}, x, train=True, mutable=["batch_stats"])
-    got = gpu_models.blend_loss(out, batch, bs.image_size / out["det"].shape[1], bs)
-    return got, want
-
-  got, want = _o0(both, params, batch)
-  np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+def test_gpu_programs_are_built_from_the_configs():
+  """The GPU plan's programs are the paper configs' own (sizes unchanged by drct2_config)."""
+  from ctjax.configs import named
+  d, g = named.get_config("drct2_rsna"), gpu.drct2_config(gpu_plan.GPU, "bfloat16")
+  for key in ("data.num_slices", "data.image_size", "model.primary_size", "model.mkey",
+              "model.aps_size", "model.backbone_width", "model.gru_hidden", "model.seq_dim",
+              "model.aps_fc_dim", "model.backbone_chunk", "model.gru_kernel"):
+    sec, leaf = key.split(".")
+    assert g[sec][leaf] == d[sec][leaf], key
+  assert tuple(g.model.fc_widths) == tuple(d.model.fc_widths)
+  b = named.get_config("blend_resnet50", "variant=wce_at")
+  gb = gpu.blend_config(gpu_plan.GPU, "bfloat16", 64)
+  for key in ("data.image_size", "model.backbone_width", "model.det_hidden", "data.max_boxes"):
+    sec, leaf = key.split(".")
+    assert gb[sec][leaf] == b[sec][leaf], key
 
 
 def test_plan_sizes_are_the_configs():
@@ -350,12 +401,6 @@ def test_walker_counts_convs_forward_backward_and_loops():
   convs = [l for l in ls if l.kind == "conv"]
   assert len(convs) == 13 and sum(l.kind == "pool" for l in ls) == 5
   assert roofline.total_flops(convs) == pytest.approx(2 * macs[0])
-  # Chunked over a lax.map: the same totals, counted per chunk × chunks.
-  chunked = roofline.layers(lambda v, x: gpu_models.chunked_map(
-      lambda c: vgg.apply(v, c)["pooled"], x, 1), v, jax.ShapeDtypeStruct((3, 64, 64, 3),
-                                                                          jnp.float32))
-  assert roofline.total_flops(chunked) == pytest.approx(1.5 * roofline.total_flops(convs))
-  assert chunked[0].count == 3
   # Backward of a strided conv: forward + data gradient + weight gradient, each the same work.
   w = jax.ShapeDtypeStruct((3, 3, 4, 8), jnp.float32)
   img = jax.ShapeDtypeStruct((2, 16, 16, 4), jnp.float32)
