@@ -299,7 +299,7 @@ class Record:
   torch_value: Optional[float] = None
   ratio_vs_torch: Optional[float] = None
   flop_fraction: Optional[float] = None
-  roofline_fraction: Optional[float] = None   # per-layer floor / measured (benchmarks/roofline.py)
+  roofline_fraction: Optional[float] = None   # per-kernel floor / measured (benchmarks/hlo.py)
   compile_s: Optional[float] = None           # lower + compile, apart from any execution
   details: dict[str, Any] = dataclasses.field(default_factory=dict)
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import common, gpu, gpu_plan, roofline
+from benchmarks import common, gpu, gpu_plan
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BLOCKED = ("grain", "pydicom", "tensorboardX")
@@ -378,55 +378,8 @@ def test_prepare_for_cuda_keeps_the_function():
 
 
 # --------------------------------------------------------------------------------------------
-# The roofline model and the pipelined peak
+# The pipelined peak
 # --------------------------------------------------------------------------------------------
-
-def test_walker_counts_convs_forward_backward_and_loops():
-  torch = pytest.importorskip("torch")
-  from tests.support import torch_models
-  from ctjax.models.vgg import VGG16
-  # Forward: the textbook count (2 × MACs of every conv, padding taps included; torch hooks).
-  net = torch_models.build("vgg16", width=1 / 8, classifier=False).eval()
-  macs = [0]
-  for mod in net.modules():
-    if isinstance(mod, torch.nn.Conv2d):
-      mod.register_forward_hook(lambda m, _, o: macs.__setitem__(
-          0, macs[0] + o.numel() * m.in_channels * m.kernel_size[0] * m.kernel_size[1]))
-  with torch.no_grad():
-    net.features(torch.zeros(2, 3, 64, 64))
-  vgg = VGG16(width=1 / 8)
-  v = jax.eval_shape(lambda: vgg.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
-  x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
-  ls = roofline.layers(lambda v, x: vgg.apply(v, x)["pooled"], v, x)
-  convs = [l for l in ls if l.kind == "conv"]
-  assert len(convs) == 13 and sum(l.kind == "pool" for l in ls) == 5
-  assert roofline.total_flops(convs) == pytest.approx(2 * macs[0])
-  # Backward of a strided conv: forward + data gradient + weight gradient, each the same work.
-  w = jax.ShapeDtypeStruct((3, 3, 4, 8), jnp.float32)
-  img = jax.ShapeDtypeStruct((2, 16, 16, 4), jnp.float32)
-  conv = lambda x, w: jax.lax.conv_general_dilated(   # noqa: E731
-      x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  fwd = 2.0 * (2 * 8 * 8 * 8) * (3 * 3 * 4)
-  grads = roofline.layers(jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), argnums=(0, 1)),
-                          img, w)
-  assert [l.kind for l in grads] == ["conv"] * 3
-  assert [l.flops for l in grads] == pytest.approx([fwd, fwd, fwd], rel=0.15)   # dilated taps
-  # bytes: operands read once, result written once.
-  assert grads[0].bytes == 4 * (2 * 16 * 16 * 4 + 3 * 3 * 4 * 8 + 2 * 8 * 8 * 8)
-
-
-def test_floor_is_the_larger_of_compute_and_memory_per_layer():
-  ls = [roofline.Layer("dot", 1e12, 1e9, "bfloat16", 2),      # compute-bound: 1 s each
-        roofline.Layer("pool", 0.0, 4e12, "bfloat16", 1)]     # memory-bound: 2 s
-  peaks, bw = {"bfloat16": 1e12, "float32": 5e11}, 2e12
-  assert roofline.floor_seconds(ls, peaks, bw) == pytest.approx(2 * 1.0 + 2.0)
-  s = roofline.summary(ls, peaks, bw)
-  assert s["floor_memory_bound_s"] == pytest.approx(2.0) and s["floor_compute_s"] == \
-      pytest.approx(2.0)
-  assert roofline.floor_seconds(ls, {}, bw) is None            # no measured peak: no floor
-  assert roofline.floor_seconds([roofline.Layer("dot", 1e12, 0, "float32")], peaks, bw) == \
-      pytest.approx(2.0)                                       # float32 at the TF32 peak
-
 
 def test_matmul_chain_and_peak_are_pipelined():
   a, b = common.matmul_operands(32, jnp.float32)
