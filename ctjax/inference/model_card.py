@@ -176,9 +176,13 @@ def _metric_rows(report: dict[str, Any], labels: Sequence[str], task: str
   cis = report.get("ci95") or {}
 
   def row(key: str, name: str) -> dict[str, Any]:
-    ci = cis.get(key)
-    return {"metric": name, "value": flat[key],
-            "ci95": None if not ci else [float(ci["lo"]), float(ci["hi"])]}
+    ci = cis.get(key) or {}
+    out = {"metric": name, "value": flat[key], "ci95": None}
+    if ci.get("lo") is not None and ci.get("hi") is not None:
+      out["ci95"] = [float(ci["lo"]), float(ci["hi"])]
+    elif ci:   # an interval the bootstrap withheld, e.g. "too few positives"
+      out["ci_status"] = str(ci.get("status") or "no interval")
+    return out
 
   head = [row(k, k) for k in HEADLINE if k in flat]
   classes = list(labels) or sorted({k.split("/")[1] for k in flat if k.startswith("per_class/")})
@@ -380,7 +384,9 @@ def _fmt(v: Any) -> str:
 
 def _ci(row: dict[str, Any]) -> str:
   ci = row.get("ci95")
-  return f"{row['value']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else f"{row['value']:.4f}"
+  if ci:
+    return f"{row['value']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
+  return f"{row['value']:.4f}" + (f" [{row['ci_status']}]" if row.get("ci_status") else "")
 
 
 def render_markdown(card: dict[str, Any], *, serving_dir: str = "MODEL_DIR") -> str:

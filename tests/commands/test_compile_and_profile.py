@@ -60,8 +60,11 @@ def test_the_second_start_loads_the_train_step_from_the_cache(tmp_path):
   assert second.returncode == 0, second.stderr[-2000:]
   line = next(ln for ln in second.stdout.splitlines() if ln.startswith("compilation: "))
   assert "train_step loaded in" in line and "from the persistent compilation cache" in line
-  saved = float(line.split("compile saved")[0].rsplit("(", 1)[1].split(" s")[0])
-  assert saved > 0, line
+  # The train step's own saving can round to 0.0 s on a tiny program under load (JAX reports
+  # its compile time minus the retrieval); all programs together save measurably.
+  step_saved = float(line.split("compile saved")[0].rsplit("(", 1)[1].split(" s")[0])
+  total_saved = float(line.rsplit(", ", 1)[1].split(" s saved")[0])
+  assert step_saved >= 0 and total_saved > 0, line
   assert _metrics_steps(tmp_path / "a") == _metrics_steps(tmp_path / "b") == list(range(1, 7))
 
 

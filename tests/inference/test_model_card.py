@@ -102,10 +102,15 @@ def test_evaluate_json_refreshes_the_card_with_cis(run_dir, capsys):
   assert "200 bootstrap resamples" in e["source"] and e["step"] == report["step"]
   rows = {r["metric"]: r for r in e["headline"]}
   for key, ci in report["ci95"].items():
-    assert rows[key]["value"] == report[key] and rows[key]["ci95"] == [ci["lo"], ci["hi"]]
+    assert rows[key]["value"] == report[key]
+    if ci["lo"] is None:   # withheld by the bootstrap (random weights, a handful of scans)
+      assert rows[key]["ci95"] is None and rows[key]["ci_status"] == ci["status"] != "ok"
+    else:
+      assert rows[key]["ci95"] == [ci["lo"], ci["hi"]] and "ci_status" not in rows[key]
   md = (run_dir / "MODEL_CARD.md").read_text()
   f1 = report["ci95"]["macro_f1"]
-  assert f"| macro_f1 | {report['macro_f1']:.4f} [{f1['lo']:.4f}, {f1['hi']:.4f}] |" in md
+  interval = (f"[{f1['status']}]" if f1["lo"] is None else f"[{f1['lo']:.4f}, {f1['hi']:.4f}]")
+  assert f"| macro_f1 | {report['macro_f1']:.4f} {interval} |" in md
 
 
 def test_export_writes_the_card_into_the_folder_and_manifest(run_dir, tmp_path, capsys):
@@ -121,3 +126,17 @@ def test_export_writes_the_card_into_the_folder_and_manifest(run_dir, tmp_path, 
   md = (tmp_path / "model" / "MODEL_CARD.md").read_text()
   assert "## Technical specifications" in md and 'serving.load("model")' in md
   assert model.manifest["sha256"]["model_card"] == hashlib.sha256(md.encode()).hexdigest()
+
+
+def test_card_rows_carry_an_interval_or_the_reason_it_was_withheld():
+  report = {"macro_f1": 0.8, "macro_auc": 0.9,
+            "ci95": {"macro_f1": {"value": 0.8, "lo": 0.7, "hi": 0.9, "status": "ok"},
+                     "macro_auc": {"value": 0.9, "lo": None, "hi": None,
+                                   "status": "too few positives"}}}
+  head, _ = model_card._metric_rows(report, [], "drct")
+  rows = {r["metric"]: r for r in head}
+  assert rows["macro_f1"]["ci95"] == [0.7, 0.9] and "ci_status" not in rows["macro_f1"]
+  assert rows["macro_auc"]["ci95"] is None
+  assert rows["macro_auc"]["ci_status"] == "too few positives"
+  assert model_card._ci(rows["macro_f1"]) == "0.8000 [0.7000, 0.9000]"
+  assert model_card._ci(rows["macro_auc"]) == "0.9000 [too few positives]"
