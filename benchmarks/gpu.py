@@ -1,6 +1,6 @@
 """One GPU benchmark run in one command of at most 7 minutes: the library's own programs.
 
-  PYTHONUNBUFFERED=1 timeout 420 python3 -m benchmarks.gpu --out $OUT/gpu.jsonl   # the device
+  PYTHONUNBUFFERED=1 timeout 420 python3 -m benchmarks.gpu --out OUT/gpu.jsonl    # on the GPU
   python -m benchmarks.gpu --render gpu.jsonl         # the last run as a Markdown table
   python -m benchmarks.gpu --smoke                    # the same run at tiny sizes, on a CPU
 
