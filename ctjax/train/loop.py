@@ -392,9 +392,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   """
   started = time.perf_counter()   # this invocation's wall time goes into final_metrics.json
   workdir = pathlib.Path(workdir)
-  validate_config(config)
-  fileio.writable_dir(workdir, "--workdir")   # a file or a read-only folder: one line, now
+  task = task if task is not None else get_task(config.task)
+  validate_config(config, task)               # the task's own checks too: before any file
   trace = profiling.StepTrace(profile, count=profile_steps, name="train")
+  fileio.writable_dir(workdir, "--workdir")   # a file or a read-only folder: one line, now
   with lock_workdir(workdir):
     return _train_and_evaluate(config, workdir, task, data, started, trace)
 

@@ -790,6 +790,28 @@ def nonfinite_lr(value: str):
   return case
 
 
+def profile_at_a_file(ctx, out, d):
+  d.mkdir(parents=True, exist_ok=True)
+  target = d / "trace.txt"
+  target.write_text("not a folder\n")
+  ctx.run(out, _train_argv(ctx, d / "run", f"--profile={target}"))
+  out.note = f"the file afterwards: {target.read_text()!r}; workdir made: {(d / 'run').exists()}"
+
+
+def compile_cache_at_a_file(ctx, out, d):
+  d.mkdir(parents=True, exist_ok=True)
+  target = d / "cache.txt"
+  target.write_text("not a folder\n")
+  ctx.run(out, _train_argv(ctx, d / "run", f"--config.compile.cache_dir={target}"))
+  out.note = f"the file afterwards: {target.read_text()!r}"
+
+
+def gru_kernel_typo(ctx, out, d):
+  ctx.run(out, _train_argv(ctx, d / "run", "--config.model.gru_kernel=triton"))
+  made = sorted(p.name for p in (d / "run").iterdir()) if (d / "run").exists() else []
+  out.note = f"files in the workdir afterwards: {made or 'none'}"
+
+
 def truncated_feature_shard(ctx, out, d):
   cache = d / "cache"
   store = ("--config.features.enabled=True", f"--config.data.cache_dir={cache}",
@@ -1357,6 +1379,10 @@ CASES: list[tuple[str, str, str, Callable]] = [
     ("stale_lock", "workdir", "the workdir lock of a SIGKILLed run", stale_lock),
     ("lr_nan", "workdir", "--config.optimizer.lr=nan", nonfinite_lr("nan")),
     ("lr_inf", "workdir", "--config.optimizer.lr=inf", nonfinite_lr("inf")),
+    ("profile_file", "command line", "--profile naming a file, not a folder", profile_at_a_file),
+    ("compile_cache_file", "command line", "--config.compile.cache_dir naming a file",
+     compile_cache_at_a_file),
+    ("gru_kernel_typo", "command line", "--config.model.gru_kernel=triton", gru_kernel_typo),
     ("truncated_feature_shard", "cache", "a feature-store shard cut under its done-marker, "
      "then train", truncated_feature_shard),
     ("truncated_shard_record", "cache", "a cache shard's JSON record cut short, then train",
