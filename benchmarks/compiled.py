@@ -64,7 +64,9 @@ class Target:
   source: str                    # where the ceilings come from
   spec: str = ""                 # GPU: XLA target config in target_configs/
   interconnect: Optional[float] = None   # collective bytes/s per chip
-  measured: Optional[dict] = None        # {"peaks", "bandwidth", "source"} measured on it
+  # {"peaks", "bandwidth", "source"}: ceilings benchmarks.gpu measured on such a device
+  # (matmul/bf16, matmul/tf32, hbm/copy), once a GPU run of this version is recorded.
+  measured: Optional[dict] = None
 
 
 # H100 SXM5 / H200 SXM datasheets (NVIDIA, dense): BF16/FP16 989.4 TFLOP/s, TF32 494.7 (XLA
@@ -77,12 +79,7 @@ TARGETS = {
     "h100": Target("h100", "cuda", "1x1x1", _NV, 3.35e12, 0.0,
                    "NVIDIA H100 SXM5 datasheet", spec="h100_sxm.txtpb"),
     "h200": Target("h200", "cuda", "1x1x1", _NV, 4.8e12, 0.0,
-                   "NVIDIA H200 SXM datasheet", spec="h200.txtpb",
-                   measured={"peaks": {"bf16": 790e12, "f16": 790e12, "f32": 395e12},
-                             "bandwidth": 4.3e12,
-                             "source": "benchmarks/NOTES.md 'The roofline floor': an 8192³ "
-                                       "bf16 product and a device copy through PyTorch on one "
-                                       "H200 (TF32 taken as half the bf16 rate)"}),
+                   "NVIDIA H200 SXM datasheet", spec="h200.txtpb"),
     # Eight H100 SXM5 of one host on NVLink 4 (900 GB/s per GPU both ways: 450 each way).
     "h100x8": Target("h100x8", "cuda", "1x1x8", _NV, 3.35e12, 0.0,
                      "NVIDIA H100 SXM5 datasheet", spec="h100_sxm.txtpb", interconnect=450e9),
