@@ -7,7 +7,7 @@
 For each backbone (VGG16 conv stack, ResNet-50, Inception v3; no classifier heads: the papers
 use the pooled features / last block) and input size (224, 512): images/s and achieved GFLOP/s
 of ctjax's jitted forward (feature map + pooled vector) and of torch's (torchvision-identical
-modules from benchmarks/torch_models.py, eval mode, `inference_mode`, channels_last on CUDA,
+modules from tests/support/torch_models.py, eval mode, `inference_mode`, channels_last on CUDA,
 cudnn.benchmark), both with the *same* weights (converted), plus the ratio ctjax/torch (> 1:
 ctjax faster) and the relative difference of their pooled outputs (a sanity check that both
 compute the same function). FLOPs per batch come from XLA's cost analysis of the compiled

@@ -1,5 +1,5 @@
 """Blend-sign network throughput: inference and training slices/s (512×512 in `full`), beside
-PyTorch (`benchmarks.torch_reference.TorchBlendNet`, same backbone, heads and sizes).
+PyTorch (`tests.support.torch_models.TorchBlendNet`, same backbone, heads and sizes).
 
 The training step is the trainer's (Task.loss_fn: weighted CE + λ2·detection loss, SGD with
 momentum and weight decay, BatchNorm in training mode); on-device augmentation is switched off

@@ -584,7 +584,7 @@ def torch_device():
 
 
 def torch_prepare(net):
-  """The fair PyTorch peer: on CUDA, `torch_reference.prepare_for_cuda` (cuDNN autotuning,
+  """The fair PyTorch peer: on CUDA, `torch_models.prepare_for_cuda` (cuDNN autotuning,
   TF32 as JAX's default float32 precision there, channels_last weights and activations);
   on the CPU the module is returned unchanged (the CPU figures were taken that way)."""
   if torch_device().type == "cuda":

@@ -3,7 +3,7 @@ fp32 and bf16, against the paper's 0.82 s/scan; the training step; each beside P
 
 Run through `python -m benchmarks.run` (which sets the preset); `run(ctx)` returns records.
 The ctjax side goes through the same Task/TrainState/steps code the trainer runs; the torch side
-is `benchmarks.torch_reference.TorchDrCT2` built from the ctjax model's own sizes.
+is `tests.support.torch_models.TorchDrCT2` built from the ctjax model's own sizes.
 """
 
 from __future__ import annotations

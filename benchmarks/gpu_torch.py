@@ -6,9 +6,9 @@ Reads JSON requests from stdin ({"id", "figure", "args"}), answers each with one
 `@@torch {json}` on stdout ({"id", "ok", "seconds", "items", "times", ...} or {"ok": false,
 "error", "oom"}). It runs in its own process so that the two frameworks never share an
 allocator or a CUDA context, and it never imports jax (a JAX backend here would take GPU
-memory). The peer is the fair one: the same models (benchmarks/torch_reference.py over
-benchmarks/torch_models.py) at the same sizes, `cudnn.benchmark`, channels_last, bf16 autocast
-for bf16 figures and TF32 for float32 ones (`torch_reference.prepare_for_cuda`), and the same
+memory). The peer is the fair one: the same models (tests/support/torch_models.py,
+the PyTorch references the tests check ctjax against) at the same sizes, `cudnn.benchmark`, channels_last, bf16 autocast
+for bf16 figures and TF32 for float32 ones (`torch_models.prepare_for_cuda`), and the same
 chunking of DrCT2's frozen backbone over slices as the JAX program.
 """
 
@@ -299,7 +299,7 @@ def _blend_net(s: gpu_plan.BlendSizes) -> torch.nn.Module:
 
 
 def _centre_heat(batch: dict, det_hw: tuple, size: int) -> np.ndarray:
-  """1 at each box centre's cell (the torch loss's target; see torch_reference.blend_loss)."""
+  """1 at each box centre's cell (the torch loss's target; see torch_models.blend_loss)."""
   heat = np.zeros((batch["hu"].shape[0],) + tuple(det_hw), np.float32)
   stride = size / det_hw[0]
   for i in range(heat.shape[0]):
