@@ -224,12 +224,18 @@ def _docs_text() -> str:
 
 
 def test_every_interval_quoted_appears_in_the_docs_as_written():
-  readme, docs = _flat(_text()), _docs_text()
+  readme, docs = _flat(_text()), _docs_text() + _job_intervals()
   spread = re.findall(r"[+-]?\d+\.\d+ ± \d+\.\d+", readme)
   intervals = re.findall(r"\[[+-]?\d+\.\d+, [+-]?\d+\.\d+\]", readme)
   assert spread and intervals
   missing = [q for q in spread + intervals if q not in docs]
   assert not missing, f"README quotes figures found in no file under docs/: {missing}"
+
+
+def _job_intervals() -> str:
+  """The README job's 95 % intervals as the README prints them (its record is JSON)."""
+  cis = _json(JOB)["best_checkpoint_ci95"]
+  return " ".join(f"[{c['lo']:.3f}, {c['hi']:.3f}]" for c in cis.values() if c["lo"] is not None)
 
 
 def _number(text: str) -> tuple[float, int]:
@@ -299,6 +305,7 @@ RSNA3 = "docs/tables/drct2_table3.md"
 BLEND3, BLEND4 = "docs/tables/blend_table3.md", "docs/tables/blend_table4.md"
 SCALE, SMALL = "benchmarks/results/scale-cpu.json", "benchmarks/results/cpu-small-current.json"
 SMALL_BLEND = "benchmarks/results/cpu-small-current-blend.json"
+JOB = "benchmarks/results/readme-job-cpu.json"   # the README's first command, as run
 N = r"([+-]?\d[\d,]*(?:\.\d+)?)"   # one quoted figure
 
 # (what, README pattern with one group per figure, the figures as the source has them)
@@ -423,6 +430,32 @@ QUOTES: list[tuple[str, str, Callable[[], list[Any]]]] = [
      lambda: [(r := _json("benchmarks/results/precision-cpu.json"))["macro_f1"]["float32"],
               r["macro_f1"]["bfloat16"], r["macro_auc"]["float32"], r["macro_auc"]["bfloat16"],
               r["mean_abs_dp"], r["max_abs_dp"], r["calls_flipped"], r["calls"]]),
+    ("the README job: wall time, load and peak memory",
+     rf"\*\*{N}:{N}\*\* wall at a load average of {N}-{N} on the 2 cores .*? peak RSS {N} GB",
+     lambda: [*(r := _json(JOB))["train_wall"].split(".")[0].split(":"),
+              r["load_average_1min"]["min"], r["load_average_1min"]["max"],
+              r["train_peak_rss_gb"]]),
+    ("the README job: the final state's test row",
+     rf"\| DrCT2 \| {N} \| {N} \| {N} \| {N} \| {N} \| {N} \| \*\*{N}\*\* \| {N} \|",
+     lambda: [*(f := _json(JOB)["final_state"])["f1"].values(), f["macro_f1"], f["macro_auc"]]),
+    ("the README job: the best checkpoint on the test fold",
+     rf"step {N}, is the one `ctjax.evaluate` and the report load: test macro-F1 {N} \[{N}, {N}\], "
+     rf"macro-AUC {N}",
+     lambda: [(b := _json(JOB)["best_checkpoint_test"])["step"], b["macro_f1"],
+              _json(JOB)["best_checkpoint_ci95"]["macro_f1"]["lo"],
+              _json(JOB)["best_checkpoint_ci95"]["macro_f1"]["hi"], b["macro_auc"]]),
+    ("the README job: key-slice tasks",
+     rf"\| ctjax DrCT2, phantoms \| {N} % \({N} scans\) \| {N} % \({N}\) \| {N} % \({N}\) \|",
+     lambda: [_json(JOB)["best_checkpoint_test"][k] * (100 if "num" not in k else 1) for k in (
+         "keyslice/easy", "keyslice/num_easy", "keyslice/difficult", "keyslice/num_difficult",
+         "keyslice/comprehensive", "keyslice/num_comprehensive")]),
+    ("the README job: the highlight",
+     rf"sums to {N} % of that of scans with one, and {N} % of the drawn highlight lies inside the "
+     rf"lesions' boxes \({N}× a uniform map's {N} %",
+     lambda: [(b := _json(JOB)["best_checkpoint_test"])["highlight/key_sum_ratio"] * 100,
+              b["highlight/pointing/mass"] * 100,
+              b["highlight/pointing/mass"] / b["highlight/pointing/chance"],
+              b["highlight/pointing/chance"] * 100]),
     ("prepare: files per CPU-second at 16 and 512 px, memory per file",
      rf"It reads about {N} RSNA-layout files per CPU-second at 16 px and {N} at 512 px; its "
      rf"memory grows about {N} KB per file",
