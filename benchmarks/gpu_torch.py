@@ -121,28 +121,6 @@ class ChunkedTorchDrCT2(tr.TorchDrCT2):
       return torch.amax(self.backbone(x), dim=(2, 3))
     return torch.cat(self._chunks(hu_slices, one))
 
-  def heads(self, z: torch.Tensor, fmap: torch.Tensor, aps_of: Callable) -> dict:
-    """`TorchDrCT2.forward` after the primary backbone: z [b, m, C], fmap [b, m, C, h, w];
-    `aps_of(key [b, k])` gives the key slices' APS vectors [b, k, C]."""
-    s = self.spec
-    b = z.shape[0]
-    fw = torch.softmax(z, dim=-1)
-    xf = z * (fw * z.shape[-1] if s.feature_attention_rescale else fw)
-    y = self.dep(xf)
-    sw = torch.softmax(self.slice_map(y)[..., 0], dim=-1)
-    primary = (y * sw[..., None]).sum(dim=1)
-    hl = F.relu(torch.einsum("bmchw,bmc->bmhw", fmap, fw))
-    hl = hl / hl.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
-    key = torch.topk(sw, s.mkey, dim=-1).indices.sort(dim=-1).values
-    zk = aps_of(key).reshape(b, s.mkey, -1)
-    zk = self.aps_bn(zk.transpose(1, 2)).transpose(1, 2)
-    aps = self.aps_dep(self.aps_fc(zk)).mean(dim=1)
-    return {"probs": torch.sigmoid(self.fusion_head(primary + aps)),
-            "probs_primary": torch.sigmoid(self.head(primary)),
-            "probs_aps": torch.sigmoid(self.aps_head(aps)),
-            "slice_attention": sw, "feature_attention": fw, "highlight": hl,
-            "key_indices": key}
-
   def forward(self, hu: torch.Tensor) -> dict:
     b, m = hu.shape[:2]
     z, fmap = self.encode_primary(hu.reshape(b * m, *hu.shape[2:]))

@@ -790,20 +790,16 @@ def nonfinite_lr(value: str):
   return case
 
 
-def profile_at_a_file(ctx, out, d):
-  d.mkdir(parents=True, exist_ok=True)
-  target = d / "trace.txt"
-  target.write_text("not a folder\n")
-  ctx.run(out, _train_argv(ctx, d / "run", f"--profile={target}"))
-  out.note = f"the file afterwards: {target.read_text()!r}; workdir made: {(d / 'run').exists()}"
-
-
-def compile_cache_at_a_file(ctx, out, d):
-  d.mkdir(parents=True, exist_ok=True)
-  target = d / "cache.txt"
-  target.write_text("not a folder\n")
-  ctx.run(out, _train_argv(ctx, d / "run", f"--config.compile.cache_dir={target}"))
-  out.note = f"the file afterwards: {target.read_text()!r}"
+def file_for_a_folder(flag: str, name: str):
+  """`flag` names a file where a folder belongs: refused before the workdir is made."""
+  def case(ctx, out, d):
+    d.mkdir(parents=True, exist_ok=True)
+    target = d / name
+    target.write_text("not a folder\n")
+    ctx.run(out, _train_argv(ctx, d / "run", f"{flag}={target}"))
+    out.note = (f"the file afterwards: {target.read_text()!r}; workdir made: "
+                f"{(d / 'run').exists()}")
+  return case
 
 
 def gru_kernel_typo(ctx, out, d):
@@ -1379,9 +1375,10 @@ CASES: list[tuple[str, str, str, Callable]] = [
     ("stale_lock", "workdir", "the workdir lock of a SIGKILLed run", stale_lock),
     ("lr_nan", "workdir", "--config.optimizer.lr=nan", nonfinite_lr("nan")),
     ("lr_inf", "workdir", "--config.optimizer.lr=inf", nonfinite_lr("inf")),
-    ("profile_file", "command line", "--profile naming a file, not a folder", profile_at_a_file),
+    ("profile_file", "command line", "--profile naming a file, not a folder",
+     file_for_a_folder("--profile", "trace.txt")),
     ("compile_cache_file", "command line", "--config.compile.cache_dir naming a file",
-     compile_cache_at_a_file),
+     file_for_a_folder("--config.compile.cache_dir", "cache.txt")),
     ("gru_kernel_typo", "command line", "--config.model.gru_kernel=triton", gru_kernel_typo),
     ("truncated_feature_shard", "cache", "a feature-store shard cut under its done-marker, "
      "then train", truncated_feature_shard),

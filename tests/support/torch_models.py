@@ -587,21 +587,30 @@ class TorchDrCT2(nn.Module):
       x = F.interpolate(x, size=(s.primary_size, s.primary_size), mode="bilinear",
                         align_corners=False, antialias=True)
     z, fmap = self._encode(x, b, m)
+    xs = x.view(b, m, *x.shape[1:])
+
+    def aps_of(key):                                       # the key slices zoomed, encoded
+      k = key.shape[1]
+      xk = torch.gather(xs, 1, key.view(b, k, 1, 1, 1).expand(-1, -1, *xs.shape[2:]))
+      xk = F.interpolate(xk.reshape(b * k, *xs.shape[2:]), size=(s.aps_size, s.aps_size),
+                         mode="bilinear", align_corners=False)
+      return self._encode(xk, b, k)[0]                     # [b, k, C]
+    return self.heads(z, fmap.view(b, m, *fmap.shape[1:]), aps_of)
+
+  def heads(self, z: torch.Tensor, fmap: torch.Tensor, aps_of) -> dict[str, torch.Tensor]:
+    """Everything after the primary backbone: z [b, m, C], fmap [b, m, C, h, w];
+    `aps_of(key [b, k])` gives the key slices' APS vectors [b, k, C]."""
+    s = self.spec
+    b = z.shape[0]
     fw = torch.softmax(z, dim=-1)
     xf = z * (fw * z.shape[-1] if s.feature_attention_rescale else fw)
     y = self.dep(xf)                                       # [b, m, D]
     sw = torch.softmax(self.slice_map(y)[..., 0], dim=-1)  # [b, m]
     primary = (y * sw[..., None]).sum(dim=1)               # [b, D]
-    fmap = fmap.view(b, m, *fmap.shape[1:])
     hl = F.relu(torch.einsum("bmchw,bmc->bmhw", fmap, fw))
     hl = hl / hl.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
-    k = s.mkey
-    key = torch.topk(sw, k, dim=-1).indices.sort(dim=-1).values   # [b, k], anatomical order
-    xs = x.view(b, m, *x.shape[1:])
-    xk = torch.gather(xs, 1, key.view(b, k, 1, 1, 1).expand(-1, -1, *xs.shape[2:]))
-    xk = F.interpolate(xk.reshape(b * k, *xs.shape[2:]), size=(s.aps_size, s.aps_size),
-                       mode="bilinear", align_corners=False)
-    zk, _ = self._encode(xk, b, k)                         # [b, k, C]
+    key = torch.topk(sw, s.mkey, dim=-1).indices.sort(dim=-1).values   # anatomical order
+    zk = aps_of(key).reshape(b, s.mkey, -1)
     zk = self.aps_bn(zk.transpose(1, 2)).transpose(1, 2)
     aps = self.aps_dep(self.aps_fc(zk)).mean(dim=1)
     return {"probs": torch.sigmoid(self.fusion_head(primary + aps)),
