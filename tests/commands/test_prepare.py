@@ -164,9 +164,12 @@ def test_ctrl_c_keeps_finished_shards(tmp_path, workers):
                         slice_range=(24, 28))
   cfg = _config_file(tmp_path, root, tmp_path / "cache", workers=workers, layout="phantom")
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  # As from a terminal: a shell without job control (nohup, a CI runner's background job)
+  # starts its children with SIGINT ignored, and an ignored SIGINT survives exec.
   proc = subprocess.Popen([sys.executable, "-m", "ctjax.prepare", "--config", str(cfg)],
                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, start_new_session=True)
+                          text=True, start_new_session=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   try:
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
