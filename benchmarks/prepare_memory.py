@@ -5,7 +5,7 @@ header scan, decode, shards, QA) on generated RSNA-layout sets of growing size.
   python -m benchmarks.prepare_memory                      # 2,500 and 10,000 files, 16 px
   python -m benchmarks.prepare_memory --files 10000 --size 64
 
-Each size runs in a fresh process (`ru_maxrss` is a per-process high-water mark), in-process
+Each size runs in a fresh process (its own peak RSS: `peak_rss_mb`, Linux's VmHWM), in-process
 (`num_workers=0`: one core), so files per CPU-second is the per-core throughput. The per-file
 slope of peak RSS between the sizes is what the 752,803-file set adds on top of the baseline;
 the table prints the extrapolation. Writes benchmarks/results/prepare_memory.json.
@@ -62,6 +62,20 @@ def write_rsna(root: pathlib.Path, num_files: int, size: int) -> None:
   (root / "stage_2_train.csv").write_text("\n".join(rows) + "\n")
 
 
+def peak_rss_mb() -> float:
+  """This process's peak resident memory, MB. Linux's VmHWM belongs to the process's own address
+  space; `ru_maxrss` also carries the high-water mark of the process that forked it (kept
+  across exec), so a child of a large parent would report the parent's peak."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return round(int(line.split()[1]) / 1024, 1)
+  except OSError:
+    pass
+  return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def measure(root: str, cache_dir: str, size: int) -> dict:
   """In this process: prepare `root` (RSNA layout); peak RSS, wall and CPU seconds."""
   from ctjax.configs.common import base_config
@@ -71,15 +85,14 @@ def measure(root: str, cache_dir: str, size: int) -> dict:
   c.data.layout, c.data.root, c.data.cache_dir = "rsna", root, cache_dir
   c.data.image_size = size
   c.log.progress_bar = False
-  base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  base_rss = peak_rss_mb()
   t0, c0 = time.perf_counter(), time.process_time()
   path = cache.ensure_cache(c)
   wall, cpu = time.perf_counter() - t0, time.process_time() - c0
   m = json.loads((path / "manifest.json").read_text())
   return {"files": m["num_slices"], "scans": m["num_scans"], "wall_s": round(wall, 2),
           "cpu_s": round(cpu, 2), "files_per_cpu_s": round(m["num_slices"] / cpu, 1),
-          "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-          "rss_before_mb": round(base_rss / 1024, 1)}
+          "peak_rss_mb": peak_rss_mb(), "rss_before_mb": base_rss}
 
 
 def run(sizes, image_size: int) -> list[dict]:

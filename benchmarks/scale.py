@@ -7,7 +7,7 @@ how long would RSNA take?
 
 For each N (scans) a random-HU prepared cache is written straight in the cache format
 (`ctjax.data.fake`, no DICOM), then three stages run, each in its own process so that its peak
-resident memory (`ru_maxrss`) is its own: `store` (building the frozen-backbone feature store,
+resident memory (`prepare_memory.peak_rss_mb`) is its own: `store` (building the frozen-backbone feature store,
 slices/s), `heads` (training DrCT2's heads from the memory-mapped store, scans/s) and `e2e` (the
 end-to-end train step with the backbone chunked inside it, scans/s). The table shows how each
 figure grows with N, and the extrapolation to RSNA's 21,540 scans / 874,035 slices (DrCT2
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import resource
 import subprocess
 import sys
 import tempfile
@@ -99,7 +98,8 @@ def run_stage(stage: str, spec: dict[str, Any]) -> dict[str, Any]:
     rates = [r["train/scans_per_s"] for r in lines if "train/scans_per_s" in r]
     value, unit, items = rates[-1], "scans/s", int(config.train.max_steps)
     seconds = time.perf_counter() - t0
-  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KB → MB (Linux)
+  from benchmarks.prepare_memory import peak_rss_mb
+  rss = peak_rss_mb()   # this process's own peak, not its parent's (see there)
   return {"stage": stage, "value": value, "unit": unit, "items": items,
           "seconds": round(seconds, 2), "peak_rss_mb": round(rss, 1),
           "device": f"{jax.default_backend()}:{jax.devices()[0].device_kind}",

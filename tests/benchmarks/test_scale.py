@@ -31,3 +31,17 @@ def test_summary_extrapolates_from_the_per_scan_slope():
   assert s["rss_mb_per_1k_scans"] == 10.0
   assert abs(s["rss_at_rsna_mb"] - (500 + 0.01 * scale.RSNA_SCANS)) < 1e-6
   assert s["rsna_epoch_hours"] == round(scale.RSNA_SCANS / 100.0 / 3600, 3)
+
+
+def test_a_childs_peak_memory_is_its_own_not_its_parents():
+  """`ru_maxrss` survives fork + exec: a child of a 1.6 GB process would report 1.6 GB. The
+  benchmarks' peak is the child's own address space (VmHWM)."""
+  import subprocess
+  import sys
+  import numpy as np
+  big = np.ones(100_000_000, np.float64)              # 800 MB resident in this process
+  big[::4096] = 2.0
+  code = "from benchmarks.prepare_memory import peak_rss_mb; print(peak_rss_mb())"
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert float(out.stdout.strip()) < 300, out.stdout
+  del big
