@@ -291,12 +291,14 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 from ctjax.errors import LockedError
 from ctjax.train import loop, parallel
 parallel.initialize_distributed(sys.argv[1], 2, int(sys.argv[2]))
+# The outcome goes to a file: Gloo's C++ writes to stdout can land inside a printed line.
+result = pathlib.Path(sys.argv[4])
 try:
   lock = loop.lock_workdir(pathlib.Path(sys.argv[3]))
 except LockedError as e:
-  print("refused", e, flush=True)
+  result.write_text(f"refused {e}")
 else:
-  print("locked", type(lock).__name__, flush=True)
+  result.write_text(f"locked {type(lock).__name__}")
   parallel.barrier("checked")
   lock.__exit__(None, None, None)
 """
@@ -315,11 +317,17 @@ def test_every_process_of_a_run_gets_the_refusal_of_process_0(held_workdir, tmp_
       s.bind(("127.0.0.1", 0))
       address = f"127.0.0.1:{s.getsockname()[1]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CTJAX_")}
-    procs = [subprocess.Popen([sys.executable, "-c", LOCK_WORKER, address, str(i), str(wd)],
+    results = [tmp_path / f"{wd.name}_{i}.txt" for i in range(2)]
+    for r in results:
+      r.unlink(missing_ok=True)
+    procs = [subprocess.Popen([sys.executable, "-c", LOCK_WORKER, address, str(i), str(wd),
+                               str(results[i])],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=env) for i in range(2)]
-    outs = [p.communicate(timeout=120)[0].splitlines() for p in procs]
-    return [[x for x in out if x.startswith(("refused", "locked"))][-1] for out in outs]
+    done = [p.communicate(timeout=120) for p in procs]
+    assert all(r.is_file() for r in results), [(p.returncode, err[-800:])
+                                               for p, (_, err) in zip(procs, done)]
+    return [r.read_text() for r in results]
 
   import os
   for i, line in enumerate(run(workdir)):
