@@ -10,37 +10,47 @@ from ctjax.configs import common
 from ctjax.data.labels import BLEND_CLASSES, RSNA_LABELS
 
 
-def phantom(arg: str | None = None) -> ml_collections.ConfigDict:
-  """configs/pretrain_phantom.py: the 1/8-width VGG16 on phantom slices."""
-  a = common.parse_arg(arg, runlocal=False, num_scans=800, size=128, steps=4000)
+def _slice_pretraining(a, *, max_steps: int, log_every: int, labels, windows: str,
+                       balance_share: float, synth_layout: str, synth_scans: int,
+                       synth_seed: int) -> ml_collections.ConfigDict:
+  """What both stand-in pretrainings share: single generated phantom slices (record type
+  "pretrain"), classes balanced by sampling (ctjax.data.cache.CacheSource.balanced)."""
   c = common.base_config()
   c.task = "pretrain"
   c.seed = 0
-
   c.train.batch_size = 32
   c.train.num_epochs = 1000            # bounded by max_steps.
-  c.train.max_steps = 20 if a.runlocal else a.steps
-  c.train.log_every_steps = 5 if a.runlocal else 25
-
-  # Input: single phantom slices in the RSNA layout, slice-level labels (record type
-  # "pretrain"), the DrCT input windows.
+  c.train.max_steps = max_steps
+  c.train.log_every_steps = log_every
   c.data.layout = "phantom"
   c.data.root = ""                     # generated under <workdir>/data
-  c.data.labels = RSNA_LABELS
+  c.data.labels = labels
   c.data.image_size = a.size
   c.data.num_slices = 1
-  c.data.windows = "rsna3"             # as DrCT's input (brain / subdural / bone)
+  c.data.windows = windows
   c.data.num_folds = 5
   c.data.fold = 0
-  # Positive slices are rare (epidural: ~0.3 % of slices): each label's positives are repeated
-  # to ~8 % of an epoch (ctjax.data.cache.CacheSource.balanced).
-  c.data.balance_share = 0.08
+  c.data.balance_share = balance_share
   c.data.augment = ml_collections.ConfigDict()
   c.data.synth = ml_collections.ConfigDict()
-  c.data.synth.layout = "rsna"
-  c.data.synth.num_scans = 8 if a.runlocal else a.num_scans
-  c.data.synth.seed = 7919             # not the seed of any DrCT/blend phantom set.
+  c.data.synth.layout = synth_layout
+  c.data.synth.num_scans = synth_scans
+  c.data.synth.seed = synth_seed
   c.data.synth.size = a.size
+  return c
+
+
+def phantom(arg: str | None = None) -> ml_collections.ConfigDict:
+  """configs/pretrain_phantom.py: the 1/8-width VGG16 on phantom slices."""
+  a = common.parse_arg(arg, runlocal=False, num_scans=800, size=128, steps=4000)
+  # Input: single phantom slices in the RSNA layout, slice-level labels (record type
+  # "pretrain"), the DrCT input windows (brain / subdural / bone). Positive slices are rare
+  # (epidural: ~0.3 % of slices): each label's positives are repeated to ~8 % of an epoch.
+  c = _slice_pretraining(a, max_steps=20 if a.runlocal else a.steps,
+                         log_every=5 if a.runlocal else 25, labels=RSNA_LABELS,
+                         windows="rsna3", balance_share=0.08, synth_layout="rsna",
+                         synth_scans=8 if a.runlocal else a.num_scans,
+                         synth_seed=7919)      # not the seed of any DrCT/blend phantom set.
 
   c.model.backbone = "vgg16"
   c.model.backbone_width = 0.125       # 1/8 of VGG16's channels: 64→8 … 512→64 features.
@@ -88,34 +98,14 @@ def blend_phantom(arg: str | None = None) -> ml_collections.ConfigDict:
   """configs/pretrain_blend_phantom.py: a 1/8-width backbone on blend phantom slices."""
   a = common.parse_arg(arg, backbone="resnet50", runlocal=False, num_scans=1000, size=128,
                        steps=6000)
-  c = common.base_config()
-  c.task = "pretrain"
-  c.seed = 0
-
-  c.train.batch_size = 32
-  c.train.num_epochs = 1000            # bounded by max_steps.
-  c.train.max_steps = 4 if a.runlocal else a.steps
-  c.train.log_every_steps = 2 if a.runlocal else 50
-
   # Input: single slices of blend-layout phantoms (record type "pretrain": slice_labels, the
-  # one-hot slice class), the blend-sign paper's input windows.
-  c.data.layout = "phantom"
-  c.data.root = ""                     # generated under <workdir>/data
-  c.data.labels = BLEND_CLASSES
-  c.data.image_size = a.size
-  c.data.num_slices = 1
-  c.data.windows = "blend3"            # tissue 40/40, brain 50/100, blood 60/40 (as blend).
-  c.data.num_folds = 5
-  c.data.fold = 0
-  # ICH slices are rare (blend sign ~4 %, normal ICH ~12 % of phantom slices): each class's
-  # slices are repeated to ~20 % of an epoch (ctjax.data.cache.CacheSource.balanced).
-  c.data.balance_share = 0.2
-  c.data.augment = ml_collections.ConfigDict()
-  c.data.synth = ml_collections.ConfigDict()
-  c.data.synth.layout = "blend"
-  c.data.synth.num_scans = 10 if a.runlocal else a.num_scans
-  c.data.synth.seed = BLEND_SEED
-  c.data.synth.size = a.size
+  # one-hot slice class), the blend-sign paper's windows (tissue 40/40, brain 50/100, blood
+  # 60/40). ICH slices are rare (blend sign ~4 %, normal ICH ~12 % of phantom slices): each
+  # class's slices are repeated to ~20 % of an epoch.
+  c = _slice_pretraining(a, max_steps=4 if a.runlocal else a.steps,
+                         log_every=2 if a.runlocal else 50, labels=BLEND_CLASSES,
+                         windows="blend3", balance_share=0.2, synth_layout="blend",
+                         synth_scans=10 if a.runlocal else a.num_scans, synth_seed=BLEND_SEED)
 
   c.model.backbone = a.backbone        # ResNet-50: the blend-sign paper's (Table 3).
   # VGG16 has no BatchNorm of its own; trained with it (as DrCT's stand-in), exported folded.

@@ -10,16 +10,22 @@ from ctjax.models import sequence
 from ctjax.models import pretrained
 
 
-@pytest.mark.parametrize("num_layers", [1, 2])
-def test_bigru_matches_torch(num_layers):
-  torch.manual_seed(0)
-  b, t, c, h = 3, 7, 10, 6
+def _torch_gru(c: int, h: int, num_layers: int, seed: int) -> torch.nn.GRU:
+  """A bidirectional torch GRU with non-zero biases everywhere, so that the b_hn-inside-r
+  detail is exercised."""
+  torch.manual_seed(seed)
   ref = torch.nn.GRU(c, h, num_layers=num_layers, batch_first=True, bidirectional=True)
-  # Non-zero biases everywhere so that the b_hn-inside-r detail is exercised.
   with torch.no_grad():
     for name, p in ref.named_parameters():
       if "bias" in name:
         p.uniform_(-0.5, 0.5)
+  return ref
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_bigru_matches_torch(num_layers):
+  b, t, c, h = 3, 7, 10, 6
+  ref = _torch_gru(c, h, num_layers, seed=0)
   x = np.random.default_rng(0).normal(size=(b, t, c)).astype(np.float32)
   want, _ = ref(torch.from_numpy(x))
   params = sequence.gru_params_from_torch(ref.state_dict(), num_layers=num_layers)
@@ -35,13 +41,8 @@ def test_bigru_matches_torch(num_layers):
 def test_bigru_gradients_match_torch(num_layers):
   """The hand-written backward pass (`bidirectional_recurrence`'s VJP) against torch's autograd:
   gradients of the input and of every weight, same weights, same output cotangent."""
-  torch.manual_seed(1)
   b, t, c, h = 3, 5, 4, 6
-  ref = torch.nn.GRU(c, h, num_layers=num_layers, batch_first=True, bidirectional=True)
-  with torch.no_grad():
-    for name, p in ref.named_parameters():
-      if "bias" in name:
-        p.uniform_(-0.5, 0.5)
+  ref = _torch_gru(c, h, num_layers, seed=1)
   rng = np.random.default_rng(1)
   x = rng.normal(size=(b, t, c)).astype(np.float32)
   cot = rng.normal(size=(b, t, 2 * h)).astype(np.float32)
